@@ -1,0 +1,1 @@
+"""Avro encoding of commands and outcome events."""

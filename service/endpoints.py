@@ -1,0 +1,48 @@
+"""The operational HTTP endpoint: /metrics, /healthz (alive) and /readyz (consuming)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.metrics import Metrics
+
+
+def build_endpoints(metrics: Metrics) -> web.Application:
+    async def scrape(_: web.Request) -> web.Response:
+        body = generate_latest(metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        ready = metrics.is_ready
+        return web.json_response(
+            {"status": "ready" if ready else "not ready"}, status=200 if ready else 503
+        )
+
+    app = web.Application()
+    app.router.add_get("/metrics", scrape)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+@asynccontextmanager
+async def serve_endpoints(metrics: Metrics, host: str, port: int) -> AsyncIterator[str]:
+    """Serve the endpoints; yields the base URL actually bound."""
+    runner = web.AppRunner(build_endpoints(metrics), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        server = site._server  # the bound port, when port=0 asked for any
+        sockets = getattr(server, "sockets", None) or []
+        bound = sockets[0].getsockname()[1] if sockets else port
+        yield f"http://{host}:{bound}"
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,1 @@
+"""Idempotency records: one per idempotency key, claimed before PAS is called."""

@@ -1,0 +1,79 @@
+"""An in-memory idempotency store: for unit tests and throw-away runs (lost on exit)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from service.idempotency.base import (
+    Claim,
+    ClaimStatus,
+    IdempotencyRecord,
+    State,
+    decide_claim,
+)
+
+
+class MemoryStore:
+    """Implements ``IdempotencyStore`` in a dict."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, IdempotencyRecord] = {}
+
+    async def claim(
+        self, key: str, fingerprint: str, *, owner: str, now: datetime, lease_s: float
+    ) -> Claim:
+        existing = self.records.get(key)
+        status = decide_claim(existing, fingerprint, owner, now)
+        lease_until = now + timedelta(seconds=lease_s)
+        if status is ClaimStatus.CLAIMED:
+            record = IdempotencyRecord(
+                key, fingerprint, State.IN_FLIGHT, owner, lease_until, 0, now, now
+            )
+            self.records[key] = record
+            return Claim(status, record)
+        assert existing is not None
+        if status is ClaimStatus.TAKEN_OVER:
+            existing = replace(existing, owner=owner, lease_until=lease_until, updated_at=now)
+            self.records[key] = existing
+        return Claim(status, existing)
+
+    async def finish(
+        self,
+        key: str,
+        *,
+        owner: str,
+        state: State,
+        outcome_kind: str,
+        outcome: dict[str, Any],
+        attempts: int,
+        now: datetime,
+    ) -> None:
+        record = self.records[key]
+        if record.owner != owner:
+            raise RuntimeError(f"idempotency key is owned by {record.owner}, not {owner}")
+        self.records[key] = replace(
+            record,
+            state=state,
+            outcome_kind=outcome_kind,
+            outcome=outcome,
+            attempts=attempts,
+            updated_at=now,
+        )
+
+    async def release(self, key: str, *, owner: str) -> None:
+        record = self.records.get(key)
+        if record is not None and record.owner == owner and record.state is State.IN_FLIGHT:
+            del self.records[key]
+
+    async def mark_published(self, key: str) -> None:
+        record = self.records.get(key)
+        if record is not None:
+            self.records[key] = replace(record, published=True)
+
+    async def get(self, key: str) -> IdempotencyRecord | None:
+        return self.records.get(key)
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,1 @@
+"""Kafka adapters: the command consumer loop, the outcome publisher, topic administration."""

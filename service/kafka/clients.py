@@ -1,0 +1,114 @@
+"""Building and starting aiokafka clients from settings, with clear start-up errors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from service.errors import StartupError
+from service.settings import KafkaSettings
+
+SERVERS_SETTING = "PA_KAFKA__BOOTSTRAP_SERVERS"
+
+
+async def _start(client: Any, settings: KafkaSettings, what: str) -> None:
+    try:
+        await asyncio.wait_for(client.start(), settings.startup_timeout_s)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        await client.stop()
+        reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+        raise StartupError(
+            f"Kafka {what}",
+            f"cannot reach the broker at {settings.bootstrap_servers} ({reason})",
+            setting=SERVERS_SETTING,
+        ) from exc
+
+
+@asynccontextmanager
+async def open_producer(settings: KafkaSettings) -> AsyncIterator[AIOKafkaProducer]:
+    """An idempotent producer waiting for all in-sync replicas (acks=all)."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=f"{settings.client_id}-producer",
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        request_timeout_ms=settings.request_timeout_ms,
+    )
+    await _start(producer, settings, "producer")
+    try:
+        yield producer
+    finally:
+        await producer.stop()
+
+
+@asynccontextmanager
+async def open_consumer(
+    settings: KafkaSettings, *, group_id: str | None = None, **extra: Any
+) -> AsyncIterator[AIOKafkaConsumer]:
+    """A manual-commit consumer of the command topic's group (not yet subscribed)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=f"{settings.client_id}-consumer",
+        group_id=group_id or settings.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset=settings.auto_offset_reset,
+        max_poll_records=settings.max_poll_records,
+        max_poll_interval_ms=settings.max_poll_interval_ms,
+        session_timeout_ms=settings.session_timeout_ms,
+        request_timeout_ms=settings.request_timeout_ms,
+        isolation_level="read_committed",
+        **extra,
+    )
+    await _start(consumer, settings, "consumer")
+    try:
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
+async def ensure_topics(settings: KafkaSettings, partitions: dict[str, int]) -> list[str]:
+    """Create the topics that do not exist yet; return the names created."""
+    async with _admin(settings) as admin:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(name, count, 1) for name, count in partitions.items() if name not in existing
+        ]
+        if wanted:
+            with suppress(TopicAlreadyExistsError):
+                await admin.create_topics(wanted)
+        return [topic.name for topic in wanted]
+
+
+@asynccontextmanager
+async def _admin(settings: KafkaSettings) -> AsyncIterator[AIOKafkaAdminClient]:
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=settings.request_timeout_ms
+    )
+    await _start(admin, settings, "admin client")
+    try:
+        yield admin
+    finally:
+        await admin.close()
+
+
+async def list_topics(settings: KafkaSettings) -> set[str]:
+    async with _admin(settings) as admin:
+        return set(await admin.list_topics())
+
+
+async def partitions_of(settings: KafkaSettings, topics: list[str]) -> dict[str, list[int]]:
+    """Partition numbers of each existing topic (topics that do not exist are left out)."""
+    async with _admin(settings) as admin:
+        described = await admin.describe_topics(topics)
+    return {
+        entry["topic"]: sorted(p["partition"] for p in entry["partitions"])
+        for entry in described
+        if entry["error_code"] == 0
+    }

@@ -1,0 +1,93 @@
+"""Prometheus metrics of the service, on an injected registry. Labels are bounded sets."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from service import __version__
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    """Every metric the service exports."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        Info("points_adjuster_build", "Version of the running service.", registry=r).info(
+            {"version": __version__}
+        )
+        self.records_consumed = Counter(
+            "points_adjuster_records_consumed_total",
+            "Command records read from Kafka.",
+            ["topic"],
+            registry=r,
+        )
+        self.outcomes = Counter(
+            "points_adjuster_outcomes_total",
+            "Outcome events published, by kind (completed, failed) and failure reason.",
+            ["kind", "reason"],
+            registry=r,
+        )
+        self.duplicates = Counter(
+            "points_adjuster_duplicates_total",
+            "Repeated commands absorbed without a PAS call, by the stored state they matched"
+            " (completed, failed, unknown) or conflict.",
+            ["kind"],
+            registry=r,
+        )
+        self.undecodable = Counter(
+            "points_adjuster_undecodable_records_total",
+            "Records that could not be decoded as a command, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.invalid = Counter(
+            "points_adjuster_invalid_commands_total",
+            "Commands that failed validation.",
+            registry=r,
+        )
+        self.pas_requests = Counter(
+            "points_adjuster_pas_requests_total",
+            "PAS adjustment calls by result (applied, refused, not_sent, unknown) and status.",
+            ["result", "status"],
+            registry=r,
+        )
+        self.pas_latency = Histogram(
+            "points_adjuster_pas_request_duration_seconds",
+            "Duration of PAS adjustment calls.",
+            ["result"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.processing = Histogram(
+            "points_adjuster_command_duration_seconds",
+            "From taking a command to its outcome being acknowledged by Kafka.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "points_adjuster_commands_in_flight",
+            "Commands taken from Kafka whose outcome is not yet acknowledged.",
+            registry=r,
+        )
+        self.commits = Counter(
+            "points_adjuster_offset_commits_total",
+            "Offset commits, by result (ok, failed).",
+            ["result"],
+            registry=r,
+        )
+        self.assigned_partitions = Gauge(
+            "points_adjuster_assigned_partitions",
+            "Command partitions currently assigned to this instance.",
+            registry=r,
+        )
+        self._ready = Gauge(
+            "points_adjuster_ready", "1 when consuming, 0 when starting or stopping.", registry=r
+        )
+        self.is_ready = False
+
+    def set_ready(self, ready: bool) -> None:
+        self.is_ready = ready
+        self._ready.set(1 if ready else 0)

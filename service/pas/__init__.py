@@ -1,0 +1,1 @@
+"""The PAS client: one pooled httpx client speaking the contract in pas-api.md."""

@@ -1,0 +1,164 @@
+"""The one settings tree of points-adjuster, read once at start-up.
+
+Every setting comes from an environment variable ``PA_<GROUP>__<NAME>`` (for instance
+``PA_KAFKA__BOOTSTRAP_SERVERS``), from a ``.env`` file in the working directory, or from files
+in the folder named by ``PA_SECRETS_DIR`` (Kubernetes secrets), in that order of precedence.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.errors import ConfigError
+
+ENV_PREFIX = "PA_"
+ENV_NESTED_DELIMITER = "__"
+
+DEFAULT_TYPE_CODES = frozenset({"GOODWILL", "CORRECTION", "PROMO", "REVERSAL"})
+
+
+class KafkaSettings(BaseModel):
+    """The broker, the consumer group and the topics."""
+
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Comma-separated host:port list of Kafka brokers."
+    )
+    group_id: str = Field("points-adjuster", description="Consumer group of the service.")
+    client_id: str = Field("points-adjuster", description="Kafka client id (broker logs, quotas).")
+    command_topic: str = Field(
+        "points-adjustments.requested.v1", description="Topic the commands are read from."
+    )
+    completed_topic: str = Field(
+        "points-adjustments.completed.v1", description="Topic of PointsAdjustmentCompleted."
+    )
+    failed_topic: str = Field(
+        "points-adjustments.failed.v1", description="Topic of PointsAdjustmentFailed."
+    )
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="Where a new consumer group starts reading."
+    )
+    max_poll_records: int = Field(200, ge=1, le=10_000, description="Records per fetch.")
+    max_poll_interval_ms: int = Field(
+        300_000, ge=10_000, description="Longest gap between polls before the group evicts us."
+    )
+    session_timeout_ms: int = Field(30_000, ge=6_000, description="Consumer session timeout.")
+    request_timeout_ms: int = Field(30_000, ge=1_000, description="Kafka request timeout.")
+    startup_timeout_s: float = Field(
+        20.0, gt=0, description="How long start-up waits for the broker before giving up."
+    )
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _servers_have_ports(cls, value: str) -> str:
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port...], got {server.strip()!r}")
+        return value
+
+
+class PasSettings(BaseModel):
+    """How to reach PAS and what it accepts."""
+
+    base_url: str = Field(
+        "http://127.0.0.1:8081",
+        description="PAS base URL (production: https://api.mastercard.com/loyalty).",
+    )
+    adjustment_path: str = Field("/points-adjustments", description="Path of the adjustment call.")
+    method: Literal["POST", "GET"] = Field(
+        "POST", description="HTTP method of the adjustment call."
+    )
+    connect_timeout_s: float = Field(3.0, gt=0, description="TCP/TLS connect timeout.")
+    read_timeout_s: float = Field(10.0, gt=0, description="Time allowed for PAS's answer.")
+    pool_timeout_s: float = Field(5.0, gt=0, description="Wait for a free pooled connection.")
+    max_connections: int = Field(100, ge=1, description="Size of the HTTP connection pool.")
+    max_points: int = Field(1_000_000, ge=1, description="Largest absolute pointsToAdjust.")
+    allowed_type_codes: frozenset[str] = Field(
+        DEFAULT_TYPE_CODES, description="adjustmentTypeCode values accepted (JSON list)."
+    )
+    unavailable_attempts: int = Field(
+        3, ge=1, description="Tries when PAS cannot be reached at all (nothing was sent)."
+    )
+    unavailable_backoff_s: float = Field(
+        0.5, ge=0, description="First pause between those tries; doubles each time."
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class IdempotencySettings(BaseModel):
+    """Where the idempotency records live."""
+
+    backend: Literal["sqlite", "memory"] = Field(
+        "sqlite", description="sqlite (durable, one node) or memory (tests only: lost on exit)."
+    )
+    sqlite_path: Path = Field(
+        Path("var/idempotency.sqlite3"), description="SQLite database file (created if missing)."
+    )
+    lease_s: float = Field(
+        60.0,
+        gt=0,
+        description="How long a claim stays exclusive before another worker may take it.",
+    )
+
+
+class MetricsSettings(BaseModel):
+    """The HTTP endpoint serving /metrics, /healthz and /readyz."""
+
+    enabled: bool = Field(True, description="Serve the endpoint.")
+    host: str = Field("0.0.0.0", description="Listen address.")  # noqa: S104 - scraped in-cluster
+    port: int = Field(9464, ge=0, le=65535, description="Listen port (0 picks a free one).")
+
+
+class LogSettings(BaseModel):
+    """Logging."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    format: Literal["json", "console"] = Field("json", description="json lines or console text.")
+
+
+class Settings(BaseSettings):
+    """Everything the service reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    pas: PasSettings = PasSettings()
+    idempotency: IdempotencySettings = IdempotencySettings()
+    metrics: MetricsSettings = MetricsSettings()
+    log: LogSettings = LogSettings()
+    shutdown_timeout_s: float = Field(
+        20.0, gt=0, description="On SIGTERM, how long in-flight commands may take to finish."
+    )
+
+
+def env_name(location: tuple[int | str, ...]) -> str:
+    """The environment variable of a settings location such as ``("kafka", "group_id")``."""
+    return ENV_PREFIX + ENV_NESTED_DELIMITER.join(str(part) for part in location).upper()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings; raise ``ConfigError`` naming the first wrong one."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        location = tuple(part for part in first["loc"] if not isinstance(part, int))
+        given = first.get("input")
+        shown = f" (got {given!r})" if isinstance(given, str | int | float) else ""
+        raise ConfigError(env_name(location), f"{first['msg']}{shown}") from exc

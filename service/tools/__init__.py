@@ -1,0 +1,1 @@
+"""Operator and developer tools: publishing commands, reading outcomes, the demo."""

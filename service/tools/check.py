@@ -1,0 +1,55 @@
+"""``points-adjuster check``: the settings are valid; now probe every dependency."""
+
+from __future__ import annotations
+
+import httpx
+
+from service.app import open_store
+from service.errors import PointsAdjusterError
+from service.kafka.clients import list_topics
+from service.pas.client import http_timeout
+from service.settings import Settings
+
+
+async def run_checks(settings: Settings) -> int:
+    """Print one line per check; return 0 when all pass, 1 otherwise."""
+    results: list[tuple[str, bool, str]] = [("settings", True, "valid")]
+
+    k = settings.kafka
+    try:
+        topics = await list_topics(k)
+    except PointsAdjusterError as exc:
+        results.append(("kafka", False, str(exc)))
+    else:
+        results.append(("kafka", True, f"reached {k.bootstrap_servers}"))
+        for name in (k.command_topic, k.completed_topic, k.failed_topic):
+            present = name in topics
+            hint = "" if present else " (create it: points-adjuster topics)"
+            results.append((f"topic {name}", present, ("exists" if present else "missing") + hint))
+
+    url = settings.pas.base_url + settings.pas.adjustment_path
+    try:
+        async with httpx.AsyncClient(timeout=http_timeout(settings.pas)) as client:
+            response = await client.request("HEAD", url)
+        results.append(("pas", True, f"{url} answered HTTP {response.status_code}"))
+    except httpx.HTTPError as exc:
+        results.append(
+            ("pas", False, f"{url}: {type(exc).__name__} {exc} (setting PA_PAS__BASE_URL)")
+        )
+
+    try:
+        store = await open_store(settings.idempotency)
+        await store.close()
+        where = (
+            str(settings.idempotency.sqlite_path)
+            if settings.idempotency.backend == "sqlite"
+            else "in memory (not durable)"
+        )
+        results.append(("idempotency store", True, f"{settings.idempotency.backend}: {where}"))
+    except PointsAdjusterError as exc:
+        results.append(("idempotency store", False, str(exc)))
+
+    width = max(len(name) for name, _, _ in results)
+    for name, ok, detail in results:
+        print(f"{'ok  ' if ok else 'FAIL'}  {name.ljust(width)}  {detail}")
+    return 0 if all(ok for _, ok, _ in results) else 1
