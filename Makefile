@@ -1,0 +1,41 @@
+# points-adjuster: the two commands a new machine needs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: setup kafka-jars demo test unit lint format bench clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/.installed  ## create .venv and install the project with its dev extras
+
+kafka-jars: setup  ## download Apache Kafka's jars once (cached in .cache/, git-ignored)
+	$(BIN)/python -m service.localinfra.kafka fetch
+
+demo: setup kafka-jars  ## local broker + sandbox + service, a few hundred commands, a summary
+	$(BIN)/points-adjuster demo
+
+lint: setup  ## ruff (lint and format check) and mypy --strict on service/
+	$(BIN)/ruff check service tests
+	$(BIN)/ruff format --check service tests
+	$(BIN)/mypy
+
+test: setup kafka-jars lint  ## the whole suite: lint, unit, integration, end-to-end (starts its own broker)
+	$(BIN)/pytest
+
+unit: setup  ## unit tests only (no broker)
+	$(BIN)/pytest tests/unit
+
+format: setup  ## apply ruff's formatting and fixes
+	$(BIN)/ruff format service tests
+	$(BIN)/ruff check --fix service tests
+
+clean:  ## remove the virtualenv and caches (keeps the Kafka jar cache)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

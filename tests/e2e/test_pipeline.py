@@ -1,0 +1,125 @@
+"""End to end: a real broker, the real sandbox over a socket, the service as a child process."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from service.codec.avro import AvroCodec
+from service.sandbox.app import run_sandbox
+from service.sandbox.config import SandboxConfig
+from service.tools.generate import generate_commands
+from service.tools.send import send_commands
+from tests.e2e.harness import (
+    ServiceProcess,
+    Topology,
+    ledger_per_correlation,
+    metric_value,
+    originals_per_key,
+    wait_for_originals,
+)
+from tests.kafka_support import create_topics
+
+pytestmark = [pytest.mark.kafka, pytest.mark.e2e, pytest.mark.timeout(300)]
+
+UNDECODABLE = [b"plain text", b"\xc3\x01" + b"\x00" * 8 + b"junk", b""]
+
+
+@pytest.fixture
+def codec() -> AvroCodec:
+    return AvroCodec.from_directory()
+
+
+async def test_every_command_gets_exactly_one_outcome_and_is_applied_once(
+    kafka_bootstrap: str, tmp_path: Path, codec: AvroCodec
+) -> None:
+    """A few hundred commands with repeats, invalid and undecodable ones: one outcome per key, one PAS application per valid key."""
+    topology = Topology(kafka_bootstrap)
+    await create_topics(kafka_bootstrap, topology.topics(3))
+    batch = generate_commands(300, duplicate_share=0.06, invalid_share=0.04, accounts=40, seed=7)
+    valid_keys = {c["idempotency_key"] for c in batch.commands} - batch.invalid_keys
+    async with run_sandbox(SandboxConfig(port=0, latency_ms=5)) as sandbox:
+        service = ServiceProcess(topology, sandbox.base_url, tmp_path)
+        await service.start()
+        try:
+            await send_commands(topology.kafka, batch.commands, codec=codec, raw_values=UNDECODABLE)
+            outcomes = await wait_for_originals(topology.kafka, codec, batch.distinct_keys, 120)
+            # Give a straggling extra outcome (there must be none) a moment to show up.
+            await asyncio.sleep(1)
+            outcomes = await wait_for_originals(topology.kafka, codec, batch.distinct_keys, 5)
+            metrics = await service.metrics()
+        finally:
+            exit_code = await service.terminate()
+        ledger = sandbox.ledger.entries()
+
+    assert exit_code == 0, service.log_tail()
+    per_key = originals_per_key(outcomes)
+    assert set(per_key) == {c["idempotency_key"] for c in batch.commands}
+    assert all(count == 1 for count in per_key.values()), per_key.most_common(3)
+    assert len(outcomes.duplicates()) == batch.duplicates
+    assert {e["idempotency_key"] for e in outcomes.completed if not e["duplicate"]} == valid_keys
+    failed = [e for e in outcomes.failed if not e["duplicate"]]
+    assert {e["idempotency_key"] for e in failed} == batch.invalid_keys
+    assert all(e["reason_code"] == "VALIDATION_FAILED" and e["errors"] for e in failed)
+    # The sandbox ledger is the oracle: each valid command applied exactly once.
+    applied = ledger_per_correlation(ledger)
+    valid_correlations = {
+        c["correlation_id"] for c in batch.commands if c["idempotency_key"] in valid_keys
+    }
+    assert set(applied) == valid_correlations
+    assert max(applied.values()) == 1
+    # Undecodable records were counted and skipped, not lost silently.
+    undecodable = sum(
+        metric_value(metrics, "points_adjuster_undecodable_records_total", reason=reason)
+        for reason in ("NOT_SINGLE_OBJECT_ENCODED", "UNKNOWN_SCHEMA", "EMPTY_RECORD")
+    )
+    assert undecodable == len(UNDECODABLE)
+    assert metric_value(
+        metrics, "points_adjuster_records_consumed_total", topic=topology.kafka.command_topic
+    ) == len(batch.commands) + len(UNDECODABLE)
+    for event in outcomes.completed + outcomes.failed:
+        assert event["account_masked"] is None or "*" in event["account_masked"]
+        assert "bank_account_number" not in event
+
+
+async def test_sigterm_mid_stream_loses_nothing_and_a_restart_finishes(
+    kafka_bootstrap: str, tmp_path: Path, codec: AvroCodec
+) -> None:
+    """SIGTERM while commands are flowing drains cleanly; a restart completes the rest with no repeat."""
+    topology = Topology(kafka_bootstrap)
+    await create_topics(kafka_bootstrap, topology.topics(2))
+    batch = generate_commands(400, accounts=50, seed=11)
+    async with run_sandbox(SandboxConfig(port=0, latency_ms=15)) as sandbox:
+        first = ServiceProcess(topology, sandbox.base_url, tmp_path)
+        await first.start()
+        await send_commands(topology.kafka, batch.commands, codec=codec)
+        partial = await wait_for_originals(topology.kafka, codec, 60, 60)
+        exit_code = await first.terminate()
+        assert exit_code == 0, first.log_tail()
+        after_stop = await wait_for_originals(topology.kafka, codec, batch.distinct_keys, 0)
+        assert len(partial.originals()) >= 60
+        assert len(after_stop.originals()) < batch.distinct_keys, "stopped too late to prove much"
+        assert "shutdown.requested" in first.log_path.read_text()
+
+        second = ServiceProcess(topology, sandbox.base_url, tmp_path)
+        await second.start()
+        try:
+            outcomes = await wait_for_originals(
+                topology.kafka, codec, batch.distinct_keys, 120
+            )
+            await asyncio.sleep(1)
+            outcomes = await wait_for_originals(topology.kafka, codec, batch.distinct_keys, 5)
+        finally:
+            assert await second.terminate() == 0, second.log_tail()
+        ledger = sandbox.ledger.entries()
+
+    per_key = originals_per_key(outcomes)
+    assert len(per_key) == batch.distinct_keys
+    assert max(per_key.values()) == 1
+    # A clean drain commits exactly what was done: nothing is re-read, so no duplicates.
+    assert outcomes.duplicates() == []
+    applied = ledger_per_correlation(ledger)
+    assert len(applied) == batch.distinct_keys
+    assert max(applied.values()) == 1
