@@ -1,0 +1,356 @@
+"""Mastercard's OAuth 1.0a variant: the client signer and ``httpx.Auth``, the sandbox verifier.
+
+It departs from RFC 5849 in one way that changes signatures: parameter values are joined as
+``k=v`` without being percent-encoded one by one, and the joined string is percent-encoded once
+as a whole. Query parameters enter as they appear in the URL, except that when the query uses
+percent-escapes every name and value is re-escaped in canonical form (upper-case hex, RFC 3986
+unreserved characters left alone), which is what Mastercard's reference signers do. Pairs are
+sorted by name, then value.
+
+The body hash (``oauth_body_hash``) is the standard base64 SHA-256 of the exact body bytes, sent
+even for an empty body; encrypt first, then sign the bytes that go on the wire.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import heapq
+import hmac
+import re
+import secrets
+import string
+import threading
+import time
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import quote, unquote, unquote_plus, urlsplit
+
+import httpx
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from service.security.errors import SignatureError
+
+SIGNATURE_METHOD = "RSA-SHA256"
+OAUTH_VERSION = "1.0"
+NONCE_LENGTH = 16
+DEFAULT_MAX_SKEW_SECONDS = 300
+DEFAULT_NONCE_CACHE_SIZE = 100_000
+
+_NONCE_ALPHABET = string.ascii_letters + string.digits
+_NONCE_LIMIT = 256 - 256 % len(_NONCE_ALPHABET)  # 248
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_REQUIRED_PARAMS = (
+    "oauth_consumer_key",
+    "oauth_nonce",
+    "oauth_timestamp",
+    "oauth_signature_method",
+    "oauth_version",
+    "oauth_body_hash",
+    "oauth_signature",
+)
+_HEADER_UNSAFE = re.compile(r'[\x00-\x20",%\\\x7f]')
+_SCHEME = re.compile(r"\s*OAuth\s+", re.IGNORECASE)
+_PARAM = re.compile(r'\s*([A-Za-z0-9_.~-]+)\s*=\s*"([^"]*)"\s*(?:,|\Z)')
+
+
+# --- the base string -----------------------------------------------------------------------
+
+
+def percent_encode(text: str) -> str:
+    """RFC 3986 percent-encoding of the UTF-8 bytes; only ``A-Z a-z 0-9 - . _ ~`` stay as is."""
+    return quote(text, safe="")
+
+
+def body_hash(body: bytes) -> str:
+    """``oauth_body_hash``: standard base64 of the SHA-256 of the exact body bytes."""
+    return base64.b64encode(hashlib.sha256(body).digest()).decode("ascii")
+
+
+def normalize_url(url: str) -> str:
+    """``scheme://host[:port]/path``: lower-case scheme and host, default port dropped, no query.
+
+    User info and fragment are dropped; the path is kept exactly as sent (``/`` when empty).
+    Raises ``ValueError`` for a URL that is not absolute http(s).
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    host = parts.hostname
+    if scheme not in _DEFAULT_PORTS or not host:
+        raise ValueError("expected an absolute http(s) URL")
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port
+    netloc = host if port is None or port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
+    return f"{scheme}://{netloc}{parts.path or '/'}"
+
+
+def query_pairs(url: str) -> list[tuple[str, str]]:
+    """The query parameters of ``url`` in the form they enter the base string (see module doc)."""
+    query = urlsplit(url).query
+    canonical = unquote(query) != query
+    pairs: list[tuple[str, str]] = []
+    for part in query.split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        if canonical:
+            name, value = percent_encode(unquote_plus(name)), percent_encode(unquote_plus(value))
+        pairs.append((name, value))
+    return pairs
+
+
+def signature_base_string(
+    method: str, url: str, body: bytes, oauth_params: Mapping[str, str]
+) -> str:
+    """``METHOD&pct(normalized_url)&pct(k=v&k=v...)`` over the query and the oauth parameters.
+
+    ``oauth_params`` are the ``oauth_*`` parameters except the signature (an ``oauth_signature``
+    entry is ignored). ``oauth_body_hash`` is computed from ``body`` when absent; when present it
+    must equal that hash (``ValueError`` otherwise), so a base string never covers another body.
+    """
+    params = {k: v for k, v in oauth_params.items() if k != "oauth_signature"}
+    expected = body_hash(body)
+    given = params.setdefault("oauth_body_hash", expected)
+    if not hmac.compare_digest(given, expected):
+        raise ValueError("oauth_body_hash does not match the body")
+    pairs = sorted([*query_pairs(url), *params.items()])
+    param_string = "&".join(f"{k}={v}" for k, v in pairs)
+    return f"{method.upper()}&{percent_encode(normalize_url(url))}&{percent_encode(param_string)}"
+
+
+# --- the client ----------------------------------------------------------------------------
+
+
+def make_nonce() -> str:
+    """16 random alphanumerics from the OS CSPRNG, uniform over the 62 characters.
+
+    One ``token_bytes`` call per nonce (``secrets.choice`` costs a syscall per character);
+    bytes at or above the largest multiple of 62 are skipped so no character is favoured.
+    """
+    chars: list[str] = []
+    while len(chars) < NONCE_LENGTH:
+        chars.extend(_NONCE_ALPHABET[b % 62] for b in secrets.token_bytes(24) if b < _NONCE_LIMIT)
+    return "".join(chars[:NONCE_LENGTH])
+
+
+class OAuth1Signer:
+    """Builds the ``Authorization`` header value for one request.
+
+    ``clock`` (Unix seconds) and ``nonce`` are injected so signatures are reproducible in tests.
+    """
+
+    def __init__(
+        self,
+        consumer_key: str,
+        private_key: rsa.RSAPrivateKey,
+        *,
+        clock: Callable[[], float] = time.time,
+        nonce: Callable[[], str] = make_nonce,
+    ) -> None:
+        _check_header_safe("consumer_key", consumer_key)
+        self._consumer_key = consumer_key
+        self._private_key = private_key
+        self._clock = clock
+        self._nonce = nonce
+
+    @property
+    def consumer_key(self) -> str:
+        return self._consumer_key
+
+    def oauth_params(self, method: str, url: str, body: bytes) -> dict[str, str]:
+        """The seven ``oauth_*`` parameters, ``oauth_signature`` as plain base64."""
+        nonce = self._nonce()
+        _check_header_safe("nonce", nonce)
+        params = {
+            "oauth_consumer_key": self._consumer_key,
+            "oauth_nonce": nonce,
+            "oauth_timestamp": str(int(self._clock())),
+            "oauth_signature_method": SIGNATURE_METHOD,
+            "oauth_version": OAUTH_VERSION,
+            "oauth_body_hash": body_hash(body),
+        }
+        base_string = signature_base_string(method, url, body, params)
+        signature = self._private_key.sign(
+            base_string.encode("utf-8"), padding.PKCS1v15(), hashes.SHA256()
+        )
+        params["oauth_signature"] = base64.b64encode(signature).decode("ascii")
+        return params
+
+    def authorization_header(self, method: str, url: str, body: bytes = b"") -> str:
+        """``OAuth k="v",...``; only the signature is percent-encoded, as Mastercard sends it."""
+        params = self.oauth_params(method, url, body)
+        params["oauth_signature"] = percent_encode(params["oauth_signature"])
+        return "OAuth " + ",".join(f'{k}="{v}"' for k, v in params.items())
+
+
+class MastercardOAuth1Auth(httpx.Auth):
+    """Signs each outgoing request (each retry gets a fresh nonce and timestamp).
+
+    The body hash covers the exact bytes of ``request.content``, so set the body (already
+    encrypted) before the request reaches the client. Works with ``Client`` and ``AsyncClient``.
+    """
+
+    requires_request_body = True
+
+    def __init__(self, signer: OAuth1Signer) -> None:
+        self._signer = signer
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = self._signer.authorization_header(
+            request.method, str(request.url), request.content
+        )
+        yield request
+
+
+def _check_header_safe(name: str, value: str) -> None:
+    if not value or _HEADER_UNSAFE.search(value):
+        raise ValueError(f"{name} must be non-empty without quotes, commas, '%' or spaces")
+
+
+# --- the server (sandbox) ------------------------------------------------------------------
+
+
+def parse_authorization_header(value: str) -> dict[str, str]:
+    """Parse ``OAuth k="v", k2 = "v2"`` into percent-decoded values, in any order.
+
+    Raises ``SignatureError('malformed_header')`` for another scheme, an unquoted or repeated
+    parameter, or no parameter at all.
+    """
+    start = _SCHEME.match(value)
+    if start is None:
+        raise SignatureError("malformed_header", "not an OAuth Authorization header")
+    params: dict[str, str] = {}
+    pos = start.end()
+    while pos < len(value):
+        match = _PARAM.match(value, pos)
+        if match is None:
+            raise SignatureError("malformed_header", f"cannot parse parameters at offset {pos}")
+        name = match.group(1)
+        if name in params:
+            raise SignatureError("malformed_header", f"{name} appears twice")
+        params[name] = unquote(match.group(2))
+        pos = match.end()
+    if not params:
+        raise SignatureError("malformed_header", "no OAuth parameters")
+    return params
+
+
+@dataclass(slots=True)
+class _SeenNonces:
+    """One consumer key's nonces, each kept until its timestamp leaves the skew window.
+
+    When full, the entry expiring first is dropped and ``floor`` rises to its expiry: requests
+    that would expire no later than the floor are refused, since their nonce may be forgotten.
+    """
+
+    expiry_by_nonce: dict[str, float] = field(default_factory=dict)
+    heap: list[tuple[float, str]] = field(default_factory=list)
+    floor: float = float("-inf")
+
+
+class OAuth1Verifier:
+    """Checks a signed request as the Mastercard gateway would; returns the consumer key.
+
+    ``url`` must be the URL as the client addressed it (scheme, the ``Host`` it sent, the raw
+    path and query), not one rebuilt from a proxy's view: the signature covers it.
+    Thread-safe; the nonce check runs only after the signature verified, so unsigned traffic
+    cannot fill the cache.
+    """
+
+    def __init__(
+        self,
+        public_key_by_consumer_key: Mapping[str, rsa.RSAPublicKey],
+        *,
+        clock: Callable[[], float] = time.time,
+        max_skew_seconds: float = DEFAULT_MAX_SKEW_SECONDS,
+        nonce_cache_size: int = DEFAULT_NONCE_CACHE_SIZE,
+    ) -> None:
+        if nonce_cache_size < 1:
+            raise ValueError("nonce_cache_size must be at least 1")
+        self._keys = public_key_by_consumer_key
+        self._clock = clock
+        self._skew = max_skew_seconds
+        self._cache_size = nonce_cache_size
+        self._seen: dict[str, _SeenNonces] = {}
+        self._lock = threading.Lock()
+
+    def verify(self, method: str, url: str, headers: Mapping[str, str], body: bytes) -> str:
+        """Return the consumer key of a valid request; raise ``SignatureError`` otherwise."""
+        value = _find_header(headers, "authorization")
+        if value is None:
+            raise SignatureError("missing_header", "no Authorization header")
+        params = parse_authorization_header(value)
+        for name in _REQUIRED_PARAMS:
+            if not params.get(name):
+                raise SignatureError("malformed_header", f"{name} is missing or empty")
+        if params["oauth_signature_method"] != SIGNATURE_METHOD:
+            raise SignatureError("unsupported_signature_method", f"expected {SIGNATURE_METHOD}")
+        if params["oauth_version"] != OAUTH_VERSION:
+            raise SignatureError("unsupported_version", f"expected {OAUTH_VERSION}")
+        consumer_key = params["oauth_consumer_key"]
+        public_key = self._keys.get(consumer_key)
+        if public_key is None:
+            raise SignatureError("unknown_consumer_key", "no key registered for this consumer")
+
+        timestamp_text = params["oauth_timestamp"]
+        if not (timestamp_text.isascii() and timestamp_text.isdigit()):
+            raise SignatureError("malformed_header", "oauth_timestamp is not an integer")
+        timestamp = int(timestamp_text)
+        now = self._clock()
+        if now - timestamp > self._skew:
+            raise SignatureError("stale_timestamp", f"older than {self._skew:g}s")
+        if timestamp - now > self._skew:
+            raise SignatureError("future_timestamp", f"more than {self._skew:g}s ahead")
+
+        if not hmac.compare_digest(params["oauth_body_hash"], body_hash(body)):
+            raise SignatureError("body_hash_mismatch", "oauth_body_hash does not match the body")
+
+        try:
+            signature = base64.b64decode(params["oauth_signature"], validate=True)
+        except binascii.Error as exc:
+            raise SignatureError("bad_signature", "oauth_signature is not base64") from exc
+        signed = {k: v for k, v in params.items() if k.startswith("oauth_")}
+        try:
+            base_string = signature_base_string(method, url, body, signed)
+        except ValueError as exc:
+            raise SignatureError("bad_signature", "the request URL cannot be normalized") from exc
+        try:
+            public_key.verify(
+                signature, base_string.encode("utf-8"), padding.PKCS1v15(), hashes.SHA256()
+            )
+        except InvalidSignature as exc:
+            raise SignatureError("bad_signature", "signature does not verify") from exc
+
+        self._remember_nonce(consumer_key, params["oauth_nonce"], timestamp, now)
+        return consumer_key
+
+    def _remember_nonce(self, consumer_key: str, nonce: str, timestamp: int, now: float) -> None:
+        expiry = timestamp + self._skew
+        with self._lock:
+            seen = self._seen.setdefault(consumer_key, _SeenNonces())
+            while seen.heap and seen.heap[0][0] < now:
+                _, old = heapq.heappop(seen.heap)
+                del seen.expiry_by_nonce[old]
+            if nonce in seen.expiry_by_nonce:
+                raise SignatureError("replayed_nonce", "nonce already used")
+            if expiry <= seen.floor:
+                raise SignatureError(
+                    "stale_timestamp", "older than the nonce cache can vouch for (cache full)"
+                )
+            seen.expiry_by_nonce[nonce] = expiry
+            heapq.heappush(seen.heap, (expiry, nonce))
+            if len(seen.heap) > self._cache_size:
+                dropped_expiry, dropped = heapq.heappop(seen.heap)
+                del seen.expiry_by_nonce[dropped]
+                seen.floor = max(seen.floor, dropped_expiry)
+
+
+def _find_header(headers: Mapping[str, str], name: str) -> str | None:
+    for key, value in headers.items():
+        if key.lower() == name:
+            return value
+    return None
