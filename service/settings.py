@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import ConfigError
@@ -81,7 +81,10 @@ class PasSettings(BaseModel):
         DEFAULT_TYPE_CODES, description="adjustmentTypeCode values accepted (JSON list)."
     )
     unavailable_attempts: int = Field(
-        3, ge=1, description="Tries when PAS cannot be reached at all (nothing was sent)."
+        3,
+        ge=1,
+        description="Tries when nothing was applied and retrying may help: PAS unreachable,"
+        " 429, or an error marked Recoverable.",
     )
     unavailable_backoff_s: float = Field(
         0.5, ge=0, description="First pause between those tries; doubles each time."
@@ -146,6 +149,20 @@ class Settings(BaseSettings):
         20.0, gt=0, description="On SIGTERM, how long in-flight commands may take to finish."
     )
 
+    @model_validator(mode="after")
+    def _lease_outlasts_the_calls(self) -> Settings:
+        pas = self.pas
+        longest = (pas.connect_timeout_s + pas.read_timeout_s) * pas.unavailable_attempts + sum(
+            pas.unavailable_backoff_s * 2**n for n in range(pas.unavailable_attempts - 1)
+        )
+        if self.idempotency.lease_s <= longest:
+            raise ValueError(
+                f"PA_IDEMPOTENCY__LEASE_S: {self.idempotency.lease_s:g} s must exceed the longest"
+                f" PAS exchange ({longest:g} s: timeouts x attempts + backoff), or another worker"
+                " could take over a claim whose request is still in flight"
+            )
+        return self
+
 
 def env_name(location: tuple[int | str, ...]) -> str:
     """The environment variable of a settings location such as ``("kafka", "group_id")``."""
@@ -159,6 +176,9 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         location = tuple(part for part in first["loc"] if not isinstance(part, int))
+        if not location:  # a rule across settings: "NAME: problem"
+            name, _, problem = str(first["msg"]).removeprefix("Value error, ").partition(": ")
+            raise ConfigError(name, problem) from exc
         given = first.get("input")
         shown = f" (got {given!r})" if isinstance(given, str | int | float) else ""
         raise ConfigError(env_name(location), f"{first['msg']}{shown}") from exc

@@ -55,7 +55,7 @@ class AdjustmentCommand(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    idempotency_key: str = Field(pattern=IDEMPOTENCY_KEY_PATTERN.pattern)
+    idempotency_key: str = Field(pattern=f"^{IDEMPOTENCY_KEY_PATTERN.pattern}$")
     bank_account_number: str = Field(pattern=r"^[0-9]{1,30}$")
     points_to_adjust: int
     adjustment_type_code: str = Field(pattern=r"^[A-Z0-9_]{1,20}$")

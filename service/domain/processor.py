@@ -48,7 +48,7 @@ from service.domain.ports import (
     Sleep,
 )
 from service.errors import UndecodableRecordError
-from service.idempotency.base import ClaimStatus, IdempotencyStore, State
+from service.idempotency.base import Claim, ClaimStatus, IdempotencyStore, State
 
 log = structlog.get_logger("service.processor")
 
@@ -212,15 +212,11 @@ class Processor:
         )
         if not IDEMPOTENCY_KEY_PATTERN.fullmatch(key):
             return self._decision(failure, stored=False)
-        claim = await self._store.claim(
-            key,
-            business_fingerprint(raw),
-            owner=self._config.owner,
-            now=received_at,
-            lease_s=self._config.lease_s,
-        )
-        if claim.status is ClaimStatus.CLAIMED or claim.status is ClaimStatus.TAKEN_OVER:
+        claim = await self._claim(key, business_fingerprint(raw))
+        if claim.status is ClaimStatus.CLAIMED:
             return await self._finish(key, failure, State.FAILED)
+        if claim.status is ClaimStatus.TAKEN_OVER:
+            return await self._taken_over(key, info, claim.record.attempts)
         return await self._not_claimed(claim.status, claim.record, info, key, record, raw)
 
     # -- valid commands ---------------------------------------------------------------
@@ -240,7 +236,17 @@ class Processor:
             source=record.source,
             metadata=dict(command.metadata),
         )
-        fingerprint = command.fingerprint()
+        claim = await self._claim(key, command.fingerprint())
+        if claim.status is ClaimStatus.CLAIMED:
+            return await self._call(command, info)
+        if claim.status is ClaimStatus.TAKEN_OVER:
+            return await self._taken_over(key, info, claim.record.attempts)
+        return await self._not_claimed(
+            claim.status, claim.record, info, key, record, command.model_dump()
+        )
+
+    async def _claim(self, key: str, fingerprint: str) -> Claim:
+        """Claim ``key``, waiting while another owner's live lease holds it."""
         while True:
             claim = await self._store.claim(
                 key,
@@ -250,30 +256,25 @@ class Processor:
                 lease_s=self._config.lease_s,
             )
             if claim.status is not ClaimStatus.BUSY:
-                break
+                return claim
             log.info("idempotency.busy", idempotency_key=key, owner=claim.record.owner)
             await self._sleep(self._config.busy_poll_s)
-        if claim.status is ClaimStatus.CLAIMED:
-            return await self._call(command, info)
-        if claim.status is ClaimStatus.TAKEN_OVER:
-            log.warning(
-                "idempotency.taken_over", idempotency_key=key, attempts=claim.record.attempts
-            )
-            failure = Failed(
-                info=info,
-                reason_code=Reason.OUTCOME_UNKNOWN,
-                description=(
-                    "an earlier attempt was interrupted after the claim; it may have reached PAS,"
-                    " so it is not sent again"
-                ),
-                retryable=False,
-                failed_at=self._clock(),
-                attempts=claim.record.attempts,
-            )
-            return await self._finish(key, failure, State.UNKNOWN)
-        return await self._not_claimed(
-            claim.status, claim.record, info, key, record, command.model_dump()
+
+    async def _taken_over(self, key: str, info: CommandInfo, attempts: int) -> Decision:
+        """An abandoned claim may have reached PAS: record the outcome as unknown."""
+        log.warning("idempotency.taken_over", idempotency_key=key, attempts=attempts)
+        failure = Failed(
+            info=info,
+            reason_code=Reason.OUTCOME_UNKNOWN,
+            description=(
+                "an earlier attempt was interrupted after the claim; it may have reached PAS,"
+                " so it is not sent again"
+            ),
+            retryable=False,
+            failed_at=self._clock(),
+            attempts=attempts,
         )
+        return await self._finish(key, failure, State.UNKNOWN)
 
     async def _not_claimed(
         self,

@@ -99,6 +99,6 @@ def decide_claim(
         return ClaimStatus.CONFLICT
     if existing.state in TERMINAL:
         return ClaimStatus.DUPLICATE
-    if existing.owner == owner or existing.lease_until <= now:
+    if existing.lease_until <= now:
         return ClaimStatus.TAKEN_OVER
     return ClaimStatus.BUSY

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -22,7 +22,13 @@ async def _start(client: Any, settings: KafkaSettings, what: str) -> None:
         await asyncio.wait_for(client.start(), settings.startup_timeout_s)
     except (KafkaError, OSError, TimeoutError) as exc:
         await client.stop()
-        reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+        text = str(exc)
+        name = type(exc).__name__
+        reason = (
+            "timed out"
+            if isinstance(exc, TimeoutError)
+            else (text if name in text else f"{name}: {text}")
+        )
         raise StartupError(
             f"Kafka {what}",
             f"cannot reach the broker at {settings.bootstrap_servers} ({reason})",
@@ -81,8 +87,14 @@ async def ensure_topics(settings: KafkaSettings, partitions: dict[str, int]) -> 
             NewTopic(name, count, 1) for name, count in partitions.items() if name not in existing
         ]
         if wanted:
-            with suppress(TopicAlreadyExistsError):
-                await admin.create_topics(wanted)
+            response = await admin.create_topics(wanted)
+            failures = [
+                f"{error[0]}: error code {error[1]}"
+                for error in response.topic_errors
+                if error[1] not in (0, TopicAlreadyExistsError.errno)
+            ]
+            if failures:
+                raise StartupError("Kafka admin", "creating topics failed: " + "; ".join(failures))
         return [topic.name for topic in wanted]
 
 

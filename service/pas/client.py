@@ -85,7 +85,7 @@ class PasClient:
             )
         except NOT_SENT as exc:
             return PasNotSent(_describe(exc), time.perf_counter() - started)
-        except httpx.TransportError as exc:
+        except httpx.RequestError as exc:
             return PasUnknown(_describe(exc), None, (), time.perf_counter() - started)
         elapsed = time.perf_counter() - started
         return self._classify(response, elapsed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -12,6 +13,8 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+
+import httpx
 
 from service.codec.avro import AvroCodec
 from service.kafka.clients import ensure_topics
@@ -56,13 +59,32 @@ async def service_process(env: dict[str, str], log_path: Path) -> AsyncIterator[
                     await process.wait()
 
 
-def service_env(bootstrap: str, pas_url: str, workdir: Path) -> dict[str, str]:
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def undecodable_count(metrics_url: str) -> int:
+    """Sum of the service's undecodable-record counter, read from its /metrics."""
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(metrics_url)).text
+    return int(
+        sum(
+            float(line.rpartition(" ")[2])
+            for line in text.splitlines()
+            if line.startswith("points_adjuster_undecodable_records_total{")
+        )
+    )
+
+
+def service_env(bootstrap: str, pas_url: str, workdir: Path, metrics_port: int) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         PA_KAFKA__BOOTSTRAP_SERVERS=bootstrap,
         PA_PAS__BASE_URL=pas_url,
         PA_IDEMPOTENCY__SQLITE_PATH=str(workdir / "idempotency.sqlite3"),
-        PA_METRICS__PORT="0",
+        PA_METRICS__PORT=str(metrics_port),
         PA_METRICS__HOST="127.0.0.1",
         PA_LOG__FORMAT="console",
     )
@@ -80,7 +102,8 @@ async def run_demo(*, count: int, latency_ms: float, bootstrap_servers: str | No
         )
         sandbox_config = SandboxConfig(port=0, latency_ms=latency_ms)
         async with run_sandbox(sandbox_config) as sandbox:
-            env = service_env(bootstrap, sandbox.base_url, workdir)
+            metrics_port = free_port()
+            env = service_env(bootstrap, sandbox.base_url, workdir, metrics_port)
             log_path = workdir / "service.log"
             async with service_process(env, log_path):
                 batch = generate_commands(count, duplicate_share=0.05, invalid_share=0.03)
@@ -92,8 +115,14 @@ async def run_demo(*, count: int, latency_ms: float, bootstrap_servers: str | No
                     flush=True,
                 )
                 outcomes = await wait_for_outcomes(kafka, codec, batch.distinct_keys, timeout_s=180)
+                skipped = await undecodable_count(f"http://127.0.0.1:{metrics_port}/metrics")
+                for _ in range(20):  # the undecodable records may still be on their way
+                    if skipped >= len(UNDECODABLE):
+                        break
+                    await asyncio.sleep(0.5)
+                    skipped = await undecodable_count(f"http://127.0.0.1:{metrics_port}/metrics")
             ledger = sandbox.ledger.entries()
-    print_summary(batch.distinct_keys, batch.duplicates, outcomes, len(ledger))
+    print_summary(batch.distinct_keys, batch.duplicates, outcomes, len(ledger), skipped)
     print(f"service log: {log_path}   ({time.monotonic() - started:.1f} s in all)")
     complete = len(outcomes.originals()) == batch.distinct_keys
     if not complete:
@@ -101,7 +130,9 @@ async def run_demo(*, count: int, latency_ms: float, bootstrap_servers: str | No
     return 0 if complete else 1
 
 
-def print_summary(distinct: int, repeats: int, outcomes: OutcomeLog, applied: int) -> None:
+def print_summary(
+    distinct: int, repeats: int, outcomes: OutcomeLog, applied: int, undecodable: int
+) -> None:
     failed = Counter(e["reason_code"] for e in outcomes.failed if not e["duplicate"])
     rows = [
         ("distinct commands", distinct),
@@ -109,6 +140,7 @@ def print_summary(distinct: int, repeats: int, outcomes: OutcomeLog, applied: in
         ("completed", sum(1 for e in outcomes.completed if not e["duplicate"])),
         *((f"failed: {reason}", n) for reason, n in sorted(failed.items())),
         ("duplicates absorbed (no PAS call)", len(outcomes.duplicates())),
+        ("undecodable records skipped", undecodable),
         ("adjustments in the sandbox ledger", applied),
     ]
     width = max(len(label) for label, _ in rows)

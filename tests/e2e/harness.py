@@ -46,7 +46,11 @@ class Topology:
 
     def topics(self, partitions: int) -> dict[str, int]:
         k = self.kafka
-        return {k.command_topic: partitions, k.completed_topic: partitions, k.failed_topic: partitions}
+        return {
+            k.command_topic: partitions,
+            k.completed_topic: partitions,
+            k.failed_topic: partitions,
+        }
 
 
 class ServiceProcess:

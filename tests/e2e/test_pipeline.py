@@ -35,7 +35,7 @@ def codec() -> AvroCodec:
 async def test_every_command_gets_exactly_one_outcome_and_is_applied_once(
     kafka_bootstrap: str, tmp_path: Path, codec: AvroCodec
 ) -> None:
-    """A few hundred commands with repeats, invalid and undecodable ones: one outcome per key, one PAS application per valid key."""
+    """Repeats, invalid and undecodable records: one outcome per key, one PAS call per valid key."""
     topology = Topology(kafka_bootstrap)
     await create_topics(kafka_bootstrap, topology.topics(3))
     batch = generate_commands(300, duplicate_share=0.06, invalid_share=0.04, accounts=40, seed=7)
@@ -87,7 +87,7 @@ async def test_every_command_gets_exactly_one_outcome_and_is_applied_once(
 async def test_sigterm_mid_stream_loses_nothing_and_a_restart_finishes(
     kafka_bootstrap: str, tmp_path: Path, codec: AvroCodec
 ) -> None:
-    """SIGTERM while commands are flowing drains cleanly; a restart completes the rest with no repeat."""
+    """SIGTERM mid-stream drains cleanly; a restart completes the rest and repeats nothing."""
     topology = Topology(kafka_bootstrap)
     await create_topics(kafka_bootstrap, topology.topics(2))
     batch = generate_commands(400, accounts=50, seed=11)
@@ -106,9 +106,7 @@ async def test_sigterm_mid_stream_loses_nothing_and_a_restart_finishes(
         second = ServiceProcess(topology, sandbox.base_url, tmp_path)
         await second.start()
         try:
-            outcomes = await wait_for_originals(
-                topology.kafka, codec, batch.distinct_keys, 120
-            )
+            outcomes = await wait_for_originals(topology.kafka, codec, batch.distinct_keys, 120)
             await asyncio.sleep(1)
             outcomes = await wait_for_originals(topology.kafka, codec, batch.distinct_keys, 5)
         finally:

@@ -1,0 +1,270 @@
+"""Settings loading and the command line's handling of bad settings, input and dependencies."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from service.cli import main
+from service.errors import ConfigError
+from service.settings import Settings, load_settings
+from service.tools.send import InputError, read_jsonl
+
+ERROR_PREFIX = "points-adjuster: error: "
+SUBCOMMANDS = ("run", "check", "sandbox", "send", "topics", "demo")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No PA_* variable of the caller's shell and no .env file reach the settings."""
+    for name in list(os.environ):
+        if name.startswith("PA_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """Undo configure_logging (called by main) so later tests log as before."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    levels = {name: logging.getLogger(name).level for name in ("aiokafka", "kafka", "httpx")}
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, old in levels.items():
+        logging.getLogger(name).setLevel(old)
+    structlog.reset_defaults()
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith(ERROR_PREFIX)]
+
+
+# -- settings --------------------------------------------------------------------------------
+
+
+def test_defaults_load() -> None:
+    """With no environment at all, the documented defaults load."""
+    settings = load_settings()
+    assert isinstance(settings, Settings)
+    assert settings.kafka.bootstrap_servers == "127.0.0.1:9092"
+    assert settings.kafka.command_topic == "points-adjustments.requested.v1"
+    assert settings.pas.base_url == "http://127.0.0.1:8081"
+    assert settings.pas.adjustment_path == "/points-adjustments"
+    assert settings.pas.method == "POST"
+    assert settings.pas.max_points == 1_000_000
+    assert settings.pas.unavailable_attempts == 3
+    assert settings.pas.unavailable_backoff_s == 0.5
+    assert settings.idempotency.backend == "sqlite"
+    assert settings.metrics.enabled is True
+
+
+def test_environment_overrides_nested_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PA_<GROUP>__<NAME> variables set nested settings, lists given as JSON."""
+    monkeypatch.setenv("PA_KAFKA__BOOTSTRAP_SERVERS", "b1:9092,b2:9093")
+    monkeypatch.setenv("PA_PAS__BASE_URL", "https://api.mastercard.com/loyalty/")
+    monkeypatch.setenv("PA_PAS__ALLOWED_TYPE_CODES", '["GOODWILL", "PROMO"]')
+    monkeypatch.setenv("PA_IDEMPOTENCY__BACKEND", "memory")
+    settings = load_settings()
+    assert settings.kafka.bootstrap_servers == "b1:9092,b2:9093"
+    assert settings.pas.base_url == "https://api.mastercard.com/loyalty"
+    assert settings.pas.allowed_type_codes == frozenset({"GOODWILL", "PROMO"})
+    assert settings.idempotency.backend == "memory"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PA_KAFKA__BOOTSTRAP_SERVERS", "nohost"),
+        ("PA_KAFKA__BOOTSTRAP_SERVERS", "b1:9092,b2"),
+        ("PA_KAFKA__BOOTSTRAP_SERVERS", "b1:port"),
+        ("PA_PAS__BASE_URL", "ftp://x"),
+        ("PA_PAS__UNAVAILABLE_ATTEMPTS", "0"),
+        ("PA_PAS__METHOD", "PUT"),
+        ("PA_IDEMPOTENCY__BACKEND", "redis"),
+        ("PA_IDEMPOTENCY__LEASE_S", "-1"),
+        ("PA_METRICS__PORT", "70000"),
+        ("PA_LOG__LEVEL", "LOUD"),
+        ("PA_SHUTDOWN_TIMEOUT_S", "0"),
+    ],
+)
+def test_bad_value_is_a_config_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """A wrong value raises ConfigError naming the exact environment variable."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert caught.value.setting == variable
+    assert str(caught.value).startswith(f"{variable}: ")
+
+
+def test_config_error_shows_the_bad_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The error message quotes the value that was given."""
+    monkeypatch.setenv("PA_KAFKA__BOOTSTRAP_SERVERS", "nohost")
+    with pytest.raises(ConfigError, match="nohost"):
+        load_settings()
+
+
+def test_dotenv_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A .env file in the working directory is a settings source, below the environment."""
+    (tmp_path / ".env").write_text(
+        "PA_KAFKA__GROUP_ID=from-dotenv\nPA_KAFKA__CLIENT_ID=from-dotenv\n", encoding="utf-8"
+    )
+    monkeypatch.setenv("PA_KAFKA__CLIENT_ID", "from-env")
+    settings = load_settings()
+    assert settings.kafka.group_id == "from-dotenv"
+    assert settings.kafka.client_id == "from-env"
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def test_run_with_a_bad_setting_exits_2_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`run` with a bad variable exits 2 and prints one line naming the variable."""
+    monkeypatch.setenv("PA_KAFKA__BOOTSTRAP_SERVERS", "nohost")
+    assert main(["run"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(
+        "points-adjuster: error: invalid setting PA_KAFKA__BOOTSTRAP_SERVERS"
+    )
+
+
+@pytest.mark.parametrize("command", ["run", "check", "topics"])
+def test_every_settings_command_reports_the_bad_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """Every command that reads settings fails the same way, before touching anything."""
+    monkeypatch.setenv("PA_PAS__BASE_URL", "ftp://x")
+    assert main([command]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("points-adjuster: error: invalid setting PA_PAS__BASE_URL")
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """--help exits 0 and lists each subcommand."""
+    with pytest.raises(SystemExit) as caught:
+        main(["--help"])
+    assert caught.value.code == 0
+    out = capsys.readouterr().out
+    for command in SUBCOMMANDS:
+        assert f"    {command} " in out, command
+
+
+def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown subcommand exits 2 with argparse's usage message."""
+    with pytest.raises(SystemExit) as caught:
+        main(["frobnicate"])
+    assert caught.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_send_with_a_missing_file_is_one_clear_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`send --file` naming a missing file fails non-zero with one line naming the file."""
+    missing = tmp_path / "nowhere" / "commands.jsonl"
+    code = main(["send", "--file", str(missing)])
+    assert code != 0
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(ERROR_PREFIX)
+    assert str(missing) in lines[0]
+    assert "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize("option", ["--duplicates", "--invalid"])
+def test_send_share_out_of_range_is_refused(
+    capsys: pytest.CaptureFixture[str], option: str
+) -> None:
+    """A share outside 0..1 is refused before anything is sent."""
+    assert main(["send", "--count", "1", option, "1.5"]) == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert option in line
+
+
+@pytest.mark.timeout(30)
+def test_run_with_unreachable_broker_exits_2_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`run` against a port where nothing listens exits 2 within seconds, naming the setting."""
+    monkeypatch.setenv("PA_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    monkeypatch.setenv("PA_KAFKA__STARTUP_TIMEOUT_S", "3")
+    monkeypatch.setenv("PA_METRICS__ENABLED", "false")
+    monkeypatch.setenv("PA_IDEMPOTENCY__BACKEND", "memory")
+    started = time.monotonic()
+    code = main(["run"])
+    elapsed = time.monotonic() - started
+    assert code == 2
+    assert elapsed < 10
+    (line,) = error_lines(capsys.readouterr().err)
+    assert "PA_KAFKA__BOOTSTRAP_SERVERS" in line
+    assert "127.0.0.1:1" in line
+
+
+# -- reading a commands file ---------------------------------------------------------------
+
+
+GOOD_LINE = (
+    '{"idempotency_key": "k-1", "bank_account_number": "5123456789012345000",'
+    ' "points_to_adjust": 5, "adjustment_type_code": "GOODWILL",'
+    ' "adjustment_reason": "r", "adjusted_by": "a", "correlation_id": "c",'
+    ' "requested_by": "crm", "occurred_at": "2025-03-04T05:06:07+00:00"}'
+)
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "problem"),
+    [
+        ("{not json", "not JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"idempotency_key": "k-2"}', "missing bank_account_number"),
+        (GOOD_LINE.replace("2025-03-04T05:06:07+00:00", "yesterday"), "occurred_at"),
+    ],
+    ids=["not-json", "not-object", "missing-fields", "bad-timestamp"],
+)
+def test_read_jsonl_reports_path_and_line_of_a_bad_line(
+    tmp_path: Path, bad_line: str, problem: str
+) -> None:
+    """A bad line is reported as path:line with what is wrong (blank lines still count)."""
+    path = tmp_path / "commands.jsonl"
+    path.write_text(f"{GOOD_LINE}\n\n{bad_line}\n{GOOD_LINE}\n", encoding="utf-8")
+    with pytest.raises(InputError) as caught:
+        list(read_jsonl(path))
+    message = str(caught.value)
+    assert message.startswith(f"{path}:3: ")
+    assert problem in message
+
+
+def test_read_jsonl_reads_good_lines(tmp_path: Path) -> None:
+    """Good lines become commands with a parsed occurred_at and default metadata."""
+    path = tmp_path / "commands.jsonl"
+    path.write_text(f"{GOOD_LINE}\n   \n{GOOD_LINE}\n", encoding="utf-8")
+    commands = list(read_jsonl(path))
+    assert len(commands) == 2
+    assert commands[0]["occurred_at"].isoformat() == "2025-03-04T05:06:07+00:00"
+    assert commands[0]["metadata"] == {}
+
+
+def test_send_with_a_bad_line_names_path_and_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`send --file` with a bad line exits non-zero with one path:line error."""
+    path = tmp_path / "commands.jsonl"
+    path.write_text(f"{GOOD_LINE}\n{{oops\n", encoding="utf-8")
+    assert main(["send", "--file", str(path)]) != 0
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"{ERROR_PREFIX}{path}:2: ")
