@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup kafka-jars demo test unit lint format bench clean help
+.PHONY: setup kafka-jars demo test unit lint format bench-security clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -23,8 +23,8 @@ demo: setup kafka-jars  ## local broker + sandbox + service, a few hundred comma
 	$(BIN)/points-adjuster demo
 
 lint: setup  ## ruff (lint and format check) and mypy --strict on service/
-	$(BIN)/ruff check service tests
-	$(BIN)/ruff format --check service tests
+	$(BIN)/ruff check service tests benchmarks
+	$(BIN)/ruff format --check service tests benchmarks
 	$(BIN)/mypy
 
 test: setup kafka-jars lint  ## the whole suite: lint, unit, integration, end-to-end (starts its own broker)
@@ -32,6 +32,9 @@ test: setup kafka-jars lint  ## the whole suite: lint, unit, integration, end-to
 
 unit: setup  ## unit tests only (no broker)
 	$(BIN)/pytest tests/unit
+
+bench-security: setup  ## per-request signing/encryption cost next to the raw RSA/AES floor
+	$(BIN)/python benchmarks/bench_security.py -n 2000 -r 3
 
 format: setup  ## apply ruff's formatting and fixes
 	$(BIN)/ruff format service tests

@@ -9,6 +9,7 @@ import socket
 import uuid
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -27,6 +28,7 @@ from service.kafka.publisher import OutcomePublisher
 from service.kafka.runner import CommandRunner
 from service.metrics import Metrics
 from service.pas.client import PasClient, open_http_client
+from service.pas.credentials import load_credentials
 from service.pas.metered import MeteredPas
 from service.settings import IdempotencySettings, Settings
 
@@ -68,6 +70,9 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
 async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or ``stop``), then drain, commit and close everything."""
     stop = stop or asyncio.Event()
+    credentials = load_credentials(settings.pas, now=datetime.now(UTC))
+    for warning in credentials.warnings:
+        log.warning("credentials.expiring", detail=warning)
     install_signal_handlers(stop)
     metrics = Metrics()
     codec = AvroCodec.from_directory()
@@ -85,7 +90,7 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
         store = await open_store(settings.idempotency)
         stack.push_async_callback(store.close)
         http = await stack.enter_async_context(open_http_client(settings.pas))
-        pas = MeteredPas(PasClient(http, settings.pas), metrics)
+        pas = MeteredPas(PasClient(http, settings.pas, credentials), metrics)
         if settings.metrics.enabled:
             url = await stack.enter_async_context(
                 serve_endpoints(metrics, settings.metrics.host, settings.metrics.port)

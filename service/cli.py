@@ -11,6 +11,7 @@ from pathlib import Path
 from service import __version__
 from service.errors import ConfigError, PointsAdjusterError, StartupError
 from service.logs import configure_logging
+from service.sandbox.cli_args import add_sandbox_arguments, config_from_arguments
 from service.settings import load_settings
 
 EXIT_OK = 0
@@ -51,22 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox = commands.add_parser(
         "sandbox",
         help="serve the local PAS sandbox over HTTP",
-        description="A stand-in for PAS that follows the contract in pas-api.md, with an "
-        "in-memory ledger and admin endpoints under /_sandbox/ for tests.",
+        description="A stand-in for PAS that follows the contract in pas-api.md: OAuth1 "
+        "verification and JWE with --keys-dir, an in-memory ledger, fault injection, and "
+        "admin endpoints under /_sandbox/ for tests.",
     )
-    sandbox.add_argument("--host", default="127.0.0.1", help="listen address (default %(default)s)")
-    sandbox.add_argument("--port", type=int, default=8081, help="listen port (default %(default)s)")
-    sandbox.add_argument(
-        "--latency-ms", type=float, default=0.0, help="fixed delay per adjustment (default 0)"
-    )
-    sandbox.add_argument(
-        "--unknown-account",
-        action="append",
-        default=[],
-        metavar="NUMBER",
-        help="answer 404 ACCOUNT_NOT_FOUND for this account (repeatable)",
-    )
-    sandbox.add_argument("--path-prefix", default="", help='e.g. "/loyalty" (default none)')
+    add_sandbox_arguments(sandbox)
 
     send = commands.add_parser(
         "send",
@@ -96,6 +86,33 @@ def build_parser() -> argparse.ArgumentParser:
     topics.add_argument(
         "--partitions", type=int, default=3, help="partitions of each topic (default 3)"
     )
+
+    keys = commands.add_parser(
+        "keys",
+        help="development key material (keys generate)",
+        description="Manage development keys. Real keys come from Mastercard Developers.",
+    )
+    key_commands = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    generate = key_commands.add_parser(
+        "generate",
+        help="write a complete development key set",
+        description="Write a development key set (RSA-2048, self-signed): the client signing "
+        "key as PKCS#12 with its certificate, the client decryption key and certificate, and "
+        "the PAS encryption certificate with its private key (for the sandbox). The default "
+        "PA_PAS__* paths point into ./keys. Never use these keys outside development.",
+    )
+    generate.add_argument(
+        "--dir", type=Path, default=Path("keys"), help="target folder (default %(default)s)"
+    )
+    generate.add_argument(
+        "--days", type=int, default=365, help="certificate validity (default %(default)s)"
+    )
+    generate.add_argument(
+        "--p12-password",
+        default=None,
+        help="password of the PKCS#12 signing key (default: the documented dev password)",
+    )
+    generate.add_argument("--force", action="store_true", help="overwrite existing files")
 
     demo = commands.add_parser(
         "demo",
@@ -138,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "sandbox":
         return _sandbox(args)
+    if args.command == "keys":
+        return _keys(args)
     if args.command == "demo":
         from service.tools.demo import run_demo
 
@@ -174,18 +193,37 @@ def _dispatch(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)
 
 
+def _keys(args: argparse.Namespace) -> int:
+    from service.security.keys import DEV_P12_PASSWORD, generate_dev_keyset
+
+    password = args.p12_password or DEV_P12_PASSWORD
+    try:
+        keyset = generate_dev_keyset(
+            args.dir, days=args.days, p12_password=password, overwrite=args.force
+        )
+    except FileExistsError as exc:
+        return _fail(f"{exc} (use --force to replace them)", EXIT_FAILED)
+    for path in keyset.files():
+        print(path)
+    print("the service finds them with (the PA_PAS__*_PATH defaults point into ./keys):")
+    print(f"  PA_PAS__CONSUMER_KEY=<any id> PA_PAS__SIGNING_KEY_PASSWORD={password}")
+    if args.dir.resolve() != Path("keys").resolve():
+        print(
+            f"  PA_PAS__SIGNING_KEY_PATH={keyset.client_signing_p12}"
+            f" PA_PAS__ENCRYPTION_CERTIFICATE_PATH={keyset.pas_encryption_certificate}"
+            f" PA_PAS__DECRYPTION_KEY_PATH={keyset.client_decryption_key}"
+        )
+    return EXIT_OK
+
+
 def _sandbox(args: argparse.Namespace) -> int:
     from service.sandbox.app import serve_forever
-    from service.sandbox.config import SandboxConfig
 
     configure_logging("INFO", "console")
-    config = SandboxConfig(
-        host=args.host,
-        port=args.port,
-        latency_ms=args.latency_ms,
-        unknown_accounts=frozenset(args.unknown_account),
-        path_prefix=args.path_prefix,
-    )
+    try:
+        config = config_from_arguments(args)
+    except ValueError as exc:
+        return _fail(str(exc))
     asyncio.run(serve_forever(config))
     return EXIT_OK
 

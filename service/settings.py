@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import ConfigError
@@ -88,6 +88,45 @@ class PasSettings(BaseModel):
     )
     unavailable_backoff_s: float = Field(
         0.5, ge=0, description="First pause between those tries; doubles each time."
+    )
+
+    consumer_key: SecretStr | None = Field(
+        None, description="OAuth1 consumer key from the Mastercard Developers project."
+    )
+    consumer_key_file: Path | None = Field(
+        None, description="File holding the consumer key (a mounted secret); wins over the value."
+    )
+    signing_key_path: Path = Field(
+        Path("keys/client-signing.p12"),
+        description="OAuth1 signing key: PKCS#12 (with its certificate) or PEM.",
+    )
+    signing_key_password: SecretStr | None = Field(
+        None, description="Password of the signing key file."
+    )
+    signing_key_password_file: Path | None = Field(
+        None, description="File holding that password (a mounted secret); wins over the value."
+    )
+    encryption_certificate_path: Path = Field(
+        Path("keys/pas-encryption.crt.pem"),
+        description="Mastercard's encryption certificate (PEM or DER), requests go to it.",
+    )
+    decryption_key_path: Path = Field(
+        Path("keys/client-decryption.key.pem"),
+        description="Our private key for encrypted responses (PEM or PKCS#12).",
+    )
+    decryption_certificate_path: Path | None = Field(
+        None,
+        description="The certificate registered with Mastercard for encrypted responses;"
+        " when set, the decryption key must match it.",
+    )
+    decryption_key_password: SecretStr | None = Field(
+        None, description="Password of the decryption key file, if it has one."
+    )
+    encrypted_field: Literal["encryptedValue", "encryptedData", "encryptedPayload"] = Field(
+        "encryptedValue", description="JSON field that carries the JWE in requests."
+    )
+    certificate_warning_days: int = Field(
+        30, ge=0, description="Warn at start-up when a certificate expires within this many days."
     )
 
     @field_validator("base_url")

@@ -1,3 +1,36 @@
-"""Shared test configuration: the real-broker fixtures live in tests/kafka_support.py."""
+"""Shared test configuration: real-broker fixtures (tests/kafka_support.py) and dev keys."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.security.keys import DEV_P12_PASSWORD, DevKeySet, generate_dev_keyset
 
 pytest_plugins = ["tests.kafka_support"]
+
+CONSUMER_KEY = "points-adjuster-test"
+
+
+@pytest.fixture(scope="session")
+def dev_keyset(tmp_path_factory: pytest.TempPathFactory) -> DevKeySet:
+    """One development key set for the session (RSA key generation is slow-ish)."""
+    return generate_dev_keyset(tmp_path_factory.mktemp("keys"))
+
+
+def pas_key_env(keyset: DevKeySet) -> dict[str, str]:
+    """The PA_PAS__* variables that point the service at a dev key set."""
+    return {
+        "PA_PAS__CONSUMER_KEY": CONSUMER_KEY,
+        "PA_PAS__SIGNING_KEY_PATH": str(keyset.client_signing_p12),
+        "PA_PAS__SIGNING_KEY_PASSWORD": DEV_P12_PASSWORD,
+        "PA_PAS__ENCRYPTION_CERTIFICATE_PATH": str(keyset.pas_encryption_certificate),
+        "PA_PAS__DECRYPTION_KEY_PATH": str(keyset.client_decryption_key),
+    }
+
+
+@pytest.fixture
+def pas_keys_in_env(dev_keyset: DevKeySet, monkeypatch: pytest.MonkeyPatch) -> DevKeySet:
+    """The dev key set, with the service's PA_PAS__* key settings pointing at it."""
+    for name, value in pas_key_env(dev_keyset).items():
+        monkeypatch.setenv(name, value)
+    return dev_keyset

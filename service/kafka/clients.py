@@ -21,7 +21,7 @@ async def _start(client: Any, settings: KafkaSettings, what: str) -> None:
     try:
         await asyncio.wait_for(client.start(), settings.startup_timeout_s)
     except (KafkaError, OSError, TimeoutError) as exc:
-        await client.stop()
+        await (client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop())
         text = str(exc)
         name = type(exc).__name__
         reason = (

@@ -6,7 +6,6 @@ ending into the processing core's ``PasResult`` (applied, refused, not sent, unk
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,7 +22,10 @@ from service.domain.ports import (
     PasResult,
     PasUnknown,
 )
+from service.pas.credentials import Credentials
 from service.pas.envelope import parse_envelope
+from service.pas.jwe_codec import JweBodyCodec
+from service.security.oauth1 import MastercardOAuth1Auth
 from service.settings import PasSettings
 
 log = structlog.get_logger("service.pas")
@@ -45,31 +47,19 @@ class BodyCodec(Protocol):
     def decode(self, body: bytes) -> object: ...
 
 
-class PlainJson:
-    """Sends and reads plain JSON."""
-
-    content_type = "application/json"
-
-    def encode(self, body: dict[str, object]) -> bytes:
-        return json.dumps(body, separators=(",", ":")).encode("utf-8")
-
-    def decode(self, body: bytes) -> object:
-        return json.loads(body)
-
-
 class PasClient:
-    """Implements ``PasPort`` over HTTP."""
+    """Implements ``PasPort`` over HTTP: every request encrypted (JWE), then signed (OAuth1)."""
 
     def __init__(
-        self,
-        http: httpx.AsyncClient,
-        settings: PasSettings,
-        codec: BodyCodec | None = None,
+        self, http: httpx.AsyncClient, settings: PasSettings, credentials: Credentials
     ) -> None:
         self._http = http
         self._url = settings.base_url + settings.adjustment_path
         self._method = settings.method
-        self._codec = codec or PlainJson()
+        self._codec: BodyCodec = JweBodyCodec(
+            credentials.encrypter, credentials.decrypter, settings.encrypted_field
+        )
+        self._auth = MastercardOAuth1Auth(credentials.signer)
 
     async def adjust(self, request: PasRequest) -> PasResult:
         content = self._codec.encode(request.body())
@@ -81,7 +71,7 @@ class PasClient:
         started = time.perf_counter()
         try:
             response = await self._http.request(
-                self._method, self._url, content=content, headers=headers
+                self._method, self._url, content=content, headers=headers, auth=self._auth
             )
         except NOT_SENT as exc:
             return PasNotSent(_describe(exc), time.perf_counter() - started)
@@ -140,15 +130,13 @@ def http_timeout(settings: PasSettings) -> httpx.Timeout:
 
 
 @asynccontextmanager
-async def open_http_client(
-    settings: PasSettings, *, auth: httpx.Auth | None = None
-) -> AsyncIterator[httpx.AsyncClient]:
+async def open_http_client(settings: PasSettings) -> AsyncIterator[httpx.AsyncClient]:
     """The one pooled HTTP client of the process."""
     limits = httpx.Limits(
         max_connections=settings.max_connections,
         max_keepalive_connections=settings.max_connections,
     )
     async with httpx.AsyncClient(
-        timeout=http_timeout(settings), limits=limits, auth=auth, follow_redirects=False
+        timeout=http_timeout(settings), limits=limits, follow_redirects=False
     ) as client:
         yield client

@@ -2,23 +2,34 @@
 
 It implements the contract in ``docs/pas-api.md`` for tests, the demo and benchmarks:
 ``run_sandbox`` serves it on a real socket, ``serve_forever`` runs it for the CLI, and the
-``/_sandbox/`` admin routes (not part of PAS) expose its ledger as a test oracle.
+``/_sandbox/`` admin routes (not part of PAS) expose its ledger as a test oracle and its
+fault injection as a remote control.
+
+Modules: ``app`` (routes and request steps, running it), ``codec`` (plain and JWE bodies),
+``gateway`` (the OAuth 1.0a check), ``security`` (loading the key material), ``faults``
+(the fault configuration), ``injector`` and ``ratelimit`` (carrying it out), ``admin``
+(the ``/_sandbox/`` routes), ``cli_args`` (the ``sandbox`` command's flags), ``config``,
+``envelope``, ``ledger`` and ``validation``.
 """
 
-from service.sandbox.app import (
-    AllowAllGateway,
-    DecodedBody,
-    GatewayAuth,
-    GatewayRequest,
-    PlainCodec,
-    RequestCodec,
-    RunningSandbox,
-    build_app,
-    run_sandbox,
-    serve_forever,
-)
-from service.sandbox.config import SandboxConfig
+from service.sandbox.app import RunningSandbox, build_app, run_sandbox, serve_forever
+from service.sandbox.codec import DecodedBody, JweCodec, PlainCodec, RequestCodec
+from service.sandbox.config import SandboxConfig, SandboxSecurity
 from service.sandbox.envelope import ApiError, ErrorItem, ReasonCode
+from service.sandbox.faults import (
+    ApplyThenDropFault,
+    ErrorFault,
+    FaultConfig,
+    FaultConfigError,
+    FixedLatency,
+    HangFault,
+    LognormalLatency,
+    RateLimit,
+    ResetFault,
+    UniformLatency,
+)
+from service.sandbox.gateway import AllowAllGateway, GatewayAuth, GatewayRequest, OAuth1Gateway
+from service.sandbox.injector import FaultInjector
 from service.sandbox.ledger import Ledger, LedgerEntry
 from service.sandbox.validation import (
     AdjustmentRequest,
@@ -31,18 +42,32 @@ __all__ = [
     "AdjustmentRequest",
     "AllowAllGateway",
     "ApiError",
+    "ApplyThenDropFault",
     "DecodedBody",
+    "ErrorFault",
     "ErrorItem",
+    "FaultConfig",
+    "FaultConfigError",
+    "FaultInjector",
     "FieldError",
+    "FixedLatency",
     "GatewayAuth",
     "GatewayRequest",
+    "HangFault",
+    "JweCodec",
     "Ledger",
     "LedgerEntry",
+    "LognormalLatency",
+    "OAuth1Gateway",
     "PlainCodec",
+    "RateLimit",
     "ReasonCode",
     "RequestCodec",
+    "ResetFault",
     "RunningSandbox",
     "SandboxConfig",
+    "SandboxSecurity",
+    "UniformLatency",
     "ValidationRules",
     "build_app",
     "run_sandbox",

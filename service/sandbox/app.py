@@ -5,29 +5,38 @@ PAS routes (``{prefix}`` is :attr:`SandboxConfig.path_prefix`, e.g. ``/loyalty``
     POST {prefix}/points-adjustments           apply one adjustment
     GET  {prefix}/points-adjustments-details   an account's adjustment history
 
-Admin routes, the tests' oracle. They are NOT part of PAS, are never prefixed and skip
-the gateway check::
-
-    GET  /_sandbox/ledger    every applied adjustment, balances and request counts
-    POST /_sandbox/reset     forget every adjustment and count
-    GET  /_sandbox/health    liveness
+Admin routes under ``/_sandbox/`` (the tests' oracle, not PAS, never prefixed, never
+checked by the gateway) are described in :mod:`service.sandbox.admin`.
 
 ``POST points-adjustments`` runs these steps; the first that fails answers:
 
-    ==  ========================================  ======  ================================
-    #   step                                      status  ReasonCode (Source)
-    ==  ========================================  ======  ================================
-    1   read the body, at most ``max_body_bytes`` 413     PAYLOAD_TOO_LARGE (PAS)
-    2   gateway check (:class:`GatewayAuth`)      401...  as the hook decides (Gateway)
-    3   decode the body (:class:`RequestCodec`)   400     INVALID_JSON (PAS)
-    4   validate the five fields                  400     one entry per problem (PAS)
-    5   account in ``unknown_accounts``           404     ACCOUNT_NOT_FOUND (PAS)
-    6   wait ``latency_ms``, apply to the ledger  200     ``{"pointsAdjusted": n}``
-    ==  ========================================  ======  ================================
+    ==  ==========================================  ======  ==============================
+    #   step                                        status  ReasonCode (Source)
+    ==  ==========================================  ======  ==============================
+    1   read the body, at most ``max_body_bytes``   413     PAYLOAD_TOO_LARGE (PAS)
+    2   gateway check (:class:`GatewayAuth`)        401     DECLINED (Gateway)
+    3   rate limit (``faults.rate_limit``)          429     TOO_MANY_REQUESTS (Gateway)
+    4   decode the body (:class:`RequestCodec`)     400     INVALID_JSON, JWE codes (PAS)
+    5   validate the five fields                    400     one entry per problem (PAS)
+    6   injected fate: error / hang / reset         any     see :mod:`~.faults`
+    7   account in ``unknown_accounts``             404     ACCOUNT_NOT_FOUND (PAS)
+    8   wait the latency, apply to the ledger
+    9   injected fate: apply_then_drop              none    (connection dropped)
+    10  answer                                      200     ``{"pointsAdjusted": n}``
+    ==  ==========================================  ======  ==============================
 
-Steps 2 and 3 are the seams for the OAuth 1.0a check and JWE decryption: by default the
-gateway lets everything through and the codec speaks plain JSON. The success body goes
-back through the encoder the codec chose for that request.
+Steps 2 and 4 are pluggable. With ``SandboxConfig.security`` set they are Mastercard's
+OAuth 1.0a check (:class:`~.gateway.OAuth1Gateway`) and JWE bodies
+(:class:`~.codec.JweCodec`); without it the gateway lets everything through and bodies are
+plain JSON. ``GET points-adjustments-details`` passes the same gateway check (a GET signs
+an empty body) and always answers plain JSON. The success body goes back through the
+encoder the codec chose for that request.
+
+Step 6 draws at most one fate per request (:mod:`~.injector`): an injected error answers
+at once and applies nothing; a hang waits ``hang.seconds`` and then carries on (``applies``)
+or answers the gateway's 504; a reset aborts the connection with a TCP RST and applies
+nothing. Step 9 closes the connection without an answer after the adjustment was applied.
+Faults concern ``POST points-adjustments`` only.
 
 Other answers: an unknown path is 404 ``NOT_FOUND`` and a wrong method 405
 ``METHOD_NOT_ALLOWED`` with an ``Allow`` header (both Source ``Gateway``, which routes the
@@ -35,9 +44,10 @@ call); an unexpected failure is 500 ``INTERNAL_ERROR``. Every response, errors i
 is ``application/json`` and carries ``X-MC-Correlation-ID``: the caller's
 ``Correlation-Id`` or a fresh UUID.
 
-Step 6 applies the adjustment even when the caller has stopped waiting (aiohttp does not
-cancel a handler when its client disconnects): a client timeout during the latency leaves
-an applied adjustment behind, the "unknown outcome" the client has to reconcile.
+Step 8 applies the adjustment even when the caller has stopped waiting (aiohttp does not
+cancel a handler when its client disconnects): a client timeout during the latency or a
+hang leaves an applied adjustment behind, the "unknown outcome" the client has to
+reconcile.
 
 Logs name events and never hold a full account number (last four digits only), a query
 string or a request body; aiohttp's access log, which would print query strings, is off.
@@ -46,22 +56,36 @@ string or a request body; aiohttp's access log, which would print query strings,
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
+import socket
+import struct
+import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
 
+from service.sandbox.admin import AdminRoutes
+from service.sandbox.codec import (
+    DecodedBody,
+    PlainCodec,
+    RequestCodec,
+    encode_json,
+    json_body_response,
+    json_response,
+    parse_json_object,
+)
 from service.sandbox.config import SandboxConfig
 from service.sandbox.envelope import ApiError, ErrorItem, ReasonCode
+from service.sandbox.gateway import AllowAllGateway, GatewayAuth, GatewayRequest
+from service.sandbox.injector import FateKind, FaultInjector, hang_timeout, injected_error
 from service.sandbox.ledger import Clock, Ledger, utc_now
+from service.sandbox.security import load_security_material, secured_hooks
 from service.sandbox.validation import (
     BANK_ACCOUNT_NUMBER,
     FieldError,
@@ -71,138 +95,55 @@ from service.sandbox.validation import (
     parse_adjustment,
 )
 
+__all__ = [
+    "ADJUSTMENTS_PATH",
+    "CONFIG_KEY",
+    "FAULTS_KEY",
+    "HISTORY_PATH",
+    "LEDGER_KEY",
+    "AllowAllGateway",
+    "DecodedBody",
+    "GatewayAuth",
+    "GatewayRequest",
+    "PlainCodec",
+    "RequestCodec",
+    "RunningSandbox",
+    "build_app",
+    "encode_json",
+    "mask_account",
+    "parse_json_object",
+    "run_sandbox",
+    "serve_forever",
+]
+
 log = structlog.get_logger("service.sandbox")
 
 ADJUSTMENTS_PATH = "/points-adjustments"
 HISTORY_PATH = "/points-adjustments-details"
-ADMIN_PREFIX = "/_sandbox"
 CORRELATION_REQUEST_HEADER = "Correlation-Id"
 CORRELATION_RESPONSE_HEADER = "X-MC-Correlation-ID"
 USER_ID_TYPES = frozenset({"RANAC", "RANCU"})
 
 LEDGER_KEY = web.AppKey("sandbox.ledger", Ledger)
 CONFIG_KEY = web.AppKey("sandbox.config", SandboxConfig)
+FAULTS_KEY = web.AppKey("sandbox.faults", FaultInjector)
 
 _ROUTE_ADJUST = "pas.points-adjustments"
 _ROUTE_HISTORY = "pas.points-adjustments-details"
 _SHUTDOWN_TIMEOUT_S = 5.0
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a TCP RST
 
 Sleep = Callable[[float], Awaitable[None]]
 
 _correlation_id: ContextVar[str] = ContextVar("sandbox_correlation_id")
 
 
-# --- pluggable step: body codec -----------------------------------------------------------
+class _DropConnection(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised by a handler to end the connection without any HTTP answer."""
 
-ResponseEncoder = Callable[[Mapping[str, Any]], bytes]
-"""Turns a success payload into the response body bytes."""
-
-
-@dataclass(frozen=True, slots=True)
-class DecodedBody:
-    """The plaintext request and how to encode the answer to this very request.
-
-    The encoder travels with the request because the answer may depend on it: the JWE
-    codec answers in the field name it received, encrypted to the caller's key.
-    """
-
-    payload: dict[str, Any]
-    encode_response: ResponseEncoder
-
-
-class RequestCodec(Protocol):
-    """Turns the body bytes as sent into the plaintext JSON object.
-
-    Raise :class:`ApiError` (typically 400) when the body cannot be decoded.
-    """
-
-    def decode(self, body: bytes, headers: Mapping[str, str]) -> DecodedBody: ...
-
-
-def parse_json_object(body: bytes) -> dict[str, Any]:
-    """Strict JSON: UTF-8, an object at the top, no duplicate keys, no NaN or Infinity.
-
-    Raises:
-        ApiError: 400 ``INVALID_JSON``; the description never quotes the body.
-    """
-    try:
-        value = json.loads(
-            body.decode("utf-8"),
-            object_pairs_hook=_reject_duplicate_keys,
-            parse_constant=_reject_constant,
-        )
-    except UnicodeDecodeError as exc:
-        raise _invalid_json("request body is not valid UTF-8") from exc
-    except json.JSONDecodeError as exc:
-        raise _invalid_json(f"request body is not valid JSON (at char {exc.pos})") from exc
-    except ValueError as exc:  # from the two hooks
-        raise _invalid_json(str(exc)) from exc
-    if not isinstance(value, dict):
-        raise _invalid_json("request body must be a JSON object")
-    return value
-
-
-def encode_json(payload: Mapping[str, Any]) -> bytes:
-    """Compact UTF-8 JSON."""
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-class PlainCodec:
-    """Plain JSON both ways: the sandbox's codec until the JWE layer is put in front."""
-
-    def decode(self, body: bytes, headers: Mapping[str, str]) -> DecodedBody:
-        """The body parsed by :func:`parse_json_object`; the answer is plain JSON."""
-        return DecodedBody(parse_json_object(body), encode_json)
-
-
-def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError("request body repeats a key")
-        result[key] = value
-    return result
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"request body holds {name}, which JSON does not allow")
-
-
-def _invalid_json(description: str) -> ApiError:
-    return ApiError.pas(400, ReasonCode.INVALID_JSON, description)
-
-
-# --- pluggable step: gateway check --------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class GatewayRequest:
-    """What the API Gateway sees of a call: enough to verify an OAuth 1.0a signature."""
-
-    method: str
-    url: str
-    """The absolute URL as received, query included."""
-    headers: Mapping[str, str]
-    """The request headers; lookups are case-insensitive."""
-    body: bytes
-    """The exact body bytes as received (empty for a GET)."""
-
-
-class GatewayAuth(Protocol):
-    """Decides whether a call reaches PAS; raise :class:`ApiError` (Source Gateway) if not."""
-
-    async def check(self, request: GatewayRequest) -> None: ...
-
-
-class AllowAllGateway:
-    """A gateway that lets every call through: the default until OAuth 1.0a lands."""
-
-    async def check(self, request: GatewayRequest) -> None:
-        """Accept the call."""
-        return None
-
-
-# --- the application ----------------------------------------------------------------------
+    def __init__(self, *, reset: bool) -> None:
+        super().__init__("reset" if reset else "drop")
+        self.reset = reset
 
 
 @dataclass(slots=True)
@@ -211,6 +152,7 @@ class _Sandbox:
     ledger: Ledger
     codec: RequestCodec
     gateway: GatewayAuth
+    faults: FaultInjector
     sleep: Sleep
     rules: ValidationRules
     adjust_requests: Counter[int] = field(default_factory=Counter)
@@ -227,6 +169,10 @@ class _Sandbox:
         route = request.match_info.route.name or "unmatched"
         try:
             response = await handler(request)
+        except _DropConnection as exc:
+            log.debug("sandbox.connection.dropped", reset=exc.reset, correlation_id=correlation_id)
+            _abort_connection(request, reset=exc.reset)
+            return web.Response()  # never written: aiohttp finds the transport closed
         except ApiError as exc:
             response = self._error_response(exc, route)
         except web.HTTPException as exc:  # the router's 404 and 405
@@ -255,19 +201,34 @@ class _Sandbox:
             reason_codes=[str(item.reason_code) for item in error.errors],
             correlation_id=_correlation_id.get(None),
         )
-        return _json_response(error.envelope(), status=error.status, headers=error.headers)
+        return json_response(error.envelope(), status=error.status, headers=error.headers)
 
     # PAS ----------------------------------------------------------------------------------
 
     async def adjust(self, request: web.Request) -> web.Response:
         """``POST {prefix}/points-adjustments``: see the module docstring for the steps."""
         body = await self._read_body(request)
-        await self.gateway.check(_gateway_request(request, body))
+        await self.gateway.check(GatewayRequest.from_request(request, body))
+        self.faults.check_rate_limit()
         decoded = self.codec.decode(body, request.headers)
         try:
             adjustment = parse_adjustment(decoded.payload, self.rules)
         except InvalidAdjustmentError as exc:
             raise ApiError(400, [error.to_error_item() for error in exc.errors]) from exc
+
+        fate = self.faults.draw()
+        if fate.error is not None:
+            self.faults.count(fate.label)
+            raise injected_error(fate.error)
+        if fate.hang is not None:
+            self.faults.count(fate.label)
+            await self.sleep(fate.hang.seconds)
+            if not fate.hang.applies:
+                raise hang_timeout()
+        if fate.kind is FateKind.RESET:
+            self.faults.count(fate.label)
+            raise _DropConnection(reset=True)
+
         if adjustment.bank_account_number in self.config.unknown_accounts:
             raise ApiError.pas(
                 404,
@@ -275,8 +236,9 @@ class _Sandbox:
                 "no account has this bankAccountNumber",
                 details=BANK_ACCOUNT_NUMBER,
             )
-        if self.config.latency_ms > 0:
-            await self.sleep(self.config.latency_ms / 1000)
+        delay = self.faults.latency_seconds(self.config.latency_ms)
+        if delay > 0:
+            await self.sleep(delay)
         entry = self.ledger.apply(adjustment, correlation_id=_correlation_id.get(None))
         log.debug(
             "sandbox.adjustment.applied",
@@ -286,8 +248,11 @@ class _Sandbox:
             type_code=entry.adjustment_type_code,
             correlation_id=entry.correlation_id,
         )
+        if fate.kind is FateKind.APPLY_THEN_DROP:
+            self.faults.count(fate.label)
+            raise _DropConnection(reset=False)
         payload = {"pointsAdjusted": entry.points_adjusted}
-        return _json_body_response(decoded.encode_response(payload))
+        return json_body_response(decoded.encode_response(payload))
 
     async def history(self, request: web.Request) -> web.Response:
         """``GET {prefix}/points-adjustments-details?user_id=...&user_id_type=RANAC|RANCU``.
@@ -297,7 +262,7 @@ class _Sandbox:
         ``adjustedBy`` and ``adjustedAt`` (ISO 8601 UTC). ``user_id`` is, for now, the
         bankAccountNumber whatever the ``user_id_type``.
         """
-        await self.gateway.check(_gateway_request(request, b""))
+        await self.gateway.check(GatewayRequest.from_request(request, b""))
         query = request.query
         user_ids = query.getall("user_id", [])
         id_types = query.getall("user_id_type", [])
@@ -327,7 +292,7 @@ class _Sandbox:
             raise ApiError.pas(
                 404, ReasonCode.ACCOUNT_NOT_FOUND, "no account has this user_id", details="user_id"
             )
-        return _json_response(
+        return json_response(
             {
                 "adjustments": [entry.to_history_json() for entry in self.ledger.history(account)],
                 "balance": self.ledger.balance(account),
@@ -344,42 +309,6 @@ class _Sandbox:
         except web.HTTPRequestEntityTooLarge as exc:
             raise _payload_too_large(limit) from exc
 
-    # admin (not PAS) ----------------------------------------------------------------------
-
-    async def admin_ledger(self, request: web.Request) -> web.Response:
-        """``GET /_sandbox/ledger`` (not PAS): everything applied, for tests to assert on.
-
-        ``{"adjustments": [... with bankAccountNumber and correlationId ...], "count": n,
-        "accounts": k, "balances": {account: n}, "requests": {"total": t, "byStatus":
-        {"200": n, ...}}}``; ``requests`` counts ``POST points-adjustments`` calls by status.
-        """
-        return _json_response(
-            {
-                "adjustments": [entry.to_admin_json() for entry in self.ledger.entries()],
-                "count": len(self.ledger),
-                "accounts": len(self.ledger.balances()),
-                "balances": self.ledger.balances(),
-                "requests": {
-                    "total": sum(self.adjust_requests.values()),
-                    "byStatus": {str(s): n for s, n in sorted(self.adjust_requests.items())},
-                },
-            }
-        )
-
-    async def admin_reset(self, request: web.Request) -> web.Response:
-        """``POST /_sandbox/reset`` (not PAS): empty the ledger and the request counts.
-
-        Answers ``{"cleared": n}``, the number of adjustments dropped.
-        """
-        cleared = self.ledger.reset()
-        self.adjust_requests.clear()
-        log.info("sandbox.reset", cleared=cleared)
-        return _json_response({"cleared": cleared})
-
-    async def admin_health(self, request: web.Request) -> web.Response:
-        """``GET /_sandbox/health`` (not PAS): ``{"status": "ok", "adjustments": n}``."""
-        return _json_response({"status": "ok", "adjustments": len(self.ledger)})
-
 
 def build_app(
     config: SandboxConfig,
@@ -389,22 +318,37 @@ def build_app(
     codec: RequestCodec | None = None,
     gateway: GatewayAuth | None = None,
     ledger: Ledger | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> web.Application:
     """The sandbox as an aiohttp application, not yet listening.
 
     Args:
-        config: limits, latency and path prefix.
-        clock: stamps applied adjustments (``adjustedAt``); must be timezone-aware.
-        sleep: waits out ``latency_ms``; inject a fake to test without waiting.
-        codec: decodes request bodies and encodes success bodies; plain JSON by default.
-        gateway: the pre-PAS check of every PAS call; lets everything through by default.
+        config: limits, latency, path prefix, security and faults.
+        clock: stamps applied adjustments (``adjustedAt``) and is the gateway's clock for
+            ``oauth_timestamp``; must be timezone-aware.
+        sleep: waits out latencies and hangs; inject a fake to test without waiting.
+        codec: decodes request bodies and encodes success bodies; by default JWE when
+            ``config.security`` is set, else plain JSON.
+        gateway: the pre-PAS check of every PAS call; by default OAuth 1.0a when
+            ``config.security`` is set, else lets everything through.
         ledger: the state to serve from; a new empty one (using ``clock``) by default.
+        monotonic: the rate limit's clock, in seconds.
+
+    Raises:
+        service.security.errors.SecurityError: a key or certificate of ``config.security``
+            cannot be loaded, or the PAS key does not match its certificate.
     """
+    if config.security is not None and (codec is None or gateway is None):
+        material = load_security_material(config.security)
+        secure_codec, secure_gateway = secured_hooks(material, clock=lambda: clock().timestamp())
+        codec = codec if codec is not None else secure_codec
+        gateway = gateway if gateway is not None else secure_gateway
     sandbox = _Sandbox(
         config=config,
         ledger=ledger if ledger is not None else Ledger(clock=clock),
         codec=codec if codec is not None else PlainCodec(),
         gateway=gateway if gateway is not None else AllowAllGateway(),
+        faults=FaultInjector(config.faults, monotonic=monotonic),
         sleep=sleep,
         rules=ValidationRules(config.max_points, config.allowed_type_codes),
     )
@@ -413,14 +357,13 @@ def build_app(
     )
     app[CONFIG_KEY] = config
     app[LEDGER_KEY] = sandbox.ledger
+    app[FAULTS_KEY] = sandbox.faults
     prefix = config.path_prefix
     app.router.add_post(prefix + ADJUSTMENTS_PATH, sandbox.adjust, name=_ROUTE_ADJUST)
     app.router.add_get(
         prefix + HISTORY_PATH, sandbox.history, name=_ROUTE_HISTORY, allow_head=False
     )
-    app.router.add_get(f"{ADMIN_PREFIX}/ledger", sandbox.admin_ledger, allow_head=False)
-    app.router.add_post(f"{ADMIN_PREFIX}/reset", sandbox.admin_reset)
-    app.router.add_get(f"{ADMIN_PREFIX}/health", sandbox.admin_health, allow_head=False)
+    AdminRoutes(sandbox.ledger, sandbox.adjust_requests, sandbox.faults).register(app.router)
     return app
 
 
@@ -447,6 +390,16 @@ class RunningSandbox:
         """The absolute URL of ``POST points-adjustments``."""
         return self.api_base_url + ADJUSTMENTS_PATH
 
+    @property
+    def history_url(self) -> str:
+        """The absolute URL of ``GET points-adjustments-details`` (without a query)."""
+        return self.api_base_url + HISTORY_PATH
+
+    @property
+    def faults(self) -> FaultInjector:
+        """The fault injector: its config in force and its counts."""
+        return self.app[FAULTS_KEY]
+
 
 @asynccontextmanager
 async def run_sandbox(
@@ -456,13 +409,16 @@ async def run_sandbox(
     sleep: Sleep = asyncio.sleep,
     codec: RequestCodec | None = None,
     gateway: GatewayAuth | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> AsyncIterator[RunningSandbox]:
     """Serve the sandbox on ``config.host:config.port`` for the block's duration.
 
     With ``port=0`` the OS picks a free port; ``base_url`` tells which. On exit the socket
     closes and in-flight requests get a few seconds to finish.
     """
-    app = build_app(config, clock=clock, sleep=sleep, codec=codec, gateway=gateway)
+    app = build_app(
+        config, clock=clock, sleep=sleep, codec=codec, gateway=gateway, monotonic=monotonic
+    )
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     try:
@@ -496,11 +452,18 @@ async def serve_forever(
             installed.append(signum)
     try:
         async with run_sandbox(config) as sandbox:
+            security = config.security
             log.info(
                 "sandbox.listening",
                 base_url=sandbox.base_url,
                 api_base_url=sandbox.api_base_url,
                 latency_ms=config.latency_ms,
+                security="off" if security is None else "oauth1+jwe",
+                consumer_keys=None if security is None else sorted(security.clients),
+                encrypted_responses=(
+                    None if security is None else security.client_encryption_certificate is not None
+                ),
+                faults=None if config.faults.is_empty else config.faults.to_dict(),
             )
             if on_ready is not None:
                 on_ready(sandbox)
@@ -522,8 +485,17 @@ def mask_account(account: str) -> str:
     return "****" + account[-4:]
 
 
-def _gateway_request(request: web.Request, body: bytes) -> GatewayRequest:
-    return GatewayRequest(request.method, str(request.url), request.headers, body)
+def _abort_connection(request: web.Request, *, reset: bool) -> None:
+    """Close the connection at once, without an answer; with ``reset``, as a TCP RST."""
+    transport = request.transport
+    if transport is None:
+        return
+    if reset:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    transport.abort()
 
 
 def _payload_too_large(limit: int) -> ApiError:
@@ -548,15 +520,3 @@ def _from_http_exception(exc: web.HTTPException) -> ApiError:
         return ApiError.pas(413, ReasonCode.PAYLOAD_TOO_LARGE, "request body is too large")
     reason = exc.reason.upper().replace(" ", "_") or "HTTP_ERROR"
     return ApiError.gateway(exc.status, reason, exc.reason, recoverable=exc.status >= 500)
-
-
-def _json_response(
-    payload: Mapping[str, Any], *, status: int = 200, headers: Mapping[str, str] | None = None
-) -> web.Response:
-    return _json_body_response(encode_json(payload), status=status, headers=headers)
-
-
-def _json_body_response(
-    body: bytes, *, status: int = 200, headers: Mapping[str, str] | None = None
-) -> web.Response:
-    return web.Response(body=body, status=status, headers=headers, content_type="application/json")

@@ -2,19 +2,83 @@
 
 Every choice the contract marks [ours] (limits, allowed type codes, the path prefix) is a
 field here, so tests and the demo can tighten or loosen the sandbox without code changes.
+:class:`SandboxSecurity` turns on the gateway's OAuth 1.0a check and JWE bodies; the
+fault-injection settings live in :mod:`service.sandbox.faults`.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from service.sandbox.faults import FaultConfig
+from service.security.keys import DevKeySet
 
 DEFAULT_MAX_POINTS = 1_000_000
 DEFAULT_TYPE_CODES: frozenset[str] = frozenset({"GOODWILL", "CORRECTION", "PROMO", "REVERSAL"})
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 
+DEFAULT_MAX_SKEW_SECONDS = 300
+
 TYPE_CODE_PATTERN = re.compile(r"[A-Z0-9_]{1,20}")
 """The shape every ``adjustmentTypeCode`` must have, before the allowed-set check."""
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxSecurity:
+    """The key material of a sandbox that checks signatures and speaks JWE, as PAS does.
+
+    Only paths: the files are read when the app is built
+    (:func:`service.sandbox.security.load_security_material`).
+
+    Attributes:
+        clients: consumer key -> that client's signing certificate (PEM or DER); the
+            gateway accepts a call signed by the certificate's key under that consumer key.
+        pas_decryption_key: PAS's private key; request JWEs are decrypted with it.
+        pas_encryption_certificate: the certificate clients encrypt to; only JWEs whose
+            ``kid`` is this certificate's fingerprint are accepted.
+        client_encryption_certificate: when set, 200 answers are encrypted to it; else
+            they are plain JSON.
+        max_skew_seconds: how far ``oauth_timestamp`` may be from the sandbox's clock.
+    """
+
+    clients: Mapping[str, Path]
+    pas_decryption_key: Path
+    pas_encryption_certificate: Path
+    client_encryption_certificate: Path | None = None
+    max_skew_seconds: int = DEFAULT_MAX_SKEW_SECONDS
+
+    def __post_init__(self) -> None:
+        if not self.clients:
+            raise ValueError("clients must register at least one consumer key")
+        if any(not key for key in self.clients):
+            raise ValueError("clients must not hold an empty consumer key")
+        object.__setattr__(
+            self, "clients", MappingProxyType({k: Path(v) for k, v in self.clients.items()})
+        )
+        if self.max_skew_seconds < 1:
+            raise ValueError(f"max_skew_seconds must be at least 1, got {self.max_skew_seconds}")
+
+    @classmethod
+    def from_keyset(
+        cls, keyset: DevKeySet, consumer_key: str, *, encrypt_responses: bool = True
+    ) -> SandboxSecurity:
+        """The sandbox side of a dev key set from ``generate_dev_keyset``.
+
+        ``consumer_key`` is registered with the client signing certificate; answers are
+        encrypted to the client decryption certificate unless ``encrypt_responses`` is false.
+        """
+        return cls(
+            clients={consumer_key: keyset.client_signing_certificate},
+            pas_decryption_key=keyset.pas_decryption_key,
+            pas_encryption_certificate=keyset.pas_encryption_certificate,
+            client_encryption_certificate=(
+                keyset.client_decryption_certificate if encrypt_responses else None
+            ),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +89,8 @@ class SandboxConfig:
         host: interface to bind.
         port: TCP port; 0 asks the OS for a free one (read it back from the running
             sandbox's ``base_url``).
-        latency_ms: fixed delay added before a valid adjustment is applied.
+        latency_ms: fixed delay added before a valid adjustment is applied, unless
+            ``faults.latency`` sets a distribution.
         max_points: largest accepted absolute value of ``pointsToAdjust``.
         allowed_type_codes: the ``adjustmentTypeCode`` values PAS accepts.
         unknown_accounts: account numbers answered with 404 ``ACCOUNT_NOT_FOUND``; every
@@ -33,6 +98,10 @@ class SandboxConfig:
         max_body_bytes: request bodies larger than this are answered with 413.
         path_prefix: prepended to the PAS paths, ``""`` or e.g. ``"/loyalty"`` (no trailing
             slash). The admin routes under ``/_sandbox/`` are never prefixed.
+        security: OAuth 1.0a and JWE as PAS requires them; ``None`` is plain mode (no
+            signature, plain JSON bodies).
+        faults: the faults injected at start-up (replaceable at run time through
+            ``/_sandbox/faults``); none by default.
     """
 
     host: str = "127.0.0.1"
@@ -43,6 +112,8 @@ class SandboxConfig:
     unknown_accounts: frozenset[str] = field(default_factory=frozenset)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     path_prefix: str = ""
+    security: SandboxSecurity | None = None
+    faults: FaultConfig = field(default_factory=FaultConfig)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

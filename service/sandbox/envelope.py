@@ -39,6 +39,13 @@ class ReasonCode(StrEnum):
     # 400, query parameters of the history call
     MISSING_PARAMETER = "MISSING_PARAMETER"
     INVALID_PARAMETER = "INVALID_PARAMETER"
+    # 400, the JWE layer (see service.sandbox.codec)
+    ENCRYPTION_REQUIRED = "ENCRYPTION_REQUIRED"
+    INVALID_ENCRYPTED_PAYLOAD = "INVALID_ENCRYPTED_PAYLOAD"
+    INVALID_KID = "INVALID_KID"
+    DECRYPTION_FAILED = "DECRYPTION_FAILED"
+    # 400, the admin route PUT /_sandbox/faults
+    INVALID_FAULT_CONFIG = "INVALID_FAULT_CONFIG"
     # 404 / 405 / 413 / 500
     ACCOUNT_NOT_FOUND = "ACCOUNT_NOT_FOUND"
     NOT_FOUND = "NOT_FOUND"
@@ -47,6 +54,9 @@ class ReasonCode(StrEnum):
     INTERNAL_ERROR = "INTERNAL_ERROR"
     # 401 from the gateway, as Mastercard documents it
     DECLINED = "DECLINED"
+    # 429 from the gateway's rate limit; 504 when an injected hang ends unapplied
+    TOO_MANY_REQUESTS = "TOO_MANY_REQUESTS"
+    GATEWAY_TIMEOUT = "GATEWAY_TIMEOUT"
 
 
 @dataclass(frozen=True, slots=True)

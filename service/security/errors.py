@@ -15,8 +15,10 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
+from service.errors import PointsAdjusterError
 
-class SecurityError(Exception):
+
+class SecurityError(PointsAdjusterError):
     """Base class of every error raised on purpose by ``service.security``."""
 
     retriable: bool = False

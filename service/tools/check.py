@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import httpx
 
 from service.app import open_store
 from service.errors import PointsAdjusterError
 from service.kafka.clients import list_topics
 from service.pas.client import http_timeout
+from service.pas.credentials import load_credentials
 from service.settings import Settings
 
 
 async def run_checks(settings: Settings) -> int:
     """Print one line per check; return 0 when all pass, 1 otherwise."""
     results: list[tuple[str, bool, str]] = [("settings", True, "valid")]
+    try:
+        credentials = load_credentials(settings.pas, now=datetime.now(UTC))
+    except PointsAdjusterError as exc:
+        results.append(("pas credentials", False, str(exc)))
+    else:
+        results.append(
+            (
+                "pas credentials",
+                True,
+                f"signing key, encryption certificate (kid"
+                f" {credentials.encrypter.kid[:12]}...) and decryption key load and match",
+            )
+        )
+        results.extend(("certificate expiry", True, f"WARNING {w}") for w in credentials.warnings)
 
     k = settings.kafka
     try:

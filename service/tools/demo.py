@@ -19,7 +19,8 @@ import httpx
 from service.codec.avro import AvroCodec
 from service.kafka.clients import ensure_topics
 from service.sandbox.app import run_sandbox
-from service.sandbox.config import SandboxConfig
+from service.sandbox.config import SandboxConfig, SandboxSecurity
+from service.security.keys import DEV_P12_PASSWORD, DevKeySet, generate_dev_keyset
 from service.settings import KafkaSettings
 from service.tools.generate import generate_commands
 from service.tools.outcomes import OutcomeLog, wait_for_outcomes
@@ -78,9 +79,19 @@ async def undecodable_count(metrics_url: str) -> int:
     )
 
 
-def service_env(bootstrap: str, pas_url: str, workdir: Path, metrics_port: int) -> dict[str, str]:
+DEMO_CONSUMER_KEY = "points-adjuster-demo"
+
+
+def service_env(
+    bootstrap: str, pas_url: str, workdir: Path, metrics_port: int, keyset: DevKeySet
+) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
+        PA_PAS__CONSUMER_KEY=DEMO_CONSUMER_KEY,
+        PA_PAS__SIGNING_KEY_PATH=str(keyset.client_signing_p12),
+        PA_PAS__SIGNING_KEY_PASSWORD=DEV_P12_PASSWORD,
+        PA_PAS__ENCRYPTION_CERTIFICATE_PATH=str(keyset.pas_encryption_certificate),
+        PA_PAS__DECRYPTION_KEY_PATH=str(keyset.client_decryption_key),
         PA_KAFKA__BOOTSTRAP_SERVERS=bootstrap,
         PA_PAS__BASE_URL=pas_url,
         PA_IDEMPOTENCY__SQLITE_PATH=str(workdir / "idempotency.sqlite3"),
@@ -100,10 +111,15 @@ async def run_demo(*, count: int, latency_ms: float, bootstrap_servers: str | No
         await ensure_topics(
             kafka, {kafka.command_topic: 3, kafka.completed_topic: 3, kafka.failed_topic: 3}
         )
-        sandbox_config = SandboxConfig(port=0, latency_ms=latency_ms)
+        keyset = generate_dev_keyset(workdir / "keys")
+        sandbox_config = SandboxConfig(
+            port=0,
+            latency_ms=latency_ms,
+            security=SandboxSecurity.from_keyset(keyset, DEMO_CONSUMER_KEY),
+        )
         async with run_sandbox(sandbox_config) as sandbox:
             metrics_port = free_port()
-            env = service_env(bootstrap, sandbox.base_url, workdir, metrics_port)
+            env = service_env(bootstrap, sandbox.base_url, workdir, metrics_port, keyset)
             log_path = workdir / "service.log"
             async with service_process(env, log_path):
                 batch = generate_commands(count, duplicate_share=0.05, invalid_share=0.03)
@@ -123,6 +139,7 @@ async def run_demo(*, count: int, latency_ms: float, bootstrap_servers: str | No
                     skipped = await undecodable_count(f"http://127.0.0.1:{metrics_port}/metrics")
             ledger = sandbox.ledger.entries()
     print_summary(batch.distinct_keys, batch.duplicates, outcomes, len(ledger), skipped)
+    print("every request was JWE-encrypted and OAuth1-signed; the sandbox verified both")
     print(f"service log: {log_path}   ({time.monotonic() - started:.1f} s in all)")
     complete = len(outcomes.originals()) == batch.distinct_keys
     if not complete:

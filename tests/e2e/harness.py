@@ -17,8 +17,18 @@ from typing import Any
 import httpx
 
 from service.codec.avro import AvroCodec
+from service.sandbox.config import SandboxConfig, SandboxSecurity
+from service.security.keys import DevKeySet
 from service.settings import KafkaSettings
 from service.tools.outcomes import OutcomeLog, read_outcomes
+from tests.conftest import CONSUMER_KEY, pas_key_env
+
+
+def secure_sandbox(keyset: DevKeySet, **config: Any) -> SandboxConfig:
+    """A sandbox that verifies OAuth1 and decrypts JWE like PAS, on a free port."""
+    return SandboxConfig(
+        port=0, security=SandboxSecurity.from_keyset(keyset, CONSUMER_KEY), **config
+    )
 
 
 def free_port() -> int:
@@ -56,7 +66,9 @@ class Topology:
 class ServiceProcess:
     """One ``python -m service run`` child with its own metrics port and log file."""
 
-    def __init__(self, topology: Topology, pas_url: str, workdir: Path, **extra: str) -> None:
+    def __init__(
+        self, topology: Topology, pas_url: str, workdir: Path, keyset: DevKeySet, **extra: str
+    ) -> None:
         self.metrics_port = free_port()
         self.log_path = workdir / f"service-{self.metrics_port}.log"
         k = topology.kafka
@@ -74,6 +86,7 @@ class ServiceProcess:
             PA_METRICS__PORT=str(self.metrics_port),
             PA_LOG__LEVEL="INFO",
         )
+        self.env.update(pas_key_env(keyset))
         self.env.update(extra)
         self.process: asyncio.subprocess.Process | None = None
 

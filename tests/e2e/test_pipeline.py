@@ -9,7 +9,7 @@ import pytest
 
 from service.codec.avro import AvroCodec
 from service.sandbox.app import run_sandbox
-from service.sandbox.config import SandboxConfig
+from service.security.keys import DevKeySet
 from service.tools.generate import generate_commands
 from service.tools.send import send_commands
 from tests.e2e.harness import (
@@ -18,6 +18,7 @@ from tests.e2e.harness import (
     ledger_per_correlation,
     metric_value,
     originals_per_key,
+    secure_sandbox,
     wait_for_originals,
 )
 from tests.kafka_support import create_topics
@@ -33,15 +34,15 @@ def codec() -> AvroCodec:
 
 
 async def test_every_command_gets_exactly_one_outcome_and_is_applied_once(
-    kafka_bootstrap: str, tmp_path: Path, codec: AvroCodec
+    kafka_bootstrap: str, tmp_path: Path, codec: AvroCodec, dev_keyset: DevKeySet
 ) -> None:
     """Repeats, invalid and undecodable records: one outcome per key, one PAS call per valid key."""
     topology = Topology(kafka_bootstrap)
     await create_topics(kafka_bootstrap, topology.topics(3))
     batch = generate_commands(300, duplicate_share=0.06, invalid_share=0.04, accounts=40, seed=7)
     valid_keys = {c["idempotency_key"] for c in batch.commands} - batch.invalid_keys
-    async with run_sandbox(SandboxConfig(port=0, latency_ms=5)) as sandbox:
-        service = ServiceProcess(topology, sandbox.base_url, tmp_path)
+    async with run_sandbox(secure_sandbox(dev_keyset, latency_ms=5)) as sandbox:
+        service = ServiceProcess(topology, sandbox.base_url, tmp_path, dev_keyset)
         await service.start()
         try:
             await send_commands(topology.kafka, batch.commands, codec=codec, raw_values=UNDECODABLE)
@@ -70,6 +71,14 @@ async def test_every_command_gets_exactly_one_outcome_and_is_applied_once(
     }
     assert set(applied) == valid_correlations
     assert max(applied.values()) == 1
+    # Every request passed the gateway's OAuth1 check and JWE decryption: none was refused.
+    assert (
+        metric_value(metrics, "points_adjuster_pas_requests_total", result="refused", status="401")
+        == 0
+    )
+    assert metric_value(
+        metrics, "points_adjuster_pas_requests_total", result="applied", status="200"
+    ) == len(valid_keys)
     # Undecodable records were counted and skipped, not lost silently.
     undecodable = sum(
         metric_value(metrics, "points_adjuster_undecodable_records_total", reason=reason)
@@ -85,14 +94,14 @@ async def test_every_command_gets_exactly_one_outcome_and_is_applied_once(
 
 
 async def test_sigterm_mid_stream_loses_nothing_and_a_restart_finishes(
-    kafka_bootstrap: str, tmp_path: Path, codec: AvroCodec
+    kafka_bootstrap: str, tmp_path: Path, codec: AvroCodec, dev_keyset: DevKeySet
 ) -> None:
     """SIGTERM mid-stream drains cleanly; a restart completes the rest and repeats nothing."""
     topology = Topology(kafka_bootstrap)
     await create_topics(kafka_bootstrap, topology.topics(2))
     batch = generate_commands(400, accounts=50, seed=11)
-    async with run_sandbox(SandboxConfig(port=0, latency_ms=15)) as sandbox:
-        first = ServiceProcess(topology, sandbox.base_url, tmp_path)
+    async with run_sandbox(secure_sandbox(dev_keyset, latency_ms=15)) as sandbox:
+        first = ServiceProcess(topology, sandbox.base_url, tmp_path, dev_keyset)
         await first.start()
         await send_commands(topology.kafka, batch.commands, codec=codec)
         partial = await wait_for_originals(topology.kafka, codec, 60, 60)
@@ -103,7 +112,7 @@ async def test_sigterm_mid_stream_loses_nothing_and_a_restart_finishes(
         assert len(after_stop.originals()) < batch.distinct_keys, "stopped too late to prove much"
         assert "shutdown.requested" in first.log_path.read_text()
 
-        second = ServiceProcess(topology, sandbox.base_url, tmp_path)
+        second = ServiceProcess(topology, sandbox.base_url, tmp_path, dev_keyset)
         await second.start()
         try:
             outcomes = await wait_for_originals(topology.kafka, codec, batch.distinct_keys, 120)

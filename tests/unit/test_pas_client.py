@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -19,8 +20,19 @@ from service.domain.ports import (
     PasUnknown,
 )
 from service.pas.client import PasClient
+from service.pas.credentials import load_credentials
 from service.pas.envelope import MAX_DESCRIPTION, parse_envelope
+from service.security.jwe import JweDecrypter, JweEncrypter
+from service.security.keys import (
+    DEV_P12_PASSWORD,
+    DevKeySet,
+    kid_for_certificate,
+    load_certificate,
+    load_private_key,
+)
+from service.security.oauth1 import OAuth1Verifier
 from service.settings import PasSettings
+from tests.conftest import CONSUMER_KEY
 
 BASE_URL = "https://sandbox.api.mastercard.com/loyalty"
 REQUEST = PasRequest(
@@ -70,6 +82,37 @@ class Recorder:
         return self.answer
 
 
+KEYS: dict[str, Any] = {}
+
+
+@pytest.fixture(autouse=True)
+def _keys(dev_keyset: DevKeySet) -> None:
+    """Credentials for the client, and PAS's side of the keys to read what it sends."""
+    KEYS["keyset"] = dev_keyset
+    KEYS["credentials"] = load_credentials(
+        PasSettings(
+            consumer_key=CONSUMER_KEY,
+            signing_key_path=dev_keyset.client_signing_p12,
+            signing_key_password=DEV_P12_PASSWORD,
+            encryption_certificate_path=dev_keyset.pas_encryption_certificate,
+            decryption_key_path=dev_keyset.client_decryption_key,
+        ),
+        now=datetime.now(UTC),
+    )
+
+
+def pas_reads(sent: httpx.Request, field: str = "encryptedValue") -> Any:
+    """Decrypt a request body the way PAS does."""
+    keyset: DevKeySet = KEYS["keyset"]
+    wrapper = json.loads(sent.content)
+    assert list(wrapper) == [field]
+    decrypter = JweDecrypter(
+        load_private_key(keyset.pas_decryption_key),
+        expected_kid=kid_for_certificate(load_certificate(keyset.pas_encryption_certificate)),
+    )
+    return json.loads(decrypter.decrypt(wrapper[field]))
+
+
 @pytest.fixture
 def settings() -> PasSettings:
     return PasSettings(base_url=BASE_URL + "/")
@@ -80,7 +123,7 @@ async def call(
 ) -> tuple[PasResult, Recorder]:
     recorder = Recorder(answer)
     async with httpx.AsyncClient(transport=httpx.MockTransport(recorder)) as http:
-        client = PasClient(http, settings or PasSettings(base_url=BASE_URL))
+        client = PasClient(http, settings or PasSettings(base_url=BASE_URL), KEYS["credentials"])
         result = await client.adjust(REQUEST)
     return result, recorder
 
@@ -96,13 +139,53 @@ async def test_request_is_a_post_of_the_five_fields(settings: PasSettings) -> No
     assert str(sent.url) == BASE_URL + "/points-adjustments"
     assert sent.headers["Content-Type"] == "application/json"
     assert sent.headers["Correlation-Id"] == "corr-7"
-    assert json.loads(sent.content) == {
+    assert pas_reads(sent) == {
         "bankAccountNumber": "5123456789012345000",
         "pointsToAdjust": -250,
         "adjustmentTypeCode": "GOODWILL",
         "adjustmentReason": "Late delivery",
         "adjustedBy": "agent-0042",
     }
+
+
+async def test_the_request_is_signed_over_the_encrypted_bytes_sent(settings: PasSettings) -> None:
+    """The Authorization header verifies against the exact encrypted body, as the gateway checks."""
+    _, recorder = await call(httpx.Response(200, json={"pointsAdjusted": -250}), settings)
+    (sent,) = recorder.requests
+    keyset: DevKeySet = KEYS["keyset"]
+    verifier = OAuth1Verifier(
+        {CONSUMER_KEY: load_certificate(keyset.client_signing_certificate).public_key()}  # type: ignore[dict-item]
+    )
+    consumer = verifier.verify(sent.method, str(sent.url), dict(sent.headers), sent.content)
+    assert consumer == CONSUMER_KEY
+    assert b"5123456789012345000" not in sent.content
+
+
+async def test_the_jwe_field_name_is_a_setting() -> None:
+    """With encryptedData configured, the JWE travels in that field."""
+    custom = PasSettings(base_url=BASE_URL, encrypted_field="encryptedData")
+    _, recorder = await call(httpx.Response(200, json={"pointsAdjusted": 1}), custom)
+    (sent,) = recorder.requests
+    assert pas_reads(sent, "encryptedData")["pointsToAdjust"] == -250
+
+
+async def test_an_encrypted_answer_is_decrypted() -> None:
+    """A 200 whose body is a JWE to our key is decrypted and read."""
+    keyset: DevKeySet = KEYS["keyset"]
+    to_us = JweEncrypter(load_certificate(keyset.client_decryption_certificate))
+    body = {"encryptedValue": to_us.encrypt(b'{"pointsAdjusted": -250}')}
+    result, _ = await call(httpx.Response(200, json=body))
+    assert isinstance(result, PasApplied)
+    assert result.points_adjusted == -250
+
+
+async def test_an_encrypted_answer_that_fails_to_decrypt_is_unknown() -> None:
+    """A 200 whose JWE cannot be decrypted is an unknown outcome, never a crash."""
+    keyset: DevKeySet = KEYS["keyset"]
+    to_someone_else = JweEncrypter(load_certificate(keyset.pas_encryption_certificate))
+    body = {"encryptedValue": to_someone_else.encrypt(b'{"pointsAdjusted": -250}')}
+    result, _ = await call(httpx.Response(200, json=body))
+    assert isinstance(result, PasUnknown)
 
 
 async def test_method_and_path_come_from_settings() -> None:

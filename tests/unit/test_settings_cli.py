@@ -197,6 +197,7 @@ def test_send_share_out_of_range_is_refused(
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.usefixtures("pas_keys_in_env")
 def test_run_with_unreachable_broker_exits_2_naming_the_setting(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1,0 +1,217 @@
+"""Loading and checking the PAS credentials at start-up: signing key, certificates, secrets.
+
+Every problem becomes a ``StartupError`` that names the setting and the file, never the
+key material; certificates close to expiry come back as warnings for the caller to log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from cryptography import x509
+from pydantic import SecretStr
+
+from service.errors import StartupError
+from service.security.errors import CertificateError, KeyLoadError
+from service.security.jwe import JweDecrypter, JweEncrypter
+from service.security.keys import (
+    CertificateStatus,
+    check_certificate_validity,
+    check_key_matches_certificate,
+    load_certificate,
+    load_key_and_certificate,
+)
+from service.security.oauth1 import OAuth1Signer
+from service.settings import PasSettings
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What the client needs to sign, encrypt and decrypt."""
+
+    signer: OAuth1Signer
+    encrypter: JweEncrypter
+    decrypter: JweDecrypter
+    warnings: list[str] = field(default_factory=list)
+
+
+def _secret(value: SecretStr | None, path: Path | None, setting: str) -> str | None:
+    if path is not None:
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise StartupError(
+                "PAS credentials", f"cannot read {path}: {exc.strerror}", setting=setting
+            ) from exc
+    return value.get_secret_value() if value is not None else None
+
+
+def _key_problem(exc: KeyLoadError) -> str:
+    meaning = {
+        "not_found": "file not found",
+        "unreadable": "file cannot be read",
+        "password_required": "the file is encrypted and no password is set",
+        "wrong_password": "wrong password",
+        "unexpected_password": "a password is set but the file is not encrypted",
+        "not_a_key": "no private key in the file",
+        "not_rsa": "the key is not RSA",
+        "key_too_small": "the RSA key is shorter than 2048 bits",
+        "not_a_certificate": "not a certificate",
+    }.get(exc.reason, exc.reason)
+    return f"{exc.path}: {meaning}"
+
+
+def _check_expiry(
+    cert_name: str,
+    cert: x509.Certificate,
+    setting: str,
+    settings: PasSettings,
+    now: datetime,
+    warnings: list[str],
+) -> None:
+    try:
+        validity = check_certificate_validity(
+            cert,
+            now=now,
+            warn_within_days=settings.certificate_warning_days,
+        )
+    except CertificateError as exc:
+        when = f" (not after {exc.not_after:%Y-%m-%d})" if exc.not_after else ""
+        raise StartupError(
+            "PAS credentials",
+            f"the {cert_name} is {exc.reason.replace('_', ' ')}{when}",
+            setting=setting,
+        ) from exc
+    if validity.status is CertificateStatus.EXPIRING_SOON:
+        warnings.append(
+            f"the {cert_name} expires on {validity.not_after:%Y-%m-%d}"
+            f" ({validity.remaining.days} days; setting {setting})"
+        )
+
+
+def load_credentials(settings: PasSettings, *, now: datetime) -> Credentials:
+    """Load and cross-check every key and certificate; raise ``StartupError`` on a problem."""
+    warnings: list[str] = []
+    consumer_key = _secret(
+        settings.consumer_key,
+        settings.consumer_key_file,
+        "PA_PAS__CONSUMER_KEY_FILE" if settings.consumer_key_file else "PA_PAS__CONSUMER_KEY",
+    )
+    if not consumer_key:
+        raise StartupError(
+            "PAS credentials", "no OAuth1 consumer key is set", setting="PA_PAS__CONSUMER_KEY"
+        )
+    password_setting = (
+        "PA_PAS__SIGNING_KEY_PASSWORD_FILE"
+        if settings.signing_key_password_file
+        else "PA_PAS__SIGNING_KEY_PASSWORD"
+    )
+    password = _secret(
+        settings.signing_key_password, settings.signing_key_password_file, password_setting
+    )
+    try:
+        signing = load_key_and_certificate(settings.signing_key_path, password=password)
+    except KeyLoadError as exc:
+        setting = (
+            password_setting
+            if exc.reason in ("wrong_password", "password_required", "unexpected_password")
+            else "PA_PAS__SIGNING_KEY_PATH"
+        )
+        raise StartupError("PAS signing key", _key_problem(exc), setting=setting) from exc
+    if signing.certificate is not None:
+        try:
+            check_key_matches_certificate(signing.private_key, signing.certificate)
+        except CertificateError as exc:
+            raise StartupError(
+                "PAS signing key",
+                f"{settings.signing_key_path}: the key does not match its certificate",
+                setting="PA_PAS__SIGNING_KEY_PATH",
+            ) from exc
+        _check_expiry(
+            "signing certificate",
+            signing.certificate,
+            "PA_PAS__SIGNING_KEY_PATH",
+            settings,
+            now,
+            warnings,
+        )
+
+    try:
+        certificate = load_certificate(settings.encryption_certificate_path)
+    except KeyLoadError as exc:
+        raise StartupError(
+            "PAS encryption certificate",
+            _key_problem(exc),
+            setting="PA_PAS__ENCRYPTION_CERTIFICATE_PATH",
+        ) from exc
+    _check_expiry(
+        "PAS encryption certificate",
+        certificate,
+        "PA_PAS__ENCRYPTION_CERTIFICATE_PATH",
+        settings,
+        now,
+        warnings,
+    )
+    try:
+        encrypter = JweEncrypter(certificate)
+    except CertificateError as exc:
+        raise StartupError(
+            "PAS encryption certificate",
+            f"{settings.encryption_certificate_path}: {exc}",
+            setting="PA_PAS__ENCRYPTION_CERTIFICATE_PATH",
+        ) from exc
+
+    decryption_password = (
+        settings.decryption_key_password.get_secret_value()
+        if settings.decryption_key_password
+        else None
+    )
+    try:
+        decryption = load_key_and_certificate(
+            settings.decryption_key_path, password=decryption_password
+        )
+    except KeyLoadError as exc:
+        setting = (
+            "PA_PAS__DECRYPTION_KEY_PASSWORD"
+            if exc.reason in ("wrong_password", "password_required", "unexpected_password")
+            else "PA_PAS__DECRYPTION_KEY_PATH"
+        )
+        raise StartupError("PAS decryption key", _key_problem(exc), setting=setting) from exc
+    registered = decryption.certificate
+    if settings.decryption_certificate_path is not None:
+        try:
+            registered = load_certificate(settings.decryption_certificate_path)
+        except KeyLoadError as exc:
+            raise StartupError(
+                "PAS decryption certificate",
+                _key_problem(exc),
+                setting="PA_PAS__DECRYPTION_CERTIFICATE_PATH",
+            ) from exc
+        try:
+            check_key_matches_certificate(decryption.private_key, registered)
+        except CertificateError as exc:
+            raise StartupError(
+                "PAS decryption key",
+                f"{settings.decryption_key_path} does not match the certificate"
+                f" {settings.decryption_certificate_path}",
+                setting="PA_PAS__DECRYPTION_CERTIFICATE_PATH",
+            ) from exc
+    if registered is not None:
+        _check_expiry(
+            "response-encryption certificate",
+            registered,
+            "PA_PAS__DECRYPTION_CERTIFICATE_PATH"
+            if settings.decryption_certificate_path
+            else "PA_PAS__DECRYPTION_KEY_PATH",
+            settings,
+            now,
+            warnings,
+        )
+    return Credentials(
+        signer=OAuth1Signer(consumer_key, signing.private_key),
+        encrypter=encrypter,
+        decrypter=JweDecrypter(decryption.private_key, expected_kid=None),
+        warnings=warnings,
+    )

@@ -1,0 +1,39 @@
+"""The request/response body codec of PAS: JWE-encrypted JSON (pas-api.md, "Payload encryption")."""
+
+from __future__ import annotations
+
+import json
+
+from service.security.errors import DecryptionError
+from service.security.jwe import JweDecrypter, JweEncrypter, unwrap_payload, wrap_payload
+
+
+class JweBodyCodec:
+    """Encrypts the whole plaintext body into one field; decrypts answers that come encrypted."""
+
+    content_type = "application/json"
+
+    def __init__(self, encrypter: JweEncrypter, decrypter: JweDecrypter, field: str) -> None:
+        self._encrypter = encrypter
+        self._decrypter = decrypter
+        self._field = field
+
+    def encode(self, body: dict[str, object]) -> bytes:
+        plaintext = json.dumps(body, separators=(",", ":")).encode("utf-8")
+        wrapped = wrap_payload(self._encrypter.encrypt(plaintext), self._field)
+        return json.dumps(wrapped, separators=(",", ":")).encode("utf-8")
+
+    def decode(self, body: bytes) -> object:
+        """The answer's JSON, decrypted when it carries a JWE; ``ValueError`` when unreadable."""
+        document = json.loads(body)
+        try:
+            found = unwrap_payload(document)
+        except DecryptionError as exc:
+            raise ValueError(f"malformed encrypted answer: {exc.reason}") from exc
+        if found is None:
+            return document
+        _, compact = found
+        try:
+            return json.loads(self._decrypter.decrypt(compact))
+        except DecryptionError as exc:
+            raise ValueError(f"encrypted answer cannot be decrypted: {exc.reason}") from exc
