@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 
 from service import __version__
 from service.codec.avro import COMMAND, AvroCodec
+from service.domain.backoff import BackoffPolicy
+from service.domain.circuit import CircuitBreaker, CircuitState
 from service.domain.command import CommandRules
 from service.domain.processor import Processor, ProcessorConfig
 from service.endpoints import serve_endpoints
@@ -24,11 +28,14 @@ from service.idempotency.base import IdempotencyStore
 from service.idempotency.memory import MemoryStore
 from service.idempotency.sqlite import SqliteStore
 from service.kafka.clients import open_consumer, open_producer
+from service.kafka.deadletter import DeadLetterPublisher
 from service.kafka.publisher import OutcomePublisher
 from service.kafka.runner import CommandRunner
 from service.metrics import Metrics
 from service.pas.client import PasClient, open_http_client
 from service.pas.credentials import load_credentials
+from service.pas.guarded import GuardedPas
+from service.pas.history import PasHistoryClient
 from service.pas.metered import MeteredPas
 from service.settings import IdempotencySettings, Settings
 
@@ -49,6 +56,28 @@ def command_decoder(codec: AvroCodec) -> Any:
         return record
 
     return decode
+
+
+def circuit_observer(metrics: Metrics) -> Callable[[CircuitState, CircuitState], None]:
+    def changed(old: CircuitState, new: CircuitState) -> None:
+        metrics.circuit_open.set(0 if new is CircuitState.CLOSED else 1)
+        log.warning("circuit.changed", previous=old.name.lower(), state=new.name.lower())
+
+    return changed
+
+
+async def prune_forever(
+    store: IdempotencyStore, settings: IdempotencySettings, metrics: Metrics, stop: asyncio.Event
+) -> None:
+    """Delete terminal idempotency records older than the retention window, periodically."""
+    while not stop.is_set():
+        cutoff = datetime.now(UTC) - timedelta(seconds=settings.retention_s)
+        pruned = await store.prune(older_than=cutoff)
+        if pruned:
+            metrics.pruned.inc(pruned)
+            log.info("idempotency.pruned", records=pruned)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), settings.prune_interval_s)
 
 
 def worker_id() -> str:
@@ -90,7 +119,11 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
         store = await open_store(settings.idempotency)
         stack.push_async_callback(store.close)
         http = await stack.enter_async_context(open_http_client(settings.pas))
-        pas = MeteredPas(PasClient(http, settings.pas, credentials), metrics)
+        breaker = CircuitBreaker.from_settings(
+            settings.circuit, time.monotonic, on_change=circuit_observer(metrics)
+        )
+        pas = GuardedPas(MeteredPas(PasClient(http, settings.pas, credentials), metrics), breaker)
+        history = PasHistoryClient(http, settings.pas, credentials)
         if settings.metrics.enabled:
             url = await stack.enter_async_context(
                 serve_endpoints(metrics, settings.metrics.host, settings.metrics.port)
@@ -102,13 +135,19 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
             decode=command_decoder(codec),
             store=store,
             pas=pas,
+            history=history,
             config=ProcessorConfig(
                 rules=CommandRules(settings.pas.max_points, settings.pas.allowed_type_codes),
                 owner=owner,
                 lease_s=settings.idempotency.lease_s,
                 version=__version__,
-                unavailable_attempts=settings.pas.unavailable_attempts,
-                unavailable_backoff_s=settings.pas.unavailable_backoff_s,
+                backoff=BackoffPolicy.from_settings(settings.retry),
+                max_attempts=settings.retry.max_attempts,
+                command_ttl_s=settings.processing.command_ttl_s,
+                reconcile=settings.reconciliation.enabled,
+                reference_in_reason=settings.reconciliation.reference_in_reason,
+                settle_s=settings.reconciliation.settle_s,
+                max_lookups=settings.reconciliation.max_lookups,
             ),
         )
         runner = CommandRunner(
@@ -116,9 +155,21 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
             topic=settings.kafka.command_topic,
             processor=processor,
             publisher=OutcomePublisher(producer, codec, settings.kafka),
+            dead_letters=DeadLetterPublisher(
+                producer, settings.kafka, settings.kafka.group_id, __version__
+            ),
             metrics=metrics,
             stop=stop,
             drain_timeout_s=settings.shutdown_timeout_s,
+            ordering=settings.processing.ordering,
+            max_in_flight=settings.processing.max_in_flight,
+            max_buffered=settings.processing.max_buffered,
+            max_poll_records=settings.kafka.max_poll_records,
         )
-        await runner.run()
+        pruner = asyncio.create_task(prune_forever(store, settings.idempotency, metrics, stop))
+        try:
+            await runner.run()
+        finally:
+            pruner.cancel()
+            await asyncio.gather(pruner, return_exceptions=True)
     log.info("service.stopped")

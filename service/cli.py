@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--partitions", type=int, default=3, help="partitions of each topic (default 3)"
     )
 
+    from service.tools.dlq import add_dlq_arguments
+
+    add_dlq_arguments(commands)
+
     keys = commands.add_parser(
         "keys",
         help="development key material (keys generate)",
@@ -190,6 +194,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.command == "send":
         return _send(args, settings)
+    if args.command == "dlq":
+        from service.tools.dlq import run_dlq
+
+        return run_dlq(args, settings)
     raise AssertionError(args.command)
 
 

@@ -50,7 +50,8 @@ class Metrics:
         )
         self.pas_requests = Counter(
             "points_adjuster_pas_requests_total",
-            "PAS adjustment calls by result (applied, refused, not_sent, unknown) and status.",
+            "PAS adjustment calls by classified result (applied, retry, permanent, unknown,"
+            " dead_letter) and HTTP status or transport failure.",
             ["result", "status"],
             registry=r,
         )
@@ -65,6 +66,39 @@ class Metrics:
             "points_adjuster_command_duration_seconds",
             "From taking a command to its outcome being acknowledged by Kafka.",
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.retries = Counter(
+            "points_adjuster_retries_scheduled_total",
+            "Records handed back for later: backoff (nothing applied), busy (claim held"
+            " elsewhere), reconcile (unknown outcome awaiting a history lookup).",
+            ["kind"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "points_adjuster_dead_letters_total",
+            "Records copied to the dead-letter (dlt) or review topic, by reason.",
+            ["target", "reason"],
+            registry=r,
+        )
+        self.buffered = Gauge(
+            "points_adjuster_records_buffered",
+            "Records fetched and not yet finished (bounded by PA_PROCESSING__MAX_BUFFERED).",
+            registry=r,
+        )
+        self.paused = Gauge(
+            "points_adjuster_consumption_paused",
+            "1 while fetching is paused because the buffer is full.",
+            registry=r,
+        )
+        self.circuit_open = Gauge(
+            "points_adjuster_circuit_open",
+            "1 while the circuit breaker keeps calls from PAS (open or half-open).",
+            registry=r,
+        )
+        self.pruned = Counter(
+            "points_adjuster_idempotency_pruned_total",
+            "Idempotency records deleted after the retention window.",
             registry=r,
         )
         self.in_flight = Gauge(

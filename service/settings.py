@@ -1,8 +1,9 @@
 """The one settings tree of points-adjuster, read once at start-up.
 
 Every setting comes from an environment variable ``PA_<GROUP>__<NAME>`` (for instance
-``PA_KAFKA__BOOTSTRAP_SERVERS``), from a ``.env`` file in the working directory, or from files
-in the folder named by ``PA_SECRETS_DIR`` (Kubernetes secrets), in that order of precedence.
+``PA_KAFKA__BOOTSTRAP_SERVERS``) or from a ``.env`` file in the working directory, the
+environment winning. Secrets can also be read from files (``..._FILE`` settings), which is
+how Kubernetes mounts them.
 """
 
 from __future__ import annotations
@@ -50,6 +51,17 @@ class KafkaSettings(BaseModel):
     startup_timeout_s: float = Field(
         20.0, gt=0, description="How long start-up waits for the broker before giving up."
     )
+    dead_letter_topic: str = Field(
+        "points-adjustments.requested.v1.dlt",
+        description="Dead-letter topic: undecodable records and commands that exhausted retries.",
+    )
+    review_topic: str = Field(
+        "points-adjustments.review.v1",
+        description="Copies of commands whose outcome is unknown, for a human to check.",
+    )
+    max_replays: int = Field(
+        3, ge=1, description="A dead letter replayed this many times is not replayed again."
+    )
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -80,16 +92,6 @@ class PasSettings(BaseModel):
     allowed_type_codes: frozenset[str] = Field(
         DEFAULT_TYPE_CODES, description="adjustmentTypeCode values accepted (JSON list)."
     )
-    unavailable_attempts: int = Field(
-        3,
-        ge=1,
-        description="Tries when nothing was applied and retrying may help: PAS unreachable,"
-        " 429, or an error marked Recoverable.",
-    )
-    unavailable_backoff_s: float = Field(
-        0.5, ge=0, description="First pause between those tries; doubles each time."
-    )
-
     consumer_key: SecretStr | None = Field(
         None, description="OAuth1 consumer key from the Mastercard Developers project."
     )
@@ -137,6 +139,60 @@ class PasSettings(BaseModel):
         return value.rstrip("/")
 
 
+class ProcessingSettings(BaseModel):
+    """Concurrency, ordering and back-pressure of the command loop."""
+
+    ordering: Literal["key", "partition"] = Field(
+        "key",
+        description="key: many accounts at once, each account in order; partition: one"
+        " command at a time per partition (the slow baseline).",
+    )
+    max_in_flight: int = Field(
+        200, ge=1, description="Commands being processed at once (PAS calls in parallel)."
+    )
+    max_buffered: int = Field(
+        2000, ge=1, description="Records fetched but not finished; partitions pause above it."
+    )
+    command_ttl_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="A command older than this fails as EXPIRED instead of retrying.",
+    )
+
+
+class RetrySettings(BaseModel):
+    """Retries of calls that provably applied nothing (unreachable, 429, Recoverable)."""
+
+    max_attempts: int = Field(6, ge=1, description="PAS calls per command before dead-lettering.")
+    initial_backoff_s: float = Field(0.5, ge=0, description="First pause; doubles each retry.")
+    max_backoff_s: float = Field(30.0, ge=0, description="Longest pause between two attempts.")
+    jitter: bool = Field(True, description="Full jitter: each pause is random in [0, backoff].")
+
+
+class ReconciliationSettings(BaseModel):
+    """Resolving unknown outcomes through PAS's adjustment history."""
+
+    enabled: bool = Field(True, description="Look unknown outcomes up before giving up.")
+    reference_in_reason: bool = Field(
+        True,
+        description="Append ' ref:<12 chars from the idempotency key>' to adjustmentReason so"
+        " the history can show whether a request was applied.",
+    )
+    settle_s: float = Field(
+        30.0, ge=0, description="Wait after an unknown outcome before trusting a lookup."
+    )
+    max_lookups: int = Field(3, ge=1, description="History lookups before OUTCOME_UNKNOWN.")
+
+
+class CircuitSettings(BaseModel):
+    """Stop calling PAS while it is failing."""
+
+    failure_threshold: int = Field(
+        20, ge=1, description="Consecutive failed calls that open the circuit."
+    )
+    open_s: float = Field(5.0, gt=0, description="How long the circuit stays open before a probe.")
+
+
 class IdempotencySettings(BaseModel):
     """Where the idempotency records live."""
 
@@ -151,6 +207,10 @@ class IdempotencySettings(BaseModel):
         gt=0,
         description="How long a claim stays exclusive before another worker may take it.",
     )
+    retention_s: float = Field(
+        30 * 86_400.0, gt=0, description="Terminal records older than this are pruned."
+    )
+    prune_interval_s: float = Field(3600.0, gt=0, description="How often pruning runs.")
 
 
 class MetricsSettings(BaseModel):
@@ -181,6 +241,10 @@ class Settings(BaseSettings):
 
     kafka: KafkaSettings = KafkaSettings()
     pas: PasSettings = PasSettings()
+    processing: ProcessingSettings = ProcessingSettings()
+    retry: RetrySettings = RetrySettings()
+    reconciliation: ReconciliationSettings = ReconciliationSettings()
+    circuit: CircuitSettings = CircuitSettings()
     idempotency: IdempotencySettings = IdempotencySettings()
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
@@ -189,15 +253,13 @@ class Settings(BaseSettings):
     )
 
     @model_validator(mode="after")
-    def _lease_outlasts_the_calls(self) -> Settings:
+    def _lease_outlasts_a_call(self) -> Settings:
         pas = self.pas
-        longest = (pas.connect_timeout_s + pas.read_timeout_s) * pas.unavailable_attempts + sum(
-            pas.unavailable_backoff_s * 2**n for n in range(pas.unavailable_attempts - 1)
-        )
+        longest = pas.pool_timeout_s + pas.connect_timeout_s + pas.read_timeout_s
         if self.idempotency.lease_s <= longest:
             raise ValueError(
                 f"PA_IDEMPOTENCY__LEASE_S: {self.idempotency.lease_s:g} s must exceed the longest"
-                f" PAS exchange ({longest:g} s: timeouts x attempts + backoff), or another worker"
+                f" PAS call ({longest:g} s: pool + connect + read timeouts), or another worker"
                 " could take over a claim whose request is still in flight"
             )
         return self

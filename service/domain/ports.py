@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from service.domain.classification import Observation
 from service.domain.outcome import ErrorDetail
 
 
@@ -32,53 +33,22 @@ class PasRequest:
 
 
 @dataclass(frozen=True)
-class PasApplied:
-    """PAS answered 200: the adjustment is applied."""
+class PasReply:
+    """How one adjustment call ended, before any decision (see ``classification``)."""
 
-    points_adjusted: int
+    observation: Observation
     duration_s: float
-    pas_correlation_id: str | None
-
-
-@dataclass(frozen=True)
-class PasRefused:
-    """PAS (or its gateway) answered with an error: nothing was applied."""
-
-    status: int
-    errors: tuple[ErrorDetail, ...]
-    duration_s: float
-    recoverable: bool
-
-
-@dataclass(frozen=True)
-class PasNotSent:
-    """The request never reached PAS (connection refused, DNS, pool exhausted)."""
-
-    problem: str
-    duration_s: float
-
-
-@dataclass(frozen=True)
-class PasUnknown:
-    """The request may have reached PAS and been applied: a timeout, a reset, or a 5xx."""
-
-    problem: str
-    status: int | None
-    errors: tuple[ErrorDetail, ...]
-    duration_s: float
-
-
-PasResult = PasApplied | PasRefused | PasNotSent | PasUnknown
+    points_adjusted: int | None = None
+    errors: tuple[ErrorDetail, ...] = ()
+    retry_after_s: float | None = None
+    pas_correlation_id: str | None = None
+    problem: str = ""
 
 
 class PasPort(Protocol):
-    """Applies one adjustment at PAS and classifies what happened."""
+    """Sends one adjustment to PAS and reports how the call ended; never raises for it."""
 
-    async def adjust(self, request: PasRequest) -> PasResult: ...
+    async def adjust(self, request: PasRequest) -> PasReply: ...
 
 
 Clock = Callable[[], datetime]
-
-
-class Sleep(Protocol):
-    async def __call__(self, seconds: float, /) -> None: ...

@@ -1,30 +1,48 @@
-"""The processing step: decode, validate, deduplicate, call PAS, decide the outcome.
+"""The processing step: decode, validate, deduplicate, call PAS, decide what follows.
 
-Plain code over small protocols (``PasPort``, ``IdempotencyStore``, a decode function and a
-clock): it knows nothing of Kafka or HTTP. The runner hands it one record at a time per
-account and publishes what it decides.
+Plain code over small protocols (``PasPort``, ``HistoryPort``, ``IdempotencyStore``, a
+decode function and a clock): it knows nothing of Kafka or HTTP, and it never sleeps. When
+something must wait (a retry, a claim held elsewhere, a settle time before a history
+lookup) it returns ``Retry`` and the runner hands the record back later, keeping that
+account's later commands waiting.
+
+The exactly-once rule: PAS is called for a key only while this worker holds a durable
+claim on it, and a claim whose call may have gone out is never simply called again. It is
+either looked up in PAS's history (reconciliation) or ends as OUTCOME_UNKNOWN.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
 
+from service.domain.backoff import BackoffPolicy, deadline_passed
+from service.domain.classification import Action, Transport, classify
 from service.domain.command import (
     IDEMPOTENCY_KEY_PATTERN,
     OUR_SOURCE,
     AdjustmentCommand,
     CommandRules,
+    FieldError,
     account_ref,
     business_fingerprint,
     identify,
     mask_account,
     validate_command,
+)
+from service.domain.decisions import (
+    Attempt,
+    DeadLetterOnly,
+    DeadLetterRequest,
+    Decision,
+    InboundRecord,
+    Publish,
+    Retry,
+    to_stored,
 )
 from service.domain.outcome import (
     CommandInfo,
@@ -33,67 +51,25 @@ from service.domain.outcome import (
     Failed,
     Outcome,
     Reason,
-    SourceRef,
     event_id,
 )
-from service.domain.ports import (
-    Clock,
-    PasApplied,
-    PasNotSent,
-    PasPort,
-    PasRefused,
-    PasRequest,
-    PasResult,
-    PasUnknown,
-    Sleep,
+from service.domain.ports import Clock, PasPort, PasReply, PasRequest
+from service.domain.reconcile import (
+    HistoryPort,
+    ReconcileAbsent,
+    ReconcileFound,
+    judge,
+    reason_with_reference,
+    reference_for,
 )
 from service.errors import UndecodableRecordError
-from service.idempotency.base import Claim, ClaimStatus, IdempotencyStore, State
+from service.idempotency.base import Claim, ClaimStatus, IdempotencyRecord, IdempotencyStore, State
 
 log = structlog.get_logger("service.processor")
 
 Decode = Callable[[bytes | None], Mapping[str, Any]]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class InboundRecord:
-    """A command record as read from the broker."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp_ms: int
-
-    @property
-    def source(self) -> SourceRef:
-        return SourceRef(self.topic, self.partition, self.offset)
-
-
-@dataclass(frozen=True)
-class Publish:
-    """Publish this outcome event; then, when ``stored_key`` is set, mark it published."""
-
-    kind: Literal["completed", "failed"]
-    payload: dict[str, Any]
-    record_key: str | None
-    duplicate: bool
-    reason_code: str | None
-    stored_key: str | None
-    duplicate_kind: str | None = None
-
-
-@dataclass(frozen=True)
-class Skip:
-    """The record cannot be read as a command: nothing can be published for it."""
-
-    reason: str
-    detail: str
-
-
-Decision = Publish | Skip
+EXPIRED = "EXPIRED"
 
 
 @dataclass(frozen=True)
@@ -102,28 +78,18 @@ class ProcessorConfig:
     owner: str
     lease_s: float
     version: str
-    unavailable_attempts: int
-    unavailable_backoff_s: float
+    backoff: BackoffPolicy
+    max_attempts: int
+    command_ttl_s: float
+    reconcile: bool
+    reference_in_reason: bool
+    settle_s: float
+    max_lookups: int
     busy_poll_s: float = 0.5
 
 
-def to_stored(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """A JSON-safe copy of an outcome payload (datetimes become epoch milliseconds)."""
-
-    def convert(value: Any) -> Any:
-        if isinstance(value, datetime):
-            return int(value.timestamp() * 1000)
-        if isinstance(value, dict):
-            return {k: convert(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [convert(v) for v in value]
-        return value
-
-    return {key: convert(value) for key, value in payload.items()}
-
-
 class Processor:
-    """Turns one command record into one decision."""
+    """Turns one command record (and what happened to it so far) into one decision."""
 
     def __init__(
         self,
@@ -131,18 +97,28 @@ class Processor:
         decode: Decode,
         store: IdempotencyStore,
         pas: PasPort,
+        history: HistoryPort | None,
         config: ProcessorConfig,
         clock: Clock = lambda: datetime.now(UTC),
-        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._decode = decode
         self._store = store
         self._pas = pas
+        self._history = history
         self._config = config
         self._clock = clock
-        self._sleep = sleep
 
-    async def handle(self, record: InboundRecord) -> Decision:
+    def ordering_key(self, record: InboundRecord) -> str | None:
+        """The account a record is for (in memory only), or None when it is unreadable."""
+        try:
+            raw = self._decode(record.value)
+        except UndecodableRecordError:
+            return None
+        account = raw.get("bank_account_number")
+        return account if isinstance(account, str) else None
+
+    async def handle(self, record: InboundRecord, attempt: Attempt | None = None) -> Decision:
+        attempt = attempt or Attempt()
         received_at = self._clock()
         try:
             raw = self._decode(record.value)
@@ -155,33 +131,59 @@ class Processor:
                 reason=exc.reason,
                 detail=exc.detail,
             )
-            return Skip(exc.reason, exc.detail)
+            return DeadLetterOnly(
+                DeadLetterRequest(
+                    "dlt",
+                    "UndecodableRecordError",
+                    exc.reason,
+                    exc.detail,
+                    0,
+                    received_at,
+                    received_at,
+                )
+            )
         checked = validate_command(raw, self._config.rules)
         if isinstance(checked, list):
-            return await self._invalid(record, raw, checked, received_at)
-        return await self._valid(record, checked, received_at)
+            return await self._invalid(record, raw, checked, received_at, attempt)
+        return await self._valid(record, checked, received_at, attempt)
 
     async def published(self, decision: Publish) -> None:
         """Record that the outcome of a stored key was acknowledged by the broker."""
         if decision.stored_key is not None and not decision.duplicate:
             await self._store.mark_published(decision.stored_key)
 
-    # -- invalid commands -------------------------------------------------------------
+    # -- claims -------------------------------------------------------------------------
+
+    async def _claim(self, key: str, fingerprint: str) -> Claim:
+        return await self._store.claim(
+            key,
+            fingerprint,
+            owner=self._config.owner,
+            now=self._clock(),
+            lease_s=self._config.lease_s,
+        )
+
+    def _busy(self, claim: Claim, attempt: Attempt) -> Retry:
+        log.info("idempotency.busy", idempotency_key=claim.record.key, owner=claim.record.owner)
+        return Retry(self._config.busy_poll_s, attempt, "claim held by another worker", "busy")
+
+    # -- invalid commands ---------------------------------------------------------------
 
     async def _invalid(
         self,
         record: InboundRecord,
         raw: Mapping[str, Any],
-        errors: list[Any],
+        errors: list[FieldError],
         received_at: datetime,
+        attempt: Attempt,
     ) -> Decision:
         key, correlation_id, requested_by = identify(raw)
         account = raw.get("bank_account_number")
         account_text = account if isinstance(account, str) else None
-        occurred = raw.get("occurred_at")
         valid_account = (
             account_text is not None and account_text.isdigit() and len(account_text) <= 30
         )
+        occurred = raw.get("occurred_at")
         info = CommandInfo(
             idempotency_key=key,
             correlation_id=correlation_id,
@@ -215,14 +217,21 @@ class Processor:
         claim = await self._claim(key, business_fingerprint(raw))
         if claim.status is ClaimStatus.CLAIMED:
             return await self._finish(key, failure, State.FAILED)
-        if claim.status is ClaimStatus.TAKEN_OVER:
-            return await self._taken_over(key, info, claim.record.attempts)
-        return await self._not_claimed(claim.status, claim.record, info, key, record, raw)
+        if claim.status is ClaimStatus.BUSY:
+            return self._busy(claim, attempt)
+        if claim.status in (ClaimStatus.TAKEN_OVER, ClaimStatus.RECONCILE):
+            # Same business fields as a command whose call may have gone out: settle that one.
+            return await self._unknown(key, info, attempt, "an interrupted earlier attempt")
+        return self._not_claimed(claim, info, key, record)
 
-    # -- valid commands ---------------------------------------------------------------
+    # -- valid commands -----------------------------------------------------------------
 
     async def _valid(
-        self, record: InboundRecord, command: AdjustmentCommand, received_at: datetime
+        self,
+        record: InboundRecord,
+        command: AdjustmentCommand,
+        received_at: datetime,
+        attempt: Attempt,
     ) -> Decision:
         key = command.idempotency_key
         info = CommandInfo(
@@ -237,55 +246,22 @@ class Processor:
             metadata=dict(command.metadata),
         )
         claim = await self._claim(key, command.fingerprint())
-        if claim.status is ClaimStatus.CLAIMED:
-            return await self._call(command, info)
-        if claim.status is ClaimStatus.TAKEN_OVER:
-            return await self._taken_over(key, info, claim.record.attempts)
-        return await self._not_claimed(
-            claim.status, claim.record, info, key, record, command.model_dump()
-        )
+        status = claim.status
+        if status is ClaimStatus.CLAIMED:
+            return await self._call(command, info, attempt)
+        if status is ClaimStatus.BUSY:
+            return self._busy(claim, attempt)
+        if status is ClaimStatus.TAKEN_OVER:
+            log.warning("idempotency.taken_over", idempotency_key=key)
+            return await self._unknown(key, info, attempt, "an earlier attempt was interrupted")
+        if status is ClaimStatus.RECONCILE:
+            return await self._reconcile(command, info, attempt)
+        return self._not_claimed(claim, info, key, record)
 
-    async def _claim(self, key: str, fingerprint: str) -> Claim:
-        """Claim ``key``, waiting while another owner's live lease holds it."""
-        while True:
-            claim = await self._store.claim(
-                key,
-                fingerprint,
-                owner=self._config.owner,
-                now=self._clock(),
-                lease_s=self._config.lease_s,
-            )
-            if claim.status is not ClaimStatus.BUSY:
-                return claim
-            log.info("idempotency.busy", idempotency_key=key, owner=claim.record.owner)
-            await self._sleep(self._config.busy_poll_s)
-
-    async def _taken_over(self, key: str, info: CommandInfo, attempts: int) -> Decision:
-        """An abandoned claim may have reached PAS: record the outcome as unknown."""
-        log.warning("idempotency.taken_over", idempotency_key=key, attempts=attempts)
-        failure = Failed(
-            info=info,
-            reason_code=Reason.OUTCOME_UNKNOWN,
-            description=(
-                "an earlier attempt was interrupted after the claim; it may have reached PAS,"
-                " so it is not sent again"
-            ),
-            retryable=False,
-            failed_at=self._clock(),
-            attempts=attempts,
-        )
-        return await self._finish(key, failure, State.UNKNOWN)
-
-    async def _not_claimed(
-        self,
-        status: ClaimStatus,
-        stored: Any,
-        info: CommandInfo,
-        key: str,
-        record: InboundRecord,
-        raw: Mapping[str, Any],
+    def _not_claimed(
+        self, claim: Claim, info: CommandInfo, key: str, record: InboundRecord
     ) -> Decision:
-        if status is ClaimStatus.CONFLICT:
+        if claim.status is ClaimStatus.CONFLICT:
             log.warning(
                 "idempotency.conflict",
                 idempotency_key=key,
@@ -304,9 +280,12 @@ class Processor:
                 failed_at=self._clock(),
             )
             return self._decision(conflict, stored=False, duplicate_kind="conflict")
-        # DUPLICATE: publish the stored outcome again.
+        return self._republish(claim.record, key, record)
+
+    def _republish(self, stored: IdempotencyRecord, key: str, record: InboundRecord) -> Publish:
+        """DUPLICATE: the stored outcome again (as the original if it never got out)."""
         assert stored.outcome is not None
-        assert stored.outcome_kind is not None
+        assert stored.outcome_kind in ("completed", "failed")
         payload = dict(stored.outcome)
         if stored.published:
             payload.update(
@@ -321,7 +300,7 @@ class Processor:
             republished_original=not stored.published,
         )
         return Publish(
-            kind=stored.outcome_kind,
+            kind="completed" if stored.outcome_kind == "completed" else "failed",
             payload=payload,
             record_key=payload.get("account_ref"),
             duplicate=stored.published,
@@ -330,116 +309,241 @@ class Processor:
             duplicate_kind=stored.state.value.lower() if stored.published else None,
         )
 
-    async def _call(self, command: AdjustmentCommand, info: CommandInfo) -> Decision:
-        request = PasRequest(
+    # -- calling PAS --------------------------------------------------------------------
+
+    def _request(self, command: AdjustmentCommand) -> PasRequest:
+        reason = command.adjustment_reason
+        if self._config.reference_in_reason:
+            reason = reason_with_reference(reason, reference_for(command.idempotency_key))
+        return PasRequest(
             bank_account_number=command.bank_account_number,
             points_to_adjust=command.points_to_adjust,
             adjustment_type_code=command.adjustment_type_code,
-            adjustment_reason=command.adjustment_reason,
+            adjustment_reason=reason,
             adjusted_by=command.adjusted_by,
             correlation_id=command.correlation_id,
         )
-        attempts = 0
-        pas_time = 0.0
-        result: PasResult
-        while True:
-            attempts += 1
-            result = await self._pas.adjust(request)
-            pas_time += result.duration_s
-            retry = isinstance(result, PasNotSent) or (
-                isinstance(result, PasRefused) and result.recoverable
-            )
-            if not retry or attempts >= self._config.unavailable_attempts:
-                break
-            pause = self._config.unavailable_backoff_s * 2 ** (attempts - 1)
-            log.warning(
-                "pas.retry_scheduled",
-                idempotency_key=info.idempotency_key,
-                attempt=attempts,
-                pause_s=pause,
-                problem=_problem(result),
-            )
-            await self._sleep(pause)
+
+    async def _call(
+        self, command: AdjustmentCommand, info: CommandInfo, attempt: Attempt
+    ) -> Decision:
         key = command.idempotency_key
         now = self._clock()
-        if isinstance(result, PasApplied):
+        if deadline_passed(command.occurred_at, now, self._config.command_ttl_s):
+            expired = Failed(
+                info=info,
+                reason_code=EXPIRED,
+                description=(
+                    f"the command is older than its time-to-live"
+                    f" ({self._config.command_ttl_s:g} s); it was not applied"
+                ),
+                retryable=False,
+                failed_at=now,
+                attempts=attempt.calls,
+            )
+            log.warning("command.expired", idempotency_key=key, attempts=attempt.calls)
+            return await self._finish(key, expired, State.FAILED)
+        reply = await self._pas.adjust(self._request(command))
+        rule = classify(reply.observation)
+        circuit_open = reply.observation.transport is Transport.CIRCUIT_OPEN
+        now = self._clock()
+        attempt = (
+            attempt if circuit_open else replace(attempt, calls=attempt.calls + 1, last_call_at=now)
+        )
+        if rule.action is Action.APPLIED:
+            assert reply.points_adjusted is not None
             completed = Completed(
                 info=info,
                 adjustment_type_code=command.adjustment_type_code,
                 points_requested=command.points_to_adjust,
-                points_adjusted=result.points_adjusted,
-                attempts=attempts,
+                points_adjusted=reply.points_adjusted,
+                attempts=attempt.calls,
                 completed_at=now,
-                pas_duration_ms=int(pas_time * 1000),
-                pas_correlation_id=result.pas_correlation_id,
+                pas_duration_ms=int(reply.duration_s * 1000),
+                pas_correlation_id=reply.pas_correlation_id,
             )
             return await self._finish(key, completed, State.COMPLETED)
-        if isinstance(result, PasUnknown):
+        if rule.action is Action.PERMANENT:
+            refused = self._failure(info, rule.reason, reply, attempt, retryable=False)
+            return await self._finish(key, refused, State.FAILED)
+        if rule.action is Action.UNKNOWN:
             log.error(
                 "pas.outcome_unknown",
                 idempotency_key=key,
-                problem=result.problem,
-                status=result.status,
+                problem=reply.problem,
+                status=reply.observation.status,
             )
-            unknown = Failed(
-                info=info,
-                reason_code=Reason.OUTCOME_UNKNOWN,
-                description=f"PAS may have applied the adjustment: {result.problem}",
-                retryable=False,
-                failed_at=now,
-                errors=result.errors,
-                http_status=result.status,
-                attempts=attempts,
-            )
-            return await self._finish(key, unknown, State.UNKNOWN)
-        if (
-            isinstance(result, PasRefused)
-            and not result.recoverable
-            and result.status not in (401, 403)
-        ):
-            reason = Reason.ACCOUNT_NOT_FOUND if result.status == 404 else Reason.PAS_REJECTED
-            refused = Failed(
-                info=info,
-                reason_code=reason,
-                description=f"PAS refused the adjustment with HTTP {result.status}",
-                retryable=False,
-                failed_at=now,
-                errors=result.errors,
-                http_status=result.status,
-                attempts=attempts,
-            )
-            return await self._finish(key, refused, State.FAILED)
-        # Nothing was applied and trying later may work: forget the claim.
+            return await self._unknown(key, info, attempt, reply.problem)
+        # RETRY or DEAD_LETTER: nothing was applied; let go of the claim.
         await self._store.release(key, owner=self._config.owner)
-        if isinstance(result, PasRefused):
-            reason = Reason.UNAUTHORIZED if result.status in (401, 403) else Reason.PAS_UNAVAILABLE
-            status: int | None = result.status
-            errors = result.errors
-        else:
-            reason, status, errors = Reason.PAS_UNAVAILABLE, None, ()
-        log.error("pas.unavailable", idempotency_key=key, reason=reason, problem=_problem(result))
-        unavailable = Failed(
-            info=info,
-            reason_code=reason,
-            description=f"nothing was applied; publish the command again later: {_problem(result)}",
-            retryable=True,
-            failed_at=now,
-            errors=errors,
-            http_status=status,
-            attempts=attempts,
+        attempt = attempt.failed(now, call=False)
+        if rule.action is Action.RETRY and (
+            circuit_open or attempt.calls < self._config.max_attempts
+        ):
+            pause = self._config.backoff.delay(max(attempt.calls, 1), reply.retry_after_s)
+            log.warning(
+                "pas.retry_scheduled",
+                idempotency_key=key,
+                attempt=attempt.calls,
+                pause_s=round(pause, 3),
+                problem=reply.problem,
+            )
+            return Retry(pause, attempt, reply.problem)
+        error_class = "Unauthorized" if rule.action is Action.DEAD_LETTER else "RetriesExhausted"
+        log.error(
+            "pas.dead_letter",
+            idempotency_key=key,
+            error_class=error_class,
+            attempts=attempt.calls,
+            problem=reply.problem,
         )
-        return self._decision(unavailable, stored=False)
+        failure = self._failure(info, rule.reason, reply, attempt, retryable=True)
+        return replace(
+            self._decision(failure, stored=False),
+            dead_letter=self._dead_letter(
+                "dlt", error_class, failure.reason_code, reply.problem, attempt
+            ),
+        )
 
-    async def _finish(self, key: str, outcome: Outcome, state: State) -> Decision:
+    def _failure(
+        self,
+        info: CommandInfo,
+        reason: str | None,
+        reply: PasReply,
+        attempt: Attempt,
+        *,
+        retryable: bool,
+    ) -> Failed:
+        return Failed(
+            info=info,
+            reason_code=reason or Reason.PAS_REJECTED,
+            description=(
+                f"PAS did not apply the adjustment: {reply.problem}"
+                + ("; publish the command again later" if retryable else "")
+            ),
+            retryable=retryable,
+            failed_at=self._clock(),
+            errors=reply.errors,
+            http_status=reply.observation.status,
+            attempts=attempt.calls,
+        )
+
+    def _dead_letter(
+        self, target: str, error_class: str, reason: str, detail: str, attempt: Attempt
+    ) -> DeadLetterRequest:
+        now = self._clock()
+        return DeadLetterRequest(
+            "review" if target == "review" else "dlt",
+            error_class,
+            reason,
+            detail,
+            attempt.calls,
+            attempt.first_failure_at or now,
+            attempt.last_failure_at or now,
+        )
+
+    # -- unknown outcomes ---------------------------------------------------------------
+
+    async def _unknown(
+        self, key: str, info: CommandInfo, attempt: Attempt, problem: str
+    ) -> Decision:
+        """The call may have been applied: look it up later, or give up without a retry."""
+        now = self._clock()
+        attempt = attempt.failed(now, call=False)
+        if (
+            self._config.reconcile
+            and self._history is not None
+            and self._config.reference_in_reason
+        ):
+            until = now + timedelta(seconds=self._config.settle_s + self._config.lease_s)
+            await self._store.park(key, owner=self._config.owner, until=until, now=now)
+            if attempt.last_call_at is None:
+                attempt = replace(attempt, last_call_at=now)
+            log.warning("reconcile.scheduled", idempotency_key=key, after_s=self._config.settle_s)
+            return Retry(self._config.settle_s, attempt, f"outcome unknown: {problem}", "reconcile")
+        return await self._give_up(key, info, attempt, problem)
+
+    async def _give_up(
+        self, key: str, info: CommandInfo, attempt: Attempt, problem: str
+    ) -> Decision:
+        unknown = Failed(
+            info=info,
+            reason_code=Reason.OUTCOME_UNKNOWN,
+            description=f"PAS may have applied the adjustment ({problem}); not retried, review it",
+            retryable=False,
+            failed_at=self._clock(),
+            attempts=attempt.calls,
+        )
+        decision = await self._finish(key, unknown, State.UNKNOWN)
+        return replace(
+            decision,
+            dead_letter=self._dead_letter(
+                "review", "OutcomeUnknown", Reason.OUTCOME_UNKNOWN, problem, attempt
+            ),
+        )
+
+    async def _reconcile(
+        self, command: AdjustmentCommand, info: CommandInfo, attempt: Attempt
+    ) -> Decision:
+        key = command.idempotency_key
+        now = self._clock()
+        if self._history is None or not self._config.reference_in_reason:
+            return await self._give_up(key, info, attempt, "reconciliation is off")
+        last_call = attempt.last_call_at
+        elapsed = (now - last_call).total_seconds() if last_call else self._config.settle_s
+        lookup = await self._history.lookup(command.bank_account_number)
+        verdict = judge(
+            lookup,
+            reference_for(key),
+            elapsed_since_last_attempt_s=elapsed,
+            settle_s=self._config.settle_s,
+        )
+        if isinstance(verdict, ReconcileFound):
+            log.info("reconcile.found", idempotency_key=key)
+            completed = Completed(
+                info=info,
+                adjustment_type_code=command.adjustment_type_code,
+                points_requested=command.points_to_adjust,
+                points_adjusted=verdict.entry.points_adjusted,
+                attempts=max(attempt.calls, 1),
+                completed_at=now,
+                pas_duration_ms=0,
+                pas_correlation_id=None,
+            )
+            return await self._finish(key, completed, State.COMPLETED)
+        if isinstance(verdict, ReconcileAbsent):
+            log.info("reconcile.absent", idempotency_key=key)
+            lease_until = now + timedelta(seconds=self._config.lease_s)
+            await self._store.resume(
+                key, owner=self._config.owner, lease_until=lease_until, now=now
+            )
+            return await self._call(command, info, attempt)
+        attempt = replace(attempt, lookups=attempt.lookups + 1)
+        if attempt.lookups >= self._config.max_lookups:
+            log.error("reconcile.gave_up", idempotency_key=key, problem=verdict.problem)
+            return await self._give_up(key, info, attempt, verdict.problem)
+        pause = verdict.retry_in_s if verdict.retry_in_s is not None else self._config.settle_s
+        until = now + timedelta(seconds=pause + self._config.lease_s)
+        await self._store.park(key, owner=self._config.owner, until=until, now=now)
+        log.warning(
+            "reconcile.undecided",
+            idempotency_key=key,
+            problem=verdict.problem,
+            after_s=round(pause, 3),
+        )
+        return Retry(pause, attempt, verdict.problem, "reconcile")
+
+    # -- outcomes -----------------------------------------------------------------------
+
+    async def _finish(self, key: str, outcome: Outcome, state: State) -> Publish:
         decision = self._decision(outcome, stored=True)
-        attempts = outcome.attempts
         await self._store.finish(
             key,
             owner=self._config.owner,
             state=state,
             outcome_kind=decision.kind,
             outcome=decision.payload,
-            attempts=attempts,
+            attempts=outcome.attempts,
             now=self._clock(),
         )
         return decision
@@ -460,15 +564,6 @@ class Processor:
             stored_key=outcome.info.idempotency_key if stored else None,
             duplicate_kind=duplicate_kind,
         )
-
-
-def _problem(result: PasResult) -> str:
-    if isinstance(result, PasNotSent | PasUnknown):
-        return result.problem
-    if isinstance(result, PasRefused):
-        codes = ",".join(error.reason_code for error in result.errors) or "no envelope"
-        return f"HTTP {result.status} {codes}"
-    return "applied"
 
 
 def _string_map(value: Any) -> dict[str, str]:

@@ -10,10 +10,18 @@ Semantics every backend implements:
 - A key IN_FLIGHT under a live lease of another owner returns ``BUSY``: the caller waits.
 - A key IN_FLIGHT whose lease has expired is taken over: the caller becomes owner and gets
   ``TAKEN_OVER``; the earlier owner may have sent the request, so the caller must not call
-  PAS blindly.
+  PAS blindly (it reconciles, or gives up with OUTCOME_UNKNOWN).
+- A key RECONCILING (an unknown outcome waiting for a history lookup) returns ``RECONCILE``
+  to its owner, or to anyone once its lease expired (the caller becomes owner); ``BUSY`` to
+  others before that.
 - ``finish`` stores the terminal state and the outcome; ``release`` deletes a claim whose
-  request provably never left, so that the command may be tried again later;
-  ``mark_published`` records that the outcome event was acknowledged by Kafka.
+  request provably never left, so that the command may be tried again later; ``park``
+  moves an owned claim to RECONCILING until a given time; ``resume`` moves it back to
+  IN_FLIGHT when the lookup proved the request absent (so it may be sent again);
+  ``mark_published`` records that the outcome event was acknowledged by Kafka; ``prune``
+  deletes terminal records last changed before a cut-off.
+
+Every write that precedes a PAS call is durable before it returns.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from typing import Any, Protocol
 
 class State(enum.StrEnum):
     IN_FLIGHT = "IN_FLIGHT"
+    RECONCILING = "RECONCILING"
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     UNKNOWN = "UNKNOWN"
@@ -40,6 +49,7 @@ class ClaimStatus(enum.StrEnum):
     CONFLICT = "CONFLICT"
     BUSY = "BUSY"
     TAKEN_OVER = "TAKEN_OVER"
+    RECONCILE = "RECONCILE"
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,14 @@ class IdempotencyStore(Protocol):
 
     async def release(self, key: str, *, owner: str) -> None: ...
 
+    async def park(self, key: str, *, owner: str, until: datetime, now: datetime) -> None: ...
+
+    async def resume(
+        self, key: str, *, owner: str, lease_until: datetime, now: datetime
+    ) -> None: ...
+
+    async def prune(self, *, older_than: datetime) -> int: ...
+
     async def mark_published(self, key: str) -> None: ...
 
     async def get(self, key: str) -> IdempotencyRecord | None: ...
@@ -99,6 +117,14 @@ def decide_claim(
         return ClaimStatus.CONFLICT
     if existing.state in TERMINAL:
         return ClaimStatus.DUPLICATE
+    if existing.state is State.RECONCILING:
+        if existing.owner == owner or existing.lease_until <= now:
+            return ClaimStatus.RECONCILE
+        return ClaimStatus.BUSY
     if existing.lease_until <= now:
         return ClaimStatus.TAKEN_OVER
     return ClaimStatus.BUSY
+
+
+class OwnershipLostError(RuntimeError):
+    """The record is no longer held by this worker (its lease was taken over)."""

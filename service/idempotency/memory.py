@@ -7,9 +7,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from service.idempotency.base import (
+    TERMINAL,
     Claim,
     ClaimStatus,
     IdempotencyRecord,
+    OwnershipLostError,
     State,
     decide_claim,
 )
@@ -34,10 +36,16 @@ class MemoryStore:
             self.records[key] = record
             return Claim(status, record)
         assert existing is not None
-        if status is ClaimStatus.TAKEN_OVER:
+        if status is ClaimStatus.TAKEN_OVER or status is ClaimStatus.RECONCILE:
             existing = replace(existing, owner=owner, lease_until=lease_until, updated_at=now)
             self.records[key] = existing
         return Claim(status, existing)
+
+    def _owned(self, key: str, owner: str) -> IdempotencyRecord:
+        record = self.records.get(key)
+        if record is None or record.owner != owner:
+            raise OwnershipLostError(f"idempotency key is not held by {owner}")
+        return record
 
     async def finish(
         self,
@@ -50,14 +58,12 @@ class MemoryStore:
         attempts: int,
         now: datetime,
     ) -> None:
-        record = self.records[key]
-        if record.owner != owner:
-            raise RuntimeError(f"idempotency key is owned by {record.owner}, not {owner}")
+        record = self._owned(key, owner)
         self.records[key] = replace(
             record,
             state=state,
             outcome_kind=outcome_kind,
-            outcome=outcome,
+            outcome=dict(outcome),
             attempts=attempts,
             updated_at=now,
         )
@@ -66,6 +72,28 @@ class MemoryStore:
         record = self.records.get(key)
         if record is not None and record.owner == owner and record.state is State.IN_FLIGHT:
             del self.records[key]
+
+    async def park(self, key: str, *, owner: str, until: datetime, now: datetime) -> None:
+        record = self._owned(key, owner)
+        self.records[key] = replace(
+            record, state=State.RECONCILING, lease_until=until, updated_at=now
+        )
+
+    async def resume(self, key: str, *, owner: str, lease_until: datetime, now: datetime) -> None:
+        record = self._owned(key, owner)
+        self.records[key] = replace(
+            record, state=State.IN_FLIGHT, lease_until=lease_until, updated_at=now
+        )
+
+    async def prune(self, *, older_than: datetime) -> int:
+        old = [
+            key
+            for key, record in self.records.items()
+            if record.state in TERMINAL and record.updated_at < older_than
+        ]
+        for key in old:
+            del self.records[key]
+        return len(old)
 
     async def mark_published(self, key: str) -> None:
         record = self.records.get(key)

@@ -19,9 +19,11 @@ from typing import Any, TypeVar
 
 from service.errors import StartupError
 from service.idempotency.base import (
+    TERMINAL,
     Claim,
     ClaimStatus,
     IdempotencyRecord,
+    OwnershipLostError,
     State,
     decide_claim,
 )
@@ -42,6 +44,7 @@ CREATE TABLE IF NOT EXISTS idempotency (
     outcome      TEXT,
     published    INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idempotency_updated_at ON idempotency (updated_at);
 """
 
 COLUMNS = (
@@ -138,7 +141,7 @@ class SqliteStore:
                             _ts(now),
                         ),
                     )
-                elif status is ClaimStatus.TAKEN_OVER:
+                elif status is ClaimStatus.TAKEN_OVER or status is ClaimStatus.RECONCILE:
                     self._db.execute(
                         "UPDATE idempotency SET owner = ?, lease_until = ?, updated_at = ?"
                         " WHERE key = ?",
@@ -172,9 +175,41 @@ class SqliteStore:
                 (state.value, outcome_kind, json.dumps(outcome), attempts, _ts(now), key, owner),
             )
             if cursor.rowcount != 1:
-                raise RuntimeError("idempotency record is no longer owned by this worker")
+                raise OwnershipLostError("idempotency record is no longer owned by this worker")
 
         await self._run(work)
+
+    async def _move(
+        self, key: str, owner: str, state: State, lease_until: datetime, now: datetime
+    ) -> None:
+        def work() -> None:
+            cursor = self._db.execute(
+                "UPDATE idempotency SET state = ?, lease_until = ?, updated_at = ?"
+                " WHERE key = ? AND owner = ?",
+                (state.value, _ts(lease_until), _ts(now), key, owner),
+            )
+            if cursor.rowcount != 1:
+                raise OwnershipLostError("idempotency record is no longer owned by this worker")
+
+        await self._run(work)
+
+    async def park(self, key: str, *, owner: str, until: datetime, now: datetime) -> None:
+        await self._move(key, owner, State.RECONCILING, until, now)
+
+    async def resume(self, key: str, *, owner: str, lease_until: datetime, now: datetime) -> None:
+        await self._move(key, owner, State.IN_FLIGHT, lease_until, now)
+
+    async def prune(self, *, older_than: datetime) -> int:
+        terminal = tuple(state.value for state in TERMINAL)
+
+        def work() -> int:
+            cursor = self._db.execute(
+                "DELETE FROM idempotency WHERE updated_at < ? AND state IN (?, ?, ?)",
+                (_ts(older_than), *terminal),
+            )
+            return int(cursor.rowcount)
+
+        return await self._run(work)
 
     async def release(self, key: str, *, owner: str) -> None:
         def work() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from service.codec.avro import COMPLETED, FAILED, AvroCodec
-from service.domain.processor import Publish
+from service.domain.decisions import Publish
 from service.settings import KafkaSettings
 
 

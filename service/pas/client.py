@@ -1,7 +1,8 @@
 """The PAS adjustment call on one pooled ``httpx.AsyncClient``.
 
-``PasClient.adjust`` never raises for what PAS or the network does: it classifies every
-ending into the processing core's ``PasResult`` (applied, refused, not sent, unknown).
+``PasClient.adjust`` never raises for what PAS or the network does: it reports how the call
+ended as a ``PasReply`` (an HTTP status with the envelope, or a transport failure); what to
+do about it is the classification table's business (``service.domain.classification``).
 """
 
 from __future__ import annotations
@@ -14,14 +15,8 @@ from typing import Protocol
 import httpx
 import structlog
 
-from service.domain.ports import (
-    PasApplied,
-    PasNotSent,
-    PasRefused,
-    PasRequest,
-    PasResult,
-    PasUnknown,
-)
+from service.domain.classification import Observation, Transport
+from service.domain.ports import PasReply, PasRequest
 from service.pas.credentials import Credentials
 from service.pas.envelope import parse_envelope
 from service.pas.jwe_codec import JweBodyCodec
@@ -33,8 +28,26 @@ log = structlog.get_logger("service.pas")
 CORRELATION_HEADER = "Correlation-Id"
 RESPONSE_CORRELATION_HEADER = "X-MC-Correlation-ID"
 
-# Failures where the request provably did not leave this process.
-NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+# httpx's exceptions, most specific first, and what each says about the request.
+TRANSPORT_FAILURES: tuple[tuple[type[Exception], Transport], ...] = (
+    (httpx.ConnectTimeout, Transport.CONNECT_TIMEOUT),
+    (httpx.PoolTimeout, Transport.POOL_TIMEOUT),
+    (httpx.ConnectError, Transport.CONNECT),
+    (httpx.UnsupportedProtocol, Transport.CONNECT),
+    (httpx.ReadTimeout, Transport.READ_TIMEOUT),
+    (httpx.WriteTimeout, Transport.WRITE_TIMEOUT),
+    (httpx.ReadError, Transport.RESET),
+    (httpx.WriteError, Transport.RESET),
+    (httpx.RemoteProtocolError, Transport.PROTOCOL),
+)
+
+
+def transport_failure(exc: httpx.RequestError) -> Transport:
+    """What an httpx error says about the request; unlisted ones count as answer lost."""
+    for kind, failure in TRANSPORT_FAILURES:
+        if isinstance(exc, kind):
+            return failure
+    return Transport.PROTOCOL
 
 
 class BodyCodec(Protocol):
@@ -61,7 +74,7 @@ class PasClient:
         )
         self._auth = MastercardOAuth1Auth(credentials.signer)
 
-    async def adjust(self, request: PasRequest) -> PasResult:
+    async def adjust(self, request: PasRequest) -> PasReply:
         content = self._codec.encode(request.body())
         headers = {
             "Content-Type": self._codec.content_type,
@@ -73,21 +86,27 @@ class PasClient:
             response = await self._http.request(
                 self._method, self._url, content=content, headers=headers, auth=self._auth
             )
-        except NOT_SENT as exc:
-            return PasNotSent(_describe(exc), time.perf_counter() - started)
         except httpx.RequestError as exc:
-            return PasUnknown(_describe(exc), None, (), time.perf_counter() - started)
-        elapsed = time.perf_counter() - started
-        return self._classify(response, elapsed)
+            return PasReply(
+                Observation(transport=transport_failure(exc)),
+                time.perf_counter() - started,
+                problem=_describe(exc),
+            )
+        return self._read(response, time.perf_counter() - started)
 
-    def _classify(self, response: httpx.Response, elapsed: float) -> PasResult:
+    def _read(self, response: httpx.Response, elapsed: float) -> PasReply:
         status = response.status_code
         their_id = response.headers.get(RESPONSE_CORRELATION_HEADER)
         if status == 200:
             points = self._points_adjusted(response.content)
             if points is None:
-                return PasUnknown("HTTP 200 with an unreadable body", status, (), elapsed)
-            return PasApplied(points, elapsed, their_id)
+                return PasReply(
+                    Observation(transport=Transport.UNREADABLE_ANSWER),
+                    elapsed,
+                    pas_correlation_id=their_id,
+                    problem="HTTP 200 with an unreadable body",
+                )
+            return PasReply(Observation(status=200), elapsed, points, pas_correlation_id=their_id)
         errors = parse_envelope(response.content)
         recoverable = any(error.recoverable for error in errors)
         log.info(
@@ -97,11 +116,15 @@ class PasClient:
             recoverable=recoverable,
             pas_correlation_id=their_id,
         )
-        if 400 <= status < 500:
-            return PasRefused(status, errors, elapsed, recoverable or status == 429)
-        if recoverable:
-            return PasRefused(status, errors, elapsed, True)
-        return PasUnknown(f"HTTP {status} without Recoverable=true", status, errors, elapsed)
+        codes = ",".join(error.reason_code for error in errors) or "no error envelope"
+        return PasReply(
+            Observation(status=status, recoverable=recoverable),
+            elapsed,
+            errors=errors,
+            retry_after_s=_retry_after(response.headers.get("Retry-After")),
+            pas_correlation_id=their_id,
+            problem=f"HTTP {status} {codes}",
+        )
 
     def _points_adjusted(self, body: bytes) -> int | None:
         try:
@@ -114,6 +137,17 @@ class PasClient:
         if isinstance(points, int) and not isinstance(points, bool):
             return points
         return None
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (the delta-seconds form; an HTTP date is ignored)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
 
 
 def _describe(exc: Exception) -> str:

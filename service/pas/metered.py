@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-from service.domain.ports import (
-    PasApplied,
-    PasNotSent,
-    PasPort,
-    PasRefused,
-    PasRequest,
-    PasResult,
-)
+from service.domain.classification import classify
+from service.domain.ports import PasPort, PasReply, PasRequest
 from service.metrics import Metrics
 
 
@@ -18,16 +12,11 @@ class MeteredPas:
         self._inner = inner
         self._metrics = metrics
 
-    async def adjust(self, request: PasRequest) -> PasResult:
-        result = await self._inner.adjust(request)
-        if isinstance(result, PasApplied):
-            name, status = "applied", "200"
-        elif isinstance(result, PasRefused):
-            name, status = "refused", str(result.status)
-        elif isinstance(result, PasNotSent):
-            name, status = "not_sent", ""
-        else:
-            name, status = "unknown", str(result.status or "")
-        self._metrics.pas_requests.labels(name, status).inc()
-        self._metrics.pas_latency.labels(name).observe(result.duration_s)
-        return result
+    async def adjust(self, request: PasRequest) -> PasReply:
+        reply = await self._inner.adjust(request)
+        seen = reply.observation
+        action = classify(seen).action.value
+        status = str(seen.status) if seen.status is not None else (seen.transport or "")
+        self._metrics.pas_requests.labels(action, status).inc()
+        self._metrics.pas_latency.labels(action).observe(reply.duration_s)
+        return reply

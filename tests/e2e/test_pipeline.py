@@ -100,8 +100,16 @@ async def test_sigterm_mid_stream_loses_nothing_and_a_restart_finishes(
     topology = Topology(kafka_bootstrap)
     await create_topics(kafka_bootstrap, topology.topics(2))
     batch = generate_commands(400, accounts=50, seed=11)
-    async with run_sandbox(secure_sandbox(dev_keyset, latency_ms=15)) as sandbox:
-        first = ServiceProcess(topology, sandbox.base_url, tmp_path, dev_keyset)
+    async with run_sandbox(secure_sandbox(dev_keyset, latency_ms=40)) as sandbox:
+        # A small buffer and little concurrency keep most commands unread at the SIGTERM.
+        first = ServiceProcess(
+            topology,
+            sandbox.base_url,
+            tmp_path,
+            dev_keyset,
+            PA_PROCESSING__MAX_BUFFERED="40",
+            PA_PROCESSING__MAX_IN_FLIGHT="4",
+        )
         await first.start()
         await send_commands(topology.kafka, batch.commands, codec=codec)
         partial = await wait_for_originals(topology.kafka, codec, 60, 60)

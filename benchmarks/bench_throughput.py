@@ -1,0 +1,1363 @@
+"""End-to-end throughput, latency, CPU and memory of ``points-adjuster run`` (issue 5).
+
+A real Kafka broker (one local KRaft broker for the whole run, or ``--bootstrap-servers``),
+the PAS sandbox as a separate process with a fixed latency and no faults, OAuth1 signing and
+JWE encryption on, and the service as a separate process per scenario (fresh topics, group
+and SQLite store each time). In one invocation:
+
+* the crypto floor: thread CPU of the RSA/AES operations every adjustment needs, measured
+  with ``cryptography`` directly before anything else starts;
+* the sweep (in the style of Parallel Consumer's published table): a pre-produced backlog of
+  commands over key spaces of 1, 10, 100 and 10,000 accounts, on 1 and on 12 partitions,
+  with ``PA_PROCESSING__ORDERING=key``;
+* the baseline: ``PA_PROCESSING__ORDERING=partition`` (one command at a time per partition)
+  on a sample of the 1-partition/10,000-account data;
+* the paced run: commands produced at half the throughput of the 12-partition/10,000-account
+  row while the service runs, for command->outcome latency;
+* the memory runs: peak RSS with a 10,000- and a 100,000-command backlog.
+
+Throughput is commands / (last outcome's record timestamp - the moment /readyz answered);
+a scenario that has not finished after ``--max-seconds`` is stopped there and its rate is
+the outcomes published by then over that time (marked ``c``). CPU per adjustment is the
+service process's utime+stime (/proc/<pid>/stat) over the run, its idle start-up CPU
+subtracted, per outcome; peak RSS is its VmHWM. Completion is detected from its /metrics
+(``points_adjuster_outcomes_total``); the outcome topics are read once at the end to check
+that every command got exactly one original, completed outcome and to get the latencies.
+
+Usage (from the repository root)::
+
+    .venv/bin/python benchmarks/bench_throughput.py [--quick] [--commands N]
+        [--latency-ms 50] [--plain-responses] [--only SCENARIO[,SCENARIO...]] [--json out.json]
+
+Exit code 0 when every scenario ran and its outcomes checked out (targets missed do not
+fail the run), 1 otherwise, 130 when interrupted. Linux only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fnmatch
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import cryptography
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from benchkit import (
+    BODY_200,
+    BenchError,
+    Child,
+    Children,
+    CryptoFloor,
+    Sandbox,
+    cpu_times,
+    filesystem_of,
+    free_port,
+    machine_busy_ticks,
+    measure_crypto_floor,
+    memory_mb,
+    metric_sum,
+    percentile,
+    raise_keyboard_interrupt_on_sigterm,
+    self_cpu_seconds,
+    start_sandbox,
+)
+
+from service.codec.avro import COMMAND, COMPLETED, AvroCodec
+from service.kafka.clients import ensure_topics, partitions_of
+from service.security.keys import DevKeySet, generate_dev_keyset
+from service.settings import KafkaSettings
+from service.tools.demo import DEMO_CONSUMER_KEY, service_env
+from service.tools.generate import generate_commands
+from service.tools.send import command_key
+
+REPO = Path(__file__).resolve().parent.parent
+OUTCOMES_METRIC = "points_adjuster_outcomes_total"
+READY_TIMEOUT_S = 90.0
+METRICS_POLL_S = 0.25
+SERVICE_SHUTDOWN_S = 10  # PA_SHUTDOWN_TIMEOUT_S of the service: a capped run stops quickly
+STOP_WAIT_S = 40.0
+READ_TIMEOUT_S = 180.0
+
+# The issue's targets.
+TARGET_VS_BASELINE = 50.0
+TARGET_P1_VS_P12 = 0.9
+TARGET_CPU_VS_FLOOR = 2.5
+TARGET_THROUGHPUT = 800.0
+TARGET_LATENCY_SLACK_MS = 50.0
+TARGET_RSS_RATIO = 1.1
+TARGET_RSS_MB = 200.0
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    quick: bool
+    commands: int
+    latency_ms: float
+    plain_responses: bool
+    bootstrap_servers: str | None
+    only: tuple[str, ...]
+    json_path: Path | None
+    key_spaces: tuple[int, ...]
+    partitions: tuple[int, ...]
+    max_seconds: float
+    baseline_commands: int
+    paced_seconds: float
+    paced_rate: float | None
+    memory_backlogs: tuple[int, int]
+    memory_seconds: float
+    floor_iterations: int
+    seed: int
+    service_root: Path | None
+    max_in_flight: int | None
+    max_buffered: int | None
+    workdir: Path | None
+    keep_workdir: bool
+
+    @property
+    def encrypted_responses(self) -> bool:
+        return not self.plain_responses
+
+
+def parse_args(argv: Sequence[str] | None) -> Config:
+    parser = argparse.ArgumentParser(
+        description="End-to-end throughput/latency/CPU/memory benchmark of points-adjuster."
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="reduced run (2,000 commands, key spaces 1/100/10,000, shorter caps, memory"
+        " backlogs 2,000 vs 20,000): a few minutes",
+    )
+    parser.add_argument("--commands", type=int, help="commands per sweep scenario (20,000)")
+    parser.add_argument("--latency-ms", type=float, default=50.0, help="sandbox latency (50)")
+    parser.add_argument(
+        "--plain-responses",
+        action="store_true",
+        help="the sandbox answers in plain JSON (default: encrypted, as in production)",
+    )
+    parser.add_argument("--bootstrap-servers", help="use this broker instead of starting one")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="SCENARIO",
+        help="run only these scenarios: a name (sweep-p12-a10000), a prefix (sweep, sweep-p1,"
+        " baseline, paced, memory) or a glob; repeatable or comma-separated",
+    )
+    parser.add_argument("--json", type=Path, dest="json_path", help="write every figure here")
+    parser.add_argument(
+        "--key-spaces", help="comma-separated account counts of the sweep (1,10,100,10000)"
+    )
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        help="stop a scenario this long after the service is ready (150; quick 30)",
+    )
+    parser.add_argument(
+        "--baseline-commands", type=int, help="sample size of the baseline (400; quick 200)"
+    )
+    parser.add_argument("--paced-seconds", type=float, help="length of the paced run (20; 10)")
+    parser.add_argument(
+        "--paced-rate",
+        type=float,
+        help="commands/s of the paced run (default: half the sweep-p12-a<max> throughput)",
+    )
+    parser.add_argument(
+        "--memory-backlogs",
+        help="the two backlogs of the memory runs (10000,100000; quick 2000,20000)",
+    )
+    parser.add_argument(
+        "--memory-seconds",
+        type=float,
+        help="longest run of a memory scenario after ready (30; quick 15)",
+    )
+    parser.add_argument("--seed", type=int, default=5, help="data seed (5)")
+    parser.add_argument(
+        "--service-root",
+        type=Path,
+        help="run the service (not the sandbox) from this checkout (PYTHONPATH), e.g. an"
+        " exported older commit, to compare runners",
+    )
+    parser.add_argument("--max-in-flight", type=int, help="PA_PROCESSING__MAX_IN_FLIGHT")
+    parser.add_argument("--max-buffered", type=int, help="PA_PROCESSING__MAX_BUFFERED")
+    parser.add_argument("--workdir", type=Path, help="parent of the temporary folder")
+    parser.add_argument(
+        "--keep-workdir", action="store_true", help="keep logs and stores at the end"
+    )
+    args = parser.parse_args(argv)
+    quick: bool = args.quick
+
+    def pick(value: Any, full: Any, reduced: Any) -> Any:
+        return value if value is not None else (reduced if quick else full)
+
+    key_spaces = (
+        tuple(int(part) for part in args.key_spaces.split(","))
+        if args.key_spaces
+        else ((1, 100, 10_000) if quick else (1, 10, 100, 10_000))
+    )
+    backlogs = (
+        tuple(int(part) for part in args.memory_backlogs.split(","))
+        if args.memory_backlogs
+        else ((2_000, 20_000) if quick else (10_000, 100_000))
+    )
+    if len(backlogs) != 2:
+        parser.error("--memory-backlogs takes two numbers")
+    only = tuple(part.strip() for item in args.only for part in item.split(",") if part.strip())
+    return Config(
+        quick=quick,
+        commands=pick(args.commands, 20_000, 2_000),
+        latency_ms=args.latency_ms,
+        plain_responses=args.plain_responses,
+        bootstrap_servers=args.bootstrap_servers,
+        only=only,
+        json_path=args.json_path,
+        key_spaces=key_spaces,
+        partitions=(1, 12),
+        max_seconds=pick(args.max_seconds, 150.0, 30.0),
+        baseline_commands=pick(args.baseline_commands, 400, 200),
+        paced_seconds=pick(args.paced_seconds, 20.0, 10.0),
+        paced_rate=args.paced_rate,
+        memory_backlogs=(backlogs[0], backlogs[1]),
+        memory_seconds=pick(args.memory_seconds, 30.0, 15.0),
+        floor_iterations=1000 if quick else 2000,
+        seed=args.seed,
+        service_root=args.service_root.resolve() if args.service_root else None,
+        max_in_flight=args.max_in_flight,
+        max_buffered=args.max_buffered,
+        workdir=args.workdir,
+        keep_workdir=args.keep_workdir,
+    )
+
+
+# --- scenarios -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    kind: str  # sweep | baseline | paced | memory
+    partitions: int
+    accounts: int
+    commands: int
+    ordering: str
+    cap_s: float
+    seed: int
+    note: str = ""
+
+
+def plan(cfg: Config) -> list[Scenario]:
+    widest = max(cfg.key_spaces)
+    scenarios = [
+        Scenario(
+            f"sweep-p{partitions}-a{accounts}",
+            "sweep",
+            partitions,
+            accounts,
+            cfg.commands,
+            "key",
+            cfg.max_seconds,
+            cfg.seed * 1_000_003 + accounts,
+        )
+        for accounts in cfg.key_spaces
+        for partitions in cfg.partitions
+    ]
+    scenarios.append(
+        Scenario(
+            f"baseline-p1-a{widest}",
+            "baseline",
+            1,
+            widest,
+            min(cfg.baseline_commands, cfg.commands),
+            "partition",
+            cfg.max_seconds,
+            cfg.seed * 1_000_003 + widest,  # the same data as sweep-p1-a<widest>
+            note=f"the first {min(cfg.baseline_commands, cfg.commands):,} commands of"
+            f" sweep-p1-a{widest}'s data (partition-serial at ~1/latency per partition"
+            " would take too long on all of them; the steady rate is what counts)",
+        )
+    )
+    scenarios.append(
+        Scenario(
+            f"paced-p12-a{widest}",
+            "paced",
+            12,
+            widest,
+            0,  # set from the rate at run time
+            "key",
+            cfg.paced_seconds + 30.0,
+            cfg.seed * 1_000_003 + 7,
+        )
+    )
+    for backlog in cfg.memory_backlogs:
+        scenarios.append(
+            Scenario(
+                f"memory-{backlog}",
+                "memory",
+                12,
+                widest,
+                backlog,
+                "key",
+                cfg.memory_seconds,
+                cfg.seed * 1_000_003 + 11,
+                note="runs until drained or the memory cap; peak RSS is what counts",
+            )
+        )
+    if not cfg.only:
+        return scenarios
+    return [s for s in scenarios if any(matches(s.name, pattern) for pattern in cfg.only)]
+
+
+def matches(name: str, pattern: str) -> bool:
+    return name == pattern or name.startswith(pattern + "-") or fnmatch.fnmatch(name, pattern)
+
+
+@dataclass
+class Result:
+    name: str
+    kind: str
+    ordering: str
+    partitions: int
+    accounts: int
+    commands: int
+    capped: bool = False
+    done: int = 0
+    seconds: float = 0.0
+    throughput: float = 0.0
+    steady_throughput: float = 0.0
+    produce_s: float = 0.0
+    ready_s: float = 0.0
+    first_outcome_after_s: float = 0.0
+    e2e_p50_ms: float = float("nan")
+    e2e_p99_ms: float = float("nan")
+    service_p50_ms: float = float("nan")
+    service_p99_ms: float = float("nan")
+    cpu_ms_per_adj: float = float("nan")
+    cpu_user_ms_per_adj: float = float("nan")
+    cpu_sys_ms_per_adj: float = float("nan")
+    startup_cpu_s: float = 0.0
+    sandbox_cpu_ms_per_adj: float = float("nan")
+    broker_cpu_ms_per_adj: float = float("nan")
+    bench_cpu_ms_per_adj: float = float("nan")
+    machine_busy_pct: float = float("nan")
+    peak_rss_mb: float = 0.0
+    rss_mb_at_end: float = 0.0
+    paced_rate: float = 0.0
+    ready_at: float = 0.0  # wall clock (epoch s) when /readyz first answered 200
+    end_at: float = 0.0  # wall clock when the last outcome was counted, or the cap hit
+    ledger: int = 0
+    exit_code: int | None = None
+    wall_s: float = 0.0
+    note: str = ""
+    notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def primary_latency(self) -> tuple[float, float, bool]:
+        """(p50, p99, in-service): command->outcome for the paced run, else in-service."""
+        if self.kind == "paced":
+            return self.e2e_p50_ms, self.e2e_p99_ms, False
+        return self.service_p50_ms, self.service_p99_ms, True
+
+
+# --- the bench context ---------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    cfg: Config
+    children: Children
+    bootstrap: str
+    broker_pid: int | None
+    sandbox: Sandbox
+    keyset: DevKeySet
+    codec: AvroCodec
+    workdir: Path
+    results: list[Result] = field(default_factory=list)
+
+    def result(self, name: str) -> Result | None:
+        return next((r for r in self.results if r.name == name and not r.problems), None)
+
+
+@dataclass(frozen=True)
+class Topology:
+    bootstrap: str
+    suffix: str
+
+    @property
+    def names(self) -> dict[str, str]:
+        return {
+            "command": f"bench-{self.suffix}-commands",
+            "completed": f"bench-{self.suffix}-completed",
+            "failed": f"bench-{self.suffix}-failed",
+            "dead_letter": f"bench-{self.suffix}-dlt",
+            "review": f"bench-{self.suffix}-review",
+        }
+
+    @property
+    def group(self) -> str:
+        return f"bench-{self.suffix}"
+
+    @property
+    def kafka(self) -> KafkaSettings:
+        n = self.names
+        return KafkaSettings(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group,
+            command_topic=n["command"],
+            completed_topic=n["completed"],
+            failed_topic=n["failed"],
+        )
+
+    def env(self) -> dict[str, str]:
+        n = self.names
+        return {
+            "PA_KAFKA__GROUP_ID": self.group,
+            "PA_KAFKA__COMMAND_TOPIC": n["command"],
+            "PA_KAFKA__COMPLETED_TOPIC": n["completed"],
+            "PA_KAFKA__FAILED_TOPIC": n["failed"],
+            "PA_KAFKA__DEAD_LETTER_TOPIC": n["dead_letter"],
+            "PA_KAFKA__REVIEW_TOPIC": n["review"],
+        }
+
+
+async def wait_for_leaders(bootstrap: str, topics: list[str], timeout_s: float = 30.0) -> None:
+    """Wait until every partition of ``topics`` has a leader (fresh topics need a moment)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            described = await admin.describe_topics(topics)
+            ready = len(described) == len(topics) and all(
+                topic["error_code"] == 0
+                and topic["partitions"]
+                and all(p["error_code"] == 0 and p["leader"] >= 0 for p in topic["partitions"])
+                for topic in described
+            )
+            if ready:
+                return
+            if time.monotonic() > deadline:
+                raise BenchError(f"topics {topics} have no leader after {timeout_s:.0f} s")
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+
+
+async def create_topics(bootstrap: str, partitions: dict[str, int]) -> None:
+    await ensure_topics(KafkaSettings(bootstrap_servers=bootstrap), partitions)
+    await wait_for_leaders(bootstrap, list(partitions))
+
+
+async def warm_up_broker(bootstrap: str, records: int = 20_000) -> float:
+    """Produce and read back a few thousand records so the JVM's JIT is warm; seconds taken."""
+    started = time.monotonic()
+    topic = f"bench-warmup-{uuid.uuid4().hex[:6]}"
+    await create_topics(bootstrap, {topic: 12})
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        payload = b"w" * 300
+        futures = [
+            await producer.send(topic, value=payload, key=str(i % 1000).encode())
+            for i in range(records)
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=f"{topic}-group", auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        seen = 0
+        deadline = time.monotonic() + 60
+        while seen < records and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            seen += sum(len(messages) for messages in batches.values())
+            await consumer.commit()
+    finally:
+        await consumer.stop()
+    await delete_topics(bootstrap, [topic])
+    return time.monotonic() - started
+
+
+async def delete_topics(bootstrap: str, topics: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics(topics)
+    finally:
+        await admin.close()
+
+
+# --- producing -----------------------------------------------------------------------------
+
+
+def encode_all(codec: AvroCodec, commands: list[dict[str, Any]]) -> list[tuple[bytes, bytes]]:
+    return [(codec.encode(COMMAND, c), command_key(c) or b"") for c in commands]
+
+
+async def produce_backlog(
+    bootstrap: str, topic: str, commands: list[dict[str, Any]], codec: AvroCodec
+) -> dict[str, int]:
+    """Publish every command as fast as the broker takes them (acks=all); their timestamps."""
+    records = encode_all(codec, commands)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=20,
+        max_batch_size=512 * 1024,
+    )
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value=value, key=key) for value, key in records]
+        metadata = await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return {c["idempotency_key"]: int(m.timestamp) for c, m in zip(commands, metadata, strict=True)}
+
+
+async def produce_paced(
+    bootstrap: str, topic: str, commands: list[dict[str, Any]], codec: AvroCodec, rate: float
+) -> dict[str, int]:
+    """Publish the commands at ``rate`` per second; each record's timestamp is its send time."""
+    records = encode_all(codec, commands)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=0
+    )
+    await producer.start()
+    sent: dict[str, int] = {}
+    futures = []
+    try:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        index = 0
+        while index < len(records):
+            due = min(len(records), int((loop.time() - start) * rate) + 1)
+            while index < due:
+                value, key = records[index]
+                stamp = int(time.time() * 1000)
+                futures.append(await producer.send(topic, value=value, key=key, timestamp_ms=stamp))
+                sent[commands[index]["idempotency_key"]] = stamp
+                index += 1
+            await asyncio.sleep(max(0.0, start + index / rate - loop.time()))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return sent
+
+
+# --- reading the outcomes once at the end --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutcomeRecord:
+    kind: str  # completed | failed
+    key: str
+    duplicate: bool
+    reason: str | None
+    timestamp_ms: int
+    received_ms: int
+
+
+async def read_outcome_records(
+    bootstrap: str, topics: list[str], codec: AvroCodec
+) -> list[OutcomeRecord]:
+    settings = KafkaSettings(bootstrap_servers=bootstrap)
+    described = await partitions_of(settings, topics)
+    partitions = [TopicPartition(t, p) for t, numbers in described.items() for p in numbers]
+    result: list[OutcomeRecord] = []
+    if not partitions:
+        return result
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        remaining = {tp for tp in partitions if ends[tp] > 0}
+        deadline = time.monotonic() + READ_TIMEOUT_S
+        while remaining:
+            if time.monotonic() > deadline:
+                raise BenchError(f"reading the outcomes took over {READ_TIMEOUT_S:.0f} s")
+            batches = await consumer.getmany(timeout_ms=1000, max_records=20_000)
+            for tp, messages in batches.items():
+                for message in messages:
+                    name, event = codec.decode(message.value)
+                    received = event.get("received_at")
+                    result.append(
+                        OutcomeRecord(
+                            kind="completed" if name == COMPLETED else "failed",
+                            key=str(event["idempotency_key"]),
+                            duplicate=bool(event.get("duplicate")),
+                            reason=event.get("reason_code"),
+                            timestamp_ms=int(message.timestamp),
+                            received_ms=(
+                                int(received.timestamp() * 1000)
+                                if isinstance(received, datetime)
+                                else int(message.timestamp)
+                            ),
+                        )
+                    )
+                    if message.offset + 1 >= ends[tp]:
+                        remaining.discard(tp)
+        return result
+    finally:
+        await consumer.stop()
+
+
+# --- one scenario --------------------------------------------------------------------------
+
+
+def scenario_commands(sc: Scenario, cfg: Config, count: int) -> list[dict[str, Any]]:
+    """The scenario's commands: no repeats, no invalid ones; the same seed gives the same data."""
+    total = cfg.commands if sc.kind == "baseline" else count
+    batch = generate_commands(
+        total, accounts=sc.accounts, seed=sc.seed, requested_by="points-adjuster-bench"
+    )
+    return batch.commands[:count]
+
+
+async def wait_ready(child: Child, http: httpx.AsyncClient) -> float:
+    """Poll /readyz; the wall-clock moment it first answered 200."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if not child.alive:
+            raise BenchError(f"the service exited before it was ready:\n{child.log_tail()}")
+        try:
+            if (await http.get("/readyz")).status_code == 200:
+                return time.time()
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.05)
+    raise BenchError(f"the service was not ready after {READY_TIMEOUT_S:.0f} s")
+
+
+async def outcome_count(http: httpx.AsyncClient) -> int:
+    return int(metric_sum((await http.get("/metrics")).text, OUTCOMES_METRIC))
+
+
+async def wait_for_outcomes(
+    child: Child, http: httpx.AsyncClient, expected: int, deadline: float
+) -> tuple[int, float, bool]:
+    """Poll /metrics until ``expected`` outcomes or the deadline (wall clock).
+
+    Returns (outcomes counted, wall-clock moment, capped).
+    """
+    while True:
+        if not child.alive:
+            raise BenchError(f"the service exited mid-run:\n{child.log_tail()}")
+        count = await outcome_count(http)
+        now = time.time()
+        if count >= expected:
+            return count, now, False
+        if now >= deadline:
+            return count, now, True
+        await asyncio.sleep(METRICS_POLL_S)
+
+
+def process_cpu(pid: int | None) -> float:
+    if pid is None:
+        return float("nan")
+    try:
+        return sum(cpu_times(pid))
+    except OSError:
+        return float("nan")
+
+
+async def run_scenario(bench: Bench, sc: Scenario) -> Result:
+    cfg = bench.cfg
+    started = time.monotonic()
+    result = Result(sc.name, sc.kind, sc.ordering, sc.partitions, sc.accounts, sc.commands)
+    result.note = sc.note
+    topo = Topology(bench.bootstrap, f"{sc.name}-{uuid.uuid4().hex[:6]}")
+    names = topo.names
+    scenario_dir = bench.workdir / sc.name
+    scenario_dir.mkdir(parents=True, exist_ok=True)
+    await create_topics(
+        bench.bootstrap,
+        {
+            names["command"]: sc.partitions,
+            names["completed"]: sc.partitions,
+            names["failed"]: sc.partitions,
+            names["dead_letter"]: 1,
+            names["review"]: 1,
+        },
+    )
+    try:
+        if sc.kind == "paced":
+            rate = paced_rate(bench, result)
+            count = max(1, round(rate * cfg.paced_seconds))
+            result.paced_rate = rate
+            result.commands = count
+        else:
+            count = sc.commands
+        commands = await asyncio.to_thread(scenario_commands, sc, cfg, count)
+        sent_at: dict[str, int] = {}
+        if sc.kind != "paced":
+            begin = time.monotonic()
+            sent_at = await produce_backlog(
+                bench.bootstrap, names["command"], commands, bench.codec
+            )
+            result.produce_s = time.monotonic() - begin
+        await measure_service(bench, sc, topo, scenario_dir, commands, sent_at, result)
+        outcomes = await read_outcome_records(
+            bench.bootstrap, [names["completed"], names["failed"]], bench.codec
+        )
+        result.ledger = await asyncio.to_thread(bench.sandbox.ledger_count)
+        analyse(result, commands, sent_at, outcomes)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(bench.sandbox.reset)
+        with contextlib.suppress(Exception):
+            await delete_topics(bench.bootstrap, list(names.values()))
+        result.wall_s = time.monotonic() - started
+    return result
+
+
+def paced_rate(bench: Bench, result: Result) -> float:
+    cfg = bench.cfg
+    if cfg.paced_rate is not None:
+        result.notes.append(f"rate {cfg.paced_rate:g}/s from --paced-rate")
+        return cfg.paced_rate
+    source = f"sweep-p12-a{max(cfg.key_spaces)}"
+    reference = bench.result(source)
+    if reference is None or reference.throughput <= 0:
+        result.notes.append(f"{source} was not run: rate 100/s (use --paced-rate)")
+        return 100.0
+    result.notes.append(f"rate = half of {source}'s {reference.throughput:.0f}/s")
+    return reference.throughput / 2
+
+
+async def measure_service(
+    bench: Bench,
+    sc: Scenario,
+    topo: Topology,
+    scenario_dir: Path,
+    commands: list[dict[str, Any]],
+    sent_at: dict[str, int],
+    result: Result,
+) -> None:
+    cfg = bench.cfg
+    metrics_port = free_port()
+    env = service_env(
+        bench.bootstrap, bench.sandbox.base_url, scenario_dir, metrics_port, bench.keyset
+    )
+    env.update(topo.env())
+    env.update(
+        PA_LOG__LEVEL="WARNING",
+        PA_SHUTDOWN_TIMEOUT_S=str(SERVICE_SHUTDOWN_S),
+        PA_PROCESSING__ORDERING=sc.ordering,
+    )
+    if cfg.max_in_flight is not None:
+        env["PA_PROCESSING__MAX_IN_FLIGHT"] = str(cfg.max_in_flight)
+    if cfg.max_buffered is not None:
+        env["PA_PROCESSING__MAX_BUFFERED"] = str(cfg.max_buffered)
+    if cfg.service_root is not None:
+        env["PYTHONPATH"] = os.pathsep.join(
+            part for part in (str(cfg.service_root), env.get("PYTHONPATH", "")) if part
+        )
+    launched = time.time()
+    child = bench.children.start(
+        f"service {sc.name}",
+        [sys.executable, "-m", "service", "run"],
+        env=env,
+        cwd=scenario_dir,
+        log_path=scenario_dir / "service.log",
+    )
+    pacer: asyncio.Task[dict[str, int]] | None = None
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{metrics_port}", timeout=10
+        ) as http:
+            ready_at = await wait_ready(child, http)
+            result.ready_s = ready_at - launched
+            user0, sys0 = cpu_times(child.pid)
+            result.startup_cpu_s = user0 + sys0
+            sandbox0 = process_cpu(bench.sandbox.child.pid)
+            broker0 = process_cpu(bench.broker_pid)
+            self0 = self_cpu_seconds()
+            busy0, total0 = machine_busy_ticks()
+            if sc.kind == "paced":
+                rate = result.paced_rate
+                pacer = asyncio.create_task(
+                    produce_paced(
+                        bench.bootstrap, topo.names["command"], commands, bench.codec, rate
+                    )
+                )
+            done, end_at, capped = await wait_for_outcomes(
+                child, http, len(commands), ready_at + sc.cap_s
+            )
+            user1, sys1 = cpu_times(child.pid)
+            sandbox1 = process_cpu(bench.sandbox.child.pid)
+            broker1 = process_cpu(bench.broker_pid)
+            self1 = self_cpu_seconds()
+            busy1, total1 = machine_busy_ticks()
+            result.peak_rss_mb, result.rss_mb_at_end = memory_mb(child.pid)
+            if pacer is not None:
+                if capped and not pacer.done():
+                    pacer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    sent_at.update(await pacer)
+    finally:
+        if pacer is not None and not pacer.done():
+            pacer.cancel()
+            with contextlib.suppress(BaseException):
+                await pacer
+        result.exit_code = await asyncio.to_thread(bench.children.stop, child, STOP_WAIT_S)
+    per = max(done, 1)
+    result.done = done
+    result.capped = capped
+    result.seconds = end_at - ready_at
+    result.cpu_user_ms_per_adj = (user1 - user0) * 1000 / per
+    result.cpu_sys_ms_per_adj = (sys1 - sys0) * 1000 / per
+    result.cpu_ms_per_adj = result.cpu_user_ms_per_adj + result.cpu_sys_ms_per_adj
+    result.sandbox_cpu_ms_per_adj = (sandbox1 - sandbox0) * 1000 / per
+    result.broker_cpu_ms_per_adj = (broker1 - broker0) * 1000 / per
+    result.bench_cpu_ms_per_adj = (self1 - self0) * 1000 / per
+    if total1 > total0:
+        result.machine_busy_pct = 100.0 * (busy1 - busy0) / (total1 - total0)
+    result.ready_at, result.end_at = ready_at, end_at
+    if result.exit_code not in (0, None):
+        result.notes.append(f"service exit code {result.exit_code} after SIGTERM")
+
+
+def analyse(
+    result: Result,
+    commands: list[dict[str, Any]],
+    sent_at: dict[str, int],
+    outcomes: list[OutcomeRecord],
+) -> None:
+    """Check exactly-once and completion; derive throughput and latencies."""
+    ready_at, end_at = result.ready_at, result.end_at
+    keys = {c["idempotency_key"] for c in commands}
+    originals = [o for o in outcomes if not o.duplicate]
+    per_key = Counter(o.key for o in originals)
+    unknown = [k for k in per_key if k not in keys]
+    repeated = [k for k, n in per_key.items() if n > 1]
+    failed = Counter(o.reason for o in originals if o.kind == "failed")
+    duplicates = len(outcomes) - len(originals)
+    if unknown:
+        result.problems.append(f"{len(unknown)} outcomes for commands never sent")
+    if repeated:
+        result.problems.append(f"{len(repeated)} commands got more than one original outcome")
+    if failed:
+        result.problems.append(f"failed outcomes: {dict(failed)}")
+    if duplicates:
+        result.notes.append(f"{duplicates} duplicate outcomes (re-deliveries)")
+    expected = set(sent_at) if result.kind == "paced" else keys
+    if len(expected) < len(keys):
+        result.notes.append(f"only {len(expected)} of {len(keys)} commands were sent")
+    missing = len(expected - set(per_key))
+    if missing and not result.capped:
+        result.problems.append(f"{missing} commands have no outcome")
+    completed = sum(1 for o in originals if o.kind == "completed")
+    if result.ledger < completed:
+        result.problems.append(
+            f"the sandbox applied {result.ledger} adjustments for {completed} completed outcomes"
+        )
+    elif result.ledger > completed:
+        note = f"the sandbox applied {result.ledger - completed} adjustments with no outcome"
+        (result.notes if result.capped else result.problems).append(
+            note + (" (cut off by the stop after the cap)" if result.capped else "")
+        )
+    stamps = sorted(o.timestamp_ms for o in originals)
+    if not stamps:
+        result.problems.append("no outcome at all")
+        return
+    result.first_outcome_after_s = stamps[0] / 1000 - ready_at
+    if result.capped:
+        window = [s for s in stamps if s / 1000 <= end_at]
+        result.seconds = end_at - ready_at
+        result.throughput = len(window) / result.seconds if result.seconds > 0 else 0.0
+    else:
+        window = stamps
+        result.seconds = stamps[-1] / 1000 - ready_at
+        result.throughput = len(stamps) / result.seconds if result.seconds > 0 else 0.0
+    if len(window) > 1 and window[-1] > window[0]:
+        result.steady_throughput = (len(window) - 1) / ((window[-1] - window[0]) / 1000)
+    if result.kind == "paced" and sent_at:
+        first_sent = min(sent_at.values())
+        result.seconds = (stamps[-1] - first_sent) / 1000
+        result.throughput = len(stamps) / result.seconds if result.seconds > 0 else 0.0
+    e2e = [o.timestamp_ms - sent_at[o.key] for o in originals if o.key in sent_at]
+    service = [o.timestamp_ms - o.received_ms for o in originals]
+    result.e2e_p50_ms = percentile(e2e, 0.50)
+    result.e2e_p99_ms = percentile(e2e, 0.99)
+    result.service_p50_ms = percentile(service, 0.50)
+    result.service_p99_ms = percentile(service, 0.99)
+
+
+# --- the report ----------------------------------------------------------------------------
+
+
+def fmt(value: float, digits: int = 1) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:,.{digits}f}"
+
+
+def print_table(results: list[Result], cfg: Config) -> None:
+    header = (
+        f"{'scenario':<22}{'order':>10}{'parts':>6}{'accounts':>9}{'commands':>9}{'done':>9}"
+        f"{'secs':>7}{'adj/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'CPU ms/adj':>11}{'RSS MB':>8}"
+    )
+    print()
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        if r.problems and not r.done:
+            print(f"{r.name:<22}  FAILED: {r.problems[0].splitlines()[0]}")
+            continue
+        p50, p99, in_service = r.primary_latency
+        mark = "†" if in_service else " "
+        done = f"{r.done:,}{'c' if r.capped else ' '}"
+        print(
+            f"{r.name:<22}{r.ordering:>10}{r.partitions:>6}{r.accounts:>9,}{r.commands:>9,}"
+            f"{done:>9}{r.seconds:>7.1f}{r.throughput:>8,.1f}{fmt(p50, 0) + mark:>9}"
+            f"{fmt(p99, 0) + mark:>9}{fmt(r.cpu_ms_per_adj, 2):>11}{r.peak_rss_mb:>8.1f}"
+        )
+    print("-" * len(header))
+    print(
+        "adj/s: outcomes / (last outcome's record timestamp - service ready); c: stopped"
+        f" after the cap ({cfg.max_seconds:g} s; memory runs {cfg.memory_seconds:g} s), the"
+        " rate counts what was done by then."
+    )
+    print(
+        "p50/p99: command->outcome (record timestamps) in the paced row; †: in the backlog"
+        " rows every command waits in the backlog, so they show the time in the service"
+        " instead (received_at -> outcome record)."
+    )
+    print(
+        "CPU ms/adj: the service process's utime+stime from ready to the last outcome, per"
+        " adjustment; RSS MB: its peak (VmHWM)."
+    )
+    for r in results:
+        if r.note:
+            print(f"  {r.name}: {r.note}")
+
+
+def print_breakdown(results: list[Result]) -> None:
+    cores = os.cpu_count() or 1
+    print()
+    print("CPU per adjustment by process (ms), and the rate this box could sustain at that cost")
+    header = (
+        f"{'scenario':<22}{'svc usr':>8}{'svc sys':>8}{'service':>9}{'sandbox':>9}"
+        f"{'broker':>9}{'bench':>9}{'sum':>9}"
+        f"{'box busy':>10}{'bound/s':>9}{'steady/s':>10}{'ready s':>9}{'1st out s':>10}"
+    )
+    print(header)
+    for r in results:
+        if not r.done:
+            continue
+        parts = [
+            r.cpu_ms_per_adj,
+            r.sandbox_cpu_ms_per_adj,
+            r.broker_cpu_ms_per_adj,
+            r.bench_cpu_ms_per_adj,
+        ]
+        total = sum(p for p in parts if not math.isnan(p))
+        bound = cores * 1000 / total if total > 0 else float("nan")
+        print(
+            f"{r.name:<22}{fmt(r.cpu_user_ms_per_adj, 2):>8}{fmt(r.cpu_sys_ms_per_adj, 2):>8}"
+            f"{fmt(parts[0], 2):>9}{fmt(parts[1], 2):>9}{fmt(parts[2], 2):>9}"
+            f"{fmt(parts[3], 2):>9}{fmt(total, 2):>9}{fmt(r.machine_busy_pct, 0) + ' %':>10}"
+            f"{fmt(bound, 0):>9}{fmt(r.steady_throughput, 1):>10}{r.ready_s:>9.1f}"
+            f"{r.first_outcome_after_s:>10.2f}"
+        )
+    print(
+        f"bound/s = {cores} cores / the sum: what the co-located processes could reach if"
+        " nothing but CPU limited them."
+    )
+
+
+@dataclass
+class Target:
+    what: str
+    value: float | None
+    target: float
+    higher_is_better: bool
+    unit: str
+    detail: str = ""
+
+    @property
+    def verdict(self) -> str:
+        if self.value is None or math.isnan(self.value):
+            return "n/a"
+        ok = self.value >= self.target if self.higher_is_better else self.value <= self.target
+        return "PASS" if ok else "MISS"
+
+    @property
+    def margin(self) -> str:
+        if self.value is None or math.isnan(self.value) or self.target == 0:
+            return ""
+        share = self.value / self.target
+        if self.higher_is_better:
+            if share >= 1:
+                return f"{(share - 1) * 100:.0f} % above"
+            return f"{share * 100:.0f} % of the target, short by {self.target - self.value:,.1f}"
+        if share <= 1:
+            return f"{(1 - share) * 100:.0f} % under"
+        return f"{(share - 1) * 100:.0f} % over"
+
+    def line(self) -> str:
+        sign = ">=" if self.higher_is_better else "<="
+        value = "-" if self.value is None or math.isnan(self.value) else f"{self.value:,.2f}"
+        text = (
+            f"  {self.what:<58}{value + self.unit:>12}  {sign} {self.target:,.2f}{self.unit:<4}"
+            f" {self.verdict:<5}{self.margin}"
+        )
+        return text + (f"  [{self.detail}]" if self.detail else "")
+
+
+def evaluate(bench_results: list[Result], cfg: Config, floor: CryptoFloor) -> list[Target]:
+    ok = {r.name: r for r in bench_results if r.done and not r.problems}
+    widest = max(cfg.key_spaces)
+    targets: list[Target] = []
+
+    def thr(name: str) -> float | None:
+        r = ok.get(name)
+        return r.throughput if r else None
+
+    p1_widest, baseline = thr(f"sweep-p1-a{widest}"), thr(f"baseline-p1-a{widest}")
+    targets.append(
+        Target(
+            f"key-ordered / partition-serial, 1 partition, {widest:,} accounts",
+            p1_widest / baseline if p1_widest and baseline else None,
+            TARGET_VS_BASELINE,
+            True,
+            "x",
+            f"{fmt(p1_widest or float('nan'))}/s vs {fmt(baseline or float('nan'))}/s",
+        )
+    )
+    for accounts in cfg.key_spaces:
+        one, twelve = thr(f"sweep-p1-a{accounts}"), thr(f"sweep-p12-a{accounts}")
+        targets.append(
+            Target(
+                f"1 partition / 12 partitions, {accounts:,} accounts",
+                one / twelve if one and twelve else None,
+                TARGET_P1_VS_P12,
+                True,
+                "x",
+                f"{fmt(one or float('nan'))}/s vs {fmt(twelve or float('nan'))}/s",
+            )
+        )
+    floor_ms = floor.adjustment_us(cfg.encrypted_responses) / 1000
+    for partitions in cfg.partitions:
+        r = ok.get(f"sweep-p{partitions}-a{widest}")
+        targets.append(
+            Target(
+                f"service CPU per adjustment / crypto floor, sweep-p{partitions}-a{widest}",
+                r.cpu_ms_per_adj / floor_ms if r else None,
+                TARGET_CPU_VS_FLOOR,
+                False,
+                "x",
+                f"{fmt(r.cpu_ms_per_adj, 2) if r else '-'} ms vs floor {floor_ms:.2f} ms",
+            )
+        )
+    sweep = [r for r in ok.values() if r.kind == "sweep"]
+    best = max(sweep, key=lambda r: r.throughput, default=None)
+    targets.append(
+        Target(
+            "adjustments/s end to end (best sweep row)",
+            best.throughput if best else None,
+            TARGET_THROUGHPUT,
+            True,
+            "/s",
+            best.name if best else "",
+        )
+    )
+    paced = next((r for r in ok.values() if r.kind == "paced"), None)
+    targets.append(
+        Target(
+            "p99 command->outcome at half the max rate",
+            paced.e2e_p99_ms if paced else None,
+            cfg.latency_ms + TARGET_LATENCY_SLACK_MS,
+            False,
+            " ms",
+            f"{paced.paced_rate:.0f}/s, p50 {fmt(paced.e2e_p50_ms, 0)} ms" if paced else "",
+        )
+    )
+    small, large = (ok.get(f"memory-{n}") for n in cfg.memory_backlogs)
+    scaled = "" if cfg.memory_backlogs == (10_000, 100_000) else " (scaled down)"
+    labels = f"{cfg.memory_backlogs[1]:,} vs {cfg.memory_backlogs[0]:,} backlog{scaled}"
+    targets.append(
+        Target(
+            f"peak RSS ratio, {labels}",
+            large.peak_rss_mb / small.peak_rss_mb if large and small else None,
+            TARGET_RSS_RATIO,
+            False,
+            "x",
+            f"{large.peak_rss_mb:.1f} MB vs {small.peak_rss_mb:.1f} MB" if large and small else "",
+        )
+    )
+    targets.append(
+        Target(
+            f"peak RSS with a {cfg.memory_backlogs[1]:,} backlog{scaled}",
+            large.peak_rss_mb if large else None,
+            TARGET_RSS_MB,
+            False,
+            " MB",
+        )
+    )
+    return targets
+
+
+def print_targets(targets: list[Target]) -> None:
+    print()
+    print("targets of the issue (a MISS does not fail the run)")
+    for target in targets:
+        print(target.line())
+
+
+def print_problems(results: list[Result]) -> bool:
+    any_problem = False
+    for r in results:
+        for note in r.notes:
+            print(f"  note {r.name}: {note}")
+    for r in results:
+        for problem in r.problems:
+            any_problem = True
+            print(f"  PROBLEM {r.name}: {problem}", file=sys.stderr)
+    return any_problem
+
+
+# --- environment facts ---------------------------------------------------------------------
+
+
+def git_facts() -> dict[str, Any]:
+    def run(*args: str) -> str:
+        completed = subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, check=False
+        )
+        return completed.stdout.strip()
+
+    changed = [line for line in run("status", "--porcelain", "--", "service").splitlines() if line]
+    return {"commit": run("rev-parse", "--short", "HEAD"), "service_changes": changed}
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+@contextlib.contextmanager
+def broker(cfg: Config) -> Iterator[tuple[str, int | None, str]]:
+    """(bootstrap servers, broker pid when we started it, Kafka version)."""
+    if cfg.bootstrap_servers:
+        yield cfg.bootstrap_servers, None, "external"
+        return
+    from service.localinfra.kafka import LocalKafka
+
+    print("starting a local Kafka broker...", flush=True)
+    with LocalKafka(port=0) as local:
+        yield local.bootstrap_servers, local.pid, local.version
+
+
+# --- main ----------------------------------------------------------------------------------
+
+
+async def run_all(bench: Bench, scenarios: list[Scenario]) -> None:
+    print("warming the broker up (20,000 records through a 12-partition topic)...", flush=True)
+    print(f"    {await warm_up_broker(bench.bootstrap):.1f} s", flush=True)
+    for index, sc in enumerate(scenarios, start=1):
+        print(
+            f"[{index}/{len(scenarios)}] {sc.name}: {sc.kind}, ordering={sc.ordering},"
+            f" {sc.partitions} partition(s), {sc.accounts:,} accounts"
+            + (f", {sc.commands:,} commands" if sc.commands else ""),
+            flush=True,
+        )
+        try:
+            result = await run_scenario(bench, sc)
+        except BenchError as exc:
+            result = Result(sc.name, sc.kind, sc.ordering, sc.partitions, sc.accounts, sc.commands)
+            result.problems.append(str(exc))
+            print(f"    failed: {exc}", flush=True)
+        else:
+            p50, p99, in_service = result.primary_latency
+            print(
+                f"    {result.done:,} outcomes in {result.seconds:.1f} s"
+                f"{' (capped)' if result.capped else ''}: {result.throughput:,.1f}/s,"
+                f" p50/p99 {fmt(p50, 0)}/{fmt(p99, 0)} ms{' in service' if in_service else ''},"
+                f" CPU {fmt(result.cpu_ms_per_adj, 2)} ms/adj, peak RSS"
+                f" {result.peak_rss_mb:.1f} MB  ({result.wall_s:.0f} s wall)",
+                flush=True,
+            )
+        bench.results.append(result)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    # aiokafka logs each retry of a produce to a partition whose leader is still being
+    # elected; the producer retries by itself, so only errors are worth showing.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    raise_keyboard_interrupt_on_sigterm()
+    wall = time.monotonic()
+    scenarios = plan(cfg)
+    if not scenarios:
+        print(f"no scenario matches {', '.join(cfg.only)}", file=sys.stderr)
+        return 2
+    facts: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "python": platform.python_version(),
+        "cryptography": cryptography.__version__,
+        "loadavg_at_start": os.getloadavg(),
+        "git": git_facts(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    print(
+        f"points-adjuster throughput benchmark{' (--quick)' if cfg.quick else ''}:"
+        f" {len(scenarios)} scenarios, sandbox latency {cfg.latency_ms:g} ms,"
+        f" {'plain' if cfg.plain_responses else 'encrypted'} responses,"
+        f" {facts['cpus']} CPUs ({facts['cpu_model']}), python {facts['python']},"
+        f" commit {facts['git']['commit']}"
+        + (f" + {len(facts['git']['service_changes'])} changed file(s) in service/")
+        + (f", service from {cfg.service_root}" if cfg.service_root else ""),
+        flush=True,
+    )
+    print("measuring the crypto floor (before anything else starts)...", flush=True)
+    floor = measure_crypto_floor(cfg.floor_iterations, 3)
+    floor_us = floor.adjustment_us(cfg.encrypted_responses)
+    print(
+        f"crypto floor per adjustment: {floor_us:,.0f} µs = sign {floor.sign_us:.0f} + encrypt"
+        f" {floor.encrypt_us:.0f}"
+        + (f" + decrypt {floor.decrypt_us:.0f}" if cfg.encrypted_responses else "")
+        + f" (RSA-2048, {len(BODY_200)}-byte body, thread CPU, best of {floor.repeats}"
+        f" x {floor.iterations})",
+        flush=True,
+    )
+    children = Children()
+    workdir = Path(tempfile.mkdtemp(prefix="points-adjuster-bench-", dir=cfg.workdir))
+    facts["workdir_filesystem"] = filesystem_of(workdir)
+    bench: Bench | None = None
+    status = 0
+    try:
+        with broker(cfg) as (bootstrap, broker_pid, kafka_version):
+            facts["kafka"] = kafka_version
+            try:
+                keyset = generate_dev_keyset(workdir / "keys")
+                sandbox = start_sandbox(
+                    children,
+                    keys_dir=keyset.directory,
+                    consumer_key=DEMO_CONSUMER_KEY,
+                    latency_ms=cfg.latency_ms,
+                    plain_responses=cfg.plain_responses,
+                    workdir=workdir,
+                )
+                bench = Bench(
+                    cfg,
+                    children,
+                    bootstrap,
+                    broker_pid,
+                    sandbox,
+                    keyset,
+                    AvroCodec.from_directory(),
+                    workdir,
+                )
+                asyncio.run(run_all(bench, scenarios))
+            finally:
+                children.stop_all()  # before the broker goes
+    except KeyboardInterrupt:
+        print("\ninterrupted: every process this run started was stopped", file=sys.stderr)
+        status = 130
+    except BenchError as exc:
+        print(f"bench_throughput: {exc}", file=sys.stderr)
+        status = 1
+    finally:
+        children.stop_all()
+    results = bench.results if bench is not None else []
+    elapsed = time.monotonic() - wall
+    if results:
+        print_table(results, cfg)
+        print_breakdown(results)
+        targets = evaluate(results, cfg, floor)
+        print_targets(targets)
+        if print_problems(results) and status == 0:
+            status = 1
+        if cfg.json_path is not None:
+            write_json(cfg, facts, floor, results, targets, elapsed)
+    print(
+        f"\n{elapsed / 60:.1f} min in all; SQLite stores on {facts['workdir_filesystem']}"
+        f" ({workdir.parent})"
+    )
+    if status != 0 or cfg.keep_workdir:
+        print(f"logs kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return status
+
+
+def write_json(
+    cfg: Config,
+    facts: dict[str, Any],
+    floor: CryptoFloor,
+    results: list[Result],
+    targets: list[Target],
+    elapsed: float,
+) -> None:
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and math.isnan(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [clean(v) for v in value]
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    document = {
+        "machine": facts,
+        "config": asdict(cfg),
+        "crypto_floor_us": {
+            "sign": floor.sign_us,
+            "encrypt": floor.encrypt_us,
+            "decrypt": floor.decrypt_us,
+            "per_adjustment": floor.adjustment_us(cfg.encrypted_responses),
+            "iterations": floor.iterations,
+            "repeats": floor.repeats,
+        },
+        "scenarios": [asdict(r) for r in results],
+        "targets": [{**asdict(t), "verdict": t.verdict, "margin": t.margin} for t in targets],
+        "elapsed_s": elapsed,
+    }
+    assert cfg.json_path is not None
+    cfg.json_path.write_text(json.dumps(clean(document), indent=2) + "\n")
+    print(f"figures written to {cfg.json_path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

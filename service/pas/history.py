@@ -1,0 +1,174 @@
+"""PAS's adjustment history (``GET /points-adjustments-details``), read to reconcile.
+
+``PasHistoryClient.lookup`` signs the GET (OAuth1 over the URL with its query and an empty
+body) and reads ``{"adjustments": [{adjustmentId, pointsAdjusted, adjustmentTypeCode,
+adjustmentReason, adjustedBy, adjustedAt}, ...], "balance": n}``, decrypting it first when
+it comes as a JWE wrapper. It never raises for what PAS or the network does: every failure
+is a ``HistoryFailed``. One malformed entry fails the whole lookup, since skipping it could
+hide the very adjustment being looked for and turn "applied" into "absent".
+
+The account number travels in the query string (``user_id``); it is never logged, and is
+masked in any problem text an exception might carry.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import structlog
+
+from service.domain.reconcile import HistoryEntry, HistoryFailed, HistoryFound, HistoryLookup
+from service.pas.credentials import Credentials
+from service.pas.envelope import parse_envelope
+from service.pas.jwe_codec import JweBodyCodec
+from service.security.oauth1 import MastercardOAuth1Auth
+from service.settings import PasSettings
+
+__all__ = [
+    "DEFAULT_HISTORY_PATH",
+    "DEFAULT_USER_ID_TYPE",
+    "HistoryEntry",
+    "HistoryFailed",
+    "HistoryFound",
+    "HistoryLookup",
+    "PasHistoryClient",
+]
+
+log = structlog.get_logger("service.pas")
+
+DEFAULT_HISTORY_PATH = "/points-adjustments-details"
+DEFAULT_USER_ID_TYPE = "RANAC"
+CORRELATION_HEADER = "Correlation-Id"
+RESPONSE_CORRELATION_HEADER = "X-MC-Correlation-ID"
+
+
+class MalformedHistoryError(ValueError):
+    """The 200 answer is not the history's shape."""
+
+
+class PasHistoryClient:
+    """Implements ``HistoryPort`` over HTTP, on the process's pooled ``httpx.AsyncClient``."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        settings: PasSettings,
+        credentials: Credentials,
+        *,
+        path: str = DEFAULT_HISTORY_PATH,
+        user_id_type: str = DEFAULT_USER_ID_TYPE,
+    ) -> None:
+        if not path.startswith("/"):
+            raise ValueError("path must start with '/'")
+        if not user_id_type:
+            raise ValueError("user_id_type must not be empty")
+        self._http = http
+        self._url = settings.base_url + path
+        self._user_id_type = user_id_type
+        self._codec = JweBodyCodec(
+            credentials.encrypter, credentials.decrypter, settings.encrypted_field
+        )
+        self._auth = MastercardOAuth1Auth(credentials.signer)
+
+    async def lookup(
+        self, account_number: str, *, correlation_id: str | None = None
+    ) -> HistoryLookup:
+        """Every adjustment of the account, oldest first, or why they could not be read."""
+        headers = {"Accept": "application/json"}
+        if correlation_id is not None:
+            headers[CORRELATION_HEADER] = correlation_id
+        params = {"user_id": account_number, "user_id_type": self._user_id_type}
+        started = time.perf_counter()
+        try:
+            response = await self._http.get(
+                self._url, params=params, headers=headers, auth=self._auth
+            )
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            problem = _mask(_describe(exc), account_number)
+            log.info(
+                "pas.history.failed",
+                problem=problem,
+                status=None,
+                duration_s=round(time.perf_counter() - started, 4),
+                correlation_id=correlation_id,
+            )
+            return HistoryFailed(problem, None)
+        duration_s = round(time.perf_counter() - started, 4)
+        their_id = response.headers.get(RESPONSE_CORRELATION_HEADER)
+        status = response.status_code
+        if status != 200:
+            reason_codes = [error.reason_code for error in parse_envelope(response.content)]
+            problem = f"HTTP {status}" + (f" {','.join(reason_codes)}" if reason_codes else "")
+            log.info(
+                "pas.history.failed",
+                problem=problem,
+                status=status,
+                duration_s=duration_s,
+                correlation_id=correlation_id,
+                pas_correlation_id=their_id,
+            )
+            return HistoryFailed(problem, status)
+        try:
+            entries = self._entries(response.content)
+        except (ValueError, RecursionError) as exc:
+            problem = _mask(f"HTTP 200 with an unreadable history: {exc}", account_number)
+            log.info(
+                "pas.history.failed",
+                problem=problem,
+                status=status,
+                duration_s=duration_s,
+                correlation_id=correlation_id,
+                pas_correlation_id=their_id,
+            )
+            return HistoryFailed(problem, status)
+        log.debug(
+            "pas.history.read",
+            entries=len(entries),
+            duration_s=duration_s,
+            correlation_id=correlation_id,
+            pas_correlation_id=their_id,
+        )
+        return HistoryFound(entries)
+
+    def _entries(self, body: bytes) -> list[HistoryEntry]:
+        document = self._codec.decode(body)  # ValueError when not JSON or not decryptable
+        if not isinstance(document, dict):
+            raise MalformedHistoryError("not a JSON object")
+        adjustments = document.get("adjustments")
+        if not isinstance(adjustments, list):
+            raise MalformedHistoryError("no 'adjustments' list")
+        return [_entry(item, index) for index, item in enumerate(adjustments)]
+
+
+def _entry(item: Any, index: int) -> HistoryEntry:
+    if not isinstance(item, dict):
+        raise MalformedHistoryError(f"adjustments[{index}] is not an object")
+    adjustment_id = item.get("adjustmentId")
+    if isinstance(adjustment_id, int) and not isinstance(adjustment_id, bool):
+        adjustment_id = str(adjustment_id)
+    points = item.get("pointsAdjusted")
+    reason = item.get("adjustmentReason")
+    adjusted_at = item.get("adjustedAt")
+    if not isinstance(adjustment_id, str) or not adjustment_id:
+        raise MalformedHistoryError(f"adjustments[{index}].adjustmentId is missing or invalid")
+    if not isinstance(points, int) or isinstance(points, bool):
+        raise MalformedHistoryError(f"adjustments[{index}].pointsAdjusted is not an integer")
+    if not isinstance(reason, str):
+        raise MalformedHistoryError(f"adjustments[{index}].adjustmentReason is not a string")
+    if not isinstance(adjusted_at, str):
+        raise MalformedHistoryError(f"adjustments[{index}].adjustedAt is not a string")
+    return HistoryEntry(adjustment_id, points, reason, adjusted_at)
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _mask(text: str, account_number: str) -> str:
+    """``text`` with the account number replaced by its last four digits."""
+    if not account_number:
+        return text
+    masked = "****" + account_number[-4:] if len(account_number) > 4 else "****"
+    return text.replace(account_number, masked)
