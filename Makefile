@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup kafka-jars demo test unit lint format bench-security clean help
+.PHONY: setup kafka-jars demo test unit lint format bench-security chaos clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -35,6 +35,9 @@ unit: setup  ## unit tests only (no broker)
 
 bench-security: setup  ## per-request signing/encryption cost next to the raw RSA/AES floor
 	$(BIN)/python benchmarks/bench_security.py -n 2000 -r 3
+
+chaos: setup kafka-jars  ## the chaos suite at full size (5,000 commands, faults, SIGKILLs, a broker restart)
+	$(BIN)/pytest tests/chaos --chaos-full -s -p no:cacheprovider
 
 format: setup  ## apply ruff's formatting and fixes
 	$(BIN)/ruff format service tests

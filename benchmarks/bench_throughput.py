@@ -63,6 +63,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from benchkit import (
     BODY_200,
+    CLOCK_TICKS,
     BenchError,
     Child,
     Children,
@@ -92,7 +93,9 @@ from service.tools.send import command_key
 REPO = Path(__file__).resolve().parent.parent
 OUTCOMES_METRIC = "points_adjuster_outcomes_total"
 READY_TIMEOUT_S = 90.0
-METRICS_POLL_S = 0.25
+METRICS_POLL_S = 1.0
+METRICS_POLL_NEAR_S = 0.1
+IDLE_SAMPLE_S = 3.0  # the paced run first measures the service's CPU with nothing to do
 SERVICE_SHUTDOWN_S = 10  # PA_SHUTDOWN_TIMEOUT_S of the service: a capped run stops quickly
 STOP_WAIT_S = 40.0
 READ_TIMEOUT_S = 180.0
@@ -361,6 +364,9 @@ class Result:
     broker_cpu_ms_per_adj: float = float("nan")
     bench_cpu_ms_per_adj: float = float("nan")
     machine_busy_pct: float = float("nan")
+    others_cpu_ms_per_adj: float = float("nan")  # CPU of processes this run did not start
+    others_pct: float = float("nan")  # the same as a share of the machine over the run
+    idle_cpu_ms_per_s: float = float("nan")  # the service's CPU with nothing to do (paced)
     peak_rss_mb: float = 0.0
     rss_mb_at_end: float = 0.0
     paced_rate: float = 0.0
@@ -541,15 +547,20 @@ async def produce_backlog(
 
 
 async def produce_paced(
-    bootstrap: str, topic: str, commands: list[dict[str, Any]], codec: AvroCodec, rate: float
-) -> dict[str, int]:
-    """Publish the commands at ``rate`` per second; each record's timestamp is its send time."""
+    bootstrap: str,
+    topic: str,
+    commands: list[dict[str, Any]],
+    codec: AvroCodec,
+    rate: float,
+    sent: dict[str, int],
+) -> None:
+    """Publish the commands at ``rate`` per second; ``sent`` gets each key's send time (the
+    record's timestamp), as it goes, so a cancelled run still says what it sent."""
     records = encode_all(codec, commands)
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=0
     )
     await producer.start()
-    sent: dict[str, int] = {}
     futures = []
     try:
         loop = asyncio.get_running_loop()
@@ -567,7 +578,6 @@ async def produce_paced(
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
-    return sent
 
 
 # --- reading the outcomes once at the end --------------------------------------------------
@@ -674,6 +684,7 @@ async def wait_for_outcomes(
 
     Returns (outcomes counted, wall-clock moment, capped).
     """
+    previous, previous_at = 0, time.time()
     while True:
         if not child.alive:
             raise BenchError(f"the service exited mid-run:\n{child.log_tail()}")
@@ -683,7 +694,13 @@ async def wait_for_outcomes(
             return count, now, False
         if now >= deadline:
             return count, now, True
-        await asyncio.sleep(METRICS_POLL_S)
+        # Scraping costs the service CPU: every second while far from the end, 10 times a
+        # second once the last outcomes are about 2 s away.
+        rate = (count - previous) / max(now - previous_at, 1e-3)
+        previous, previous_at = count, now
+        near = rate > 0 and (expected - count) / rate < 2.0
+        pause = METRICS_POLL_NEAR_S if near else METRICS_POLL_S
+        await asyncio.sleep(min(pause, max(0.0, deadline - now)))
 
 
 def process_cpu(pid: int | None) -> float:
@@ -795,61 +812,108 @@ async def measure_service(
         cwd=scenario_dir,
         log_path=scenario_dir / "service.log",
     )
-    pacer: asyncio.Task[dict[str, int]] | None = None
+    pacer: asyncio.Task[None] | None = None
     try:
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{metrics_port}", timeout=10
         ) as http:
             ready_at = await wait_ready(child, http)
             result.ready_s = ready_at - launched
-            user0, sys0 = cpu_times(child.pid)
-            result.startup_cpu_s = user0 + sys0
-            sandbox0 = process_cpu(bench.sandbox.child.pid)
-            broker0 = process_cpu(bench.broker_pid)
-            self0 = self_cpu_seconds()
-            busy0, total0 = machine_busy_ticks()
+            before = Snapshot.take(bench, child)
+            result.startup_cpu_s = before.service_user + before.service_sys
             if sc.kind == "paced":
+                await asyncio.sleep(1.0)  # let the group settle
+                idle0 = sum(cpu_times(child.pid))
+                await asyncio.sleep(IDLE_SAMPLE_S)
+                idle1 = sum(cpu_times(child.pid))
+                result.idle_cpu_ms_per_s = (idle1 - idle0) * 1000 / IDLE_SAMPLE_S
+                before = Snapshot.take(bench, child)
                 rate = result.paced_rate
                 pacer = asyncio.create_task(
                     produce_paced(
-                        bench.bootstrap, topo.names["command"], commands, bench.codec, rate
+                        bench.bootstrap, topo.names["command"], commands, bench.codec, rate, sent_at
                     )
                 )
             done, end_at, capped = await wait_for_outcomes(
                 child, http, len(commands), ready_at + sc.cap_s
             )
-            user1, sys1 = cpu_times(child.pid)
-            sandbox1 = process_cpu(bench.sandbox.child.pid)
-            broker1 = process_cpu(bench.broker_pid)
-            self1 = self_cpu_seconds()
-            busy1, total1 = machine_busy_ticks()
+            after = Snapshot.take(bench, child)
             result.peak_rss_mb, result.rss_mb_at_end = memory_mb(child.pid)
             if pacer is not None:
                 if capped and not pacer.done():
                     pacer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    sent_at.update(await pacer)
+                    await pacer
     finally:
         if pacer is not None and not pacer.done():
             pacer.cancel()
             with contextlib.suppress(BaseException):
                 await pacer
         result.exit_code = await asyncio.to_thread(bench.children.stop, child, STOP_WAIT_S)
-    per = max(done, 1)
-    result.done = done
-    result.capped = capped
-    result.seconds = end_at - ready_at
-    result.cpu_user_ms_per_adj = (user1 - user0) * 1000 / per
-    result.cpu_sys_ms_per_adj = (sys1 - sys0) * 1000 / per
-    result.cpu_ms_per_adj = result.cpu_user_ms_per_adj + result.cpu_sys_ms_per_adj
-    result.sandbox_cpu_ms_per_adj = (sandbox1 - sandbox0) * 1000 / per
-    result.broker_cpu_ms_per_adj = (broker1 - broker0) * 1000 / per
-    result.bench_cpu_ms_per_adj = (self1 - self0) * 1000 / per
-    if total1 > total0:
-        result.machine_busy_pct = 100.0 * (busy1 - busy0) / (total1 - total0)
+    result.done, result.capped = done, capped
     result.ready_at, result.end_at = ready_at, end_at
+    result.seconds = end_at - ready_at
+    attribute_cpu(result, before, after, max(done, 1))
     if result.exit_code not in (0, None):
         result.notes.append(f"service exit code {result.exit_code} after SIGTERM")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """CPU counters of every process involved, at one moment (seconds; jiffies for the box)."""
+
+    service_user: float
+    service_sys: float
+    sandbox: float
+    broker: float
+    bench: float
+    busy_ticks: int
+    total_ticks: int
+
+    @classmethod
+    def take(cls, bench: Bench, service: Child) -> Snapshot:
+        user, system = cpu_times(service.pid)
+        busy, total = machine_busy_ticks()
+        return cls(
+            user,
+            system,
+            process_cpu(bench.sandbox.child.pid),
+            process_cpu(bench.broker_pid),
+            self_cpu_seconds(),
+            busy,
+            total,
+        )
+
+
+def attribute_cpu(result: Result, before: Snapshot, after: Snapshot, adjustments: int) -> None:
+    """CPU per adjustment of each process, and of the processes this run did not start."""
+
+    def per_adj(seconds: float) -> float:
+        return seconds * 1000 / adjustments
+
+    result.cpu_user_ms_per_adj = per_adj(after.service_user - before.service_user)
+    result.cpu_sys_ms_per_adj = per_adj(after.service_sys - before.service_sys)
+    result.cpu_ms_per_adj = result.cpu_user_ms_per_adj + result.cpu_sys_ms_per_adj
+    result.sandbox_cpu_ms_per_adj = per_adj(after.sandbox - before.sandbox)
+    result.broker_cpu_ms_per_adj = per_adj(after.broker - before.broker)
+    result.bench_cpu_ms_per_adj = per_adj(after.bench - before.bench)
+    total = after.total_ticks - before.total_ticks
+    if total <= 0:
+        return
+    busy = after.busy_ticks - before.busy_ticks
+    result.machine_busy_pct = 100.0 * busy / total
+    ours = sum(
+        value
+        for value in (
+            result.cpu_ms_per_adj,
+            result.sandbox_cpu_ms_per_adj,
+            result.broker_cpu_ms_per_adj,
+            result.bench_cpu_ms_per_adj,
+        )
+        if not math.isnan(value)
+    )
+    result.others_cpu_ms_per_adj = max(0.0, per_adj(busy / CLOCK_TICKS) - ours)
+    result.others_pct = 100.0 * result.others_cpu_ms_per_adj / per_adj(total / CLOCK_TICKS)
 
 
 def analyse(
@@ -971,7 +1035,7 @@ def print_breakdown(results: list[Result]) -> None:
     print("CPU per adjustment by process (ms), and the rate this box could sustain at that cost")
     header = (
         f"{'scenario':<22}{'svc usr':>8}{'svc sys':>8}{'service':>9}{'sandbox':>9}"
-        f"{'broker':>9}{'bench':>9}{'sum':>9}"
+        f"{'broker':>9}{'bench':>9}{'sum':>9}{'others':>9}{'others %':>9}"
         f"{'box busy':>10}{'bound/s':>9}{'steady/s':>10}{'ready s':>9}{'1st out s':>10}"
     )
     print(header)
@@ -989,14 +1053,24 @@ def print_breakdown(results: list[Result]) -> None:
         print(
             f"{r.name:<22}{fmt(r.cpu_user_ms_per_adj, 2):>8}{fmt(r.cpu_sys_ms_per_adj, 2):>8}"
             f"{fmt(parts[0], 2):>9}{fmt(parts[1], 2):>9}{fmt(parts[2], 2):>9}"
-            f"{fmt(parts[3], 2):>9}{fmt(total, 2):>9}{fmt(r.machine_busy_pct, 0) + ' %':>10}"
+            f"{fmt(parts[3], 2):>9}{fmt(total, 2):>9}{fmt(r.others_cpu_ms_per_adj, 2):>9}"
+            f"{fmt(r.others_pct, 0) + ' %':>9}"
+            f"{fmt(r.machine_busy_pct, 0) + ' %':>10}"
             f"{fmt(bound, 0):>9}{fmt(r.steady_throughput, 1):>10}{r.ready_s:>9.1f}"
             f"{r.first_outcome_after_s:>10.2f}"
         )
     print(
         f"bound/s = {cores} cores / the sum: what the co-located processes could reach if"
-        " nothing but CPU limited them."
+        " nothing but CPU limited them; others: CPU of processes this run did not start,"
+        " per adjustment and as a share of the machine (above a few % the machine was not"
+        " quiet and every figure is low)."
     )
+    for r in results:
+        if not math.isnan(r.idle_cpu_ms_per_s):
+            print(
+                f"service CPU with nothing to do ({r.name}, before pacing):"
+                f" {r.idle_cpu_ms_per_s:.0f} ms per second"
+            )
 
 
 @dataclass
@@ -1023,7 +1097,7 @@ class Target:
         if self.higher_is_better:
             if share >= 1:
                 return f"{(share - 1) * 100:.0f} % above"
-            return f"{share * 100:.0f} % of the target, short by {self.target - self.value:,.1f}"
+            return f"{share * 100:.0f} % of the target, short by {self.target - self.value:,.2f}"
         if share <= 1:
             return f"{(1 - share) * 100:.0f} % under"
         return f"{(share - 1) * 100:.0f} % over"
@@ -1062,7 +1136,7 @@ def evaluate(bench_results: list[Result], cfg: Config, floor: CryptoFloor) -> li
         one, twelve = thr(f"sweep-p1-a{accounts}"), thr(f"sweep-p12-a{accounts}")
         targets.append(
             Target(
-                f"1 partition / 12 partitions, {accounts:,} accounts",
+                f"1 partition / 12 partitions, {accounts:,} account{'s' if accounts > 1 else ''}",
                 one / twelve if one and twelve else None,
                 TARGET_P1_VS_P12,
                 True,
@@ -1153,6 +1227,13 @@ def print_problems(results: list[Result]) -> bool:
 # --- environment facts ---------------------------------------------------------------------
 
 
+def machine_busy_pct(seconds: float) -> float:
+    busy0, total0 = machine_busy_ticks()
+    time.sleep(seconds)
+    busy1, total1 = machine_busy_ticks()
+    return 100.0 * (busy1 - busy0) / max(1, total1 - total0)
+
+
 def git_facts() -> dict[str, Any]:
     def run(*args: str) -> str:
         completed = subprocess.run(
@@ -1220,9 +1301,10 @@ async def run_all(bench: Bench, scenarios: list[Scenario]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_args(argv)
     # aiokafka logs each retry of a produce to a partition whose leader is still being
-    # elected; the producer retries by itself, so only errors are worth showing.
+    # elected, and the coordinator's first moments on a fresh broker; it retries by itself
+    # and raises what it cannot overcome, so its log is only noise here.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     raise_keyboard_interrupt_on_sigterm()
     wall = time.monotonic()
     scenarios = plan(cfg)
@@ -1248,6 +1330,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         + (f", service from {cfg.service_root}" if cfg.service_root else ""),
         flush=True,
     )
+    idle = machine_busy_pct(1.0)
+    facts["machine_busy_pct_before"] = idle
+    if idle > 10:
+        print(
+            f"WARNING: the machine is already {idle:.0f} % busy before this run starts (other"
+            " processes): every figure below will be low; see the 'others' column",
+            flush=True,
+        )
     print("measuring the crypto floor (before anything else starts)...", flush=True)
     floor = measure_crypto_floor(cfg.floor_iterations, 3)
     floor_us = floor.adjustment_us(cfg.encrypted_responses)

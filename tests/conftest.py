@@ -9,6 +9,23 @@ from service.security.keys import DEV_P12_PASSWORD, DevKeySet, generate_dev_keys
 pytest_plugins = ["tests.kafka_support"]
 
 CONSUMER_KEY = "points-adjuster-test"
+CHAOS_SMALL = 600
+CHAOS_FULL = 5000
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--chaos-full",
+        action="store_true",
+        default=False,
+        help=f"run the chaos suite at full size ({CHAOS_FULL} commands, not {CHAOS_SMALL})",
+    )
+
+
+@pytest.fixture
+def chaos_size(request: pytest.FixtureRequest) -> int:
+    """How many commands the chaos suite sends."""
+    return CHAOS_FULL if request.config.getoption("--chaos-full") else CHAOS_SMALL
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,7 @@ class Attempt:
 
     calls: int = 0
     lookups: int = 0
+    received_at: datetime | None = None
     first_failure_at: datetime | None = None
     last_failure_at: datetime | None = None
     last_call_at: datetime | None = None

@@ -119,7 +119,8 @@ class Processor:
 
     async def handle(self, record: InboundRecord, attempt: Attempt | None = None) -> Decision:
         attempt = attempt or Attempt()
-        received_at = self._clock()
+        received_at = attempt.received_at or self._clock()
+        attempt = replace(attempt, received_at=received_at)
         try:
             raw = self._decode(record.value)
         except UndecodableRecordError as exc:
@@ -220,8 +221,9 @@ class Processor:
         if claim.status is ClaimStatus.BUSY:
             return self._busy(claim, attempt)
         if claim.status in (ClaimStatus.TAKEN_OVER, ClaimStatus.RECONCILE):
-            # Same business fields as a command whose call may have gone out: settle that one.
-            return await self._unknown(key, info, attempt, "an interrupted earlier attempt")
+            # Same business fields as a command whose call may have gone out, but this copy is
+            # invalid and cannot be reconciled: record the outcome as unknown, for review.
+            return await self._give_up(key, info, attempt, "an interrupted earlier attempt")
         return self._not_claimed(claim, info, key, record)
 
     # -- valid commands -----------------------------------------------------------------
@@ -255,7 +257,7 @@ class Processor:
             log.warning("idempotency.taken_over", idempotency_key=key)
             return await self._unknown(key, info, attempt, "an earlier attempt was interrupted")
         if status is ClaimStatus.RECONCILE:
-            return await self._reconcile(command, info, attempt)
+            return await self._reconcile(command, info, attempt, claim.record)
         return self._not_claimed(claim, info, key, record)
 
     def _not_claimed(
@@ -455,10 +457,7 @@ class Processor:
             and self._history is not None
             and self._config.reference_in_reason
         ):
-            until = now + timedelta(seconds=self._config.settle_s + self._config.lease_s)
-            await self._store.park(key, owner=self._config.owner, until=until, now=now)
-            if attempt.last_call_at is None:
-                attempt = replace(attempt, last_call_at=now)
+            await self._park(key, now, now + timedelta(seconds=self._config.settle_s))
             log.warning("reconcile.scheduled", idempotency_key=key, after_s=self._config.settle_s)
             return Retry(self._config.settle_s, attempt, f"outcome unknown: {problem}", "reconcile")
         return await self._give_up(key, info, attempt, problem)
@@ -482,15 +481,32 @@ class Processor:
             ),
         )
 
+    async def _park(self, key: str, now: datetime, settle_until: datetime) -> None:
+        """RECONCILING until ``settle_until``; the lease outlives it, so a dead owner's park
+        is taken over only after the settle time."""
+        lease_until = settle_until + timedelta(seconds=self._config.lease_s)
+        await self._store.park(
+            key,
+            owner=self._config.owner,
+            now=now,
+            settle_until=settle_until,
+            lease_until=lease_until,
+        )
+
     async def _reconcile(
-        self, command: AdjustmentCommand, info: CommandInfo, attempt: Attempt
+        self,
+        command: AdjustmentCommand,
+        info: CommandInfo,
+        attempt: Attempt,
+        record: IdempotencyRecord,
     ) -> Decision:
         key = command.idempotency_key
         now = self._clock()
         if self._history is None or not self._config.reference_in_reason:
             return await self._give_up(key, info, attempt, "reconciliation is off")
-        last_call = attempt.last_call_at
-        elapsed = (now - last_call).total_seconds() if last_call else self._config.settle_s
+        # The settle time is in the record, so it holds across restarts and rebalances.
+        settle_until = record.settle_until or now
+        elapsed = self._config.settle_s - max((settle_until - now).total_seconds(), 0.0)
         lookup = await self._history.lookup(command.bank_account_number)
         verdict = judge(
             lookup,
@@ -518,13 +534,13 @@ class Processor:
                 key, owner=self._config.owner, lease_until=lease_until, now=now
             )
             return await self._call(command, info, attempt)
-        attempt = replace(attempt, lookups=attempt.lookups + 1)
+        if verdict.retry_in_s is None:  # the lookup failed; "not settled yet" is no failure
+            attempt = replace(attempt, lookups=attempt.lookups + 1)
         if attempt.lookups >= self._config.max_lookups:
             log.error("reconcile.gave_up", idempotency_key=key, problem=verdict.problem)
             return await self._give_up(key, info, attempt, verdict.problem)
         pause = verdict.retry_in_s if verdict.retry_in_s is not None else self._config.settle_s
-        until = now + timedelta(seconds=pause + self._config.lease_s)
-        await self._store.park(key, owner=self._config.owner, until=until, now=now)
+        await self._park(key, now, max(settle_until, now))
         log.warning(
             "reconcile.undecided",
             idempotency_key=key,

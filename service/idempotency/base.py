@@ -16,7 +16,8 @@ Semantics every backend implements:
   others before that.
 - ``finish`` stores the terminal state and the outcome; ``release`` deletes a claim whose
   request provably never left, so that the command may be tried again later; ``park``
-  moves an owned claim to RECONCILING until a given time; ``resume`` moves it back to
+  moves an owned claim to RECONCILING, noting from when a lookup may prove absence
+  (``settle_until``), which survives restarts and rebalances; ``resume`` moves it back to
   IN_FLIGHT when the lookup proved the request absent (so it may be sent again);
   ``mark_published`` records that the outcome event was acknowledged by Kafka; ``prune``
   deletes terminal records last changed before a cut-off.
@@ -65,6 +66,8 @@ class IdempotencyRecord:
     outcome_kind: str | None = None
     outcome: dict[str, Any] | None = None
     published: bool = False
+    settle_until: datetime | None = None
+    """RECONCILING: a history lookup proves absence only from this moment on."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,9 @@ class IdempotencyStore(Protocol):
 
     async def release(self, key: str, *, owner: str) -> None: ...
 
-    async def park(self, key: str, *, owner: str, until: datetime, now: datetime) -> None: ...
+    async def park(
+        self, key: str, *, owner: str, now: datetime, settle_until: datetime, lease_until: datetime
+    ) -> None: ...
 
     async def resume(
         self, key: str, *, owner: str, lease_until: datetime, now: datetime

@@ -73,10 +73,16 @@ class MemoryStore:
         if record is not None and record.owner == owner and record.state is State.IN_FLIGHT:
             del self.records[key]
 
-    async def park(self, key: str, *, owner: str, until: datetime, now: datetime) -> None:
+    async def park(
+        self, key: str, *, owner: str, now: datetime, settle_until: datetime, lease_until: datetime
+    ) -> None:
         record = self._owned(key, owner)
         self.records[key] = replace(
-            record, state=State.RECONCILING, lease_until=until, updated_at=now
+            record,
+            state=State.RECONCILING,
+            lease_until=lease_until,
+            settle_until=settle_until,
+            updated_at=now,
         )
 
     async def resume(self, key: str, *, owner: str, lease_until: datetime, now: datetime) -> None:

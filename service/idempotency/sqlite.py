@@ -42,14 +42,15 @@ CREATE TABLE IF NOT EXISTS idempotency (
     updated_at   REAL NOT NULL,
     outcome_kind TEXT,
     outcome      TEXT,
-    published    INTEGER NOT NULL DEFAULT 0
+    published    INTEGER NOT NULL DEFAULT 0,
+    settle_until REAL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_updated_at ON idempotency (updated_at);
 """
 
 COLUMNS = (
     "key, fingerprint, state, owner, lease_until, attempts, created_at, updated_at, "
-    "outcome_kind, outcome, published"
+    "outcome_kind, outcome, published, settle_until"
 )
 
 
@@ -74,6 +75,7 @@ def _row_to_record(row: tuple[Any, ...]) -> IdempotencyRecord:
         outcome_kind=row[8],
         outcome=json.loads(row[9]) if row[9] else None,
         published=bool(row[10]),
+        settle_until=_dt(row[11]) if row[11] is not None else None,
     )
 
 
@@ -95,6 +97,9 @@ class SqliteStore:
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=5000")
             db.executescript(SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(idempotency)")}
+            if "settle_until" not in columns:  # a database of version 0.1
+                db.execute("ALTER TABLE idempotency ADD COLUMN settle_until REAL")
             return db
 
         try:
@@ -193,8 +198,26 @@ class SqliteStore:
 
         await self._run(work)
 
-    async def park(self, key: str, *, owner: str, until: datetime, now: datetime) -> None:
-        await self._move(key, owner, State.RECONCILING, until, now)
+    async def park(
+        self, key: str, *, owner: str, now: datetime, settle_until: datetime, lease_until: datetime
+    ) -> None:
+        def work() -> None:
+            cursor = self._db.execute(
+                "UPDATE idempotency SET state = ?, lease_until = ?, settle_until = ?,"
+                " updated_at = ? WHERE key = ? AND owner = ?",
+                (
+                    State.RECONCILING.value,
+                    _ts(lease_until),
+                    _ts(settle_until),
+                    _ts(now),
+                    key,
+                    owner,
+                ),
+            )
+            if cursor.rowcount != 1:
+                raise OwnershipLostError("idempotency record is no longer owned by this worker")
+
+        await self._run(work)
 
     async def resume(self, key: str, *, owner: str, lease_until: datetime, now: datetime) -> None:
         await self._move(key, owner, State.IN_FLIGHT, lease_until, now)

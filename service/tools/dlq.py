@@ -307,6 +307,10 @@ def masked_command(command: Mapping[str, Any]) -> dict[str, Any]:
     return {name: mask(value) for name, value in command.items()}
 
 
+def _json_value(value: object) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
 def describe(letter: DeadLetter, topic: str) -> list[str]:
     """The lines of ``dlq show``: headers, key, and the masked command or a hex preview."""
     lines = [f"dead letter {topic} partition {letter.partition} offset {letter.offset}"]
@@ -325,7 +329,7 @@ def describe(letter: DeadLetter, topic: str) -> list[str]:
     lines.append(f"key: {key}")
     if letter.command is not None:
         lines.append("command (PointsAdjustmentRequested, account masked):")
-        text = json.dumps(masked_command(letter.command), indent=2, default=str, sort_keys=False)
+        text = json.dumps(masked_command(letter.command), indent=2, default=_json_value)
         lines.extend(f"  {line}" for line in text.splitlines())
     else:
         size = 0 if letter.value is None else len(letter.value)
@@ -354,7 +358,8 @@ def summary_lines(
     ]
     lines = [f"{label:<38}{count:>8}" for label, count in rows]
     for reason, count in sorted(tally.by_reason.items()):
-        lines.append(f"  {verb} with {reason:<24}{count:>8}")
+        label = f"  {verb} with {reason}"
+        lines.append(f"{label:<38}{count:>8}")
     if store_note is None:
         lines.append(f"{'already terminal in the idempotency store':<38}{tally.terminal:>8}")
         if tally.terminal:
@@ -658,7 +663,12 @@ async def replay_dead_letters(
                 letter = _letter(codec, record)
                 verdict = planner.decide(letter)
                 if verdict is Verdict.REPLAY:
-                    terminal = await _is_terminal(lookup, letter)
+                    terminal = False
+                    if lookup is not None and letter.idempotency_key is not None:
+                        try:
+                            terminal = await lookup.is_terminal(letter.idempotency_key)
+                        except Exception as exc:  # the count is a courtesy: stop looking
+                            lookup, store_note = None, f"lookup failed ({type(exc).__name__})"
                     planner.tally.terminal += int(terminal)
                     if producer is None:
                         print(_decision_line("would replay", letter, terminal), file=out)
@@ -697,13 +707,6 @@ async def replay_dead_letters(
     return report
 
 
-async def _is_terminal(lookup: TerminalLookup | None, letter: DeadLetter) -> bool:
-    key = letter.idempotency_key
-    if lookup is None or key is None:
-        return False
-    return await lookup.is_terminal(key)
-
-
 def _decision_line(what: str, letter: DeadLetter, terminal: bool) -> str:
     count = letter.meta.replay_count
     note = "  (already terminal: no-op)" if terminal else ""
@@ -733,7 +736,9 @@ Resumable: the run reads with its own consumer group (default <PA_KAFKA__GROUP_I
 and commits, once the replayed records are acknowledged, how far it has examined the topic,
 skipped and refused records included; the next run with the same group continues there. To
 replay, later, records a filtered run passed over, use another --group. Do not run two
-replays with the same group at once.
+replays with the same group at once. An interrupted run commits up to its last acknowledged
+batch (at most about a second of work back); what it sent after that is replayed again by
+the next run, which the idempotency store makes harmless.
 
 A replayed command whose idempotency key is already terminal in the store is a no-op: its
 stored outcome is published again, marked duplicate, and PAS is not called.

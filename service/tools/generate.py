@@ -31,6 +31,7 @@ class GeneratedBatch:
     distinct_keys: int
     duplicates: int
     invalid_keys: set[str]
+    conflicts: int = 0
 
 
 def account_number(rng: random.Random) -> str:
@@ -43,11 +44,16 @@ def generate_commands(
     *,
     duplicate_share: float = 0.0,
     invalid_share: float = 0.0,
+    conflict_share: float = 0.0,
     accounts: int = 100,
     seed: int | None = None,
     requested_by: str = "points-adjuster-send",
 ) -> GeneratedBatch:
-    """``count`` commands in all: duplicates repeat an earlier command byte for byte."""
+    """``count`` commands in all.
+
+    Duplicates repeat an earlier command byte for byte; conflicts reuse an earlier command's
+    idempotency key with other points and a new correlation id (the earlier one must win).
+    """
     rng = random.Random(seed)
     pool = [account_number(rng) for _ in range(max(accounts, 1))]
     run = uuid.UUID(int=rng.getrandbits(128)).hex[:8]
@@ -55,10 +61,19 @@ def generate_commands(
     originals: list[dict[str, Any]] = []
     invalid_keys: set[str] = set()
     duplicates = 0
+    conflicts = 0
     for index in range(count):
-        if originals and rng.random() < duplicate_share:
+        draw = rng.random()
+        if originals and draw < duplicate_share:
             commands.append(dict(rng.choice(originals)))
             duplicates += 1
+            continue
+        if originals and draw < duplicate_share + conflict_share:
+            conflicting = dict(rng.choice(originals))
+            conflicting["points_to_adjust"] = conflicting["points_to_adjust"] * 2 + 1
+            conflicting["correlation_id"] = str(uuid.UUID(int=rng.getrandbits(128)))
+            commands.append(conflicting)
+            conflicts += 1
             continue
         key = f"{run}-{index:07d}"
         command: dict[str, Any] = {
@@ -79,4 +94,4 @@ def generate_commands(
             invalid_keys.add(key)
         commands.append(command)
         originals.append(command)
-    return GeneratedBatch(commands, len(originals), duplicates, invalid_keys)
+    return GeneratedBatch(commands, len(originals), duplicates, invalid_keys, conflicts)

@@ -141,7 +141,7 @@ async def world(kafka_bootstrap: str) -> World:
     written: dict[str, Written] = {}
     async with open_producer(k) as producer:
         publisher = DeadLetterPublisher(producer, k, k.group_id, "0.1.0")
-        for offset, (name, key, value, error, reason, incoming) in enumerate(plan):
+        for offset, (name, key, value, error, reason, carried) in enumerate(plan):
             future = await publisher.send(
                 topic=k.command_topic,
                 partition=0,
@@ -149,7 +149,7 @@ async def world(kafka_bootstrap: str) -> World:
                 timestamp_ms=T0,
                 key=key,
                 value=value,
-                headers=incoming,
+                headers=carried,
                 failure=Failure(error, reason, f"{reason} detail", 6, T0, T0 + offset),
             )
             metadata = await future
@@ -422,3 +422,34 @@ async def test_summary_counts_replayed_commands_already_terminal(
     assert NO_OP_NOTE in output
     assert lookup.closed
     assert sum(report.committed.values()) == 7
+
+
+class BrokenLookup(FakeLookup):
+    """A store that fails on every lookup."""
+
+    async def is_terminal(self, idempotency_key: str) -> bool:
+        raise RuntimeError("database is locked")
+
+
+async def test_a_failing_store_lookup_does_not_stop_the_replay(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """When the idempotency store cannot be read, the replay goes on and the summary says
+    the terminal count was not checked."""
+    lookup = BrokenLookup(set())
+
+    async def opener(settings: Settings) -> tuple[TerminalLookup | None, str | None]:
+        return lookup, None
+
+    report = await replay_dead_letters(
+        world.settings,
+        ReplayOptions(selection=Selection(reasons=frozenset({"PAS_UNAVAILABLE"}))),
+        out=sys.stdout,
+        err=sys.stderr,
+        open_lookup=opener,
+    )
+    output = capsys.readouterr().out
+    assert report.tally.replayed == 3
+    assert "not checked (lookup failed (RuntimeError))" in output
+    assert lookup.closed
+    assert len(await _command_topic(world.kafka)) == 3

@@ -716,3 +716,22 @@ async def test_pacer_spaces_items_by_the_rate() -> None:
     unlimited = Pacer(None, clock=clock, sleep=clock.sleep)
     await unlimited.wait()
     assert len(clock.slept) == 4
+
+
+async def test_the_store_is_not_consulted_when_it_cannot_know(tmp_path: Any) -> None:
+    """The memory backend and a missing SQLite file give a note instead of a lookup, and no
+    empty store is created on the operator's machine."""
+    from service.settings import IdempotencySettings, Settings
+    from service.tools.dlq import open_store_lookup
+
+    memory = Settings(idempotency=IdempotencySettings(backend="memory"))
+    assert await open_store_lookup(memory) == (
+        None,
+        "the memory backend keeps nothing between processes",
+    )
+    path = tmp_path / "absent.sqlite3"
+    missing = Settings(idempotency=IdempotencySettings(backend="sqlite", sqlite_path=path))
+    lookup, note = await open_store_lookup(missing)
+    assert lookup is None
+    assert note == f"no store at {path}"
+    assert not path.exists()

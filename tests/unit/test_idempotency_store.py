@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from service.idempotency.base import ClaimStatus, IdempotencyStore, State
+from service.idempotency.base import ClaimStatus, IdempotencyStore, OwnershipLostError, State
 from service.idempotency.memory import MemoryStore
 from service.idempotency.sqlite import SqliteStore
 
@@ -304,3 +305,384 @@ async def test_keys_are_independent(store: IdempotencyStore) -> None:
     assert two is not None
     assert (one.owner, one.fingerprint) == (OTHER, FP)
     assert (two.owner, two.fingerprint) == (ME, OTHER_FP)
+
+
+# -- own live claims, park and resume, RECONCILE -----------------------------------------------
+
+
+async def park(
+    store: IdempotencyStore,
+    *,
+    owner: str = ME,
+    lease_until: datetime = T0 + timedelta(seconds=90),
+    settle_until: datetime = T0 + timedelta(seconds=30),
+    now: datetime = T0 + timedelta(seconds=1),
+    key: str = KEY,
+) -> None:
+    await store.park(key, owner=owner, now=now, settle_until=settle_until, lease_until=lease_until)
+
+
+async def test_own_live_in_flight_claim_is_busy(store: IdempotencyStore) -> None:
+    """Claiming a key this owner already holds IN_FLIGHT under a live lease is BUSY, unchanged."""
+    await claim(store)
+    before = await store.get(KEY)
+    result = await claim(store, now=T0 + timedelta(seconds=LEASE_S - 1))
+    assert result.status is ClaimStatus.BUSY
+    assert result.record == before
+    assert await store.get(KEY) == before
+
+
+async def test_own_expired_in_flight_claim_is_taken_over(store: IdempotencyStore) -> None:
+    """This owner's own IN_FLIGHT claim whose lease ran out is TAKEN_OVER, never CLAIMED afresh."""
+    await claim(store)
+    later = T0 + timedelta(seconds=LEASE_S)
+    result = await claim(store, now=later)
+    assert result.status is ClaimStatus.TAKEN_OVER
+    assert result.record.lease_until == later + timedelta(seconds=LEASE_S)
+
+
+async def test_park_moves_the_claim_to_reconciling_with_its_times(backend: Backend) -> None:
+    """park by the owner stores RECONCILING with the given lease and settle times, durably."""
+    await claim(backend.store)
+    claimed = await backend.store.get(KEY)
+    assert claimed is not None
+    assert claimed.settle_until is None
+    lease_until = T0 + timedelta(seconds=200)
+    settle_until = T0 + timedelta(seconds=140)
+    await park(
+        backend.store,
+        lease_until=lease_until,
+        settle_until=settle_until,
+        now=T0 + timedelta(seconds=3),
+    )
+    reopened = await backend.reopen()
+    record = await reopened.get(KEY)
+    assert record is not None
+    assert record.state is State.RECONCILING
+    assert record.owner == ME
+    assert record.lease_until == lease_until
+    assert record.settle_until == settle_until
+    assert record.updated_at == T0 + timedelta(seconds=3)
+    assert record.created_at == T0
+    assert record.outcome is None
+
+
+@pytest.mark.parametrize("after_s", [1, 89, 500])
+async def test_a_parked_key_is_reconcile_for_its_owner_at_any_time(
+    store: IdempotencyStore, after_s: float
+) -> None:
+    """The owner of a RECONCILING record gets RECONCILE, before or after its lease ends."""
+    await claim(store)
+    await park(store)
+    now = T0 + timedelta(seconds=after_s)
+    result = await claim(store, now=now)
+    assert result.status is ClaimStatus.RECONCILE
+    assert result.record.state is State.RECONCILING
+    assert result.record.owner == ME
+    assert result.record.lease_until == now + timedelta(seconds=LEASE_S)
+
+
+async def test_a_parked_key_is_busy_for_others_while_its_lease_is_live(
+    store: IdempotencyStore,
+) -> None:
+    """Another owner claiming a RECONCILING record before its lease ends gets BUSY, unchanged."""
+    await claim(store)
+    await park(store, lease_until=T0 + timedelta(seconds=90))
+    before = await store.get(KEY)
+    result = await claim(store, owner=OTHER, now=T0 + timedelta(seconds=89))
+    assert result.status is ClaimStatus.BUSY
+    assert result.record.owner == ME
+    assert await store.get(KEY) == before
+
+
+@pytest.mark.parametrize("after_s", [90, 91, 10_000])
+async def test_a_parked_key_whose_lease_ended_is_reconcile_for_anyone(
+    backend: Backend, after_s: float
+) -> None:
+    """Once a RECONCILING record's lease has ended another owner gets RECONCILE and owns it."""
+    await claim(backend.store)
+    await park(backend.store, lease_until=T0 + timedelta(seconds=90))
+    now = T0 + timedelta(seconds=after_s)
+    result = await claim(backend.store, owner=OTHER, now=now)
+    assert result.status is ClaimStatus.RECONCILE
+    assert result.record.owner == OTHER
+    assert result.record.state is State.RECONCILING
+    reopened = await backend.reopen()
+    stored = await reopened.get(KEY)
+    assert stored is not None
+    assert (stored.owner, stored.state) == (OTHER, State.RECONCILING)
+    assert stored.lease_until == now + timedelta(seconds=LEASE_S)
+
+
+@pytest.mark.parametrize(
+    ("owner", "after_s"), [(ME, 10), (ME, 500), (OTHER, 91)], ids=["own", "own-late", "other"]
+)
+async def test_a_reconcile_claim_keeps_the_settle_time(
+    backend: Backend, owner: str, after_s: float
+) -> None:
+    """The settle time noted by park survives a RECONCILE claim (by anyone) and a reopen."""
+    settle_until = T0 + timedelta(seconds=30)
+    await claim(backend.store)
+    await park(backend.store, settle_until=settle_until, lease_until=T0 + timedelta(seconds=90))
+    result = await claim(backend.store, owner=owner, now=T0 + timedelta(seconds=after_s))
+    assert result.status is ClaimStatus.RECONCILE
+    assert result.record.settle_until == settle_until
+    reopened = await backend.reopen()
+    stored = await reopened.get(KEY)
+    assert stored is not None
+    assert stored.settle_until == settle_until
+
+
+async def test_parking_again_replaces_the_settle_time(store: IdempotencyStore) -> None:
+    """A second park (after another unknown outcome) notes the new settle time."""
+    await claim(store)
+    await park(store)
+    later = T0 + timedelta(seconds=300)
+    await park(store, settle_until=later, lease_until=later + timedelta(seconds=60), now=later)
+    record = await store.get(KEY)
+    assert record is not None
+    assert (record.settle_until, record.lease_until) == (later, later + timedelta(seconds=60))
+
+
+async def test_a_parked_key_with_another_fingerprint_is_conflict(store: IdempotencyStore) -> None:
+    """A RECONCILING record still refuses different business fields with CONFLICT."""
+    await claim(store)
+    await park(store)
+    result = await claim(store, fingerprint=OTHER_FP, now=T0 + timedelta(seconds=2))
+    assert result.status is ClaimStatus.CONFLICT
+    assert result.record.state is State.RECONCILING
+
+
+async def test_resume_moves_a_parked_claim_back_in_flight(backend: Backend) -> None:
+    """resume by the owner turns RECONCILING into IN_FLIGHT with the new lease, durably."""
+    await claim(backend.store)
+    await park(backend.store)
+    lease_until = T0 + timedelta(seconds=300)
+    await backend.store.resume(
+        KEY, owner=ME, lease_until=lease_until, now=T0 + timedelta(seconds=240)
+    )
+    reopened = await backend.reopen()
+    record = await reopened.get(KEY)
+    assert record is not None
+    assert (record.state, record.owner, record.lease_until) == (State.IN_FLIGHT, ME, lease_until)
+    assert record.updated_at == T0 + timedelta(seconds=240)
+    busy = await claim(reopened, owner=OTHER, now=T0 + timedelta(seconds=299))
+    assert busy.status is ClaimStatus.BUSY
+
+
+async def test_a_resumed_claim_can_be_finished_or_released(store: IdempotencyStore) -> None:
+    """After resume the owner may finish the record, or release it when nothing was sent."""
+    await claim(store)
+    await park(store)
+    await store.resume(KEY, owner=ME, lease_until=T0 + timedelta(seconds=300), now=T0)
+    await store.release(KEY, owner=ME)
+    assert await store.get(KEY) is None
+    await claim(store, now=T0 + timedelta(seconds=5))
+    await park(store, now=T0 + timedelta(seconds=6))
+    await store.resume(KEY, owner=ME, lease_until=T0 + timedelta(seconds=300), now=T0)
+    await finish(store)
+    record = await store.get(KEY)
+    assert record is not None
+    assert record.state is State.COMPLETED
+
+
+async def test_release_keeps_a_parked_record(store: IdempotencyStore) -> None:
+    """release never deletes a RECONCILING record: its request may have been applied."""
+    await claim(store)
+    await park(store)
+    before = await store.get(KEY)
+    await store.release(KEY, owner=ME)
+    assert await store.get(KEY) == before
+
+
+async def test_a_parked_record_can_be_finished_by_its_owner(store: IdempotencyStore) -> None:
+    """finish by the owner of a RECONCILING record stores the terminal state."""
+    await claim(store)
+    await park(store)
+    await finish(store, state=State.UNKNOWN)
+    record = await store.get(KEY)
+    assert record is not None
+    assert record.state is State.UNKNOWN
+    duplicate = await claim(store, owner=OTHER, now=T0 + timedelta(hours=1))
+    assert duplicate.status is ClaimStatus.DUPLICATE
+
+
+# -- ownership -------------------------------------------------------------------------------
+
+
+async def test_finish_by_a_non_owner_raises_ownership_lost(store: IdempotencyStore) -> None:
+    """finish by a worker that does not own the record raises OwnershipLostError."""
+    await claim(store)
+    with pytest.raises(OwnershipLostError):
+        await finish(store, owner=OTHER)
+
+
+async def test_park_by_a_non_owner_raises_and_changes_nothing(store: IdempotencyStore) -> None:
+    """park by a worker that does not own the claim raises OwnershipLostError."""
+    await claim(store)
+    before = await store.get(KEY)
+    with pytest.raises(OwnershipLostError):
+        await park(store, owner=OTHER)
+    assert await store.get(KEY) == before
+
+
+async def test_resume_by_a_non_owner_raises_and_changes_nothing(store: IdempotencyStore) -> None:
+    """resume by a worker that does not own the parked record raises OwnershipLostError."""
+    await claim(store)
+    await park(store)
+    before = await store.get(KEY)
+    with pytest.raises(OwnershipLostError):
+        await store.resume(KEY, owner=OTHER, lease_until=T0 + timedelta(seconds=500), now=T0)
+    assert await store.get(KEY) == before
+
+
+async def test_the_previous_owner_of_a_parked_record_cannot_touch_it(
+    store: IdempotencyStore,
+) -> None:
+    """Once another owner took a lapsed RECONCILING record, the old owner's writes raise."""
+    await claim(store)
+    await park(store, lease_until=T0 + timedelta(seconds=90))
+    await claim(store, owner=OTHER, now=T0 + timedelta(seconds=91))
+    later = T0 + timedelta(seconds=92)
+    with pytest.raises(OwnershipLostError):
+        await store.resume(KEY, owner=ME, lease_until=later + timedelta(seconds=60), now=later)
+    with pytest.raises(OwnershipLostError):
+        await park(store, owner=ME, now=later)
+    with pytest.raises(OwnershipLostError):
+        await finish(store, owner=ME, now=later)
+    record = await store.get(KEY)
+    assert record is not None
+    assert (record.owner, record.state) == (OTHER, State.RECONCILING)
+
+
+@pytest.mark.parametrize("operation", ["finish", "park", "resume"])
+async def test_writes_to_an_unknown_key_raise_ownership_lost(
+    store: IdempotencyStore, operation: str
+) -> None:
+    """finish, park and resume of a key with no record raise OwnershipLostError, create nothing."""
+    writes = {
+        "finish": lambda: finish(store),
+        "park": lambda: park(store),
+        "resume": lambda: store.resume(
+            KEY, owner=ME, lease_until=T0 + timedelta(seconds=60), now=T0
+        ),
+    }
+    with pytest.raises(OwnershipLostError):
+        await writes[operation]()
+    assert await store.get(KEY) is None
+
+
+def test_ownership_lost_is_a_runtime_error() -> None:
+    """OwnershipLostError is a RuntimeError, so older callers catching that still do."""
+    assert issubclass(OwnershipLostError, RuntimeError)
+
+
+# -- prune -----------------------------------------------------------------------------------
+
+
+async def stored_in(
+    store: IdempotencyStore, key: str, state: State | None, *, at: datetime
+) -> None:
+    """A record of ``key`` last changed at ``at``: IN_FLIGHT, RECONCILING or finished."""
+    await store.claim(key, FP, owner=ME, now=at, lease_s=LEASE_S)
+    if state is State.RECONCILING:
+        await store.park(
+            key, owner=ME, now=at, settle_until=at, lease_until=at + timedelta(seconds=LEASE_S)
+        )
+    elif state is not None and state is not State.IN_FLIGHT:
+        await store.finish(
+            key,
+            owner=ME,
+            state=state,
+            outcome_kind="completed",
+            outcome=OUTCOME,
+            attempts=1,
+            now=at,
+        )
+
+
+async def test_prune_deletes_only_old_terminal_records(backend: Backend) -> None:
+    """prune deletes terminal records changed before the cut-off, keeps the rest, and counts."""
+    old = T0 - timedelta(days=40)
+    cutoff = T0 - timedelta(days=30)
+    await stored_in(backend.store, "old-completed", State.COMPLETED, at=old)
+    await stored_in(backend.store, "old-failed", State.FAILED, at=old)
+    await stored_in(backend.store, "old-unknown", State.UNKNOWN, at=old)
+    await stored_in(backend.store, "old-in-flight", State.IN_FLIGHT, at=old)
+    await stored_in(backend.store, "old-reconciling", State.RECONCILING, at=old)
+    await stored_in(backend.store, "new-completed", State.COMPLETED, at=T0)
+    await stored_in(backend.store, "at-cutoff", State.FAILED, at=cutoff)
+    assert await backend.store.prune(older_than=cutoff) == 3
+    reopened = await backend.reopen()
+    for gone in ("old-completed", "old-failed", "old-unknown"):
+        assert await reopened.get(gone) is None, gone
+    for kept in ("old-in-flight", "old-reconciling", "new-completed", "at-cutoff"):
+        assert await reopened.get(kept) is not None, kept
+    assert await reopened.prune(older_than=cutoff) == 0
+
+
+async def test_prune_goes_by_the_last_change_not_the_creation(store: IdempotencyStore) -> None:
+    """A record created long ago but finished recently is kept."""
+    await store.claim(KEY, FP, owner=ME, now=T0 - timedelta(days=40), lease_s=LEASE_S)
+    await finish(store, now=T0)
+    assert await store.prune(older_than=T0 - timedelta(days=30)) == 0
+    assert await store.get(KEY) is not None
+
+
+async def test_prune_of_an_empty_store_is_zero(store: IdempotencyStore) -> None:
+    """prune with nothing stored returns 0."""
+    assert await store.prune(older_than=T0) == 0
+
+
+async def test_a_pruned_key_can_be_claimed_afresh(store: IdempotencyStore) -> None:
+    """After its record was pruned, a key is new again: CLAIMED."""
+    await stored_in(store, KEY, State.COMPLETED, at=T0 - timedelta(days=40))
+    assert await store.prune(older_than=T0) == 1
+    again = await claim(store, fingerprint=OTHER_FP, owner=OTHER, now=T0)
+    assert again.status is ClaimStatus.CLAIMED
+
+
+# -- SQLite files written by the previous version ------------------------------------------------
+
+PREVIOUS_SCHEMA = """
+CREATE TABLE idempotency (
+    key          TEXT PRIMARY KEY,
+    fingerprint  TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    owner        TEXT NOT NULL,
+    lease_until  REAL NOT NULL,
+    attempts     INTEGER NOT NULL,
+    created_at   REAL NOT NULL,
+    updated_at   REAL NOT NULL,
+    outcome_kind TEXT,
+    outcome      TEXT,
+    published    INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+"""
+
+
+async def test_a_database_of_the_previous_schema_still_works(tmp_path: Path) -> None:
+    """A SQLite file created before settle_until existed opens, keeps its records and parks."""
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(PREVIOUS_SCHEMA)
+    old.execute(
+        "INSERT INTO idempotency VALUES (?, ?, 'COMPLETED', ?, ?, 1, ?, ?, 'completed', ?, 1)",
+        (KEY, FP, OTHER, T0.timestamp(), T0.timestamp(), T0.timestamp(), '{"event_id": "e-1"}'),
+    )
+    old.commit()
+    old.close()
+    store = await SqliteStore.open(path)
+    try:
+        duplicate = await claim(store, now=T0 + timedelta(hours=1))
+        assert duplicate.status is ClaimStatus.DUPLICATE
+        assert duplicate.record.outcome == {"event_id": "e-1"}
+        assert duplicate.record.settle_until is None
+        fresh = await claim(store, key="new-key", now=T0)
+        assert fresh.status is ClaimStatus.CLAIMED
+        await park(store, key="new-key")
+        parked = await store.get("new-key")
+        assert parked is not None
+        assert parked.settle_until == T0 + timedelta(seconds=30)
+    finally:
+        await store.close()

@@ -1,4 +1,4 @@
-"""PasClient over an httpx MockTransport: the request it sends and how it classifies answers."""
+"""PasClient over an httpx MockTransport: the request it sends and how it reports each ending."""
 
 from __future__ import annotations
 
@@ -10,16 +10,10 @@ from typing import Any
 import httpx
 import pytest
 
+from service.domain.classification import Action, Observation, Transport, classify
 from service.domain.outcome import ErrorDetail
-from service.domain.ports import (
-    PasApplied,
-    PasNotSent,
-    PasRefused,
-    PasRequest,
-    PasResult,
-    PasUnknown,
-)
-from service.pas.client import PasClient
+from service.domain.ports import PasReply, PasRequest
+from service.pas.client import TRANSPORT_FAILURES, PasClient, _retry_after, transport_failure
 from service.pas.credentials import load_credentials
 from service.pas.envelope import MAX_DESCRIPTION, parse_envelope
 from service.security.jwe import JweDecrypter, JweEncrypter
@@ -120,7 +114,7 @@ def settings() -> PasSettings:
 
 async def call(
     answer: httpx.Response | Exception, settings: PasSettings | None = None
-) -> tuple[PasResult, Recorder]:
+) -> tuple[PasReply, Recorder]:
     recorder = Recorder(answer)
     async with httpx.AsyncClient(transport=httpx.MockTransport(recorder)) as http:
         client = PasClient(http, settings or PasSettings(base_url=BASE_URL), KEYS["credentials"])
@@ -174,18 +168,19 @@ async def test_an_encrypted_answer_is_decrypted() -> None:
     keyset: DevKeySet = KEYS["keyset"]
     to_us = JweEncrypter(load_certificate(keyset.client_decryption_certificate))
     body = {"encryptedValue": to_us.encrypt(b'{"pointsAdjusted": -250}')}
-    result, _ = await call(httpx.Response(200, json=body))
-    assert isinstance(result, PasApplied)
-    assert result.points_adjusted == -250
+    reply, _ = await call(httpx.Response(200, json=body))
+    assert reply.observation == Observation(status=200)
+    assert reply.points_adjusted == -250
 
 
-async def test_an_encrypted_answer_that_fails_to_decrypt_is_unknown() -> None:
-    """A 200 whose JWE cannot be decrypted is an unknown outcome, never a crash."""
+async def test_an_encrypted_answer_that_fails_to_decrypt_is_unreadable() -> None:
+    """A 200 whose JWE cannot be decrypted is UNREADABLE_ANSWER, never a crash."""
     keyset: DevKeySet = KEYS["keyset"]
     to_someone_else = JweEncrypter(load_certificate(keyset.pas_encryption_certificate))
     body = {"encryptedValue": to_someone_else.encrypt(b'{"pointsAdjusted": -250}')}
-    result, _ = await call(httpx.Response(200, json=body))
-    assert isinstance(result, PasUnknown)
+    reply, _ = await call(httpx.Response(200, json=body))
+    assert reply.observation == Observation(transport=Transport.UNREADABLE_ANSWER)
+    assert reply.points_adjusted is None
 
 
 async def test_method_and_path_come_from_settings() -> None:
@@ -197,24 +192,27 @@ async def test_method_and_path_come_from_settings() -> None:
     assert str(sent.url) == BASE_URL + "/v2/adjust"
 
 
-# -- classification of answers ---------------------------------------------------------------
+# -- how answers are reported ----------------------------------------------------------------
 
 
 async def test_200_with_points_is_applied() -> None:
-    """HTTP 200 with pointsAdjusted is PasApplied carrying PAS's correlation id."""
-    result, _ = await call(
+    """HTTP 200 with pointsAdjusted is an observed 200 with the points and PAS's correlation id."""
+    reply, _ = await call(
         httpx.Response(200, json={"pointsAdjusted": -250}, headers={"X-MC-Correlation-ID": "mc-9"})
     )
-    assert isinstance(result, PasApplied)
-    assert result.points_adjusted == -250
-    assert result.pas_correlation_id == "mc-9"
-    assert result.duration_s >= 0
+    assert reply.observation == Observation(status=200)
+    assert reply.points_adjusted == -250
+    assert reply.pas_correlation_id == "mc-9"
+    assert reply.errors == ()
+    assert reply.retry_after_s is None
+    assert reply.duration_s >= 0
+    assert classify(reply.observation).action is Action.APPLIED
 
 
 async def test_200_without_correlation_header_is_applied_with_none() -> None:
     """A 200 without X-MC-Correlation-ID is applied with no PAS correlation id."""
-    result, _ = await call(httpx.Response(200, json={"pointsAdjusted": 5}))
-    assert result == PasApplied(5, result.duration_s, None)
+    reply, _ = await call(httpx.Response(200, json={"pointsAdjusted": 5}))
+    assert reply == PasReply(Observation(status=200), reply.duration_s, 5)
 
 
 @pytest.mark.parametrize(
@@ -227,28 +225,48 @@ async def test_200_without_correlation_header_is_applied_with_none() -> None:
         b'{"pointsAdjusted": "5"}',
         b'{"pointsAdjusted": true}',
         b'{"pointsAdjusted": 5.5}',
+        b'{"pointsAdjusted": null}',
         b"\xff\xfe",
+        b'{"encryptedValue": 7}',
+        b'{"encryptedValue": "a.b", "encryptedData": "c.d"}',
     ],
-    ids=["junk", "empty", "list", "missing", "string", "bool", "float", "not-utf8"],
+    ids=[
+        "junk",
+        "empty",
+        "list",
+        "missing",
+        "string",
+        "bool",
+        "float",
+        "null",
+        "not-utf8",
+        "jwe-not-a-string",
+        "two-jwe-fields",
+    ],
 )
-async def test_200_with_an_unreadable_body_is_unknown(body: bytes) -> None:
-    """A 200 whose body does not say how many points were adjusted is an unknown outcome."""
-    result, _ = await call(httpx.Response(200, content=body))
-    assert isinstance(result, PasUnknown)
-    assert result.status == 200
+async def test_200_with_an_unreadable_body_is_an_unreadable_answer(body: bytes) -> None:
+    """A 200 whose body does not say how many points were adjusted is UNREADABLE_ANSWER."""
+    reply, _ = await call(
+        httpx.Response(200, content=body, headers={"X-MC-Correlation-ID": "mc-3"})
+    )
+    assert reply.observation == Observation(transport=Transport.UNREADABLE_ANSWER)
+    assert reply.points_adjusted is None
+    assert reply.pas_correlation_id == "mc-3"
+    assert "200" in reply.problem
+    assert classify(reply.observation).action is Action.UNKNOWN
 
 
-async def test_400_envelope_is_refused_with_parsed_errors() -> None:
-    """A 400 with the Mastercard envelope is PasRefused carrying every parsed entry."""
+async def test_400_envelope_is_observed_with_parsed_errors() -> None:
+    """A 400 with the Mastercard envelope reports the status and every parsed entry."""
     body = envelope(
         entry(details="pointsToAdjust"),
         entry("INVALID_ADJUSTMENT_TYPE_CODE", description="unknown code", details=None),
     )
-    result, _ = await call(httpx.Response(400, json=body))
-    assert isinstance(result, PasRefused)
-    assert result.status == 400
-    assert result.recoverable is False
-    assert result.errors == (
+    reply, _ = await call(httpx.Response(400, json=body, headers={"X-MC-Correlation-ID": "mc-4"}))
+    assert reply.observation == Observation(status=400, recoverable=False)
+    assert reply.points_adjusted is None
+    assert reply.pas_correlation_id == "mc-4"
+    assert reply.errors == (
         ErrorDetail(
             "rewards-points-api",
             "INVALID_POINTS",
@@ -258,44 +276,47 @@ async def test_400_envelope_is_refused_with_parsed_errors() -> None:
         ),
         ErrorDetail("rewards-points-api", "INVALID_ADJUSTMENT_TYPE_CODE", "unknown code"),
     )
+    assert reply.problem == "HTTP 400 INVALID_POINTS,INVALID_ADJUSTMENT_TYPE_CODE"
+    assert classify(reply.observation).action is Action.PERMANENT
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 405, 409])
-async def test_client_errors_are_refused_not_recoverable(status: int) -> None:
-    """A 4xx other than 429 without Recoverable=true is a non-recoverable refusal."""
-    result, _ = await call(
+async def test_client_errors_are_observed_not_recoverable(status: int) -> None:
+    """A 4xx without Recoverable=true is observed with its status and recoverable False."""
+    reply, _ = await call(
         httpx.Response(status, json=envelope(entry("DECLINED", source="Gateway")))
     )
-    assert isinstance(result, PasRefused)
-    assert result.status == status
-    assert result.recoverable is False
-    assert result.errors[0].source == "Gateway"
+    assert reply.observation == Observation(status=status, recoverable=False)
+    assert reply.errors[0].source == "Gateway"
+    assert reply.errors[0].reason_code == "DECLINED"
+    assert reply.problem == f"HTTP {status} DECLINED"
 
 
-async def test_429_is_recoverable_even_without_envelope() -> None:
-    """429 means try again later: a recoverable refusal, envelope or not."""
-    result, _ = await call(httpx.Response(429, content=b"slow down"))
-    assert isinstance(result, PasRefused)
-    assert result.status == 429
-    assert result.recoverable is True
-    assert result.errors == ()
+async def test_429_without_envelope_is_observed_as_is_and_retried() -> None:
+    """A bare 429 reports no errors and recoverable False, and the table still retries it."""
+    reply, _ = await call(httpx.Response(429, content=b"slow down"))
+    assert reply.observation == Observation(status=429, recoverable=False)
+    assert reply.errors == ()
+    assert reply.problem == "HTTP 429 no error envelope"
+    assert classify(reply.observation).action is Action.RETRY
 
 
-async def test_4xx_with_recoverable_entry_is_recoverable() -> None:
-    """A 4xx whose envelope says Recoverable=true is a recoverable refusal."""
-    result, _ = await call(httpx.Response(409, json=envelope(entry(recoverable=True))))
-    assert isinstance(result, PasRefused)
-    assert result.recoverable is True
+async def test_4xx_with_a_recoverable_entry_is_recoverable() -> None:
+    """A 4xx whose envelope has one entry with Recoverable=true is observed as recoverable."""
+    body = envelope(entry("A"), entry("B", recoverable=True))
+    reply, _ = await call(httpx.Response(409, json=body))
+    assert reply.observation == Observation(status=409, recoverable=True)
+    assert [error.recoverable for error in reply.errors] == [False, True]
+    assert classify(reply.observation).action is Action.RETRY
 
 
-async def test_503_with_recoverable_true_is_refused_recoverable() -> None:
-    """A 5xx saying Recoverable=true did not apply anything: a recoverable refusal."""
+async def test_503_with_recoverable_true_is_recoverable() -> None:
+    """A 5xx saying Recoverable=true is observed as recoverable, with its reason code."""
     body = envelope(entry("SERVICE_UNAVAILABLE", recoverable=True, source="Gateway"))
-    result, _ = await call(httpx.Response(503, json=body))
-    assert isinstance(result, PasRefused)
-    assert result.status == 503
-    assert result.recoverable is True
-    assert result.errors[0].reason_code == "SERVICE_UNAVAILABLE"
+    reply, _ = await call(httpx.Response(503, json=body))
+    assert reply.observation == Observation(status=503, recoverable=True)
+    assert reply.errors[0].reason_code == "SERVICE_UNAVAILABLE"
+    assert classify(reply.observation).action is Action.RETRY
 
 
 @pytest.mark.parametrize(
@@ -309,51 +330,134 @@ async def test_503_with_recoverable_true_is_refused_recoverable() -> None:
     ],
     ids=["500-empty", "500-not-recoverable", "502-html", "503-empty", "504-envelope"],
 )
-async def test_5xx_without_recoverable_is_unknown(status: int, body: bytes) -> None:
-    """A 5xx without Recoverable=true may have applied the adjustment: PasUnknown."""
-    result, _ = await call(httpx.Response(status, content=body))
-    assert isinstance(result, PasUnknown)
-    assert result.status == status
-    assert str(status) in result.problem
+async def test_5xx_without_recoverable_is_observed_not_recoverable(
+    status: int, body: bytes
+) -> None:
+    """A 5xx without Recoverable=true is observed as not recoverable: the table says unknown."""
+    reply, _ = await call(httpx.Response(status, content=body))
+    assert reply.observation == Observation(status=status, recoverable=False)
+    assert reply.problem.startswith(f"HTTP {status} ")
+    assert classify(reply.observation).action is Action.UNKNOWN
+
+
+@pytest.mark.parametrize("status", [201, 204, 302])
+async def test_other_statuses_are_observed_as_they_came(status: int) -> None:
+    """A status the table does not name (2xx other than 200, 3xx) is reported unchanged."""
+    reply, _ = await call(httpx.Response(status, content=b""))
+    assert reply.observation == Observation(status=status, recoverable=False)
+    assert reply.points_adjusted is None
+    assert classify(reply.observation).action is Action.UNKNOWN
+
+
+# -- Retry-After -----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    "error",
+    ("header", "seconds"),
     [
-        httpx.ConnectError("connection refused"),
-        httpx.ConnectTimeout("connect timed out"),
-        httpx.PoolTimeout("no free connection"),
+        ("7", 7.0),
+        ("0", 0.0),
+        ("1.5", 1.5),
+        (" 3 ", 3.0),
+        ("-1", None),
+        ("soon", None),
+        ("", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", None),
     ],
-    ids=["connect-error", "connect-timeout", "pool-timeout"],
+    ids=["seconds", "zero", "fraction", "spaces", "negative", "garbage", "empty", "http-date"],
 )
-async def test_failures_before_sending_are_not_sent(error: Exception) -> None:
-    """A failure that happens before the request leaves is PasNotSent, naming the error."""
-    result, recorder = await call(error)
-    assert isinstance(result, PasNotSent)
-    assert type(error).__name__ in result.problem
+async def test_retry_after_is_read_in_seconds(header: str, seconds: float | None) -> None:
+    """Retry-After in delta-seconds is parsed; a negative, garbage or HTTP-date value is None."""
+    reply, _ = await call(httpx.Response(429, headers={"Retry-After": header}))
+    assert reply.retry_after_s == seconds
+
+
+async def test_without_retry_after_there_is_none() -> None:
+    """An error answer without Retry-After reports retry_after_s None."""
+    reply, _ = await call(httpx.Response(503, json=envelope(entry(recoverable=True))))
+    assert reply.retry_after_s is None
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(None, None), ("12", 12.0), ("2.25", 2.25), ("-0.5", None), ("NaN", None), ("1e", None)],
+)
+def test_retry_after_parser(value: str | None, seconds: float | None) -> None:
+    """_retry_after turns a header value into non-negative seconds, anything else into None."""
+    assert _retry_after(value) == seconds
+
+
+# -- transport failures ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (httpx.ConnectError("connection refused"), Transport.CONNECT),
+        (httpx.ConnectTimeout("connect timed out"), Transport.CONNECT_TIMEOUT),
+        (httpx.PoolTimeout("no free connection"), Transport.POOL_TIMEOUT),
+        (httpx.UnsupportedProtocol("ftp"), Transport.CONNECT),
+        (httpx.ReadTimeout("read timed out"), Transport.READ_TIMEOUT),
+        (httpx.WriteTimeout("write timed out"), Transport.WRITE_TIMEOUT),
+        (httpx.ReadError("connection reset"), Transport.RESET),
+        (httpx.WriteError("broken pipe"), Transport.RESET),
+        (httpx.RemoteProtocolError("server disconnected"), Transport.PROTOCOL),
+        (httpx.DecodingError("bad gzip"), Transport.PROTOCOL),
+        (httpx.LocalProtocolError("bad header"), Transport.PROTOCOL),
+    ],
+    ids=[
+        "connect-error",
+        "connect-timeout",
+        "pool-timeout",
+        "unsupported-protocol",
+        "read-timeout",
+        "write-timeout",
+        "read-error",
+        "write-error",
+        "remote-protocol-error",
+        "decoding-error-fallback",
+        "local-protocol-error-fallback",
+    ],
+)
+async def test_transport_failures_are_reported_as_observed(
+    error: httpx.RequestError, expected: Transport
+) -> None:
+    """Each httpx error maps to its Transport (unlisted ones to PROTOCOL), naming the error."""
+    reply, recorder = await call(error)
+    assert reply.observation == Observation(transport=expected)
+    assert reply.points_adjusted is None
+    assert reply.retry_after_s is None
+    assert reply.pas_correlation_id is None
+    assert type(error).__name__ in reply.problem
+    assert str(error) in reply.problem
     assert len(recorder.requests) == 1
 
 
 @pytest.mark.parametrize(
-    "error",
-    [
-        httpx.ReadTimeout("read timed out"),
-        httpx.WriteTimeout("write timed out"),
-        httpx.ReadError("connection reset"),
-        httpx.RemoteProtocolError("server disconnected"),
-    ],
-    ids=["read-timeout", "write-timeout", "read-error", "protocol-error"],
+    ("kind", "expected"), TRANSPORT_FAILURES, ids=[kind.__name__ for kind, _ in TRANSPORT_FAILURES]
 )
-async def test_failures_after_sending_are_unknown(error: Exception) -> None:
-    """A failure once the request may have left is PasUnknown without a status."""
-    result, _ = await call(error)
-    assert isinstance(result, PasUnknown)
-    assert result.status is None
-    assert type(error).__name__ in result.problem
+def test_every_listed_exception_maps_to_its_own_entry(
+    kind: type[httpx.RequestError], expected: Transport
+) -> None:
+    """No earlier entry of TRANSPORT_FAILURES shadows a later, more specific one."""
+    assert transport_failure(kind("x")) is expected
 
 
-async def test_undecodable_response_content_is_unknown_not_raised() -> None:
-    """A response whose Content-Encoding cannot be decoded is PasUnknown, not an exception.
+def test_an_unlisted_request_error_is_presumed_answer_lost() -> None:
+    """A request error not in the list may have reached PAS: PROTOCOL (an unknown outcome)."""
+    failure = transport_failure(httpx.ProxyError("proxy said no"))
+    assert failure is Transport.PROTOCOL
+    assert classify(Observation(transport=failure)).action is Action.UNKNOWN
+
+
+async def test_an_error_without_a_message_is_named_by_its_class() -> None:
+    """An exception with an empty message is described by its class name alone."""
+    reply, _ = await call(httpx.ReadTimeout(""))
+    assert reply.problem == "ReadTimeout"
+
+
+async def test_undecodable_response_content_is_reported_not_raised() -> None:
+    """A response whose Content-Encoding cannot be decoded is an answer lost, not an exception.
 
     PAS answered, so the request reached it; adjust() promises never to raise for what PAS
     or the network does.
@@ -361,16 +465,23 @@ async def test_undecodable_response_content_is_unknown_not_raised() -> None:
     answer = httpx.Response(
         200, headers={"Content-Encoding": "gzip"}, stream=httpx.ByteStream(b"not gzip")
     )
-    result, _ = await call(answer)
-    assert isinstance(result, PasUnknown)
+    reply, _ = await call(answer)
+    assert reply.observation == Observation(transport=Transport.PROTOCOL)
+    assert "DecodingError" in reply.problem
+    assert classify(reply.observation).action is Action.UNKNOWN
 
 
-async def test_results_never_carry_the_account() -> None:
-    """No classified result carries the account number."""
+async def test_replies_never_carry_the_account() -> None:
+    """No reply carries the account number, whatever the answer."""
     body = envelope(entry(description="bad", details="bankAccountNumber"))
-    for answer in (httpx.Response(400, json=body), httpx.Response(500), httpx.ReadTimeout("x")):
-        result, _ = await call(answer)
-        assert REQUEST.bank_account_number not in repr(result)
+    for answer in (
+        httpx.Response(400, json=body),
+        httpx.Response(500),
+        httpx.Response(200, content=b"junk"),
+        httpx.ReadTimeout("x"),
+    ):
+        reply, _ = await call(answer)
+        assert REQUEST.bank_account_number not in repr(reply)
 
 
 # -- the envelope parser ----------------------------------------------------------------------

@@ -1,9 +1,8 @@
-"""The processing step over fakes: decode, validate, deduplicate, call PAS, decide."""
+"""The processing step over fakes: decode, validate, deduplicate, call PAS, decide what follows."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,22 +10,28 @@ import pytest
 
 from service.app import command_decoder
 from service.codec.avro import COMMAND, COMPLETED, FAILED, AvroCodec
+from service.domain.backoff import BackoffPolicy
+from service.domain.classification import Observation, Transport
 from service.domain.command import CommandRules, account_ref, business_fingerprint, mask_account
-from service.domain.outcome import ErrorDetail, event_id
-from service.domain.ports import (
-    PasApplied,
-    PasNotSent,
-    PasRefused,
-    PasRequest,
-    PasResult,
-    PasUnknown,
-)
-from service.domain.processor import (
+from service.domain.decisions import (
+    Attempt,
+    DeadLetterOnly,
+    DeadLetterRequest,
+    Decision,
     InboundRecord,
-    Processor,
-    ProcessorConfig,
     Publish,
-    Skip,
+    Retry,
+)
+from service.domain.outcome import ErrorDetail, SourceRef, event_id
+from service.domain.ports import PasReply, PasRequest
+from service.domain.processor import Processor, ProcessorConfig
+from service.domain.reconcile import (
+    HistoryEntry,
+    HistoryFailed,
+    HistoryFound,
+    HistoryLookup,
+    reason_with_reference,
+    reference_for,
 )
 from service.idempotency.base import IdempotencyRecord, State
 from service.idempotency.memory import MemoryStore
@@ -36,21 +41,70 @@ TOPIC = "points-adjustments.requested.v1"
 ME = "worker-a"
 OTHER = "worker-b"
 LEASE_S = 60.0
+SETTLE_S = 30.0
+TTL_S = 3600.0
 ACCOUNT = "5123456789012345000"
 KEY = "case-1234-credit"
+REF = reference_for(KEY)
+SENT_REASON = reason_with_reference("Late delivery", REF)
 CONFIG = ProcessorConfig(
     rules=CommandRules(1_000_000, frozenset({"GOODWILL", "CORRECTION"})),
     owner=ME,
     lease_s=LEASE_S,
     version="9.9.9-test",
-    unavailable_attempts=3,
-    unavailable_backoff_s=0.5,
+    backoff=BackoffPolicy(initial_s=0.5, max_s=8.0, jitter=False),
+    max_attempts=3,
+    command_ttl_s=TTL_S,
+    reconcile=True,
+    reference_in_reason=True,
+    settle_s=SETTLE_S,
+    max_lookups=3,
     busy_poll_s=0.25,
 )
-APPLIED = PasApplied(points_adjusted=250, duration_s=0.02, pas_correlation_id="mc-1")
-NOT_SENT = PasNotSent("ConnectError: connection refused", 0.001)
+
+APPLIED = PasReply(Observation(status=200), 0.022, points_adjusted=250, pas_correlation_id="mc-1")
+CONNECT_FAILED = PasReply(
+    Observation(transport=Transport.CONNECT), 0.001, problem="ConnectError: connection refused"
+)
+READ_TIMEOUT = PasReply(
+    Observation(transport=Transport.READ_TIMEOUT), 10.0, problem="ReadTimeout: timed out"
+)
+CIRCUIT_OPEN = PasReply(
+    Observation(transport=Transport.CIRCUIT_OPEN),
+    0.0,
+    retry_after_s=2.0,
+    problem="circuit breaker open: PAS is failing, nothing was sent",
+)
 GATEWAY_401 = ErrorDetail("Gateway", "DECLINED", "Unauthorized - Access Not Granted")
 PAS_400 = ErrorDetail("rewards-points-api", "INVALID_POINTS", "bad points", False, "pointsToAdjust")
+
+
+def answer(
+    status: int,
+    *errors: ErrorDetail,
+    recoverable: bool = False,
+    retry_after_s: float | None = None,
+) -> PasReply:
+    codes = ",".join(error.reason_code for error in errors) or "no error envelope"
+    return PasReply(
+        Observation(status=status, recoverable=recoverable),
+        0.01,
+        errors=errors,
+        retry_after_s=retry_after_s,
+        pas_correlation_id="mc-err",
+        problem=f"HTTP {status} {codes}",
+    )
+
+
+def history_entry(reason: str, points: int = 240, adjustment_id: str = "adj-9") -> HistoryEntry:
+    return HistoryEntry(adjustment_id, points, reason, "2025-03-04T05:06:08.000Z")
+
+
+APPLIED_IN_HISTORY = HistoryFound(
+    [history_entry("Welcome bonus", 10, "adj-1"), history_entry(SENT_REASON, 240, "adj-2")]
+)
+NOT_IN_HISTORY = HistoryFound([history_entry("Welcome bonus", 10, "adj-1")])
+HISTORY_DOWN = HistoryFailed("HTTP 503 from the history endpoint", 503)
 
 
 def raw_command(**overrides: Any) -> dict[str, Any]:
@@ -83,56 +137,54 @@ class FakeClock:
         self.now += timedelta(seconds=seconds)
 
 
-class FakeSleep:
-    """Records every pause instead of waiting; may run a hook at each pause."""
-
-    def __init__(self) -> None:
-        self.pauses: list[float] = []
-        self.hook: Callable[[], Awaitable[None]] | None = None
-
-    async def __call__(self, seconds: float, /) -> None:
-        self.pauses.append(seconds)
-        if self.hook is not None:
-            await self.hook()
-
-
 class ScriptedPas:
     """A PasPort answering from a script, recording every request it gets."""
 
-    def __init__(self, *results: PasResult) -> None:
-        self.script = list(results)
+    def __init__(self) -> None:
+        self.script: list[PasReply] = []
         self.requests: list[PasRequest] = []
-        self.gate: asyncio.Event | None = None
-        self.called = asyncio.Event()
 
-    def then(self, *results: PasResult) -> None:
-        self.script.extend(results)
+    def then(self, *replies: PasReply) -> None:
+        self.script.extend(replies)
 
-    async def adjust(self, request: PasRequest) -> PasResult:
+    async def adjust(self, request: PasRequest) -> PasReply:
         self.requests.append(request)
-        self.called.set()
-        if self.gate is not None:
-            await self.gate.wait()
         assert self.script, "PAS was called more often than the test scripted"
+        return self.script.pop(0)
+
+
+class FakeHistory:
+    """A HistoryPort answering from a script, recording the accounts looked up."""
+
+    def __init__(self) -> None:
+        self.script: list[HistoryLookup] = []
+        self.accounts: list[str] = []
+
+    def then(self, *lookups: HistoryLookup) -> None:
+        self.script.extend(lookups)
+
+    async def lookup(self, account_number: str) -> HistoryLookup:
+        self.accounts.append(account_number)
+        assert self.script, "the history was looked up more often than the test scripted"
         return self.script.pop(0)
 
 
 class Harness:
     """A Processor wired to fakes, and helpers to feed it records."""
 
-    def __init__(self, codec: AvroCodec) -> None:
+    def __init__(self, codec: AvroCodec, *, with_history: bool = True, **config: Any) -> None:
         self.codec = codec
         self.store = MemoryStore()
         self.pas = ScriptedPas()
+        self.history = FakeHistory()
         self.clock = FakeClock(T0)
-        self.sleep = FakeSleep()
         self.processor = Processor(
             decode=command_decoder(codec),
             store=self.store,
             pas=self.pas,
-            config=CONFIG,
+            history=self.history if with_history else None,
+            config=replace(CONFIG, **config),
             clock=self.clock,
-            sleep=self.sleep,
         )
         self.offset = 100
 
@@ -141,14 +193,45 @@ class Harness:
         data = self.codec.encode(COMMAND, raw or raw_command()) if value is ... else value
         return InboundRecord(TOPIC, 3, self.offset, b"k", data, 1_700_000_000_000)
 
+    async def handle(
+        self, record: InboundRecord | None = None, attempt: Attempt | None = None
+    ) -> Decision:
+        return await self.processor.handle(record or self.record(), attempt)
+
+    async def retry(
+        self, record: InboundRecord | None = None, attempt: Attempt | None = None
+    ) -> Retry:
+        decision = await self.handle(record, attempt)
+        assert isinstance(decision, Retry), decision
+        return decision
+
     async def publish(
-        self, raw: dict[str, Any] | None = None, *, published: bool = True
+        self,
+        raw: dict[str, Any] | None = None,
+        *,
+        record: InboundRecord | None = None,
+        attempt: Attempt | None = None,
+        published: bool = True,
     ) -> Publish:
-        decision = await self.processor.handle(self.record(raw))
+        decision = await self.processor.handle(record or self.record(raw), attempt)
         assert isinstance(decision, Publish), decision
         if published:
             await self.processor.published(decision)
         return decision
+
+    async def drive(
+        self, record: InboundRecord, attempt: Attempt | None = None, *, max_handles: int = 10
+    ) -> tuple[Decision, list[Retry]]:
+        """Handle ``record`` as the runner does (waiting each Retry out) until it is decided."""
+        retries: list[Retry] = []
+        for _ in range(max_handles):
+            decision = await self.processor.handle(record, attempt)
+            if not isinstance(decision, Retry):
+                return decision, retries
+            retries.append(decision)
+            attempt = decision.attempt
+            self.clock.advance(decision.after_s)
+        raise AssertionError(f"still not decided after {max_handles} handles: {retries[-1]}")
 
     async def stored(self, key: str = KEY) -> IdempotencyRecord:
         record = await self.store.get(key)
@@ -174,35 +257,47 @@ def fits_schema(codec: AvroCodec, decision: Publish) -> dict[str, Any]:
     return decoded
 
 
-# -- the happy path and repeats -------------------------------------------------------------
+def ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+async def claim_as_other(h: Harness, raw: dict[str, Any], now: datetime) -> None:
+    await h.store.claim(
+        raw["idempotency_key"], business_fingerprint(raw), owner=OTHER, now=now, lease_s=LEASE_S
+    )
+
+
+# -- applied, and repeats --------------------------------------------------------------------
 
 
 async def test_valid_command_is_applied_once_and_completed(h: Harness) -> None:
-    """A valid command calls PAS once with its five fields and yields a completed outcome."""
+    """A valid command calls PAS once (reason + reference) and its Completed outcome is stored."""
     h.pas.then(APPLIED)
     decision = await h.publish(published=False)
     assert h.pas.requests == [
-        PasRequest(ACCOUNT, 250, "GOODWILL", "Late delivery", "agent-0042", "corr-1")
+        PasRequest(ACCOUNT, 250, "GOODWILL", f"Late delivery {REF}", "agent-0042", "corr-1")
     ]
     assert decision.kind == "completed"
     assert decision.duplicate is False
     assert decision.reason_code is None
     assert decision.stored_key == KEY
     assert decision.record_key == account_ref(ACCOUNT)
+    assert decision.dead_letter is None
     payload = decision.payload
     assert payload["points_requested"] == 250
     assert payload["points_adjusted"] == 250
     assert payload["attempts"] == 1
+    assert payload["pas_duration_ms"] == 22
+    assert payload["pas_correlation_id"] == "mc-1"
     assert payload["account_masked"] == mask_account(ACCOUNT) == "*" * 15 + "5000"
     assert payload["account_ref"] == account_ref(ACCOUNT)
-    assert payload["pas_correlation_id"] == "mc-1"
     assert payload["event_id"] == event_id(KEY)
     assert payload["source"] == {"topic": TOPIC, "partition": 3, "offset": h.offset}
     assert payload["metadata"] == {"case": "1234"}
     assert payload["service_version"] == "9.9.9-test"
+    assert payload["received_at"] == payload["completed_at"] == ms(T0)
     assert payload["duplicate"] is False
     assert ACCOUNT not in str(payload)
-    assert h.sleep.pauses == []
     fits_schema(h.codec, decision)
     record = await h.stored()
     assert (record.state, record.owner, record.attempts) == (State.COMPLETED, ME, 1)
@@ -210,6 +305,25 @@ async def test_valid_command_is_applied_once_and_completed(h: Harness) -> None:
     assert record.published is False
     await h.processor.published(decision)
     assert (await h.stored()).published is True
+    assert h.history.accounts == []
+
+
+async def test_the_reference_is_left_out_when_reference_in_reason_is_off(codec: AvroCodec) -> None:
+    """With reference_in_reason off, adjustmentReason is sent exactly as the command gave it."""
+    h = Harness(codec, reference_in_reason=False)
+    h.pas.then(APPLIED)
+    await h.publish()
+    (sent,) = h.pas.requests
+    assert sent.adjustment_reason == "Late delivery"
+
+
+async def test_a_reason_at_the_limit_is_cut_to_make_room_for_the_reference(h: Harness) -> None:
+    """A 256-character reason is shortened so reason + reference still fits 256 characters."""
+    h.pas.then(APPLIED)
+    await h.publish(raw_command(adjustment_reason="r" * 256))
+    (sent,) = h.pas.requests
+    assert len(sent.adjustment_reason) == 256
+    assert sent.adjustment_reason.endswith(" " + REF)
 
 
 async def test_repeat_after_publish_is_a_duplicate_without_pas_call(h: Harness) -> None:
@@ -222,16 +336,13 @@ async def test_repeat_after_publish_is_a_duplicate_without_pas_call(h: Harness) 
     assert repeat.duplicate is True
     assert repeat.duplicate_kind == "completed"
     assert repeat.payload["duplicate"] is True
+    assert repeat.payload["event_id"] == event_id(KEY, SourceRef(TOPIC, 3, h.offset))
     assert repeat.payload["event_id"] != original.payload["event_id"]
     assert repeat.payload["source"]["offset"] == h.offset
     assert repeat.payload["points_adjusted"] == original.payload["points_adjusted"]
     assert repeat.record_key == account_ref(ACCOUNT)
     fits_schema(h.codec, repeat)
-    again = await h.publish()
-    assert again.payload["event_id"] not in {
-        original.payload["event_id"],
-        repeat.payload["event_id"],
-    }
+    await h.processor.published(repeat)
     assert (await h.stored()).outcome == original.payload
 
 
@@ -244,7 +355,7 @@ async def test_repeat_before_publish_republishes_the_original(h: Harness) -> Non
     assert repeat.duplicate is False
     assert repeat.duplicate_kind is None
     assert repeat.payload == original.payload
-    assert repeat.payload["event_id"] == original.payload["event_id"] == event_id(KEY)
+    assert repeat.payload["event_id"] == event_id(KEY)
     assert repeat.stored_key == KEY
     await h.processor.published(repeat)
     assert (await h.stored()).published is True
@@ -262,8 +373,8 @@ async def test_conflicting_repeat_is_refused_and_leaves_the_original(h: Harness)
     assert conflict.payload["retryable"] is False
     assert conflict.stored_key is None
     assert conflict.duplicate_kind == "conflict"
-    assert before.outcome is not None
-    assert conflict.payload["event_id"] != before.outcome["event_id"]
+    assert conflict.dead_letter is None
+    assert conflict.payload["event_id"] == event_id(KEY, SourceRef(TOPIC, 3, h.offset))
     fits_schema(h.codec, conflict)
     assert await h.stored() == before
 
@@ -272,7 +383,7 @@ async def test_conflicting_repeat_is_refused_and_leaves_the_original(h: Harness)
 
 
 async def test_invalid_command_fails_validation_and_is_stored(h: Harness) -> None:
-    """An invalid command is VALIDATION_FAILED with field errors, PAS is not called."""
+    """An invalid command is a stored VALIDATION_FAILED with field errors; PAS is not called."""
     decision = await h.publish(raw_command(points_to_adjust=0, adjusted_by="a" * 65))
     assert h.pas.requests == []
     assert decision.kind == "failed"
@@ -289,7 +400,13 @@ async def test_invalid_command_fails_validation_and_is_stored(h: Harness) -> Non
     assert ACCOUNT not in str(decision.payload)
     fits_schema(h.codec, decision)
     assert (await h.stored()).state is State.FAILED
-    repeat = await h.publish(raw_command(points_to_adjust=0, adjusted_by="a" * 65))
+
+
+async def test_repeat_of_an_invalid_command_is_a_duplicate(h: Harness) -> None:
+    """A repeat of a stored invalid command republishes VALIDATION_FAILED as a duplicate."""
+    bad = raw_command(points_to_adjust=0)
+    await h.publish(bad)
+    repeat = await h.publish(bad)
     assert h.pas.requests == []
     assert repeat.duplicate is True
     assert repeat.duplicate_kind == "failed"
@@ -307,24 +424,18 @@ async def test_invalid_account_is_masked_and_has_no_ref(h: Harness) -> None:
     fits_schema(h.codec, decision)
 
 
-async def test_invalid_command_with_an_unusable_key_is_not_stored(h: Harness) -> None:
-    """An invalid command whose idempotency key is empty fails without touching the store."""
-    decision = await h.publish(raw_command(idempotency_key="", points_to_adjust=0))
+@pytest.mark.parametrize("key", ["", "case 1234", "k" * 129, "caf\u00e9"])
+async def test_invalid_command_with_an_unusable_key_is_not_stored(h: Harness, key: str) -> None:
+    """An invalid command whose idempotency key is unusable fails without touching the store."""
+    h.pas.then(APPLIED)
+    decision = await h.publish(raw_command(idempotency_key=key))
     assert h.pas.requests == []
     assert decision.reason_code == "VALIDATION_FAILED"
     assert decision.stored_key is None
     assert "idempotency_key" in {e["field"] for e in decision.payload["errors"]}
+    assert decision.payload["event_id"] == event_id(key, SourceRef(TOPIC, 3, h.offset))
     assert h.store.records == {}
     fits_schema(h.codec, decision)
-
-
-async def test_key_with_a_space_is_refused_without_a_pas_call(h: Harness) -> None:
-    """A command whose idempotency key contains a space is invalid: PAS is not called."""
-    h.pas.then(APPLIED)
-    decision = await h.publish(raw_command(idempotency_key="case 1234"))
-    assert h.pas.requests == []
-    assert decision.reason_code == "VALIDATION_FAILED"
-    assert decision.stored_key is None
 
 
 @pytest.mark.parametrize(
@@ -337,79 +448,265 @@ async def test_key_with_a_space_is_refused_without_a_pas_call(h: Harness) -> Non
     ],
     ids=["none", "empty", "json", "unknown-schema"],
 )
-async def test_undecodable_record_is_skipped_with_reason(
+async def test_undecodable_record_goes_to_the_dead_letter_topic_only(
     h: Harness, value: bytes | None, reason: str
 ) -> None:
-    """Bytes that are not a command are skipped with the decoder's reason."""
-    decision = await h.processor.handle(h.record(value=value))
-    assert isinstance(decision, Skip)
-    assert decision.reason == reason
-    assert decision.detail
+    """Bytes that are not a command are DeadLetterOnly to the dlt with the decoder's reason."""
+    decision = await h.handle(h.record(value=value))
+    assert isinstance(decision, DeadLetterOnly)
+    letter = decision.dead_letter
+    assert (letter.target, letter.error_class, letter.reason) == (
+        "dlt",
+        "UndecodableRecordError",
+        reason,
+    )
+    assert letter.detail
+    assert (letter.attempts, letter.first_failure_at, letter.last_failure_at) == (0, T0, T0)
     assert h.pas.requests == []
     assert h.store.records == {}
 
 
-async def test_outcome_event_on_the_command_topic_is_skipped(h: Harness) -> None:
-    """A well-formed record of another schema is skipped as UNEXPECTED_SCHEMA."""
+async def test_outcome_event_on_the_command_topic_is_dead_lettered(h: Harness) -> None:
+    """A well-formed record of another schema is dead-lettered as UNEXPECTED_SCHEMA."""
     h.pas.then(APPLIED)
     completed = await h.publish()
     stray = h.codec.encode(COMPLETED, completed.payload)
-    decision = await h.processor.handle(h.record(value=stray))
-    assert decision == Skip("UNEXPECTED_SCHEMA", f"a {COMPLETED} is not a command")
+    decision = await h.handle(h.record(value=stray))
+    assert decision == DeadLetterOnly(
+        DeadLetterRequest(
+            "dlt",
+            "UndecodableRecordError",
+            "UNEXPECTED_SCHEMA",
+            f"a {COMPLETED} is not a command",
+            0,
+            T0,
+            T0,
+        )
+    )
 
 
-# -- PAS answers -----------------------------------------------------------------------------
+# -- ordering ---------------------------------------------------------------------------------
 
 
-async def test_not_sent_twice_then_applied_completes_after_backoff(h: Harness) -> None:
-    """PAS unreachable twice, then applied: completed with 3 attempts after 0.5 s and 1 s."""
-    h.pas.then(NOT_SENT, NOT_SENT, APPLIED)
-    decision = await h.publish()
+async def test_ordering_key_is_the_account_or_none(h: Harness) -> None:
+    """ordering_key is the account of a readable record (valid or not), None for unreadable."""
+    assert h.processor.ordering_key(h.record()) == ACCOUNT
+    assert h.processor.ordering_key(h.record(raw_command(points_to_adjust=0))) == ACCOUNT
+    assert h.processor.ordering_key(h.record(value=b"")) is None
+    assert h.processor.ordering_key(h.record(value=b"junk")) is None
+    assert h.pas.requests == []
+    assert h.store.records == {}
+
+
+# -- RETRY: nothing was applied ---------------------------------------------------------------
+
+
+async def test_connect_failure_releases_the_claim_and_retries_after_the_backoff(
+    h: Harness,
+) -> None:
+    """PAS unreachable: the claim is released and Retry(backoff) asks for the first pause."""
+    h.pas.then(CONNECT_FAILED)
+    retry = await h.retry()
+    assert retry.kind == "backoff"
+    assert retry.after_s == 0.5
+    assert retry.reason == CONNECT_FAILED.problem
+    tried = retry.attempt
+    assert (tried.calls, tried.lookups, tried.last_call_at) == (1, 0, T0)
+    assert (tried.first_failure_at, tried.last_failure_at) == (T0, T0)
+    assert await h.store.get(KEY) is None
+    assert len(h.pas.requests) == 1
+
+
+async def test_handling_again_with_the_returned_attempt_calls_pas_again(h: Harness) -> None:
+    """The record handed back with its attempt is claimed and sent again; attempts add up."""
+    h.pas.then(CONNECT_FAILED, APPLIED)
+    record = h.record()
+    retry = await h.retry(record)
+    h.clock.advance(retry.after_s)
+    decision = await h.publish(record=record, attempt=retry.attempt)
+    assert len(h.pas.requests) == 2
+    assert h.pas.requests[0] == h.pas.requests[1]
     assert decision.kind == "completed"
-    assert decision.payload["attempts"] == 3
-    assert h.sleep.pauses == [0.5, 1.0]
+    assert decision.payload["attempts"] == 2
+    assert (await h.stored()).attempts == 2
+
+
+async def test_backoff_grows_until_the_attempts_run_out(h: Harness) -> None:
+    """Each RETRY doubles the pause; after max_attempts calls it is PAS_UNAVAILABLE + dlt."""
+    h.pas.then(CONNECT_FAILED, CONNECT_FAILED, CONNECT_FAILED)
+    record = h.record()
+    decision, retries = await h.drive(record)
+    assert [r.after_s for r in retries] == [0.5, 1.0]
+    assert [r.attempt.calls for r in retries] == [1, 2]
+    assert {r.kind for r in retries} == {"backoff"}
+    assert isinstance(decision, Publish)
     assert len(h.pas.requests) == 3
-    assert len(set(h.pas.requests)) == 1
-    assert decision.payload["pas_duration_ms"] == 22
-    assert (await h.stored()).attempts == 3
-
-
-async def test_not_sent_every_time_is_unavailable_and_released(h: Harness) -> None:
-    """PAS never reachable: PAS_UNAVAILABLE, retryable, the claim released for a later try."""
-    h.pas.then(NOT_SENT, NOT_SENT, NOT_SENT)
-    decision = await h.publish()
     assert decision.kind == "failed"
     assert decision.reason_code == "PAS_UNAVAILABLE"
     assert decision.payload["retryable"] is True
     assert decision.payload["attempts"] == 3
     assert decision.payload["http_status"] is None
     assert decision.stored_key is None
-    assert h.sleep.pauses == [0.5, 1.0]
+    assert decision.payload["event_id"] == event_id(KEY, record.source)
+    assert decision.dead_letter == DeadLetterRequest(
+        "dlt",
+        "RetriesExhausted",
+        "PAS_UNAVAILABLE",
+        CONNECT_FAILED.problem,
+        3,
+        T0,
+        T0 + timedelta(seconds=1.5),
+    )
     assert await h.store.get(KEY) is None
     fits_schema(h.codec, decision)
-    h.pas.then(APPLIED)
+
+
+async def test_received_at_is_when_the_command_was_first_taken(h: Harness) -> None:
+    """After retries, received_at is still the first handling (the schema: 'first took')."""
+    h.pas.then(CONNECT_FAILED, CONNECT_FAILED, APPLIED)
+    decision, retries = await h.drive(h.record())
+    assert len(retries) == 2
+    assert isinstance(decision, Publish)
+    assert decision.payload["completed_at"] == ms(T0 + timedelta(seconds=1.5))
+    assert decision.payload["received_at"] == ms(T0)
+
+
+async def test_a_command_whose_retries_ran_out_may_be_sent_again_later(h: Harness) -> None:
+    """After RetriesExhausted nothing is stored, so a replay of the command calls PAS afresh."""
+    h.pas.then(CONNECT_FAILED, CONNECT_FAILED, CONNECT_FAILED, APPLIED)
+    exhausted, _ = await h.drive(h.record())
+    assert isinstance(exhausted, Publish)
     later = await h.publish()
     assert len(h.pas.requests) == 4
     assert later.kind == "completed"
-    assert later.payload["event_id"] != decision.payload["event_id"]
+    assert later.payload["attempts"] == 1
+    assert later.payload["event_id"] != exhausted.payload["event_id"]
 
 
 @pytest.mark.parametrize(
-    ("status", "reason"), [(400, "PAS_REJECTED"), (409, "PAS_REJECTED"), (404, "ACCOUNT_NOT_FOUND")]
+    "reply",
+    [
+        answer(429),
+        answer(409, PAS_400, recoverable=True),
+        answer(503, recoverable=True),
+    ],
+    ids=["429", "4xx-recoverable", "5xx-recoverable"],
+)
+async def test_refusals_that_applied_nothing_are_retried(h: Harness, reply: PasReply) -> None:
+    """429 and Recoverable refusals are released and retried, then may succeed."""
+    h.pas.then(reply, APPLIED)
+    decision, retries = await h.drive(h.record())
+    assert [r.kind for r in retries] == ["backoff"]
+    assert isinstance(decision, Publish)
+    assert decision.kind == "completed"
+    assert decision.payload["attempts"] == 2
+
+
+async def test_recoverable_refusals_until_the_end_carry_the_status(h: Harness) -> None:
+    """Recoverable 503s until the attempts run out: PAS_UNAVAILABLE with http_status and errors."""
+    busy = answer(
+        503, ErrorDetail("Gateway", "SERVICE_UNAVAILABLE", "busy", True), recoverable=True
+    )
+    h.pas.then(busy, busy, busy)
+    decision, _ = await h.drive(h.record())
+    assert isinstance(decision, Publish)
+    assert decision.reason_code == "PAS_UNAVAILABLE"
+    assert decision.payload["http_status"] == 503
+    assert decision.payload["errors"][0]["reason_code"] == "SERVICE_UNAVAILABLE"
+    assert decision.dead_letter is not None
+    assert decision.dead_letter.error_class == "RetriesExhausted"
+    assert await h.store.get(KEY) is None
+
+
+async def test_retry_after_is_honoured_over_a_shorter_backoff(h: Harness) -> None:
+    """A Retry-After longer than the backoff sets the pause; a shorter one does not shorten it."""
+    h.pas.then(answer(429, retry_after_s=7.0), answer(429, retry_after_s=0.1), APPLIED)
+    decision, retries = await h.drive(h.record())
+    assert [r.after_s for r in retries] == [7.0, 1.0]
+    assert isinstance(decision, Publish)
+    assert decision.kind == "completed"
+
+
+async def test_retry_after_wins_over_the_backoff_cap(h: Harness) -> None:
+    """A Retry-After above max_backoff is still honoured in full."""
+    h.pas.then(answer(429, retry_after_s=120.0))
+    retry = await h.retry()
+    assert retry.after_s == 120.0
+
+
+async def test_an_open_circuit_is_not_an_attempt(h: Harness) -> None:
+    """CIRCUIT_OPEN replies are retried after their Retry-After and never use up attempts."""
+    h.pas.then(*[CIRCUIT_OPEN] * 5, APPLIED)
+    decision, retries = await h.drive(h.record())
+    assert len(retries) == 5 > CONFIG.max_attempts
+    assert {r.after_s for r in retries} == {2.0}
+    assert {r.attempt.calls for r in retries} == {0}
+    assert {r.kind for r in retries} == {"backoff"}
+    assert retries[0].attempt.first_failure_at == T0
+    assert isinstance(decision, Publish)
+    assert decision.kind == "completed"
+    assert decision.payload["attempts"] == 1
+
+
+async def test_an_open_circuit_after_a_real_failure_keeps_the_count(h: Harness) -> None:
+    """A circuit-open reply after one failed call leaves calls at 1; the next failures count."""
+    h.pas.then(CONNECT_FAILED, CIRCUIT_OPEN, CONNECT_FAILED, CONNECT_FAILED)
+    decision, retries = await h.drive(h.record())
+    assert [r.attempt.calls for r in retries] == [1, 1, 2]
+    assert [r.after_s for r in retries] == [0.5, 2.0, 1.0]
+    assert isinstance(decision, Publish)
+    assert decision.reason_code == "PAS_UNAVAILABLE"
+    assert decision.payload["attempts"] == 3
+    assert len(h.pas.requests) == 4
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_unauthorized_is_dead_lettered_released_and_not_retried(
+    h: Harness, status: int
+) -> None:
+    """401/403: UNAUTHORIZED, retryable, a dlt copy (Unauthorized), the claim released."""
+    refused = answer(status, GATEWAY_401)
+    h.pas.then(refused)
+    record = h.record()
+    decision = await h.publish(record=record)
+    assert len(h.pas.requests) == 1
+    assert decision.reason_code == "UNAUTHORIZED"
+    assert decision.payload["retryable"] is True
+    assert decision.payload["http_status"] == status
+    assert decision.payload["attempts"] == 1
+    assert decision.payload["errors"] == [GATEWAY_401.as_avro()]
+    assert decision.stored_key is None
+    assert decision.payload["event_id"] == event_id(KEY, record.source)
+    assert decision.dead_letter == DeadLetterRequest(
+        "dlt", "Unauthorized", "UNAUTHORIZED", refused.problem, 1, T0, T0
+    )
+    assert await h.store.get(KEY) is None
+    fits_schema(h.codec, decision)
+    h.pas.then(APPLIED)
+    assert (await h.publish()).kind == "completed"
+    assert len(h.pas.requests) == 2
+
+
+# -- PERMANENT: stored failures ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [(400, "PAS_REJECTED"), (409, "PAS_REJECTED"), (404, "ACCOUNT_NOT_FOUND")],
 )
 async def test_refusal_is_stored_as_failed(h: Harness, status: int, reason: str) -> None:
     """A non-recoverable refusal is stored as a failure with PAS's status and errors."""
-    h.pas.then(PasRefused(status, (PAS_400,), 0.01, recoverable=False))
+    h.pas.then(answer(status, PAS_400))
     decision = await h.publish()
     assert len(h.pas.requests) == 1
     assert decision.reason_code == reason
     assert decision.payload["retryable"] is False
     assert decision.payload["http_status"] == status
     assert decision.payload["errors"] == [PAS_400.as_avro()]
+    assert decision.payload["attempts"] == 1
     assert decision.stored_key == KEY
-    assert h.sleep.pauses == []
-    record = await h.stored()
-    assert record.state is State.FAILED
+    assert decision.dead_letter is None
+    assert (await h.stored()).state is State.FAILED
     fits_schema(h.codec, decision)
     repeat = await h.publish()
     assert len(h.pas.requests) == 1
@@ -417,201 +714,467 @@ async def test_refusal_is_stored_as_failed(h: Harness, status: int, reason: str)
     assert repeat.reason_code == reason
 
 
-@pytest.mark.parametrize("status", [401, 403])
-async def test_unauthorized_is_retryable_and_released(h: Harness, status: int) -> None:
-    """A 401/403 from the gateway is UNAUTHORIZED, retryable, not retried, and released."""
-    h.pas.then(PasRefused(status, (GATEWAY_401,), 0.01, recoverable=False))
+async def test_404_marked_recoverable_is_still_a_stored_account_not_found(h: Harness) -> None:
+    """A 404 with Recoverable=true is not retried: ACCOUNT_NOT_FOUND, stored."""
+    h.pas.then(answer(404, recoverable=True))
     decision = await h.publish()
+    assert decision.reason_code == "ACCOUNT_NOT_FOUND"
+    assert decision.stored_key == KEY
     assert len(h.pas.requests) == 1
-    assert decision.reason_code == "UNAUTHORIZED"
-    assert decision.payload["retryable"] is True
-    assert decision.payload["http_status"] == status
-    assert decision.stored_key is None
-    assert await h.store.get(KEY) is None
+
+
+# -- EXPIRED ----------------------------------------------------------------------------------
+
+
+async def test_a_command_older_than_its_ttl_expires_without_a_pas_call(h: Harness) -> None:
+    """A command older than command_ttl_s is stored as FAILED EXPIRED and PAS is not called."""
+    old = T0 - timedelta(seconds=TTL_S + 1)
+    decision = await h.publish(raw_command(occurred_at=old))
+    assert h.pas.requests == []
+    assert decision.kind == "failed"
+    assert decision.reason_code == "EXPIRED"
+    assert decision.payload["retryable"] is False
+    assert decision.payload["attempts"] == 0
+    assert decision.stored_key == KEY
+    assert decision.dead_letter is None
+    assert (await h.stored()).state is State.FAILED
+    fits_schema(h.codec, decision)
+
+
+async def test_a_command_exactly_at_its_ttl_is_still_sent(h: Harness) -> None:
+    """A command exactly command_ttl_s old has not passed its deadline: it is applied."""
     h.pas.then(APPLIED)
-    assert (await h.publish()).kind == "completed"
+    decision = await h.publish(raw_command(occurred_at=T0 - timedelta(seconds=TTL_S)))
+    assert decision.kind == "completed"
+
+
+async def test_a_command_expiring_between_retries_is_not_sent_again(h: Harness) -> None:
+    """A retried command that outlives its TTL while waiting ends EXPIRED with its attempts."""
+    h.pas.then(CONNECT_FAILED)
+    record = h.record()
+    retry = await h.retry(record)
+    h.clock.advance(TTL_S)
+    decision = await h.publish(record=record, attempt=retry.attempt)
+    assert len(h.pas.requests) == 1
+    assert decision.reason_code == "EXPIRED"
+    assert decision.payload["attempts"] == 1
+
+
+# -- UNKNOWN and reconciliation ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        READ_TIMEOUT,
+        PasReply(Observation(transport=Transport.RESET), 0.1, problem="ReadError"),
+        PasReply(Observation(transport=Transport.UNREADABLE_ANSWER), 0.1, problem="HTTP 200 ?"),
+        answer(500),
+        answer(302),
+    ],
+    ids=["read-timeout", "reset", "unreadable-200", "500", "302"],
+)
+async def test_an_unknown_outcome_is_parked_for_reconciliation(h: Harness, reply: PasReply) -> None:
+    """An unknown outcome parks the record RECONCILING and asks for a lookup after settle_s."""
+    h.pas.then(reply)
+    retry = await h.retry()
+    assert retry.kind == "reconcile"
+    assert retry.after_s == SETTLE_S
+    assert reply.problem in retry.reason
+    assert retry.attempt.calls == 1
+    assert retry.attempt.last_call_at == T0
+    assert retry.attempt.first_failure_at == T0
+    record = await h.stored()
+    assert (record.state, record.owner) == (State.RECONCILING, ME)
+    assert record.lease_until == T0 + timedelta(seconds=SETTLE_S + LEASE_S)
+    assert len(h.pas.requests) == 1
+    assert h.history.accounts == []
+
+
+async def test_a_parked_command_found_in_the_history_is_completed(h: Harness) -> None:
+    """After settle, a history entry carrying the reference completes it with its points."""
+    h.pas.then(READ_TIMEOUT)
+    h.history.then(APPLIED_IN_HISTORY)
+    record = h.record()
+    retry = await h.retry(record)
+    h.clock.advance(retry.after_s)
+    decision = await h.publish(record=record, attempt=retry.attempt, published=False)
+    assert len(h.pas.requests) == 1
+    assert h.history.accounts == [ACCOUNT]
+    assert decision.kind == "completed"
+    assert decision.stored_key == KEY
+    assert decision.payload["points_adjusted"] == 240
+    assert decision.payload["points_requested"] == 250
+    assert decision.payload["attempts"] == 1
+    assert decision.payload["pas_correlation_id"] is None
+    assert decision.payload["completed_at"] == ms(T0 + timedelta(seconds=SETTLE_S))
+    assert decision.dead_letter is None
+    fits_schema(h.codec, decision)
+    stored = await h.stored()
+    assert (stored.state, stored.attempts) == (State.COMPLETED, 1)
+    assert stored.outcome == decision.payload
+
+
+async def test_a_parked_command_absent_from_the_history_is_sent_once_more(h: Harness) -> None:
+    """After settle, a history without the reference resumes the claim: exactly one more call."""
+    h.pas.then(READ_TIMEOUT, APPLIED)
+    h.history.then(NOT_IN_HISTORY)
+    record = h.record()
+    retry = await h.retry(record)
+    h.clock.advance(retry.after_s)
+    decision = await h.publish(record=record, attempt=retry.attempt)
     assert len(h.pas.requests) == 2
+    assert h.pas.requests[0] == h.pas.requests[1]
+    assert h.pas.requests[1].adjustment_reason == SENT_REASON
+    assert h.history.accounts == [ACCOUNT]
+    assert decision.kind == "completed"
+    assert decision.payload["points_adjusted"] == 250
+    assert decision.payload["attempts"] == 2
+    assert (await h.stored()).state is State.COMPLETED
 
 
-async def test_recoverable_refusal_is_retried(h: Harness) -> None:
-    """A 429 (recoverable) is retried after the backoff and may then succeed."""
-    h.pas.then(PasRefused(429, (), 0.01, recoverable=True), APPLIED)
-    decision = await h.publish()
+async def test_an_unknown_outcome_after_resuming_is_parked_again(h: Harness) -> None:
+    """The call sent after an absent lookup that also times out is parked, never sent blindly."""
+    h.pas.then(READ_TIMEOUT, READ_TIMEOUT)
+    h.history.then(NOT_IN_HISTORY, APPLIED_IN_HISTORY)
+    decision, retries = await h.drive(h.record())
+    assert [r.kind for r in retries] == ["reconcile", "reconcile"]
+    assert len(h.pas.requests) == 2
+    assert isinstance(decision, Publish)
     assert decision.kind == "completed"
     assert decision.payload["attempts"] == 2
-    assert h.sleep.pauses == [0.5]
 
 
-async def test_recoverable_refusal_every_time_is_unavailable(h: Harness) -> None:
-    """Recoverable refusals until the attempts run out give a retryable PAS_UNAVAILABLE."""
-    busy = PasRefused(503, (), 0.01, recoverable=True)
-    h.pas.then(busy, busy, busy)
-    decision = await h.publish()
-    assert decision.reason_code == "PAS_UNAVAILABLE"
-    assert decision.payload["retryable"] is True
-    assert decision.payload["http_status"] == 503
-    assert decision.payload["attempts"] == 3
-    assert await h.store.get(KEY) is None
-
-
-async def test_unknown_outcome_is_stored_and_never_retried(h: Harness) -> None:
-    """PasUnknown is OUTCOME_UNKNOWN: not retried, stored, and a repeat is a duplicate."""
-    h.pas.then(PasUnknown("ReadTimeout", None, (), 10.0))
-    decision = await h.publish()
+async def test_failing_lookups_end_in_outcome_unknown_for_review(h: Harness) -> None:
+    """History lookups failing max_lookups times: OUTCOME_UNKNOWN stored + a review copy."""
+    h.pas.then(READ_TIMEOUT)
+    h.history.then(HISTORY_DOWN, HISTORY_DOWN, HISTORY_DOWN)
+    record = h.record()
+    decision, retries = await h.drive(record)
+    assert [r.kind for r in retries] == ["reconcile"] * 3
+    assert [r.after_s for r in retries] == [SETTLE_S] * 3
+    assert [r.attempt.lookups for r in retries] == [0, 1, 2]
+    assert len(h.history.accounts) == CONFIG.max_lookups
     assert len(h.pas.requests) == 1
-    assert h.sleep.pauses == []
+    assert isinstance(decision, Publish)
+    assert decision.kind == "failed"
     assert decision.reason_code == "OUTCOME_UNKNOWN"
     assert decision.payload["retryable"] is False
     assert decision.payload["attempts"] == 1
     assert decision.stored_key == KEY
-    assert (await h.stored()).state is State.UNKNOWN
+    letter = decision.dead_letter
+    assert letter is not None
+    assert (letter.target, letter.error_class, letter.reason) == (
+        "review",
+        "OutcomeUnknown",
+        "OUTCOME_UNKNOWN",
+    )
+    assert "history lookup failed (HTTP 503)" in letter.detail
+    assert letter.attempts == 1
+    assert letter.first_failure_at == T0
+    stored = await h.stored()
+    assert stored.state is State.UNKNOWN
     fits_schema(h.codec, decision)
+    await h.processor.published(decision)
     repeat = await h.publish()
-    assert len(h.pas.requests) == 1
     assert repeat.duplicate is True
     assert repeat.duplicate_kind == "unknown"
-    assert repeat.reason_code == "OUTCOME_UNKNOWN"
+    assert len(h.pas.requests) == 1
 
 
-# -- concurrent and interrupted claims ------------------------------------------------------
+async def test_a_lookup_before_the_settle_time_cannot_say_absent(h: Harness) -> None:
+    """Handled again before settle_s, a history without the reference is no reason to resend."""
+    h.pas.then(READ_TIMEOUT)
+    h.history.then(NOT_IN_HISTORY)
+    record = h.record()
+    first = await h.retry(record)
+    h.clock.advance(10)
+    early = await h.retry(record, first.attempt)
+    assert early.kind == "reconcile"
+    assert early.after_s == pytest.approx(SETTLE_S - 10)
+    assert len(h.pas.requests) == 1
+    assert h.history.accounts == [ACCOUNT]
+    stored = await h.stored()
+    assert (stored.state, stored.owner) == (State.RECONCILING, ME)
 
 
-async def claim_as_other(h: Harness, raw: dict[str, Any], now: datetime) -> None:
-    await h.store.claim(
-        raw["idempotency_key"], business_fingerprint(raw), owner=OTHER, now=now, lease_s=LEASE_S
-    )
+async def test_a_lookup_too_early_to_decide_does_not_use_up_the_lookups(
+    codec: AvroCodec,
+) -> None:
+    """A lookup that only could not decide because settle_s had not quite passed is no failure.
+
+    The runner's timer (monotonic) and the processor's clock (wall) may disagree by a few
+    milliseconds, so the lookup after settle_s can land just before it. With max_lookups=1
+    that lookup must not turn into OUTCOME_UNKNOWN: nothing failed, the answer is just early.
+    """
+    h = Harness(codec, max_lookups=1)
+    h.pas.then(READ_TIMEOUT)
+    h.history.then(NOT_IN_HISTORY, APPLIED_IN_HISTORY)
+    record = h.record()
+    parked = await h.retry(record)
+    h.clock.advance(SETTLE_S - 0.01)
+    early = await h.handle(record, parked.attempt)
+    assert isinstance(early, Retry), "an undecided early lookup counted as a failed lookup"
+    assert early.kind == "reconcile"
+    assert early.after_s == pytest.approx(0.01)
+    h.clock.advance(early.after_s)
+    decision = await h.publish(record=record, attempt=early.attempt)
+    assert decision.kind == "completed"
+    assert len(h.pas.requests) == 1
 
 
-async def test_expired_claim_of_another_owner_is_outcome_unknown(h: Harness) -> None:
-    """An IN_FLIGHT claim whose lease ran out is taken over as OUTCOME_UNKNOWN, PAS not called."""
-    raw = raw_command()
-    await claim_as_other(h, raw, T0 - timedelta(seconds=LEASE_S + 1))
-    decision = await h.publish(raw)
-    assert h.pas.requests == []
+@pytest.mark.parametrize(
+    "setup",
+    [
+        {"reconcile": False},
+        {"reference_in_reason": False},
+        {"with_history": False},
+    ],
+    ids=["reconciliation-off", "no-reference", "no-history-port"],
+)
+async def test_without_reconciliation_an_unknown_outcome_is_final(
+    codec: AvroCodec, setup: dict[str, Any]
+) -> None:
+    """Without a way to reconcile, an unknown outcome is OUTCOME_UNKNOWN at once + a review copy."""
+    h = Harness(codec, **setup)
+    h.pas.then(READ_TIMEOUT)
+    decision = await h.publish()
+    assert len(h.pas.requests) == 1
+    assert h.history.accounts == []
     assert decision.reason_code == "OUTCOME_UNKNOWN"
     assert decision.payload["retryable"] is False
+    assert decision.payload["attempts"] == 1
     assert decision.stored_key == KEY
-    record = await h.stored()
-    assert (record.state, record.owner) == (State.UNKNOWN, ME)
+    assert decision.dead_letter == DeadLetterRequest(
+        "review", "OutcomeUnknown", "OUTCOME_UNKNOWN", READ_TIMEOUT.problem, 1, T0, T0
+    )
+    assert (await h.stored()).state is State.UNKNOWN
+    fits_schema(h.codec, decision)
 
 
-async def test_busy_claim_waits_for_the_other_owner_outcome(h: Harness) -> None:
-    """A live claim of another owner is waited on; its stored outcome is returned, no PAS call."""
+# -- claims held elsewhere, taken over, parked by others --------------------------------------
+
+
+async def test_own_live_claim_is_busy(h: Harness) -> None:
+    """A key this worker holds IN_FLIGHT (another delivery in progress) waits: Retry(busy)."""
+    raw = raw_command()
+    await h.store.claim(KEY, business_fingerprint(raw), owner=ME, now=T0, lease_s=LEASE_S)
+    retry = await h.retry(h.record(raw))
+    assert retry.kind == "busy"
+    assert retry.after_s == 0.25
+    assert h.pas.requests == []
+    assert (await h.stored()).state is State.IN_FLIGHT
+
+
+async def test_live_claim_of_another_owner_is_busy_then_a_duplicate(h: Harness) -> None:
+    """A live claim elsewhere gives Retry(busy); once it is finished the outcome is republished."""
     raw = raw_command()
     await claim_as_other(h, raw, T0)
+    record = h.record(raw)
+    retry = await h.retry(record)
+    assert retry.kind == "busy"
     theirs = {"event_id": event_id(KEY), "account_ref": account_ref(ACCOUNT), "points_adjusted": 7}
-
-    async def other_owner_finishes() -> None:
-        h.clock.advance(1)
-        await h.store.finish(
-            KEY,
-            owner=OTHER,
-            state=State.COMPLETED,
-            outcome_kind="completed",
-            outcome=theirs,
-            attempts=1,
-            now=h.clock(),
-        )
-        await h.store.mark_published(KEY)
-
-    h.sleep.hook = other_owner_finishes
-    decision = await h.publish(raw)
+    await h.store.finish(
+        KEY,
+        owner=OTHER,
+        state=State.COMPLETED,
+        outcome_kind="completed",
+        outcome=theirs,
+        attempts=1,
+        now=T0,
+    )
+    await h.store.mark_published(KEY)
+    decision = await h.publish(record=record, attempt=retry.attempt)
     assert h.pas.requests == []
-    assert h.sleep.pauses == [0.25]
-    assert decision.kind == "completed"
     assert decision.duplicate is True
-    assert decision.duplicate_kind == "completed"
     assert decision.payload["points_adjusted"] == 7
-    assert decision.payload["event_id"] != event_id(KEY)
     assert (await h.stored()).owner == OTHER
 
 
-async def test_busy_claim_that_is_released_is_then_claimed(h: Harness) -> None:
-    """When the other owner releases its claim while we wait, we claim it and call PAS."""
-    raw = raw_command()
-    await claim_as_other(h, raw, T0)
-
-    async def other_owner_releases() -> None:
-        await h.store.release(KEY, owner=OTHER)
-
-    h.sleep.hook = other_owner_releases
-    h.pas.then(APPLIED)
-    decision = await h.publish(raw)
-    assert len(h.pas.requests) == 1
-    assert decision.kind == "completed"
-    assert decision.duplicate is False
+async def test_invalid_repeat_of_a_command_in_flight_elsewhere_is_busy(h: Harness) -> None:
+    """An invalid repeat with the business fields of a command in flight elsewhere waits too."""
+    await claim_as_other(h, raw_command(), T0)
+    retry = await h.retry(h.record(raw_command(correlation_id="")))
+    assert retry.kind == "busy"
+    assert h.pas.requests == []
+    assert (await h.stored()).owner == OTHER
 
 
-async def test_invalid_repeat_while_busy_does_not_crash(h: Harness) -> None:
-    """An invalid repeat of a command another owner is applying waits like a valid one.
+async def test_an_expired_claim_of_another_owner_is_reconciled_not_resent(h: Harness) -> None:
+    """An IN_FLIGHT claim whose lease ran out is taken over and parked, never called blindly."""
+    await claim_as_other(h, raw_command(), T0 - timedelta(seconds=LEASE_S + 1))
+    record = h.record()
+    retry = await h.retry(record)
+    assert retry.kind == "reconcile"
+    assert retry.after_s == SETTLE_S
+    assert retry.attempt.calls == 0
+    assert h.pas.requests == []
+    assert h.history.accounts == []
+    stored = await h.stored()
+    assert (stored.state, stored.owner) == (State.RECONCILING, ME)
 
-    Its business fields equal the in-flight command's (only correlation_id is bad), so the
-    claim is BUSY; the processor must not treat that as a finished record.
-    """
-    valid = raw_command()
-    await claim_as_other(h, valid, T0)
-    theirs = {"event_id": event_id(KEY), "account_ref": account_ref(ACCOUNT)}
 
-    async def other_owner_finishes() -> None:
-        await h.store.finish(
-            KEY,
-            owner=OTHER,
-            state=State.COMPLETED,
-            outcome_kind="completed",
-            outcome=theirs,
-            attempts=1,
-            now=T0,
-        )
-        await h.store.mark_published(KEY)
-
-    h.sleep.hook = other_owner_finishes
-    decision = await h.processor.handle(h.record(raw_command(correlation_id="")))
+async def test_a_taken_over_claim_found_in_the_history_is_completed(h: Harness) -> None:
+    """A taken-over claim whose request did land is completed from the history, no call."""
+    await claim_as_other(h, raw_command(), T0 - timedelta(seconds=LEASE_S + 1))
+    h.history.then(APPLIED_IN_HISTORY)
+    decision, _ = await h.drive(h.record())
     assert isinstance(decision, Publish)
     assert h.pas.requests == []
     assert decision.kind == "completed"
-    assert decision.duplicate is True
+    assert decision.payload["points_adjusted"] == 240
+    assert decision.payload["attempts"] == 1
 
 
-async def test_invalid_repeat_taking_over_an_expired_claim_is_outcome_unknown(
+async def test_a_taken_over_claim_absent_from_the_history_is_sent_after_settle(
     h: Harness,
 ) -> None:
-    """Taking over an abandoned claim never records 'not applied': the result is unknown.
+    """A taken-over claim is sent only after a settled lookup proved it absent."""
+    await claim_as_other(h, raw_command(), T0 - timedelta(seconds=LEASE_S + 1))
+    h.history.then(NOT_IN_HISTORY)
+    h.pas.then(APPLIED)
+    decision, retries = await h.drive(h.record())
+    assert isinstance(decision, Publish)
+    assert len(h.pas.requests) == 1
+    assert len(h.history.accounts) == 1
+    assert h.clock() - T0 >= timedelta(seconds=SETTLE_S)
+    assert retries[0].kind == "reconcile"
+    assert decision.kind == "completed"
+    assert decision.payload["attempts"] == 1
+
+
+async def test_a_parked_record_of_another_owner_is_busy_while_its_lease_lives(
+    h: Harness,
+) -> None:
+    """A RECONCILING record of another owner under a live lease: Retry(busy), no lookup, no call."""
+    raw = raw_command()
+    await claim_as_other(h, raw, T0)
+    await h.store.park(
+        KEY,
+        owner=OTHER,
+        now=T0,
+        settle_until=T0 + timedelta(seconds=SETTLE_S),
+        lease_until=T0 + timedelta(seconds=SETTLE_S + LEASE_S),
+    )
+    retry = await h.retry(h.record(raw))
+    assert retry.kind == "busy"
+    assert retry.after_s == 0.25
+    assert h.pas.requests == []
+    assert h.history.accounts == []
+    assert (await h.stored()).owner == OTHER
+
+
+async def test_a_parked_record_of_another_owner_is_reconciled_here_after_its_lease(
+    h: Harness,
+) -> None:
+    """Once another owner's RECONCILING lease has expired this worker reconciles it."""
+    raw = raw_command()
+    await claim_as_other(h, raw, T0 - timedelta(seconds=200))
+    await h.store.park(
+        KEY,
+        owner=OTHER,
+        now=T0 - timedelta(seconds=100),
+        settle_until=T0 - timedelta(seconds=70),
+        lease_until=T0 - timedelta(seconds=10),
+    )
+    h.history.then(APPLIED_IN_HISTORY)
+    decision, _ = await h.drive(h.record(raw))
+    assert isinstance(decision, Publish)
+    assert h.pas.requests == []
+    assert h.history.accounts == [ACCOUNT]
+    assert decision.kind == "completed"
+    assert decision.payload["points_adjusted"] == 240
+    stored = await h.stored()
+    assert (stored.state, stored.owner) == (State.COMPLETED, ME)
+
+
+async def test_a_redelivered_copy_of_a_parked_command_is_not_resent_before_settle(
+    h: Harness,
+) -> None:
+    """A second delivery of a command parked a second ago never resends it on an early lookup.
+
+    The copy (another partition, or the same record after a rebalance) arrives with a fresh
+    Attempt. The record is this worker's own RECONCILING claim, parked one second after a
+    read timeout: PAS may still be applying the request, so a history without the reference
+    proves nothing yet and PAS must not be called again.
+    """
+    h.pas.then(READ_TIMEOUT, APPLIED)
+    h.history.then(NOT_IN_HISTORY, NOT_IN_HISTORY)
+    parked = await h.retry(h.record())
+    assert parked.kind == "reconcile"
+    h.clock.advance(1)
+    copy = await h.handle(h.record())
+    assert len(h.pas.requests) == 1, "PAS called again one second after an unknown outcome"
+    assert isinstance(copy, Retry)
+    assert copy.kind == "reconcile"
+
+
+async def test_invalid_repeat_taking_over_an_expired_claim_without_reconciliation(
+    codec: AvroCodec,
+) -> None:
+    """Without reconciliation, an invalid repeat taking over a lapsed claim stores OUTCOME_UNKNOWN.
 
     The earlier owner was applying the valid command with the same business fields and may
-    have reached PAS; an invalid repeat that takes the claim over must not store FAILED
-    VALIDATION_FAILED, which would tell every later repeat that nothing was applied.
+    have reached PAS; the repeat must not store VALIDATION_FAILED ('not applied').
     """
+    h = Harness(codec, reconcile=False)
     await claim_as_other(h, raw_command(), T0 - timedelta(seconds=LEASE_S + 1))
     decision = await h.publish(raw_command(correlation_id=""))
     assert h.pas.requests == []
     assert decision.reason_code == "OUTCOME_UNKNOWN"
+    assert decision.dead_letter is not None
+    assert decision.dead_letter.target == "review"
     assert (await h.stored()).state is State.UNKNOWN
 
 
-async def test_same_command_twice_at_once_in_one_worker_calls_pas_once(h: Harness) -> None:
-    """Two concurrent deliveries of one command in one worker: one PAS call, one outcome.
+async def test_invalid_repeat_taking_over_an_expired_claim_is_eventually_decided(
+    h: Harness,
+) -> None:
+    """With reconciliation on, an invalid repeat taking over a lapsed claim still ends.
 
-    This happens when a producer does not key by account and the copies land on two
-    partitions, which the runner processes concurrently under the same owner id.
+    It cannot be reconciled (there is no valid command to look up or send), so it must end
+    as OUTCOME_UNKNOWN for review instead of being parked again on every handle, which would
+    hold its account's later commands back forever.
     """
-    h.pas.gate = asyncio.Event()
-    h.pas.then(APPLIED)
-    first = asyncio.create_task(h.processor.handle(h.record()))
-    await h.pas.called.wait()
+    await claim_as_other(h, raw_command(), T0 - timedelta(seconds=LEASE_S + 1))
+    decision, _ = await h.drive(h.record(raw_command(correlation_id="")))
+    assert h.pas.requests == []
+    assert isinstance(decision, Publish)
+    assert decision.reason_code == "OUTCOME_UNKNOWN"
+    assert decision.dead_letter is not None
+    assert decision.dead_letter.target == "review"
+    stored = await h.stored()
+    assert stored.state is State.UNKNOWN
+    assert stored.outcome == decision.payload
 
-    async def let_the_first_finish() -> None:
-        assert h.pas.gate is not None
-        h.pas.gate.set()
-        await first
 
-    h.sleep.hook = let_the_first_finish
-    second = await h.processor.handle(h.record())
-    h.pas.gate.set()
-    first_decision = await first
+async def test_an_invalid_copy_of_a_parked_command_does_not_hold_it_forever(
+    h: Harness,
+) -> None:
+    """An invalid copy meeting this worker's parked record is decided, not parked again and again.
+
+    Re-parking on every handle would also push the parked command's settle time forward
+    each time.
+    """
+    h.pas.then(READ_TIMEOUT)
+    await h.retry(h.record())
+    h.clock.advance(1)
+    decision, _ = await h.drive(h.record(raw_command(correlation_id="")))
+    assert isinstance(decision, Publish)
     assert len(h.pas.requests) == 1
-    assert isinstance(first_decision, Publish)
-    assert isinstance(second, Publish)
-    assert first_decision.kind == "completed"
-    assert second.kind == "completed", second.reason_code
-    assert second.payload["event_id"] == first_decision.payload["event_id"]
-    assert (await h.stored()).state is State.COMPLETED
+    assert decision.reason_code == "OUTCOME_UNKNOWN"
+    assert (await h.stored()).state is State.UNKNOWN
+
+
+# -- published ---------------------------------------------------------------------------------
+
+
+async def test_published_marks_only_stored_originals(h: Harness) -> None:
+    """published() flags a stored outcome; a conflict (not stored) leaves the record alone."""
+    h.pas.then(APPLIED)
+    original = await h.publish(published=False)
+    conflict = await h.publish(raw_command(points_to_adjust=5), published=False)
+    await h.processor.published(conflict)
+    assert (await h.stored()).published is False
+    await h.processor.published(original)
+    assert (await h.stored()).published is True

@@ -60,10 +60,80 @@ def test_defaults_load() -> None:
     assert settings.pas.adjustment_path == "/points-adjustments"
     assert settings.pas.method == "POST"
     assert settings.pas.max_points == 1_000_000
-    assert settings.pas.unavailable_attempts == 3
-    assert settings.pas.unavailable_backoff_s == 0.5
+    assert not hasattr(settings.pas, "unavailable_attempts")
+    assert not hasattr(settings.pas, "unavailable_backoff_s")
+    assert (settings.pas.connect_timeout_s, settings.pas.read_timeout_s) == (3.0, 10.0)
+    assert settings.pas.pool_timeout_s == 5.0
+    assert settings.retry.max_attempts == 6
+    assert settings.retry.initial_backoff_s == 0.5
+    assert settings.retry.max_backoff_s == 30.0
+    assert settings.retry.jitter is True
+    assert settings.reconciliation.enabled is True
+    assert settings.reconciliation.reference_in_reason is True
+    assert settings.reconciliation.settle_s == 30.0
+    assert settings.reconciliation.max_lookups == 3
+    assert settings.circuit.failure_threshold == 20
+    assert settings.circuit.open_s == 5.0
+    assert settings.processing.ordering == "key"
+    assert settings.processing.max_in_flight == 200
+    assert settings.processing.max_buffered == 2000
+    assert settings.processing.command_ttl_s == 86_400.0
     assert settings.idempotency.backend == "sqlite"
+    assert settings.idempotency.lease_s == 60.0
+    assert settings.idempotency.retention_s == 30 * 86_400.0
+    assert settings.idempotency.prune_interval_s == 3600.0
     assert settings.metrics.enabled is True
+
+
+def test_new_groups_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PA_RETRY__*, PA_RECONCILIATION__*, PA_CIRCUIT__*, PA_PROCESSING__* and retention are read."""
+    monkeypatch.setenv("PA_RETRY__MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("PA_RETRY__INITIAL_BACKOFF_S", "0.25")
+    monkeypatch.setenv("PA_RETRY__MAX_BACKOFF_S", "4")
+    monkeypatch.setenv("PA_RETRY__JITTER", "false")
+    monkeypatch.setenv("PA_RECONCILIATION__ENABLED", "false")
+    monkeypatch.setenv("PA_RECONCILIATION__REFERENCE_IN_REASON", "false")
+    monkeypatch.setenv("PA_RECONCILIATION__SETTLE_S", "0")
+    monkeypatch.setenv("PA_RECONCILIATION__MAX_LOOKUPS", "5")
+    monkeypatch.setenv("PA_CIRCUIT__FAILURE_THRESHOLD", "1")
+    monkeypatch.setenv("PA_CIRCUIT__OPEN_S", "0.5")
+    monkeypatch.setenv("PA_PROCESSING__ORDERING", "partition")
+    monkeypatch.setenv("PA_PROCESSING__MAX_IN_FLIGHT", "7")
+    monkeypatch.setenv("PA_PROCESSING__MAX_BUFFERED", "9")
+    monkeypatch.setenv("PA_PROCESSING__COMMAND_TTL_S", "120")
+    monkeypatch.setenv("PA_IDEMPOTENCY__RETENTION_S", "3600")
+    monkeypatch.setenv("PA_IDEMPOTENCY__PRUNE_INTERVAL_S", "60")
+    settings = load_settings()
+    assert settings.retry.model_dump() == {
+        "max_attempts": 2,
+        "initial_backoff_s": 0.25,
+        "max_backoff_s": 4.0,
+        "jitter": False,
+    }
+    assert settings.reconciliation.model_dump() == {
+        "enabled": False,
+        "reference_in_reason": False,
+        "settle_s": 0.0,
+        "max_lookups": 5,
+    }
+    assert (settings.circuit.failure_threshold, settings.circuit.open_s) == (1, 0.5)
+    assert settings.processing.model_dump() == {
+        "ordering": "partition",
+        "max_in_flight": 7,
+        "max_buffered": 9,
+        "command_ttl_s": 120.0,
+    }
+    assert settings.idempotency.retention_s == 3600.0
+    assert settings.idempotency.prune_interval_s == 60.0
+
+
+def test_removed_pas_retry_variables_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The former PA_PAS__UNAVAILABLE_* variables no longer exist: they change nothing."""
+    monkeypatch.setenv("PA_PAS__UNAVAILABLE_ATTEMPTS", "0")
+    monkeypatch.setenv("PA_PAS__UNAVAILABLE_BACKOFF_S", "-1")
+    settings = load_settings()
+    assert settings.retry.max_attempts == 6
+    assert settings.retry.initial_backoff_s == 0.5
 
 
 def test_environment_overrides_nested_settings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -86,10 +156,26 @@ def test_environment_overrides_nested_settings(monkeypatch: pytest.MonkeyPatch) 
         ("PA_KAFKA__BOOTSTRAP_SERVERS", "b1:9092,b2"),
         ("PA_KAFKA__BOOTSTRAP_SERVERS", "b1:port"),
         ("PA_PAS__BASE_URL", "ftp://x"),
-        ("PA_PAS__UNAVAILABLE_ATTEMPTS", "0"),
         ("PA_PAS__METHOD", "PUT"),
+        ("PA_PAS__POOL_TIMEOUT_S", "0"),
+        ("PA_RETRY__MAX_ATTEMPTS", "0"),
+        ("PA_RETRY__MAX_ATTEMPTS", "many"),
+        ("PA_RETRY__INITIAL_BACKOFF_S", "-1"),
+        ("PA_RETRY__MAX_BACKOFF_S", "-0.5"),
+        ("PA_RETRY__JITTER", "sometimes"),
+        ("PA_RECONCILIATION__ENABLED", "perhaps"),
+        ("PA_RECONCILIATION__SETTLE_S", "-1"),
+        ("PA_RECONCILIATION__MAX_LOOKUPS", "0"),
+        ("PA_CIRCUIT__FAILURE_THRESHOLD", "0"),
+        ("PA_CIRCUIT__OPEN_S", "0"),
+        ("PA_PROCESSING__ORDERING", "offset"),
+        ("PA_PROCESSING__MAX_IN_FLIGHT", "0"),
+        ("PA_PROCESSING__MAX_BUFFERED", "0"),
+        ("PA_PROCESSING__COMMAND_TTL_S", "0"),
         ("PA_IDEMPOTENCY__BACKEND", "redis"),
         ("PA_IDEMPOTENCY__LEASE_S", "-1"),
+        ("PA_IDEMPOTENCY__RETENTION_S", "0"),
+        ("PA_IDEMPOTENCY__PRUNE_INTERVAL_S", "-5"),
         ("PA_METRICS__PORT", "70000"),
         ("PA_LOG__LEVEL", "LOUD"),
         ("PA_SHUTDOWN_TIMEOUT_S", "0"),
@@ -104,6 +190,67 @@ def test_bad_value_is_a_config_error_naming_the_variable(
         load_settings()
     assert caught.value.setting == variable
     assert str(caught.value).startswith(f"{variable}: ")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "lease", "longest"),
+    [
+        ({}, "18", "18"),
+        ({}, "10", "18"),
+        ({"PA_PAS__READ_TIMEOUT_S": "60"}, "60", "68"),
+        ({"PA_PAS__POOL_TIMEOUT_S": "30"}, "40", "43"),
+        (
+            {
+                "PA_PAS__POOL_TIMEOUT_S": "1",
+                "PA_PAS__CONNECT_TIMEOUT_S": "1",
+                "PA_PAS__READ_TIMEOUT_S": "1",
+            },
+            "3",
+            "3",
+        ),
+    ],
+    ids=["equal", "shorter", "long-read", "long-pool", "all-short"],
+)
+def test_a_lease_not_longer_than_a_call_is_refused_naming_the_lease(
+    monkeypatch: pytest.MonkeyPatch, overrides: dict[str, str], lease: str, longest: str
+) -> None:
+    """A lease not above pool + connect + read timeouts is refused naming the lease setting."""
+    monkeypatch.setenv("PA_IDEMPOTENCY__LEASE_S", lease)
+    for name, value in overrides.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert caught.value.setting == "PA_IDEMPOTENCY__LEASE_S"
+    message = str(caught.value)
+    assert message.startswith("PA_IDEMPOTENCY__LEASE_S: ")
+    assert f"{lease} s must exceed the longest PAS call ({longest} s" in message
+    assert "pool + connect + read timeouts" in message
+
+
+def test_the_pool_timeout_counts_towards_the_longest_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lease above connect + read but not above pool + connect + read is refused."""
+    monkeypatch.setenv("PA_IDEMPOTENCY__LEASE_S", "15")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert caught.value.setting == "PA_IDEMPOTENCY__LEASE_S"
+    monkeypatch.setenv("PA_PAS__POOL_TIMEOUT_S", "1.5")
+    assert load_settings().idempotency.lease_s == 15.0
+
+
+def test_a_lease_just_above_the_longest_call_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lease strictly above pool + connect + read timeouts is accepted."""
+    monkeypatch.setenv("PA_IDEMPOTENCY__LEASE_S", "18.5")
+    assert load_settings().idempotency.lease_s == 18.5
+
+
+def test_run_with_a_too_short_lease_exits_2_naming_the_lease(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`run` with a lease shorter than a PAS call exits 2 with one line naming the lease."""
+    monkeypatch.setenv("PA_PAS__READ_TIMEOUT_S", "120")
+    assert main(["run"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"{ERROR_PREFIX}invalid setting PA_IDEMPOTENCY__LEASE_S: 60 s")
 
 
 def test_config_error_shows_the_bad_value(monkeypatch: pytest.MonkeyPatch) -> None:
