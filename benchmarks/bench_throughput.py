@@ -72,6 +72,7 @@ from benchkit import (
     cpu_times,
     filesystem_of,
     free_port,
+    machine_busy_pct,
     machine_busy_ticks,
     measure_crypto_floor,
     memory_mb,
@@ -1225,13 +1226,6 @@ def print_problems(results: list[Result]) -> bool:
 
 
 # --- environment facts ---------------------------------------------------------------------
-
-
-def machine_busy_pct(seconds: float) -> float:
-    busy0, total0 = machine_busy_ticks()
-    time.sleep(seconds)
-    busy1, total1 = machine_busy_ticks()
-    return 100.0 * (busy1 - busy0) / max(1, total1 - total0)
 
 
 def git_facts() -> dict[str, Any]:

@@ -43,6 +43,7 @@ import httpx
 from benchkit import (
     Children,
     CryptoFloor,
+    machine_busy_pct,
     measure_crypto_floor,
     raise_keyboard_interrupt_on_sigterm,
     start_sandbox,
@@ -299,9 +300,9 @@ def report(args: argparse.Namespace, figures: Figures, floor: CryptoFloor) -> di
             ratios[concurrency] = ratio
             saved = base.cpu_us - other.cpu_us
             print(
-                f"c={concurrency}: httpx+aiohttp's rest is {ratio:.2f}x httpcore's;"
-                f" {saved:+,.0f} µs CPU per request ({saved / base.cpu_us * 100:+.0f} % of the"
-                " whole request)"
+                f"c={concurrency}: httpx+aiohttp's rest is {ratio:.2f}x httpcore's: it uses"
+                f" {saved:,.0f} µs {'less' if saved >= 0 else 'more'} CPU per request"
+                f" ({abs(saved) / base.cpu_us * 100:.0f} % of httpcore's whole request)"
             )
     return ratios
 
@@ -348,6 +349,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         + ", ".join(f"{name} {version or 'absent'}" for name, version in found.items()),
         flush=True,
     )
+    busy = machine_busy_pct(1.0)
+    if busy > 10:
+        print(
+            f"WARNING: the machine is already {busy:.0f} % busy (other processes): CPU times"
+            " per request will be inflated and noisy",
+            flush=True,
+        )
     floor = measure_crypto_floor(500, 3)
     children = Children()
     workdir = Path(tempfile.mkdtemp(prefix="points-adjuster-transport-"))
@@ -373,6 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "requests": args.requests,
                 "repeats": args.repeats,
                 "plain_responses": args.plain_responses,
+                "machine_busy_pct_before": busy,
                 "crypto_us": {
                     "encrypt": figures.encrypt_us,
                     "sign": figures.sign_us,

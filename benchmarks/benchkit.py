@@ -68,6 +68,14 @@ def machine_busy_ticks() -> tuple[int, int]:
     return sum(numbers) - idle, sum(numbers)
 
 
+def machine_busy_pct(seconds: float) -> float:
+    """Share of all CPUs busy over the next ``seconds`` (sleeps that long)."""
+    busy0, total0 = machine_busy_ticks()
+    time.sleep(seconds)
+    busy1, total1 = machine_busy_ticks()
+    return 100.0 * (busy1 - busy0) / max(1, total1 - total0)
+
+
 def self_cpu_seconds() -> float:
     """CPU time of this (the benchmark's) process."""
     return time.process_time()

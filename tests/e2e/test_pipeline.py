@@ -71,6 +71,17 @@ async def test_every_command_gets_exactly_one_outcome_and_is_applied_once(
     }
     assert set(applied) == valid_correlations
     assert max(applied.values()) == 1
+    # Per-account order: each account's adjustments were applied in the order sent.
+    sent_order: dict[str, list[str]] = {}
+    for command in batch.commands:
+        if command["idempotency_key"] in valid_keys:
+            order = sent_order.setdefault(command["bank_account_number"], [])
+            if command["correlation_id"] not in order:
+                order.append(command["correlation_id"])
+    applied_order: dict[str, list[str]] = {}
+    for entry in ledger:
+        applied_order.setdefault(entry.bank_account_number, []).append(entry.correlation_id)
+    assert applied_order == sent_order
     # Every request passed the gateway's OAuth1 check and JWE decryption: none was refused.
     assert (
         metric_value(metrics, "points_adjuster_pas_requests_total", result="refused", status="401")
