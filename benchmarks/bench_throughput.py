@@ -426,17 +426,6 @@ class Topology:
     def group(self) -> str:
         return f"bench-{self.suffix}"
 
-    @property
-    def kafka(self) -> KafkaSettings:
-        n = self.names
-        return KafkaSettings(
-            bootstrap_servers=self.bootstrap,
-            group_id=self.group,
-            command_topic=n["command"],
-            completed_topic=n["completed"],
-            failed_topic=n["failed"],
-        )
-
     def env(self) -> dict[str, str]:
         n = self.names
         return {
@@ -1037,7 +1026,8 @@ def print_breakdown(results: list[Result]) -> None:
     header = (
         f"{'scenario':<22}{'svc usr':>8}{'svc sys':>8}{'service':>9}{'sandbox':>9}"
         f"{'broker':>9}{'bench':>9}{'sum':>9}{'others':>9}{'others %':>9}"
-        f"{'box busy':>10}{'bound/s':>9}{'steady/s':>10}{'ready s':>9}{'1st out s':>10}"
+        f"{'box busy':>10}{'bound/s':>9}{'svc 1 core':>11}{'steady/s':>10}{'ready s':>9}"
+        f"{'1st out s':>10}"
     )
     print(header)
     for r in results:
@@ -1051,18 +1041,22 @@ def print_breakdown(results: list[Result]) -> None:
         ]
         total = sum(p for p in parts if not math.isnan(p))
         bound = cores * 1000 / total if total > 0 else float("nan")
+        service_bound = 1000 / r.cpu_ms_per_adj if r.cpu_ms_per_adj > 0 else float("nan")
         print(
             f"{r.name:<22}{fmt(r.cpu_user_ms_per_adj, 2):>8}{fmt(r.cpu_sys_ms_per_adj, 2):>8}"
             f"{fmt(parts[0], 2):>9}{fmt(parts[1], 2):>9}{fmt(parts[2], 2):>9}"
             f"{fmt(parts[3], 2):>9}{fmt(total, 2):>9}{fmt(r.others_cpu_ms_per_adj, 2):>9}"
             f"{fmt(r.others_pct, 0) + ' %':>9}"
             f"{fmt(r.machine_busy_pct, 0) + ' %':>10}"
-            f"{fmt(bound, 0):>9}{fmt(r.steady_throughput, 1):>10}{r.ready_s:>9.1f}"
+            f"{fmt(bound, 0):>9}{fmt(service_bound, 0):>11}{fmt(r.steady_throughput, 1):>10}"
+            f"{r.ready_s:>9.1f}"
             f"{r.first_outcome_after_s:>10.2f}"
         )
     print(
         f"bound/s = {cores} cores / the sum: what the co-located processes could reach if"
-        " nothing but CPU limited them; others: CPU of processes this run did not start,"
+        " nothing but CPU limited them; svc 1 core = 1000 / the service's ms: the rate at"
+        " which the service alone fills one core (its event loop is one thread); others: CPU"
+        " of processes this run did not start,"
         " per adjustment and as a share of the machine (above a few % the machine was not"
         " quiet and every figure is low)."
     )
@@ -1269,7 +1263,8 @@ async def run_all(bench: Bench, scenarios: list[Scenario]) -> None:
     for index, sc in enumerate(scenarios, start=1):
         print(
             f"[{index}/{len(scenarios)}] {sc.name}: {sc.kind}, ordering={sc.ordering},"
-            f" {sc.partitions} partition(s), {sc.accounts:,} accounts"
+            f" {sc.partitions} partition{'s' if sc.partitions > 1 else ''}, {sc.accounts:,}"
+            f" account{'s' if sc.accounts > 1 else ''}"
             + (f", {sc.commands:,} commands" if sc.commands else ""),
             flush=True,
         )

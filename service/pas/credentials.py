@@ -18,6 +18,7 @@ from service.security.errors import CertificateError, KeyLoadError
 from service.security.jwe import JweDecrypter, JweEncrypter
 from service.security.keys import (
     CertificateStatus,
+    KeyAndCertificate,
     check_certificate_validity,
     check_key_matches_certificate,
     load_certificate,
@@ -91,6 +92,20 @@ def _check_expiry(
         )
 
 
+PASSWORD_PROBLEMS = frozenset({"wrong_password", "password_required", "unexpected_password"})
+
+
+def _load_key(
+    component: str, path: Path, password: str | None, *, path_setting: str, password_setting: str
+) -> KeyAndCertificate:
+    """A key (and its certificate, if the file has one); the error names the setting at fault."""
+    try:
+        return load_key_and_certificate(path, password=password)
+    except KeyLoadError as exc:
+        setting = password_setting if exc.reason in PASSWORD_PROBLEMS else path_setting
+        raise StartupError(component, _key_problem(exc), setting=setting) from exc
+
+
 def load_credentials(settings: PasSettings, *, now: datetime) -> Credentials:
     """Load and cross-check every key and certificate; raise ``StartupError`` on a problem."""
     warnings: list[str] = []
@@ -111,15 +126,13 @@ def load_credentials(settings: PasSettings, *, now: datetime) -> Credentials:
     password = _secret(
         settings.signing_key_password, settings.signing_key_password_file, password_setting
     )
-    try:
-        signing = load_key_and_certificate(settings.signing_key_path, password=password)
-    except KeyLoadError as exc:
-        setting = (
-            password_setting
-            if exc.reason in ("wrong_password", "password_required", "unexpected_password")
-            else "PA_PAS__SIGNING_KEY_PATH"
-        )
-        raise StartupError("PAS signing key", _key_problem(exc), setting=setting) from exc
+    signing = _load_key(
+        "PAS signing key",
+        settings.signing_key_path,
+        password,
+        path_setting="PA_PAS__SIGNING_KEY_PATH",
+        password_setting=password_setting,
+    )
     if signing.certificate is not None:
         try:
             check_key_matches_certificate(signing.private_key, signing.certificate)
@@ -168,17 +181,13 @@ def load_credentials(settings: PasSettings, *, now: datetime) -> Credentials:
         if settings.decryption_key_password
         else None
     )
-    try:
-        decryption = load_key_and_certificate(
-            settings.decryption_key_path, password=decryption_password
-        )
-    except KeyLoadError as exc:
-        setting = (
-            "PA_PAS__DECRYPTION_KEY_PASSWORD"
-            if exc.reason in ("wrong_password", "password_required", "unexpected_password")
-            else "PA_PAS__DECRYPTION_KEY_PATH"
-        )
-        raise StartupError("PAS decryption key", _key_problem(exc), setting=setting) from exc
+    decryption = _load_key(
+        "PAS decryption key",
+        settings.decryption_key_path,
+        decryption_password,
+        path_setting="PA_PAS__DECRYPTION_KEY_PATH",
+        password_setting="PA_PAS__DECRYPTION_KEY_PASSWORD",  # noqa: S106 - a setting name
+    )
     registered = decryption.certificate
     if settings.decryption_certificate_path is not None:
         try:

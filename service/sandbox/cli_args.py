@@ -123,15 +123,7 @@ def dev_keyset_in(directory: Path) -> DevKeySet:
         raise ValueError(
             f"--keys-dir {directory}: no such directory (create one with 'keys generate')"
         )
-    keyset = DevKeySet(
-        directory=directory,
-        client_signing_p12=directory / "client-signing.p12",
-        client_signing_certificate=directory / "client-signing.crt.pem",
-        client_decryption_key=directory / "client-decryption.key.pem",
-        client_decryption_certificate=directory / "client-decryption.crt.pem",
-        pas_encryption_certificate=directory / "pas-encryption.crt.pem",
-        pas_decryption_key=directory / "pas-decryption.key.pem",
-    )
+    keyset = DevKeySet.in_directory(directory)
     missing = [path.name for path in _sandbox_files(keyset) if not path.is_file()]
     if missing:
         raise ValueError(

@@ -80,6 +80,19 @@ class DevKeySet:
     pas_encryption_certificate: Path
     pas_decryption_key: Path
 
+    @classmethod
+    def in_directory(cls, directory: Path) -> DevKeySet:
+        """The file names ``generate_dev_keyset`` writes, in ``directory``."""
+        return cls(
+            directory=directory,
+            client_signing_p12=directory / "client-signing.p12",
+            client_signing_certificate=directory / "client-signing.crt.pem",
+            client_decryption_key=directory / "client-decryption.key.pem",
+            client_decryption_certificate=directory / "client-decryption.crt.pem",
+            pas_encryption_certificate=directory / "pas-encryption.crt.pem",
+            pas_decryption_key=directory / "pas-decryption.key.pem",
+        )
+
     def files(self) -> tuple[Path, ...]:
         return (
             self.client_signing_p12,
@@ -343,15 +356,7 @@ def generate_dev_keyset(
     Raises ``FileExistsError`` before writing anything if a file exists and not ``overwrite``.
     """
     directory = Path(directory)
-    keyset = DevKeySet(
-        directory=directory,
-        client_signing_p12=directory / "client-signing.p12",
-        client_signing_certificate=directory / "client-signing.crt.pem",
-        client_decryption_key=directory / "client-decryption.key.pem",
-        client_decryption_certificate=directory / "client-decryption.crt.pem",
-        pas_encryption_certificate=directory / "pas-encryption.crt.pem",
-        pas_decryption_key=directory / "pas-decryption.key.pem",
-    )
+    keyset = DevKeySet.in_directory(directory)
     if not overwrite:
         existing = [str(p) for p in keyset.files() if p.exists() or p.is_symlink()]
         if existing:
