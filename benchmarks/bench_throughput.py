@@ -1154,6 +1154,7 @@ def evaluate(bench_results: list[Result], cfg: Config, floor: CryptoFloor) -> li
         )
     sweep = [r for r in ok.values() if r.kind == "sweep"]
     best = max(sweep, key=lambda r: r.throughput, default=None)
+    ceiling = floor.ceiling_per_s(cfg.encrypted_responses, os.cpu_count() or 1)
     targets.append(
         Target(
             "adjustments/s end to end (best sweep row)",
@@ -1161,7 +1162,8 @@ def evaluate(bench_results: list[Result], cfg: Config, floor: CryptoFloor) -> li
             TARGET_THROUGHPUT,
             True,
             "/s",
-            best.name if best else "",
+            (best.name if best else "")
+            + f"; both sides' crypto alone caps this box at {ceiling:,.0f}/s",
         )
     )
     paced = next((r for r in ok.values() if r.kind == "paced"), None)
@@ -1338,6 +1340,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" x {floor.iterations})",
         flush=True,
     )
+    cores = os.cpu_count() or 1
+    print(
+        f"the sandbox's side (verify + decrypt{' + encrypt' if cfg.encrypted_responses else ''})"
+        f" is {floor.server_us(cfg.encrypted_responses):,.0f} µs more: with both on this box,"
+        f" crypto alone caps it at {floor.ceiling_per_s(cfg.encrypted_responses, cores):,.0f}"
+        f" adjustments/s on {cores} cores",
+        flush=True,
+    )
     children = Children()
     workdir = Path(tempfile.mkdtemp(prefix="points-adjuster-bench-", dir=cfg.workdir))
     facts["workdir_filesystem"] = filesystem_of(workdir)
@@ -1425,7 +1435,10 @@ def write_json(
             "sign": floor.sign_us,
             "encrypt": floor.encrypt_us,
             "decrypt": floor.decrypt_us,
+            "verify": floor.verify_us,
             "per_adjustment": floor.adjustment_us(cfg.encrypted_responses),
+            "sandbox_side": floor.server_us(cfg.encrypted_responses),
+            "box_ceiling_per_s": floor.ceiling_per_s(cfg.encrypted_responses, os.cpu_count() or 1),
             "iterations": floor.iterations,
             "repeats": floor.repeats,
         },

@@ -288,6 +288,7 @@ class CryptoFloor:
     sign_us: float
     encrypt_us: float
     decrypt_us: float
+    verify_us: float
     iterations: int
     repeats: int
 
@@ -299,6 +300,17 @@ class CryptoFloor:
     def adjustment_us(self, encrypted_responses: bool) -> float:
         """Per adjustment: the request, plus decrypting the answer when it comes encrypted."""
         return self.request_us + (self.decrypt_us if encrypted_responses else 0.0)
+
+    def server_us(self, encrypted_responses: bool) -> float:
+        """What PAS (here: the sandbox) must do per adjustment: verify the signature, decrypt
+        the request, and encrypt the answer when answers are encrypted."""
+        return self.verify_us + self.decrypt_us + (self.encrypt_us if encrypted_responses else 0)
+
+    def ceiling_per_s(self, encrypted_responses: bool, cores: int) -> float:
+        """Adjustments per second ``cores`` could do if they did nothing but both sides'
+        crypto: the bound of a box that hosts the client and the sandbox together."""
+        both = self.adjustment_us(encrypted_responses) + self.server_us(encrypted_responses)
+        return cores * 1e6 / both
 
 
 def _best_mean_us(fn: Callable[[], object], iterations: int, repeats: int) -> float:
@@ -314,9 +326,9 @@ def _best_mean_us(fn: Callable[[], object], iterations: int, repeats: int) -> fl
 
 
 def measure_crypto_floor(iterations: int, repeats: int, body: bytes = BODY_200) -> CryptoFloor:
-    """RSA-2048 PKCS#1 v1.5 SHA-256 sign of a base string; RSA-OAEP-256 wrap of a 32-byte
-    key + AES-256-GCM over ``body``; RSA-OAEP-256 unwrap + AES-256-GCM decrypt. Thread CPU
-    time of this thread, ``cryptography`` directly, fresh keys."""
+    """RSA-2048 PKCS#1 v1.5 SHA-256 sign of a base string (and its verification, the server's
+    side); RSA-OAEP-256 wrap of a 32-byte key + AES-256-GCM over ``body``; RSA-OAEP-256 unwrap
+    + AES-256-GCM decrypt. CPU time of this thread, ``cryptography`` directly, fresh keys."""
     signing_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pas_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pas_public = pas_key.public_key()
@@ -345,10 +357,17 @@ def measure_crypto_floor(iterations: int, repeats: int, body: bytes = BODY_200) 
     def decrypt() -> bytes:
         return AESGCM(pas_key.decrypt(wrapped, OAEP)).decrypt(iv, sealed, aad)
 
+    signature = sign()
+    signing_public = signing_key.public_key()
+
+    def verify() -> None:
+        signing_public.verify(signature, base_string, padding.PKCS1v15(), hashes.SHA256())
+
     return CryptoFloor(
         sign_us=_best_mean_us(sign, iterations, repeats),
         encrypt_us=_best_mean_us(encrypt, iterations, repeats),
         decrypt_us=_best_mean_us(decrypt, iterations, repeats),
+        verify_us=_best_mean_us(verify, iterations, repeats),
         iterations=iterations,
         repeats=repeats,
     )

@@ -87,6 +87,11 @@ class PasSettings(BaseModel):
     connect_timeout_s: float = Field(3.0, gt=0, description="TCP/TLS connect timeout.")
     read_timeout_s: float = Field(10.0, gt=0, description="Time allowed for PAS's answer.")
     pool_timeout_s: float = Field(5.0, gt=0, description="Wait for a free pooled connection.")
+    http_transport: Literal["httpx", "aiohttp"] = Field(
+        "httpx",
+        description="HTTP transport under httpx: its own (httpcore) or aiohttp's (less CPU per"
+        " request; see docs/benchmarks.md).",
+    )
     max_connections: int = Field(100, ge=1, description="Size of the HTTP connection pool.")
     max_points: int = Field(1_000_000, ge=1, description="Largest absolute pointsToAdjust.")
     allowed_type_codes: frozenset[str] = Field(

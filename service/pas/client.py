@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Protocol
 
+import aiohttp
 import httpx
 import structlog
 
@@ -42,8 +43,30 @@ TRANSPORT_FAILURES: tuple[tuple[type[Exception], Transport], ...] = (
 )
 
 
+def _aiohttp_failure(cause: BaseException) -> Transport | None:
+    """What an aiohttp error (under the aiohttp transport) says about the request.
+
+    httpx-aiohttp maps every ``aiohttp.ClientConnectionError`` to ``httpx.ConnectTimeout``,
+    including a server that disconnected after our request was sent: read as "not sent",
+    that would retry an adjustment that may have been applied. So the original aiohttp
+    error decides: only a failure to establish the connection counts as not sent.
+    """
+    if not isinstance(cause, aiohttp.ClientError):
+        return None
+    if isinstance(cause, aiohttp.ConnectionTimeoutError):
+        return Transport.CONNECT_TIMEOUT
+    if isinstance(cause, aiohttp.ClientConnectorError | aiohttp.InvalidURL):
+        return Transport.CONNECT
+    if isinstance(cause, aiohttp.ServerTimeoutError):
+        return Transport.READ_TIMEOUT
+    return Transport.RESET
+
+
 def transport_failure(exc: httpx.RequestError) -> Transport:
     """What an httpx error says about the request; unlisted ones count as answer lost."""
+    from_aiohttp = _aiohttp_failure(exc.__cause__) if exc.__cause__ is not None else None
+    if from_aiohttp is not None:
+        return from_aiohttp
     for kind, failure in TRANSPORT_FAILURES:
         if isinstance(exc, kind):
             return failure
@@ -165,12 +188,17 @@ def http_timeout(settings: PasSettings) -> httpx.Timeout:
 
 @asynccontextmanager
 async def open_http_client(settings: PasSettings) -> AsyncIterator[httpx.AsyncClient]:
-    """The one pooled HTTP client of the process."""
+    """The one pooled HTTP client of the process, on the transport the settings choose."""
     limits = httpx.Limits(
         max_connections=settings.max_connections,
         max_keepalive_connections=settings.max_connections,
     )
+    transport: httpx.AsyncBaseTransport | None = None
+    if settings.http_transport == "aiohttp":
+        from httpx_aiohttp import AiohttpTransport
+
+        transport = AiohttpTransport(limits=limits)
     async with httpx.AsyncClient(
-        timeout=http_timeout(settings), limits=limits, follow_redirects=False
+        timeout=http_timeout(settings), limits=limits, follow_redirects=False, transport=transport
     ) as client:
         yield client
