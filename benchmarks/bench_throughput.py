@@ -136,6 +136,7 @@ class Config:
     service_root: Path | None
     max_in_flight: int | None
     max_buffered: int | None
+    http_transport: str | None
     workdir: Path | None
     keep_workdir: bool
 
@@ -206,6 +207,11 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     )
     parser.add_argument("--max-in-flight", type=int, help="PA_PROCESSING__MAX_IN_FLIGHT")
     parser.add_argument("--max-buffered", type=int, help="PA_PROCESSING__MAX_BUFFERED")
+    parser.add_argument(
+        "--http-transport",
+        choices=("httpx", "aiohttp"),
+        help="PA_PAS__HTTP_TRANSPORT (default: the service's own default)",
+    )
     parser.add_argument("--workdir", type=Path, help="parent of the temporary folder")
     parser.add_argument(
         "--keep-workdir", action="store_true", help="keep logs and stores at the end"
@@ -250,6 +256,7 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         service_root=args.service_root.resolve() if args.service_root else None,
         max_in_flight=args.max_in_flight,
         max_buffered=args.max_buffered,
+        http_transport=args.http_transport,
         workdir=args.workdir,
         keep_workdir=args.keep_workdir,
     )
@@ -790,6 +797,8 @@ async def measure_service(
         env["PA_PROCESSING__MAX_IN_FLIGHT"] = str(cfg.max_in_flight)
     if cfg.max_buffered is not None:
         env["PA_PROCESSING__MAX_BUFFERED"] = str(cfg.max_buffered)
+    if cfg.http_transport is not None:
+        env["PA_PAS__HTTP_TRANSPORT"] = cfg.http_transport
     if cfg.service_root is not None:
         env["PYTHONPATH"] = os.pathsep.join(
             part for part in (str(cfg.service_root), env.get("PYTHONPATH", "")) if part
@@ -1318,7 +1327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" {facts['cpus']} CPUs ({facts['cpu_model']}), python {facts['python']},"
         f" commit {facts['git']['commit']}"
         + (f" + {len(facts['git']['service_changes'])} changed file(s) in service/")
-        + (f", service from {cfg.service_root}" if cfg.service_root else ""),
+        + (f", service from {cfg.service_root}" if cfg.service_root else "")
+        + (f", PA_PAS__HTTP_TRANSPORT={cfg.http_transport}" if cfg.http_transport else ""),
         flush=True,
     )
     idle = machine_busy_pct(1.0)

@@ -87,8 +87,8 @@ class Metrics:
             registry=r,
         )
         self.paused = Gauge(
-            "points_adjuster_consumption_paused",
-            "1 while fetching is paused because the buffer is full.",
+            "points_adjuster_partitions_paused",
+            "Partitions whose fetching is paused because their share of the buffer is full.",
             registry=r,
         )
         self.circuit_open = Gauge(

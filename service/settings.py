@@ -88,7 +88,7 @@ class PasSettings(BaseModel):
     read_timeout_s: float = Field(10.0, gt=0, description="Time allowed for PAS's answer.")
     pool_timeout_s: float = Field(5.0, gt=0, description="Wait for a free pooled connection.")
     http_transport: Literal["httpx", "aiohttp"] = Field(
-        "httpx",
+        "aiohttp",
         description="HTTP transport under httpx: its own (httpcore) or aiohttp's (less CPU per"
         " request; see docs/benchmarks.md).",
     )

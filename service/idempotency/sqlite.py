@@ -1,9 +1,13 @@
 """The embedded idempotency store on SQLite: the default for one node.
 
-Durability: the database runs in WAL mode with ``synchronous=FULL``, so a claim has reached
-the disk (fsync) before ``claim`` returns. It survives a process crash and a machine crash
-of this node. It does not survive losing the disk, and it cannot be shared between replicas
-on different machines: run one replica with it, or use a networked store.
+Durability: the database runs in WAL mode. Writes that precede a PAS call (``claim``,
+``resume``) commit with ``synchronous=FULL``: they have reached the disk (fsync) before they
+return. The others (``finish``, ``release``, ``park``, ``mark_published``) commit with
+``synchronous=NORMAL``: durable across a process crash, and after a machine crash the worst
+case is a record that falls back to IN_FLIGHT, which is reconciled, never resent blindly.
+So the store survives a process crash and a machine crash of this node. It does not survive
+losing the disk, and it cannot be shared between replicas on different machines: run one
+replica with it, or use a networked store.
 """
 
 from __future__ import annotations
@@ -94,7 +98,7 @@ class SqliteStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=5000")
             db.executescript(SCHEMA)
             columns = {row[1] for row in db.execute("PRAGMA table_info(idempotency)")}
@@ -115,6 +119,18 @@ class SqliteStore:
 
     async def _run(self, work: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+
+    def _durable(self, work: Callable[[], T]) -> Callable[[], T]:
+        """``work`` with its commit fsynced (synchronous=FULL for that transaction)."""
+
+        def run() -> T:
+            self._db.execute("PRAGMA synchronous=FULL")
+            try:
+                return work()
+            finally:
+                self._db.execute("PRAGMA synchronous=NORMAL")
+
+        return run
 
     def _select(self, key: str) -> IdempotencyRecord | None:
         row = self._db.execute(
@@ -160,7 +176,7 @@ class SqliteStore:
             assert record is not None
             return Claim(status, record)
 
-        return await self._run(work)
+        return await self._run(self._durable(work))
 
     async def finish(
         self,
@@ -196,7 +212,7 @@ class SqliteStore:
             if cursor.rowcount != 1:
                 raise OwnershipLostError("idempotency record is no longer owned by this worker")
 
-        await self._run(work)
+        await self._run(self._durable(work))
 
     async def park(
         self, key: str, *, owner: str, now: datetime, settle_until: datetime, lease_until: datetime

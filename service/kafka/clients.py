@@ -70,6 +70,9 @@ async def open_consumer(
         session_timeout_ms=settings.session_timeout_ms,
         request_timeout_ms=settings.request_timeout_ms,
         isolation_level="read_committed",
+        # Small prefetches: memory stays flat however long the backlog is.
+        max_partition_fetch_bytes=256 * 1024,
+        fetch_max_bytes=4 * 1024 * 1024,
         **extra,
     )
     await _start(consumer, settings, "consumer")

@@ -127,7 +127,7 @@ class CommandRunner:
         self._running: dict[TopicPartition, set[asyncio.Task[None]]] = {}
         self._timers: dict[Key, asyncio.TimerHandle] = {}
         self._revoked: set[TopicPartition] = set()
-        self._paused = False
+        self._paused: set[TopicPartition] = set()
         self._failure: BaseException | None = None
         self._last_commit = time.monotonic()
 
@@ -182,20 +182,25 @@ class CommandRunner:
         return sum(len(progress) for progress in self._progress.values())
 
     def _backpressure(self) -> int:
-        """Pause or resume fetching; return how many records may be fetched now."""
+        """Pause or resume partitions; return how many records may be fetched now.
+
+        Each partition may hold its share of ``max_buffered``: one partition's backlog of a
+        few accounts cannot fill the buffer and starve the others. A partition pauses at
+        its share and resumes below half of it; all pause when the whole buffer is full.
+        """
         buffered = self._buffered()
         self._metrics.buffered.set(buffered)
-        assigned = self._consumer.assignment()
-        if not self._paused and buffered >= self._max_buffered:
-            self._consumer.pause(*assigned)
-            self._paused = True
-            self._metrics.paused.set(1)
-            log.info("consumption.paused", buffered=buffered)
-        elif self._paused and buffered <= self._max_buffered // 2:
-            self._consumer.resume(*assigned)
-            self._paused = False
-            self._metrics.paused.set(0)
-            log.info("consumption.resumed", buffered=buffered)
+        share = max(self._max_buffered // max(len(self._progress), 1), 1)
+        full = buffered >= self._max_buffered
+        for tp, progress in self._progress.items():
+            held = len(progress)
+            if tp not in self._paused and (full or held >= share):
+                self._consumer.pause(tp)
+                self._paused.add(tp)
+            elif tp in self._paused and not full and held <= share // 2:
+                self._consumer.resume(tp)
+                self._paused.discard(tp)
+        self._metrics.paused.set(len(self._paused))
         return min(self._max_poll_records, self._max_buffered - buffered)
 
     def _accept(self, tp: TopicPartition, message: Any) -> None:
@@ -398,6 +403,7 @@ class CommandRunner:
         await self.commit(revoked)
         for tp in revoked:
             self._progress.pop(tp, None)
+            self._paused.discard(tp)
         for key in [key for key in self._queues if key[0] in revoked]:
             del self._queues[key]
         self._revoked -= revoked
@@ -409,8 +415,6 @@ class CommandRunner:
         )
         for tp in assigned:
             self._progress.setdefault(tp, PartitionProgress())
-        if self._paused and assigned:
-            self._consumer.pause(*assigned)
         self._metrics.assigned_partitions.set(len(self._progress))
 
 
