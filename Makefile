@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup kafka-jars demo test unit lint format bench-security chaos clean help
+.PHONY: setup kafka-jars demo test unit lint format bench bench-quick bench-transport bench-security chaos clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -32,6 +32,15 @@ test: setup kafka-jars lint  ## the whole suite: lint, unit, integration, end-to
 
 unit: setup  ## unit tests only (no broker)
 	$(BIN)/pytest tests/unit
+
+bench: setup kafka-jars  ## end-to-end sweep, baseline, paced latency, memory (issue 5; about 25 min)
+	$(BIN)/python benchmarks/bench_throughput.py --json .cache/bench-throughput.json
+
+bench-quick: setup kafka-jars  ## the reduced end-to-end sweep (about 6 min)
+	$(BIN)/python benchmarks/bench_throughput.py --quick
+
+bench-transport: setup  ## client CPU per PAS call: httpx's transport vs aiohttp's
+	$(BIN)/python benchmarks/bench_transport.py
 
 bench-security: setup  ## per-request signing/encryption cost next to the raw RSA/AES floor
 	$(BIN)/python benchmarks/bench_security.py -n 2000 -r 3
