@@ -157,7 +157,7 @@ def print_summary(
         ("completed", sum(1 for e in outcomes.completed if not e["duplicate"])),
         *((f"failed: {reason}", n) for reason, n in sorted(failed.items())),
         ("duplicates absorbed (no PAS call)", len(outcomes.duplicates())),
-        ("undecodable records skipped", undecodable),
+        ("undecodable records dead-lettered", undecodable),
         ("adjustments in the sandbox ledger", applied),
     ]
     width = max(len(label) for label, _ in rows)
