@@ -38,14 +38,9 @@ class Attempt:
     last_failure_at: datetime | None = None
     last_call_at: datetime | None = None
 
-    def failed(self, now: datetime, *, call: bool) -> Attempt:
-        return replace(
-            self,
-            calls=self.calls + (1 if call else 0),
-            first_failure_at=self.first_failure_at or now,
-            last_failure_at=now,
-            last_call_at=now if call else self.last_call_at,
-        )
+    def failed(self, now: datetime) -> Attempt:
+        """This attempt, with ``now`` noted as its latest failure (and first, if none yet)."""
+        return replace(self, first_failure_at=self.first_failure_at or now, last_failure_at=now)
 
 
 @dataclass(frozen=True)

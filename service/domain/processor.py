@@ -378,7 +378,7 @@ class Processor:
             return await self._unknown(key, info, attempt, reply.problem)
         # RETRY or DEAD_LETTER: nothing was applied; let go of the claim.
         await self._store.release(key, owner=self._config.owner)
-        attempt = attempt.failed(now, call=False)
+        attempt = attempt.failed(now)
         if rule.action is Action.RETRY and (
             circuit_open or attempt.calls < self._config.max_attempts
         ):
@@ -451,7 +451,7 @@ class Processor:
     ) -> Decision:
         """The call may have been applied: look it up later, or give up without a retry."""
         now = self._clock()
-        attempt = attempt.failed(now, call=False)
+        attempt = attempt.failed(now)
         if (
             self._config.reconcile
             and self._history is not None
