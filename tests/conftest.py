@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from service.security.keys import DEV_P12_PASSWORD, DevKeySet, generate_dev_keyset
@@ -26,6 +28,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def chaos_size(request: pytest.FixtureRequest) -> int:
     """How many commands the chaos suite sends."""
     return CHAOS_FULL if request.config.getoption("--chaos-full") else CHAOS_SMALL
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_service_processes() -> Iterator[None]:
+    """Whatever a test does, no service process it started outlives it."""
+    yield
+    from tests.e2e.harness import kill_leftovers
+
+    kill_leftovers()
 
 
 @pytest.fixture(scope="session")

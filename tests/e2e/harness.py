@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -63,6 +64,23 @@ class Topology:
         }
 
 
+STARTED_PIDS: set[int] = set()
+"""Service processes started by tests; a test that fails midway leaves none behind."""
+
+
+def kill_leftovers() -> None:
+    """SIGKILL the service processes still alive (checking the pid is still one of ours)."""
+    while STARTED_PIDS:
+        pid = STARTED_PIDS.pop()
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"service\x00run" in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 class ServiceProcess:
     """One ``python -m service run`` child with its own metrics port and log file."""
 
@@ -96,6 +114,7 @@ class ServiceProcess:
             sys.executable, "-m", "service", "run", env=self.env, stdout=log, stderr=log
         )
         log.close()
+        STARTED_PIDS.add(self.process.pid)
         deadline = time.monotonic() + ready_timeout_s
         async with httpx.AsyncClient() as client:
             while time.monotonic() < deadline:
@@ -120,13 +139,16 @@ class ServiceProcess:
         assert self.process is not None
         if self.process.returncode is None:
             self.process.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(self.process.wait(), timeout_s)
+        code = await asyncio.wait_for(self.process.wait(), timeout_s)
+        STARTED_PIDS.discard(self.process.pid)
+        return code
 
     async def kill(self) -> None:
         assert self.process is not None
         if self.process.returncode is None:
             self.process.kill()
             await self.process.wait()
+        STARTED_PIDS.discard(self.process.pid)
 
     def log_tail(self, lines: int = 40) -> str:
         try:
