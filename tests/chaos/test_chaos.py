@@ -19,14 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from service.codec.avro import AvroCodec
 from service.domain.reconcile import reference_for
+from service.kafka.clients import partitions_of
 from service.localinfra.kafka import LocalKafka
 from service.sandbox.app import run_sandbox
 from service.sandbox.faults import FaultConfig
 from service.security.keys import DevKeySet
-from service.settings import Settings
+from service.settings import KafkaSettings, Settings
 from service.tools.dlq import ReplayOptions, Selection, replay_dead_letters, scan_dead_letters
 from service.tools.generate import generate_commands
 from service.tools.outcomes import OutcomeLog, read_outcomes
@@ -85,6 +87,24 @@ def terminal_ids_per_key(outcomes: OutcomeLog) -> dict[str, set[str]]:
         if terminal(event):
             found.setdefault(event["idempotency_key"], set()).add(event["event_id"])
     return found
+
+
+async def group_lag(kafka: KafkaSettings, topic: str, group: str) -> int:
+    """Records of ``topic`` the service's group has not committed yet."""
+    numbers = (await partitions_of(kafka, [topic])).get(topic, [])
+    partitions = [TopicPartition(topic, number) for number in numbers]
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka.bootstrap_servers, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(partitions)
+        lag = 0
+        for tp in partitions:
+            lag += ends[tp] - ((await consumer.committed(tp)) or 0)
+        return lag
+    finally:
+        await consumer.stop()
 
 
 async def wait_until(check: Any, timeout_s: float, poll_s: float = 1.0) -> bool:
@@ -191,7 +211,12 @@ async def test_chaos_exactly_once(
             return valid_keys <= set(decided)
 
         assert await wait_until(every_valid_key_decided, 300), service.log_tail()
-        await asyncio.sleep(2)
+
+        async def quiet() -> bool:
+            return await group_lag(kafka, kafka.command_topic, kafka.group_id) == 0
+
+        # Every record, the replayed ones included, is processed and committed.
+        assert await wait_until(quiet, 120), service.log_tail()
         outcomes = await read_outcomes(kafka, codec)
         assert await service.terminate() == 0, service.log_tail()
         ledger = sandbox.ledger.entries()
