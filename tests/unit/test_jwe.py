@@ -12,6 +12,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from jwcrypto import jwe as jwcrypto_jwe
+from jwcrypto import jwk as jwcrypto_jwk
 
 from service.security.errors import DecryptionError
 from service.security.jwe import (
@@ -101,6 +103,28 @@ def test_round_trip(encrypter: JweEncrypter, decrypter: JweDecrypter) -> None:
     """What the encrypter produces, the decrypter turns back into the same bytes."""
     assert decrypter.decrypt(encrypter.encrypt(PLAINTEXT)) == PLAINTEXT
     assert decrypter.decrypt(encrypter.encrypt(b"")) == b""
+
+
+def test_an_independent_library_reads_our_tokens(
+    encrypter: JweEncrypter, pas_key: rsa.RSAPrivateKey
+) -> None:
+    """jwcrypto, holding PAS's private key, decrypts what we encrypt and checks its tag."""
+    token = jwcrypto_jwe.JWE()
+    token.deserialize(encrypter.encrypt(PLAINTEXT), key=jwcrypto_jwk.JWK.from_pyca(pas_key))
+    assert token.payload == PLAINTEXT
+    tampered = with_part(encrypter.encrypt(PLAINTEXT), 4, b64u(bytes(16)))
+    with pytest.raises(jwcrypto_jwe.InvalidJWEData):
+        jwcrypto_jwe.JWE().deserialize(tampered, key=jwcrypto_jwk.JWK.from_pyca(pas_key))
+
+
+def test_we_read_an_independent_librarys_tokens(
+    pas_cert: x509.Certificate, decrypter: JweDecrypter, kid: str
+) -> None:
+    """What jwcrypto encrypts to PAS's certificate, our decrypter opens."""
+    header = {"alg": "RSA-OAEP-256", "enc": "A256GCM", "kid": kid, "cty": "application/json"}
+    token = jwcrypto_jwe.JWE(PLAINTEXT, protected=json.dumps(header))
+    token.add_recipient(jwcrypto_jwk.JWK.from_pyca(pas_cert.public_key()))
+    assert decrypter.decrypt(token.serialize(compact=True)) == PLAINTEXT
 
 
 def test_protected_header_is_exact(encrypter: JweEncrypter, kid: str) -> None:
