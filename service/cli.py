@@ -176,8 +176,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     configure_logging(settings.log.level, settings.log.format)
     if args.command == "run":
         from service.app import run_service
+        from service.eventloop import run
 
-        asyncio.run(run_service(settings))
+        run(run_service(settings), settings.event_loop)
         return EXIT_OK
     if args.command == "check":
         from service.tools.check import run_checks
@@ -232,7 +233,9 @@ def _sandbox(args: argparse.Namespace) -> int:
         config = config_from_arguments(args)
     except ValueError as exc:
         return _fail(str(exc))
-    asyncio.run(serve_forever(config))
+    from service.eventloop import run
+
+    run(serve_forever(config))
     return EXIT_OK
 
 
