@@ -21,6 +21,8 @@ class InboundRecord:
     value: bytes | None
     timestamp_ms: int
     headers: tuple[tuple[str, bytes], ...] = ()
+    payload: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    """The decoded value once read (``Processor.read``), so that it is decoded only once."""
 
     @property
     def source(self) -> SourceRef:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Protocol
 
-from service.domain.classification import Observation
+from service.domain.classification import Observation, Rule, classify
 from service.domain.outcome import ErrorDetail
 
 
@@ -43,6 +44,11 @@ class PasReply:
     retry_after_s: float | None = None
     pas_correlation_id: str | None = None
     problem: str = ""
+
+    @cached_property
+    def rule(self) -> Rule:
+        """The classification rule this reply matches (looked up once, read by each layer)."""
+        return classify(self.observation)
 
 
 class PasPort(Protocol):

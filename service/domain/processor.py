@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from service.domain.backoff import BackoffPolicy, deadline_passed
-from service.domain.classification import Action, Transport, classify
+from service.domain.classification import Action, Transport
 from service.domain.command import (
     IDEMPOTENCY_KEY_PATTERN,
     OUR_SOURCE,
@@ -108,12 +108,25 @@ class Processor:
         self._config = config
         self._clock = clock
 
+    def read(self, record: InboundRecord) -> InboundRecord:
+        """``record`` with its decoded value attached, or as it is when it cannot be decoded.
+
+        The runner reads a record once for its ordering key; ``handle`` then reuses the value.
+        """
+        try:
+            payload = self._decode(record.value)
+        except UndecodableRecordError:
+            return record
+        return replace(record, payload=payload)
+
     def ordering_key(self, record: InboundRecord) -> str | None:
         """The account a record is for (in memory only), or None when it is unreadable."""
-        try:
-            raw = self._decode(record.value)
-        except UndecodableRecordError:
-            return None
+        raw = record.payload
+        if raw is None:
+            try:
+                raw = self._decode(record.value)
+            except UndecodableRecordError:
+                return None
         account = raw.get("bank_account_number")
         return account if isinstance(account, str) else None
 
@@ -122,7 +135,7 @@ class Processor:
         received_at = attempt.received_at or self._clock()
         attempt = replace(attempt, received_at=received_at)
         try:
-            raw = self._decode(record.value)
+            raw = record.payload if record.payload is not None else self._decode(record.value)
         except UndecodableRecordError as exc:
             log.warning(
                 "record.undecodable",
@@ -346,7 +359,7 @@ class Processor:
             log.warning("command.expired", idempotency_key=key, attempts=attempt.calls)
             return await self._finish(key, expired, State.FAILED)
         reply = await self._pas.adjust(self._request(command))
-        rule = classify(reply.observation)
+        rule = reply.rule
         circuit_open = reply.observation.transport is Transport.CIRCUIT_OPEN
         now = self._clock()
         attempt = (

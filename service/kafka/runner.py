@@ -221,6 +221,7 @@ class CommandRunner:
         if self._ordering == "partition":
             ordering = ""
         else:
+            record = self._processor.read(record)
             ordering = self._processor.ordering_key(record) or f"@{record.offset}"
         key = (tp, ordering)
         queue = self._queues.get(key)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from service.domain.circuit import CircuitBreaker
-from service.domain.classification import Action, Observation, Transport, classify
+from service.domain.classification import Action, Observation, Transport
 from service.domain.ports import PasPort, PasReply, PasRequest
 
 # Endings that say PAS is unwell; a refusal or an applied call says it is answering.
@@ -31,7 +31,7 @@ class GuardedPas:
         except asyncio.CancelledError:
             self._breaker.release_probe()
             raise
-        if classify(reply.observation).action in UNHEALTHY:
+        if reply.rule.action in UNHEALTHY:
             self._breaker.record_failure()
         else:
             self._breaker.record_success()

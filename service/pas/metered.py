@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from service.domain.classification import classify
 from service.domain.ports import PasPort, PasReply, PasRequest
 from service.metrics import Metrics
 
@@ -15,7 +14,7 @@ class MeteredPas:
     async def adjust(self, request: PasRequest) -> PasReply:
         reply = await self._inner.adjust(request)
         seen = reply.observation
-        action = classify(seen).action.value
+        action = reply.rule.action.value
         status = str(seen.status) if seen.status is not None else (seen.transport or "")
         self._metrics.pas_requests.labels(action, status).inc()
         self._metrics.pas_latency.labels(action).observe(reply.duration_s)

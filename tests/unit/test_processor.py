@@ -498,6 +498,30 @@ async def test_ordering_key_is_the_account_or_none(h: Harness) -> None:
     assert h.store.records == {}
 
 
+async def test_a_record_read_once_is_not_decoded_again(codec: AvroCodec) -> None:
+    """read() decodes a record once; ordering_key and handle reuse that value."""
+    decoded: list[bytes | None] = []
+    inner = command_decoder(codec)
+
+    def counting(value: bytes | None) -> Any:
+        decoded.append(value)
+        return inner(value)
+
+    h = Harness(codec)
+    h.processor._decode = counting
+    record = h.processor.read(h.record())
+    assert record.payload is not None
+    assert h.processor.ordering_key(record) == ACCOUNT
+    h.pas.then(APPLIED)
+    decision = await h.processor.handle(record)
+    assert isinstance(decision, Publish)
+    assert decision.kind == "completed"
+    assert len(decoded) == 1
+    unreadable = h.processor.read(h.record(value=b"junk"))
+    assert unreadable.payload is None
+    assert isinstance(await h.processor.handle(unreadable), DeadLetterOnly)
+
+
 # -- RETRY: nothing was applied ---------------------------------------------------------------
 
 
