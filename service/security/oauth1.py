@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import heapq
 import hmac
@@ -117,9 +118,16 @@ def signature_base_string(
     given = params.setdefault("oauth_body_hash", expected)
     if not hmac.compare_digest(given, expected):
         raise ValueError("oauth_body_hash does not match the body")
-    pairs = sorted([*query_pairs(url), *params.items()])
+    encoded_url, url_pairs = _url_parts(url)
+    pairs = sorted([*url_pairs, *params.items()])
     param_string = "&".join(f"{k}={v}" for k, v in pairs)
-    return f"{method.upper()}&{percent_encode(normalize_url(url))}&{percent_encode(param_string)}"
+    return f"{method.upper()}&{encoded_url}&{percent_encode(param_string)}"
+
+
+@functools.lru_cache(maxsize=256)
+def _url_parts(url: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """The encoded normalized URL and the query pairs: the same few URLs are signed each time."""
+    return percent_encode(normalize_url(url)), tuple(query_pairs(url))
 
 
 # --- the client ----------------------------------------------------------------------------

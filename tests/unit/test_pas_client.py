@@ -553,3 +553,20 @@ def test_envelope_description_is_bounded() -> None:
     """An overlong Description is cut to the documented maximum."""
     (detail,) = parse(envelope(entry(description="d" * 10_000)))
     assert len(detail.description) == MAX_DESCRIPTION
+
+
+async def test_the_pas_http_client_keeps_no_cookies() -> None:
+    """A Set-Cookie from PAS is neither stored nor sent back (and costs no parsing)."""
+    from service.pas.client import _CookielessClient
+
+    seen: list[str | None] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("cookie"))
+        return httpx.Response(200, headers={"set-cookie": "session=abc; Path=/"}, json={})
+
+    async with _CookielessClient(transport=httpx.MockTransport(answer)) as client:
+        await client.post("http://pas.test/points-adjustments", content=b"{}")
+        await client.post("http://pas.test/points-adjustments", content=b"{}")
+        assert len(client.cookies) == 0
+    assert seen == [None, None]
