@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -10,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from service.errors import StartupError
 from service.idempotency.base import ClaimStatus, IdempotencyStore, OwnershipLostError, State
 from service.idempotency.memory import MemoryStore
 from service.idempotency.sqlite import SqliteStore
@@ -686,3 +689,172 @@ async def test_a_database_of_the_previous_schema_still_works(tmp_path: Path) -> 
         assert parked.settle_until == T0 + timedelta(seconds=30)
     finally:
         await store.close()
+
+
+# -- SQLite group commit -------------------------------------------------------------------------
+
+
+def rows_in(path: Path) -> set[str]:
+    """The keys stored in the file, read through a connection of its own."""
+    reader = sqlite3.connect(path)
+    try:
+        return {row[0] for row in reader.execute("SELECT key FROM idempotency")}
+    finally:
+        reader.close()
+
+
+def hold_the_write_lock(path: Path) -> sqlite3.Connection:
+    """A second connection holding the write lock: the store's writer waits (busy_timeout),
+    so the calls made meanwhile queue up and go into the next batch."""
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    return blocker
+
+
+def let_go(blocker: sqlite3.Connection) -> None:
+    blocker.execute("ROLLBACK")
+    blocker.close()
+
+
+def loop_errors() -> list[dict[str, Any]]:
+    """Collects what reaches the running loop's exception handler (e.g. InvalidStateError)."""
+    seen: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, context: seen.append(context))
+    return seen
+
+
+async def test_concurrent_claims_are_group_committed_and_persisted(tmp_path: Path) -> None:
+    """200 concurrent claims all succeed, reach the file, and take far fewer transactions."""
+    path = tmp_path / "gc.sqlite3"
+    store = await SqliteStore.open(path)
+    keys = [f"k-{i}" for i in range(200)]
+    try:
+        before = store.transactions
+        results = await asyncio.gather(
+            *(store.claim(key, FP, owner=ME, now=T0, lease_s=LEASE_S) for key in keys)
+        )
+        committed = store.transactions - before
+    finally:
+        await store.close()
+    assert [result.status for result in results] == [ClaimStatus.CLAIMED] * 200
+    assert [result.record.key for result in results] == keys
+    assert 1 <= committed <= 200 // 4
+    assert rows_in(path) == set(keys)
+    reopened = await SqliteStore.open(path)
+    try:
+        stored = await reopened.get("k-199")
+        assert stored is not None
+        assert (stored.state, stored.owner) == (State.IN_FLIGHT, ME)
+    finally:
+        await reopened.close()
+
+
+async def test_a_call_losing_ownership_in_a_batch_fails_alone(tmp_path: Path) -> None:
+    """A finish by a non-owner batched among claims raises OwnershipLostError; the claims
+    around it in the same transaction are committed, and the record it aimed at is intact."""
+    path = tmp_path / "gc.sqlite3"
+    store = await SqliteStore.open(path)
+    try:
+        await claim(store, owner=OTHER)
+        before_record = await store.get(KEY)
+        before = store.transactions
+        blocker = hold_the_write_lock(path)
+        try:
+            calls = [claim(store, key=f"k-{i}") for i in range(5)]
+            calls.append(finish(store, owner=ME))  # KEY is owned by OTHER
+            calls += [claim(store, key=f"k-{i}") for i in range(5, 10)]
+            gathered = asyncio.gather(*calls, return_exceptions=True)
+            await asyncio.sleep(0.1)  # every call is queued; the writer waits for the lock
+        finally:
+            let_go(blocker)
+        results = await gathered
+        assert store.transactions - before <= 2  # the bad finish shared a batch with claims
+        assert isinstance(results[5], OwnershipLostError)
+        claims = results[:5] + results[6:]
+        assert [result.status for result in claims] == [ClaimStatus.CLAIMED] * 10
+        assert await store.get(KEY) == before_record
+    finally:
+        await store.close()
+    assert rows_in(path) == {KEY} | {f"k-{i}" for i in range(10)}
+
+
+async def test_a_call_that_raises_after_writing_is_undone_alone(tmp_path: Path) -> None:
+    """A call that wrote and then raised is rolled back to its savepoint; its batch commits."""
+    path = tmp_path / "gc.sqlite3"
+    store = await SqliteStore.open(path)
+
+    def write_then_fail() -> None:
+        # runs on the writer thread, inside the batch; undone by its savepoint
+        store._db.execute("DELETE FROM idempotency WHERE key = ?", ("k-0",))
+        raise OwnershipLostError("after a write")
+
+    try:
+        await claim(store, key="k-0")
+        blocker = hold_the_write_lock(path)
+        try:
+            first = asyncio.ensure_future(claim(store, key="k-1"))
+            failing = store._run(write_then_fail)
+            last = asyncio.ensure_future(claim(store, key="k-2"))
+            await asyncio.sleep(0.1)
+        finally:
+            let_go(blocker)
+        with pytest.raises(OwnershipLostError):
+            await failing
+        assert (await first).status is ClaimStatus.CLAIMED
+        assert (await last).status is ClaimStatus.CLAIMED
+    finally:
+        await store.close()
+    assert rows_in(path) == {"k-0", "k-1", "k-2"}
+
+
+async def test_a_cancelled_caller_does_not_break_its_batch(tmp_path: Path) -> None:
+    """Cancelling callers (one in the running batch, one still queued) fails only them."""
+    errors = loop_errors()
+    path = tmp_path / "gc.sqlite3"
+    store = await SqliteStore.open(path)
+    try:
+        blocker = hold_the_write_lock(path)
+        try:
+            tasks = [asyncio.create_task(claim(store, key=f"k-{i}")) for i in range(10)]
+            await asyncio.sleep(0.1)  # k-0 is in the batch waiting for the lock
+            tasks[0].cancel()
+            tasks[9].cancel()
+        finally:
+            let_go(blocker)
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(results[0], asyncio.CancelledError)
+        assert isinstance(results[9], asyncio.CancelledError)
+        assert [result.status for result in results[1:9]] == [ClaimStatus.CLAIMED] * 8
+        after = await claim(store, key="k-after")
+        assert after.status is ClaimStatus.CLAIMED
+    finally:
+        await store.close()
+    assert {f"k-{i}" for i in range(1, 9)} | {"k-after"} <= rows_in(path)
+    assert errors == []
+
+
+async def test_close_completes_the_calls_in_flight_then_refuses_more(tmp_path: Path) -> None:
+    """close() commits what is queued, stops the writer thread; later calls raise."""
+    path = tmp_path / "gc.sqlite3"
+    store = await SqliteStore.open(path)
+    tasks = [asyncio.create_task(claim(store, key=f"k-{i}")) for i in range(20)]
+    await asyncio.sleep(0)  # the calls are queued
+    await store.close()
+    assert all(task.done() for task in tasks)
+    assert [task.result().status for task in tasks] == [ClaimStatus.CLAIMED] * 20
+    assert not [t for t in threading.enumerate() if t.name == "idempotency-sqlite"]
+    assert rows_in(path) == {f"k-{i}" for i in range(20)}
+    with pytest.raises(RuntimeError, match="closed"):
+        await store.get("k-0")
+    with pytest.raises(RuntimeError, match="closed"):
+        await claim(store, key="k-new")
+    await store.close()  # a second close is harmless
+
+
+async def test_an_unusable_path_is_a_startup_error_naming_the_setting(tmp_path: Path) -> None:
+    """A database path under a regular file cannot be opened: StartupError with the setting."""
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(StartupError) as caught:
+        await SqliteStore.open(tmp_path / "file" / "idempotency.sqlite3")
+    assert caught.value.setting == "PA_IDEMPOTENCY__SQLITE_PATH"
+    assert not [t for t in threading.enumerate() if t.name == "idempotency-sqlite"]
