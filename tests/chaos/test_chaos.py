@@ -29,7 +29,8 @@ from service.sandbox.app import run_sandbox
 from service.sandbox.faults import FaultConfig
 from service.security.keys import DevKeySet
 from service.settings import KafkaSettings, Settings
-from service.tools.dlq import ReplayOptions, Selection, replay_dead_letters, scan_dead_letters
+from service.tools.dlq.kafka import ReplayOptions, replay_dead_letters, scan_dead_letters
+from service.tools.dlq.selection import Selection
 from service.tools.generate import generate_commands
 from service.tools.outcomes import OutcomeLog, read_outcomes
 from service.tools.send import send_commands

@@ -19,15 +19,11 @@ from service.domain.command import account_ref
 from service.kafka.clients import open_producer, partitions_of
 from service.kafka.deadletter import DeadLetterPublisher, Failure, parse_headers
 from service.settings import IdempotencySettings, KafkaSettings, Settings
-from service.tools.dlq import (
-    NO_OP_NOTE,
-    ReplayOptions,
-    Selection,
-    TerminalLookup,
-    add_dlq_arguments,
-    execute,
-    replay_dead_letters,
-)
+from service.tools.dlq.cli import add_dlq_arguments, execute
+from service.tools.dlq.kafka import ReplayOptions, replay_dead_letters
+from service.tools.dlq.render import NO_OP_NOTE
+from service.tools.dlq.selection import Selection
+from service.tools.dlq.store import TerminalLookup
 from tests.kafka_support import create_topics
 
 pytestmark = pytest.mark.kafka

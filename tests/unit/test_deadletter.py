@@ -29,22 +29,23 @@ from service.kafka.deadletter import (
     sanitize,
 )
 from service.settings import KafkaSettings
-from service.tools.dlq import (
+from service.tools.dlq.cli import add_dlq_arguments, selection_from_arguments
+from service.tools.dlq.render import (
     NO_OP_NOTE,
+    describe,
+    list_line,
+    masked_command,
+    parse_time,
+    summary_lines,
+)
+from service.tools.dlq.selection import (
     DeadLetter,
     ReplayPlanner,
     Selection,
     Tally,
     Verdict,
-    add_dlq_arguments,
-    describe,
-    list_line,
-    masked_command,
-    parse_time,
     plan_replay,
     read_dead_letter,
-    selection_from_arguments,
-    summary_lines,
 )
 from service.tools.progress import Pacer, ProgressBar, render_bar
 
@@ -722,7 +723,7 @@ async def test_the_store_is_not_consulted_when_it_cannot_know(tmp_path: Any) -> 
     """The memory backend and a missing SQLite file give a note instead of a lookup, and no
     empty store is created on the operator's machine."""
     from service.settings import IdempotencySettings, Settings
-    from service.tools.dlq import open_store_lookup
+    from service.tools.dlq.store import open_store_lookup
 
     memory = Settings(idempotency=IdempotencySettings(backend="memory"))
     assert await open_store_lookup(memory) == (
