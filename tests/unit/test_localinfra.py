@@ -8,15 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from service.localinfra.kafka import (
-    CACHE_DIR_ENV,
-    LocalKafkaError,
-    fetch_kafka,
+from service.localinfra.broker_config import (
     new_cluster_id,
     read_properties,
     render_server_properties,
-    resolve_cache_dir,
 )
+from service.localinfra.errors import LocalKafkaError
+from service.localinfra.jars import CACHE_DIR_ENV, fetch_kafka, resolve_cache_dir
 
 # A stand-in for mvn: it records each call and writes the jars named in $FAKE_MVN_JARS into
 # the -DoutputDirectory it is given, or fails when $FAKE_MVN_FAIL is set.
