@@ -385,6 +385,7 @@ class Result:
     peak_rss_mb: float = 0.0
     rss_mb_at_end: float = 0.0
     paced_rate: float = 0.0
+    p99_by_second_ms: list[float] = field(default_factory=list)  # paced: per second of sending
     ready_at: float = 0.0  # wall clock (epoch s) when /readyz first answered 200
     end_at: float = 0.0  # wall clock when the last outcome was counted, or the cap hit
     ledger: int = 0
@@ -990,6 +991,15 @@ def analyse(
     result.e2e_p99_ms = percentile(e2e, 0.99)
     result.service_p50_ms = percentile(service, 0.50)
     result.service_p99_ms = percentile(service, 0.99)
+    if result.kind == "paced" and e2e:
+        # Where in the run the slow ones were: a start-up transient, or spread throughout.
+        first_sent = min(sent_at.values())
+        by_second: dict[int, list[float]] = {}
+        for o in originals:
+            if o.key in sent_at:
+                second = (sent_at[o.key] - first_sent) // 1000
+                by_second.setdefault(second, []).append(o.timestamp_ms - sent_at[o.key])
+        result.p99_by_second_ms = [percentile(by_second[k], 0.99) for k in sorted(by_second)]
 
 
 # --- the report ----------------------------------------------------------------------------
@@ -1314,6 +1324,14 @@ async def run_all(bench: Bench, scenarios: list[Scenario]) -> None:
                 f" {result.peak_rss_mb:.1f} MB  ({result.wall_s:.0f} s wall)",
                 flush=True,
             )
+            if result.kind == "paced":
+                print(
+                    f"    in service (received -> outcome) p50/p99"
+                    f" {fmt(result.service_p50_ms, 0)}/{fmt(result.service_p99_ms, 0)} ms;"
+                    " command->outcome p99 by second of sending: "
+                    + " ".join(fmt(v, 0) for v in result.p99_by_second_ms),
+                    flush=True,
+                )
         bench.results.append(result)
 
 
