@@ -59,7 +59,7 @@ def render_server_properties(
         "group.initial.rebalance.delay.ms": "0",
     }
     properties.update(extra or {})
-    lines = ["# Written by service/localinfra/kafka.py on every start; edits are lost."]
+    lines = ["# Written by service/localinfra/broker_config.py on every start; edits are lost."]
     lines.extend(f"{key}={_escape_property(value)}" for key, value in properties.items())
     return "\n".join(lines) + "\n"
 
