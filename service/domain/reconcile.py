@@ -16,7 +16,12 @@ failed                      (cannot tell)          ``ReconcileUnknown``
 succeeded                   yes                    ``ReconcileFound(entry)``
 succeeded, settled          no                     ``ReconcileAbsent``
 succeeded, not settled yet  no                     ``ReconcileUnknown``
+succeeded, incomplete       no                     ``ReconcileUnknown``
 ==========================  =====================  ==========================
+
+"Incomplete" is a history that says it holds more than it returned (a next page, a total
+above the entries shown): the reference may be on a page not read, so its absence proves
+nothing. Finding it on the page read still proves the request applied.
 
 "Settled" means at least ``settle_s`` seconds have passed since the last attempt was sent:
 a request PAS is still processing could land in the history after the lookup, so only then
@@ -87,9 +92,13 @@ def find_applied(entries: Iterable[HistoryEntry], reference: str) -> HistoryEntr
 
 @dataclass(frozen=True, slots=True)
 class HistoryFound:
-    """The history was read: every adjustment of the account, oldest first."""
+    """The history was read: the adjustments of the account it returned, oldest first.
+
+    ``complete`` is False when the answer says there is more than it returned.
+    """
 
     entries: list[HistoryEntry]
+    complete: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +158,11 @@ def judge(
     entry = find_applied(lookup_result.entries, reference)
     if entry is not None:
         return ReconcileFound(entry)
+    if not lookup_result.complete:
+        return ReconcileUnknown(
+            "not in the part of the history PAS returned, and it says there is more:"
+            " absence is not proven"
+        )
     if elapsed_since_last_attempt_s >= settle_s:
         return ReconcileAbsent()
     return ReconcileUnknown(

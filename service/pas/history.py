@@ -7,6 +7,10 @@ it comes as a JWE wrapper. It never raises for what PAS or the network does: eve
 is a ``HistoryFailed``. One malformed entry fails the whole lookup, since skipping it could
 hide the very adjustment being looked for and turn "applied" into "absent".
 
+Paging is not documented for this endpoint. An answer that shows signs of it (a link or
+token to a next page, a "more" flag, or a total above the entries returned) is read as
+incomplete: what it lists still counts, but an absence in it proves nothing.
+
 The account number travels in the query string (``user_id``); it is never logged, and is
 masked in any problem text an exception might carry.
 """
@@ -111,7 +115,7 @@ class PasHistoryClient:
             )
             return HistoryFailed(problem, status)
         try:
-            entries = self._entries(response.content)
+            document, entries = self._read(response.content)
         except (ValueError, RecursionError) as exc:
             problem = _mask(f"HTTP 200 with an unreadable history: {exc}", account_number)
             log.info(
@@ -123,23 +127,49 @@ class PasHistoryClient:
                 pas_correlation_id=their_id,
             )
             return HistoryFailed(problem, status)
+        complete = _complete(document, len(entries))
         log.debug(
             "pas.history.read",
             entries=len(entries),
+            complete=complete,
             duration_s=duration_s,
             correlation_id=correlation_id,
             pas_correlation_id=their_id,
         )
-        return HistoryFound(entries)
+        return HistoryFound(entries, complete)
 
-    def _entries(self, body: bytes) -> list[HistoryEntry]:
+    def _read(self, body: bytes) -> tuple[dict[str, Any], list[HistoryEntry]]:
         document = self._codec.decode(body)  # ValueError when not JSON or not decryptable
         if not isinstance(document, dict):
             raise MalformedHistoryError("not a JSON object")
         adjustments = document.get("adjustments")
         if not isinstance(adjustments, list):
             raise MalformedHistoryError("no 'adjustments' list")
-        return [_entry(item, index) for index, item in enumerate(adjustments)]
+        return document, [_entry(item, index) for index, item in enumerate(adjustments)]
+
+
+# Fields by which common paging styles say there is more (cursor, page links, flags).
+_NEXT_FIELDS = ("next", "nextPage", "nextPageToken", "nextCursor", "cursor", "hasMore", "more")
+_TOTAL_FIELDS = ("total", "totalCount", "totalItems", "totalElements", "totalRecords")
+
+
+def _complete(document: dict[str, Any], returned: int) -> bool:
+    """False when the answer says it holds more adjustments than the ``returned`` ones."""
+    for name in _NEXT_FIELDS:
+        if document.get(name) not in (None, False, "", [], {}):
+            return False
+    links = document.get("links") or document.get("_links")
+    if isinstance(links, dict) and links.get("next"):
+        return False
+    if isinstance(links, list) and any(
+        isinstance(link, dict) and link.get("rel") == "next" for link in links
+    ):
+        return False
+    for name in _TOTAL_FIELDS:
+        total = document.get(name)
+        if isinstance(total, int) and not isinstance(total, bool) and total > returned:
+            return False
+    return True
 
 
 def _entry(item: Any, index: int) -> HistoryEntry:

@@ -148,6 +148,46 @@ async def test_a_plain_history_is_read_into_entries(
     )
 
 
+@pytest.mark.parametrize(
+    "paging",
+    [
+        {"next": "/points-adjustments-details?page=2"},
+        {"nextPageToken": "abc"},
+        {"hasMore": True},
+        {"links": {"next": "/points-adjustments-details?page=2"}},
+        {"_links": [{"rel": "next", "href": "/points-adjustments-details?page=2"}]},
+        {"totalCount": 2},
+        {"total": 7},
+    ],
+    ids=["next", "token", "has-more", "links", "hal-links", "total-count", "total"],
+)
+async def test_a_history_that_says_it_has_more_is_incomplete(
+    credentials: Credentials, dev_keyset: DevKeySet, paging: dict[str, Any]
+) -> None:
+    """Signs of a further page mark the lookup incomplete; the entries returned still count."""
+    answer = httpx.Response(200, json={"adjustments": [ADJUSTMENT], "balance": 250, **paging})
+
+    result, _ = await lookup(credentials, dev_keyset, answer)
+
+    assert result == HistoryFound([ENTRY], complete=False)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"next": None}, {"hasMore": False}, {"totalCount": 1}, {"links": {"self": "/x"}}],
+    ids=["none", "null-next", "no-more", "total-equal", "self-link"],
+)
+async def test_a_history_without_more_is_complete(
+    credentials: Credentials, dev_keyset: DevKeySet, extra: dict[str, Any]
+) -> None:
+    """No sign of a further page (or signs saying there is none): the lookup is complete."""
+    answer = httpx.Response(200, json={"adjustments": [ADJUSTMENT], "balance": 250, **extra})
+
+    result, _ = await lookup(credentials, dev_keyset, answer)
+
+    assert result == HistoryFound([ENTRY], complete=True)
+
+
 async def test_an_encrypted_history_is_decrypted(
     credentials: Credentials, dev_keyset: DevKeySet
 ) -> None:

@@ -159,6 +159,8 @@ FAILED = HistoryFailed("HTTP 503", 503)
         (FAILED, 0.0, ReconcileUnknown),
         (FAILED, 100.0, ReconcileUnknown),
         (HistoryFailed("ConnectError", None), 100.0, ReconcileUnknown),
+        (HistoryFound(FOUND_HISTORY.entries, complete=False), 100.0, ReconcileFound),
+        (HistoryFound(EMPTY_HISTORY.entries, complete=False), 100.0, ReconcileUnknown),
     ],
     ids=[
         "found-at-once",
@@ -170,6 +172,8 @@ FAILED = HistoryFailed("HTTP 503", 503)
         "failed-early",
         "failed-late",
         "unreachable",
+        "found-on-a-partial-page",
+        "absent-from-a-partial-page",
     ],
 )
 def test_the_verdict_table(lookup: HistoryLookup, elapsed: float, expected: type) -> None:
@@ -209,3 +213,13 @@ def test_a_zero_settle_time_trusts_the_first_good_lookup() -> None:
     verdict = judge(EMPTY_HISTORY, REF, elapsed_since_last_attempt_s=0.0, settle_s=0.0)
 
     assert verdict == ReconcileAbsent()
+
+
+def test_absence_from_an_incomplete_history_is_never_taken_as_proof() -> None:
+    """A history that says it holds more gives UNKNOWN, however long ago the attempt was."""
+    partial = HistoryFound(EMPTY_HISTORY.entries, complete=False)
+    verdict = judge(partial, REF, elapsed_since_last_attempt_s=10_000.0, settle_s=30.0)
+
+    assert isinstance(verdict, ReconcileUnknown)
+    assert "absence is not proven" in verdict.problem
+    assert verdict.retry_in_s is None
