@@ -254,7 +254,11 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
     shutdown_timeout_s: float = Field(
-        20.0, gt=0, description="On SIGTERM, how long in-flight commands may take to finish."
+        20.0,
+        gt=0,
+        description="On SIGTERM, how long in-flight commands may take to finish (one budget"
+        " for all of them); the final commit and stopping the Kafka clients add at most 9 s"
+        " more when the broker does not answer.",
     )
     event_loop: Literal["uvloop", "asyncio"] = Field(
         "uvloop",

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -14,7 +15,14 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from service.errors import StartupError
 from service.settings import KafkaSettings
 
+log = structlog.get_logger("service.kafka")
+
 SERVERS_SETTING = "PA_KAFKA__BOOTSTRAP_SERVERS"
+STOP_TIMEOUT_S = 3.0
+"""Longest wait for a client to stop. With the broker gone, aiokafka's stop (the producer's
+flush, the consumer leaving its group) waits for it indefinitely; what it had not sent is
+re-read from the last committed offset on the next start, and the idempotency store turns
+that into a re-publication, never a second PAS call."""
 
 
 async def _start(client: Any, settings: KafkaSettings, what: str) -> None:
@@ -51,7 +59,7 @@ async def open_producer(settings: KafkaSettings) -> AsyncIterator[AIOKafkaProduc
     try:
         yield producer
     finally:
-        await producer.stop()
+        await _stop(producer, "producer")
 
 
 @asynccontextmanager
@@ -79,7 +87,28 @@ async def open_consumer(
     try:
         yield consumer
     finally:
-        await consumer.stop()
+        await _stop(consumer, "consumer")
+
+
+async def _stop(client: AIOKafkaProducer | AIOKafkaConsumer, what: str) -> None:
+    try:
+        await asyncio.wait_for(client.stop(), STOP_TIMEOUT_S)
+    except TimeoutError:
+        log.warning(
+            "kafka.stop_timeout",
+            client=what,
+            timeout_s=STOP_TIMEOUT_S,
+            detail="the broker did not answer; what was not acknowledged is re-read on restart",
+        )
+    except asyncio.CancelledError:
+        # aiokafka's consumer cancels its own in-flight fetch on stop and lets that
+        # cancellation escape when the broker is gone; only a cancellation of ours goes on.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.warning("kafka.stop_failed", client=what, error="CancelledError")
+    except (KafkaError, OSError) as exc:
+        log.warning("kafka.stop_failed", client=what, error=type(exc).__name__, detail=str(exc))
 
 
 async def ensure_topics(settings: KafkaSettings, partitions: dict[str, int]) -> list[str]:

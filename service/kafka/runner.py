@@ -48,6 +48,7 @@ log = structlog.get_logger("service.runner")
 
 FETCH_TIMEOUT_MS = 100
 COMMIT_INTERVAL_S = 1.0
+COMMIT_TIMEOUT_S = 3.0  # aiokafka waits for a coordinator indefinitely when the broker is gone
 
 Key = tuple[TopicPartition, str]
 
@@ -151,19 +152,21 @@ class CommandRunner:
                     await self.commit()
         finally:
             self._metrics.set_ready(False)
-            await self._finish_buffered()
+            # One budget for the whole drain: finishing what was fetched, then what runs.
+            deadline = time.monotonic() + self._drain_timeout_s
+            await self._finish_buffered(deadline)
             dispatcher.cancel()
             await asyncio.gather(dispatcher, return_exceptions=True)
             for handle in self._timers.values():
                 handle.cancel()
             self._timers.clear()
-            await self._drain(set(self._running))
+            await self._drain(set(self._running), max(0.0, deadline - time.monotonic()))
             await self.commit()
             log.info("consumer.stopped")
         if self._failure is not None:
             raise self._failure
 
-    async def _finish_buffered(self) -> None:
+    async def _finish_buffered(self, deadline: float) -> None:
         """On the way out: fetch nothing more, but finish what was fetched (bounded).
 
         Finishing every buffered record lets the commit cover all of it, so the next start
@@ -172,7 +175,6 @@ class CommandRunner:
         if self._failure is not None or not self._queues:
             return
         log.info("shutdown.draining", records=self._buffered(), timeout_s=self._drain_timeout_s)
-        deadline = time.monotonic() + self._drain_timeout_s
         while self._queues and time.monotonic() < deadline and self._failure is None:  # noqa: ASYNC110 - a bounded drain poll
             await asyncio.sleep(0.05)
         if self._queues:
@@ -363,12 +365,13 @@ class CommandRunner:
         if not offsets:
             return
         try:
-            await self._consumer.commit(offsets)
-        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+            await asyncio.wait_for(self._consumer.commit(offsets), COMMIT_TIMEOUT_S)
+        except (CommitFailedError, IllegalStateError, KafkaError, TimeoutError) as exc:
             # Kept for the next commit while we own the partition; a partition that moved is
             # re-read by its new owner, and the idempotency store absorbs the repeat.
             self._metrics.commits.labels("failed").inc()
-            log.warning("offsets.commit_failed", error=type(exc).__name__, detail=str(exc))
+            detail = str(exc) or f"no answer from the broker in {COMMIT_TIMEOUT_S:g} s"
+            log.warning("offsets.commit_failed", error=type(exc).__name__, detail=detail)
             return
         self._metrics.commits.labels("ok").inc()
         for tp, offset in offsets.items():
@@ -376,13 +379,15 @@ class CommandRunner:
             if progress is not None and progress.commit_at == offset:
                 progress.dirty = False
 
-    async def _drain(self, partitions: set[TopicPartition]) -> None:
-        """Let the records in hand for ``partitions`` finish, up to the drain timeout."""
+    async def _drain(self, partitions: set[TopicPartition], timeout_s: float) -> None:
+        """Let the records in hand for ``partitions`` finish, up to ``timeout_s``."""
         tasks = {task for tp in partitions for task in self._running.get(tp, set())}
         if not tasks:
             return
-        log.info("drain.started", records=len(tasks), timeout_s=self._drain_timeout_s)
-        _, late = await asyncio.wait(tasks, timeout=self._drain_timeout_s)
+        log.info("drain.started", records=len(tasks), timeout_s=round(timeout_s, 3))
+        late = tasks
+        if timeout_s > 0:
+            _, late = await asyncio.wait(tasks, timeout=timeout_s)
         if late:
             log.warning("drain.timeout", records=len(late))
             for task in late:
@@ -400,7 +405,7 @@ class CommandRunner:
         self._ready = deque(key for key in self._ready if key[0] not in revoked)
         for key in [key for key in self._timers if key[0] in revoked]:
             self._timers.pop(key).cancel()
-        await self._drain(revoked)
+        await self._drain(revoked, self._drain_timeout_s)
         await self.commit(revoked)
         for tp in revoked:
             self._progress.pop(tp, None)

@@ -1,0 +1,100 @@
+"""The broker dies mid-stream, then SIGTERM: a bounded exit, and nothing lost or applied twice."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service.codec.avro import AvroCodec
+from service.localinfra.errors import LocalKafkaError
+from service.localinfra.kafka import LocalKafka
+from service.sandbox.app import run_sandbox
+from service.security.keys import DevKeySet
+from service.tools.generate import generate_commands
+from service.tools.send import send_commands
+from tests.e2e.harness import (
+    ServiceProcess,
+    Topology,
+    ledger_per_correlation,
+    originals_per_key,
+    secure_sandbox,
+    wait_for_originals,
+)
+from tests.kafka_support import create_topics
+
+pytestmark = [pytest.mark.kafka, pytest.mark.e2e, pytest.mark.timeout(300)]
+
+SHUTDOWN_TIMEOUT_S = 5.0
+MARGIN_S = 15.0  # the final commit (5 s at most), two client stops (3 s each), exit
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[LocalKafka]:
+    """A broker of this test's own, since the test takes it away (and brings it back)."""
+    broker = LocalKafka(port=0, data_dir=tmp_path / "kafka")
+    try:
+        broker.start()
+    except LocalKafkaError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"cannot start a local broker: {exc}", pytrace=False)
+        pytest.skip(f"cannot start a local broker (make kafka-jars fetches it): {exc}")
+    yield broker
+    broker.stop()
+
+
+async def test_sigterm_with_the_broker_gone_exits_in_time_and_loses_nothing(
+    own_broker: LocalKafka, tmp_path: Path, dev_keyset: DevKeySet
+) -> None:
+    """Exit 0 within PA_SHUTDOWN_TIMEOUT_S plus a margin; after a restart every command has
+    an outcome and PAS applied each exactly once; the log is not flooded meanwhile."""
+    codec = AvroCodec.from_directory()
+    topology = Topology(own_broker.bootstrap_servers)
+    await create_topics(own_broker.bootstrap_servers, topology.topics(2))
+    batch = generate_commands(60, accounts=12, seed=3)
+    async with run_sandbox(secure_sandbox(dev_keyset, latency_ms=250)) as sandbox:
+        first = ServiceProcess(
+            topology,
+            sandbox.base_url,
+            tmp_path,
+            dev_keyset,
+            PA_SHUTDOWN_TIMEOUT_S=str(SHUTDOWN_TIMEOUT_S),
+        )
+        await first.start()
+        try:
+            await send_commands(topology.kafka, batch.commands, codec=codec)
+            await wait_for_originals(topology.kafka, codec, 5, 60)  # mid-stream
+            await asyncio.to_thread(own_broker.stop)
+            await asyncio.sleep(0.5)
+            started = time.monotonic()
+            code = await first.terminate(timeout_s=SHUTDOWN_TIMEOUT_S + MARGIN_S + 30)
+            took = time.monotonic() - started
+        finally:
+            await first.kill()
+        assert code == 0, first.log_tail()
+        assert took <= SHUTDOWN_TIMEOUT_S + MARGIN_S, (
+            f"took {took:.1f} s to exit\n{first.log_tail()}"
+        )
+        log = first.log_path.read_text()
+        assert "service.stopped" in log
+        # aiokafka retries a dead broker every 100 ms and logs each try; repeats are held back.
+        assert log.count('"logger": "aiokafka') < 100, "the log drowns in aiokafka's retries"
+
+        await asyncio.to_thread(own_broker.start)  # same data dir and port
+        second = ServiceProcess(topology, sandbox.base_url, tmp_path, dev_keyset)
+        await second.start()
+        try:
+            outcomes = await wait_for_originals(topology.kafka, codec, batch.distinct_keys, 120)
+        finally:
+            assert await second.terminate() == 0, second.log_tail()
+        ledger = sandbox.ledger.entries()
+
+    per_key = originals_per_key(outcomes)
+    assert len(per_key) == batch.distinct_keys, "a command was lost"
+    applied = ledger_per_correlation(ledger)
+    assert max(applied.values()) == 1, "a command was applied twice"
+    assert len(applied) == batch.distinct_keys - len(batch.invalid_keys)
