@@ -18,9 +18,11 @@ import structlog
 
 from service import __version__
 from service.codec.avro import COMMAND, AvroCodec
+from service.domain.adaptive import AdaptiveLimit
 from service.domain.backoff import BackoffPolicy
 from service.domain.circuit import CircuitBreaker, CircuitState
 from service.domain.command import CommandRules
+from service.domain.ports import PasPort
 from service.domain.processor import Processor, ProcessorConfig
 from service.endpoints import serve_endpoints
 from service.errors import UndecodableRecordError
@@ -36,6 +38,7 @@ from service.pas.client import PasClient, open_http_client
 from service.pas.credentials import load_credentials
 from service.pas.guarded import GuardedPas
 from service.pas.history import PasHistoryClient
+from service.pas.limited import LimitedPas
 from service.pas.metered import MeteredPas
 from service.settings import IdempotencySettings, Settings
 
@@ -56,6 +59,14 @@ def command_decoder(codec: AvroCodec) -> Any:
         return record
 
     return decode
+
+
+def concurrency_observer(metrics: Metrics) -> Callable[[int], None]:
+    def changed(limit: int) -> None:
+        metrics.pas_concurrency_limit.set(limit)
+        log.debug("pas.concurrency_limit", limit=limit)
+
+    return changed
 
 
 def circuit_observer(metrics: Metrics) -> Callable[[CircuitState, CircuitState], None]:
@@ -122,7 +133,18 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
         breaker = CircuitBreaker.from_settings(
             settings.circuit, time.monotonic, on_change=circuit_observer(metrics)
         )
-        pas = GuardedPas(MeteredPas(PasClient(http, settings.pas, credentials), metrics), breaker)
+        pas: PasPort = GuardedPas(
+            MeteredPas(PasClient(http, settings.pas, credentials), metrics), breaker
+        )
+        processing = settings.processing
+        metrics.pas_concurrency_limit.set(processing.max_in_flight)
+        if processing.adaptive_concurrency:
+            limit = AdaptiveLimit(
+                processing.max_in_flight,
+                time.monotonic,
+                on_change=concurrency_observer(metrics),
+            )
+            pas = LimitedPas(pas, limit)
         history = PasHistoryClient(http, settings.pas, credentials)
         if settings.metrics.enabled:
             url = await stack.enter_async_context(

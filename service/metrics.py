@@ -96,6 +96,11 @@ class Metrics:
             "1 while the circuit breaker keeps calls from PAS (open or half-open).",
             registry=r,
         )
+        self.pas_concurrency_limit = Gauge(
+            "points_adjuster_pas_concurrency_limit",
+            "PAS calls allowed in flight now (adaptive: lower while PAS pushes back).",
+            registry=r,
+        )
         self.pruned = Counter(
             "points_adjuster_idempotency_pruned_total",
             "Idempotency records deleted after the retention window.",

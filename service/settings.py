@@ -158,6 +158,11 @@ class ProcessingSettings(BaseModel):
     max_buffered: int = Field(
         2000, ge=1, description="Records fetched but not finished; partitions pause above it."
     )
+    adaptive_concurrency: bool = Field(
+        True,
+        description="Fewer PAS calls in flight while PAS answers 429, 5xx or times out (halved"
+        " at most once per round trip), more again as calls succeed, up to max_in_flight.",
+    )
     command_ttl_s: float = Field(
         86_400.0,
         gt=0,

@@ -100,6 +100,7 @@ def test_new_groups_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("PA_PROCESSING__ORDERING", "partition")
     monkeypatch.setenv("PA_PROCESSING__MAX_IN_FLIGHT", "7")
     monkeypatch.setenv("PA_PROCESSING__MAX_BUFFERED", "9")
+    monkeypatch.setenv("PA_PROCESSING__ADAPTIVE_CONCURRENCY", "false")
     monkeypatch.setenv("PA_PROCESSING__COMMAND_TTL_S", "120")
     monkeypatch.setenv("PA_IDEMPOTENCY__RETENTION_S", "3600")
     monkeypatch.setenv("PA_IDEMPOTENCY__PRUNE_INTERVAL_S", "60")
@@ -121,6 +122,7 @@ def test_new_groups_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatc
         "ordering": "partition",
         "max_in_flight": 7,
         "max_buffered": 9,
+        "adaptive_concurrency": False,
         "command_ttl_s": 120.0,
     }
     assert settings.idempotency.retention_s == 3600.0
