@@ -18,7 +18,7 @@ import structlog
 
 from service import __version__
 from service.codec.avro import COMMAND, AvroCodec
-from service.domain.adaptive import AdaptiveLimit
+from service.domain.adaptive import AdaptiveLimit, RatePacer
 from service.domain.backoff import BackoffPolicy
 from service.domain.circuit import CircuitBreaker, CircuitState
 from service.domain.command import CommandRules
@@ -144,7 +144,7 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
                 time.monotonic,
                 on_change=concurrency_observer(metrics),
             )
-            pas = LimitedPas(pas, limit)
+            pas = LimitedPas(pas, limit, RatePacer(time.monotonic))
         history = PasHistoryClient(http, settings.pas, credentials)
         if settings.metrics.enabled:
             url = await stack.enter_async_context(

@@ -161,7 +161,8 @@ class ProcessingSettings(BaseModel):
     adaptive_concurrency: bool = Field(
         True,
         description="Fewer PAS calls in flight while PAS answers 429, 5xx or times out (halved"
-        " at most once per round trip), more again as calls succeed, up to max_in_flight.",
+        " at most once per round trip), more again as calls succeed, up to max_in_flight;"
+        " after a 429, calls are also paced by rate until a minute passes without one.",
     )
     command_ttl_s: float = Field(
         86_400.0,

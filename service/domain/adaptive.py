@@ -1,4 +1,4 @@
-"""How many PAS calls may be in flight: lowered when PAS pushes back, raised as calls succeed.
+"""How hard to press PAS: fewer calls in flight, and paced calls, while it pushes back.
 
 An AIMD limit (additive increase, multiplicative decrease, as TCP congestion control):
 
@@ -83,3 +83,79 @@ class AdaptiveLimit:
         self._value = value
         if self._on_change is not None and self.limit != before:
             self._on_change(self.limit)
+
+
+class RatePacer:
+    """Paces calls by rate once PAS has answered 429: what a concurrency limit cannot do when
+    PAS answers so fast that less than one call in flight fills its quota.
+
+    Unpaced until the first 429. Then the rate is set to ``decrease`` times the rate of calls
+    PAS accepted over the last second (at least ``min_rate``), and each accepted call raises
+    it by ``growth`` of itself per second (+20 %/s: a quota raised, or the rate cut too far
+    by a burst, is found again within seconds). Another 429 cuts it again, at most once per
+    ``window_s``.
+    A full ``release_s`` without a 429 ends the pacing.
+
+    Not thread-safe: meant for one asyncio event loop, where no method awaits.
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        *,
+        decrease: float = 0.7,
+        growth: float = 0.2,
+        min_rate: float = 1.0,
+        window_s: float = 1.0,
+        release_s: float = 60.0,
+    ) -> None:
+        self._clock = clock
+        self._decrease = decrease
+        self._growth = growth
+        self._min_rate = min_rate
+        self._window_s = window_s
+        self._release_s = release_s
+        self._rate: float | None = None
+        self._next_at = float("-inf")
+        self._last_throttle = float("-inf")
+        self._accepted: list[float] = []  # moments of accepted calls within the last window
+
+    @property
+    def rate(self) -> float | None:
+        """Calls per second while pacing, None while not."""
+        return self._rate
+
+    def delay(self) -> float:
+        """Seconds the next call should wait before it is sent (and book its moment)."""
+        if self._rate is None:
+            return 0.0
+        now = self._clock()
+        if now - self._last_throttle >= self._release_s:
+            self._rate = None
+            return 0.0
+        send_at = max(now, self._next_at)
+        self._next_at = send_at + 1.0 / self._rate
+        return send_at - now
+
+    def on_accepted(self) -> None:
+        now = self._clock()
+        self._accepted.append(now)
+        if len(self._accepted) > 64 and self._accepted[0] < now - self._window_s:
+            self._forget(now)
+        if self._rate is not None:
+            self._rate += self._growth  # r accepted calls a second: + growth x r per second
+
+    def on_throttled(self) -> None:
+        now = self._clock()
+        if now - self._last_throttle < self._window_s and self._rate is not None:
+            return
+        self._last_throttle = now
+        self._forget(now)
+        accepted = len(self._accepted) / self._window_s
+        base = self._rate if self._rate is not None else accepted
+        self._rate = max(self._min_rate, min(base, accepted or base) * self._decrease)
+        self._next_at = now + 1.0 / self._rate
+
+    def _forget(self, now: float) -> None:
+        cut = now - self._window_s
+        self._accepted = [moment for moment in self._accepted if moment >= cut]

@@ -1,24 +1,29 @@
-"""A ``PasPort`` decorator that keeps the PAS calls in flight under an adaptive limit."""
+"""A ``PasPort`` decorator that keeps PAS calls under an adaptive limit, paced after a 429."""
 
 from __future__ import annotations
 
 import asyncio
 
-from service.domain.adaptive import AdaptiveLimit
+from service.domain.adaptive import AdaptiveLimit, RatePacer
 from service.domain.classification import Action, Transport
 from service.domain.ports import PasPort, PasReply, PasRequest
 
 # Endings that say PAS is loaded or unwell; a refusal of one command or an applied call
 # says it keeps up. (The circuit breaker counts the same ones.)
 OVERLOAD = frozenset({Action.RETRY, Action.UNKNOWN})
+RATE_LIMITED = 429
 
 
 class LimitedPas:
-    """Waits for a free slot under ``limit`` before each call and feeds the limit the reply."""
+    """Waits for a slot under ``limit`` (and, after a 429, for its turn under ``pacer``)
+    before each call, and feeds both the reply."""
 
-    def __init__(self, inner: PasPort, limit: AdaptiveLimit) -> None:
+    def __init__(
+        self, inner: PasPort, limit: AdaptiveLimit, pacer: RatePacer | None = None
+    ) -> None:
         self._inner = inner
         self._limit = limit
+        self._pacer = pacer
         self._in_flight = 0
         self._waiting = 0
         self._room = asyncio.Condition()
@@ -37,6 +42,8 @@ class LimitedPas:
                 self._waiting -= 1
         self._in_flight += 1
         try:
+            if self._pacer is not None and (pause := self._pacer.delay()) > 0:
+                await asyncio.sleep(pause)
             reply = await self._inner.adjust(request)
         finally:
             self._in_flight -= 1
@@ -45,8 +52,12 @@ class LimitedPas:
             return reply  # nothing was sent: it says nothing about PAS's load
         if reply.rule.action in OVERLOAD:
             self._limit.on_overload(reply.duration_s)
+            if self._pacer is not None and reply.observation.status == RATE_LIMITED:
+                self._pacer.on_throttled()
         else:
             self._limit.on_success()
+            if self._pacer is not None:
+                self._pacer.on_accepted()
             await self._wake()
         return reply
 

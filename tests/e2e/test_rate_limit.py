@@ -1,6 +1,7 @@
 """PAS rate-limits the service: with adaptive concurrency it slows down instead of running
-its commands out of attempts. The same 400 commands against the same quota (50/s, PAS
-answering in 100 ms, so about five calls in flight fit), with it off, then on."""
+its commands out of attempts. The same 400 commands against the same 50/s quota, with it
+off, then on: with PAS answering in 100 ms (about five calls in flight fill the quota: the
+concurrency limit's case) and in 5 ms (less than one call fills it: the rate pacer's)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from tests.kafka_support import create_topics
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e, pytest.mark.timeout(300)]
 
 QUOTA = {"rate_limit": {"rate_per_s": 50, "burst": 10}}
+LATENCIES_MS = (100, 5)
 # Few, quick attempts, so that a service that ignores the quota visibly runs out of them.
 SERVICE_ENV = {
     "PA_RETRY__MAX_ATTEMPTS": "3",
@@ -39,14 +41,14 @@ SERVICE_ENV = {
 
 
 async def run_against_the_quota(
-    kafka_bootstrap: str, tmp_path: Path, keyset: DevKeySet, adaptive: bool
+    kafka_bootstrap: str, tmp_path: Path, keyset: DevKeySet, adaptive: bool, latency_ms: int
 ) -> dict[str, Any]:
     codec = AvroCodec.from_directory()
     topology = Topology(kafka_bootstrap)
     await create_topics(kafka_bootstrap, topology.topics(3))
     batch = generate_commands(400, accounts=400, seed=21)
-    config = secure_sandbox(keyset, latency_ms=100, faults=FaultConfig.from_dict(QUOTA))
-    workdir = tmp_path / ("adaptive" if adaptive else "fixed")
+    config = secure_sandbox(keyset, latency_ms=latency_ms, faults=FaultConfig.from_dict(QUOTA))
+    workdir = tmp_path / f"{'adaptive' if adaptive else 'fixed'}-{latency_ms}ms"
     workdir.mkdir()
     async with run_sandbox(config) as sandbox:
         service = ServiceProcess(
@@ -79,12 +81,17 @@ async def run_against_the_quota(
     }
 
 
+@pytest.mark.parametrize("latency_ms", LATENCIES_MS, ids=[f"pas-{n}ms" for n in LATENCIES_MS])
 async def test_adaptive_concurrency_keeps_commands_from_running_out_of_attempts(
-    kafka_bootstrap: str, tmp_path: Path, dev_keyset: DevKeySet
+    kafka_bootstrap: str, tmp_path: Path, dev_keyset: DevKeySet, latency_ms: int
 ) -> None:
-    fixed = await run_against_the_quota(kafka_bootstrap, tmp_path, dev_keyset, adaptive=False)
-    adaptive = await run_against_the_quota(kafka_bootstrap, tmp_path, dev_keyset, adaptive=True)
-    print(f"\nagainst a 50/s quota: fixed {fixed}, adaptive {adaptive}")
+    fixed = await run_against_the_quota(
+        kafka_bootstrap, tmp_path, dev_keyset, adaptive=False, latency_ms=latency_ms
+    )
+    adaptive = await run_against_the_quota(
+        kafka_bootstrap, tmp_path, dev_keyset, adaptive=True, latency_ms=latency_ms
+    )
+    print(f"\nagainst a 50/s quota, PAS at {latency_ms} ms: fixed {fixed}, adaptive {adaptive}")
 
     assert fixed["ran_out"] > 20, f"the quota did not bite: {fixed}"
     assert adaptive["ran_out"] * 4 <= fixed["ran_out"], (fixed, adaptive)

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from service.domain.adaptive import AdaptiveLimit
+from service.domain.adaptive import AdaptiveLimit, RatePacer
 from service.domain.classification import Observation, Transport
 from service.domain.ports import PasReply, PasRequest
 from service.pas.limited import LimitedPas
@@ -231,3 +231,77 @@ async def test_a_cancelled_waiter_leaves_no_slot_taken() -> None:
     assert await first is APPLIED
     assert limited.in_flight == 0
     assert await limited.adjust(REQUEST) is APPLIED
+
+
+# -- the rate pacer ----------------------------------------------------------------------------
+
+
+def accept(pacer: RatePacer, clock: FakeClock, count: int, over_s: float) -> None:
+    for _ in range(count):
+        clock.now += over_s / count
+        pacer.on_accepted()
+
+
+def test_no_pacing_until_a_429() -> None:
+    clock = FakeClock()
+    pacer = RatePacer(clock)
+    accept(pacer, clock, 500, 1.0)
+    assert pacer.rate is None
+    assert pacer.delay() == 0.0
+
+
+def test_a_429_paces_below_the_rate_pas_accepted() -> None:
+    clock = FakeClock()
+    pacer = RatePacer(clock, decrease=0.7)
+    accept(pacer, clock, 80, 1.0)  # 80 accepted in the last second
+    pacer.on_throttled()
+    assert pacer.rate == pytest.approx(56.0)
+    delays = [pacer.delay() for _ in range(5)]  # calls asked for at the same instant
+    assert delays == pytest.approx([1 / 56 * n for n in range(1, 6)])
+
+
+def test_more_429s_cut_at_most_once_per_window_and_never_below_the_floor() -> None:
+    clock = FakeClock()
+    pacer = RatePacer(clock, decrease=0.5, min_rate=2.0, window_s=1.0)
+    accept(pacer, clock, 40, 1.0)
+    pacer.on_throttled()
+    assert pacer.rate == pytest.approx(20.0)
+    pacer.on_throttled()
+    assert pacer.rate == pytest.approx(20.0)
+    for _ in range(10):
+        clock.now += 1.0
+        pacer.on_throttled()
+    assert pacer.rate == pytest.approx(2.0)
+
+
+def test_accepted_calls_raise_the_rate_and_quiet_ends_pacing() -> None:
+    clock = FakeClock()
+    pacer = RatePacer(clock, growth=0.2, release_s=60.0)
+    accept(pacer, clock, 50, 1.0)
+    pacer.on_throttled()
+    start = pacer.rate
+    assert start is not None
+    accept(pacer, clock, 35, 1.0)  # a second at the paced rate: + 20 % of it
+    assert pacer.rate == pytest.approx(start + 35 * 0.2)
+    clock.now += 60.0
+    assert pacer.delay() == 0.0
+    assert pacer.rate is None
+
+
+async def test_limited_pas_paces_after_a_429_and_not_before() -> None:
+    class Answers:
+        def __init__(self) -> None:
+            self.replies = [APPLIED] * 20 + [RATE_LIMITED] + [APPLIED] * 5
+
+        async def adjust(self, request: PasRequest) -> PasReply:
+            return self.replies.pop(0)
+
+    clock = FakeClock()
+    pacer = RatePacer(clock)
+    limited = LimitedPas(Answers(), full(10, clock), pacer)
+    for _ in range(20):
+        await limited.adjust(REQUEST)
+    assert pacer.rate is None
+    await limited.adjust(REQUEST)
+    assert pacer.rate is not None
+    assert pacer.delay() > 0.0
