@@ -22,7 +22,7 @@ class InboundRecord:
     timestamp_ms: int
     headers: tuple[tuple[str, bytes], ...] = ()
     payload: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
-    """The decoded value once read (``Processor.read``), so that it is decoded only once."""
+    """The decoded value when the runner read it already (``Processor.payload_of``)."""
 
     @property
     def source(self) -> SourceRef:

@@ -108,25 +108,22 @@ class Processor:
         self._config = config
         self._clock = clock
 
-    def read(self, record: InboundRecord) -> InboundRecord:
-        """``record`` with its decoded value attached, or as it is when it cannot be decoded.
+    def payload_of(self, value: bytes | None) -> Mapping[str, Any] | None:
+        """The decoded command value, or None when it cannot be decoded.
 
-        The runner reads a record once for its ordering key; ``handle`` then reuses the value.
+        The runner decodes each record once, for its ordering key, and hands the value on in
+        ``InboundRecord.payload``; ``handle`` reuses it.
         """
         try:
-            payload = self._decode(record.value)
+            return self._decode(value)
         except UndecodableRecordError:
-            return record
-        return replace(record, payload=payload)
+            return None
 
     def ordering_key(self, record: InboundRecord) -> str | None:
         """The account a record is for (in memory only), or None when it is unreadable."""
-        raw = record.payload
+        raw = record.payload if record.payload is not None else self.payload_of(record.value)
         if raw is None:
-            try:
-                raw = self._decode(record.value)
-            except UndecodableRecordError:
-                return None
+            return None
         account = raw.get("bank_account_number")
         return account if isinstance(account, str) else None
 

@@ -499,7 +499,7 @@ async def test_ordering_key_is_the_account_or_none(h: Harness) -> None:
 
 
 async def test_a_record_read_once_is_not_decoded_again(codec: AvroCodec) -> None:
-    """read() decodes a record once; ordering_key and handle reuse that value."""
+    """payload_of() decodes a record once; ordering_key and handle reuse that value."""
     decoded: list[bytes | None] = []
     inner = command_decoder(codec)
 
@@ -509,7 +509,8 @@ async def test_a_record_read_once_is_not_decoded_again(codec: AvroCodec) -> None
 
     h = Harness(codec)
     h.processor._decode = counting
-    record = h.processor.read(h.record())
+    fetched = h.record()
+    record = replace(fetched, payload=h.processor.payload_of(fetched.value))
     assert record.payload is not None
     assert h.processor.ordering_key(record) == ACCOUNT
     h.pas.then(APPLIED)
@@ -517,8 +518,8 @@ async def test_a_record_read_once_is_not_decoded_again(codec: AvroCodec) -> None
     assert isinstance(decision, Publish)
     assert decision.kind == "completed"
     assert len(decoded) == 1
-    unreadable = h.processor.read(h.record(value=b"junk"))
-    assert unreadable.payload is None
+    unreadable = h.record(value=b"junk")
+    assert h.processor.payload_of(unreadable.value) is None
     assert isinstance(await h.processor.handle(unreadable), DeadLetterOnly)
 
 
