@@ -144,6 +144,7 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
                 time.monotonic,
                 on_change=concurrency_observer(metrics),
             )
+            metrics.pas_concurrency_limit.set(limit.limit)  # it starts low (slow start)
             pas = LimitedPas(pas, limit, RatePacer(time.monotonic))
         history = PasHistoryClient(http, settings.pas, credentials)
         if settings.metrics.enabled:

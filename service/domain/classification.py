@@ -45,6 +45,12 @@ class Action(enum.StrEnum):
     DEAD_LETTER = "dead_letter"
 
 
+UNHEALTHY = frozenset({Action.RETRY, Action.UNKNOWN})
+"""Endings that say PAS is loaded or unwell (unreachable, 429, 5xx, timeouts); a refusal of
+one command or an applied call says it keeps up. The circuit breaker and the adaptive limit
+both count these."""
+
+
 class Transport(enum.StrEnum):
     """How a call ended without a readable HTTP answer."""
 

@@ -5,11 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from service.domain.circuit import CircuitBreaker
-from service.domain.classification import Action, Observation, Transport
+from service.domain.classification import UNHEALTHY, Observation, Transport
 from service.domain.ports import PasPort, PasReply, PasRequest
-
-# Endings that say PAS is unwell; a refusal or an applied call says it is answering.
-UNHEALTHY = frozenset({Action.RETRY, Action.UNKNOWN})
 
 
 class GuardedPas:

@@ -5,12 +5,9 @@ from __future__ import annotations
 import asyncio
 
 from service.domain.adaptive import AdaptiveLimit, RatePacer
-from service.domain.classification import Action, Transport
+from service.domain.classification import UNHEALTHY, Transport
 from service.domain.ports import PasPort, PasReply, PasRequest
 
-# Endings that say PAS is loaded or unwell; a refusal of one command or an applied call
-# says it keeps up. (The circuit breaker counts the same ones.)
-OVERLOAD = frozenset({Action.RETRY, Action.UNKNOWN})
 RATE_LIMITED = 429
 
 
@@ -45,12 +42,16 @@ class LimitedPas:
             if self._pacer is not None and (pause := self._pacer.delay()) > 0:
                 await asyncio.sleep(pause)
             reply = await self._inner.adjust(request)
+            self._learn(reply)
+            return reply
         finally:
             self._in_flight -= 1
-            await self._wake()
+            await self._wake()  # a slot is free, and the limit may have grown
+
+    def _learn(self, reply: PasReply) -> None:
         if reply.observation.transport is Transport.CIRCUIT_OPEN:
-            return reply  # nothing was sent: it says nothing about PAS's load
-        if reply.rule.action in OVERLOAD:
+            return  # nothing was sent: it says nothing about PAS's load
+        if reply.rule.action in UNHEALTHY:
             self._limit.on_overload(reply.duration_s)
             if self._pacer is not None and reply.observation.status == RATE_LIMITED:
                 self._pacer.on_throttled()
@@ -58,8 +59,6 @@ class LimitedPas:
             self._limit.on_success()
             if self._pacer is not None:
                 self._pacer.on_accepted()
-            await self._wake()
-        return reply
 
     async def _wake(self) -> None:
         room = self._limit.limit - self._in_flight
