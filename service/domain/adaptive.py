@@ -24,6 +24,7 @@ Not thread-safe: meant for one asyncio event loop, where no method awaits.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 
 OnLimit = Callable[[int], None]
@@ -118,7 +119,7 @@ class RatePacer:
         self._rate: float | None = None
         self._next_at = float("-inf")
         self._last_throttle = float("-inf")
-        self._accepted: list[float] = []  # moments of accepted calls within the last window
+        self._accepted: deque[float] = deque()  # moments of accepted calls in the last window
 
     @property
     def rate(self) -> float | None:
@@ -140,8 +141,7 @@ class RatePacer:
     def on_accepted(self) -> None:
         now = self._clock()
         self._accepted.append(now)
-        if len(self._accepted) > 64 and self._accepted[0] < now - self._window_s:
-            self._forget(now)
+        self._forget(now)
         if self._rate is not None:
             self._rate += self._growth  # r accepted calls a second: + growth x r per second
 
@@ -152,10 +152,16 @@ class RatePacer:
         self._last_throttle = now
         self._forget(now)
         accepted = len(self._accepted) / self._window_s
-        base = self._rate if self._rate is not None else accepted
-        self._rate = max(self._min_rate, min(base, accepted or base) * self._decrease)
+        if self._rate is None:
+            reference = accepted
+        elif accepted:
+            reference = min(self._rate, accepted)
+        else:
+            reference = self._rate  # nothing accepted lately: cut the paced rate itself
+        self._rate = max(self._min_rate, reference * self._decrease)
         self._next_at = now + 1.0 / self._rate
 
     def _forget(self, now: float) -> None:
         cut = now - self._window_s
-        self._accepted = [moment for moment in self._accepted if moment >= cut]
+        while self._accepted and self._accepted[0] < cut:
+            self._accepted.popleft()
