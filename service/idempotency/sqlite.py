@@ -339,6 +339,18 @@ class SqliteStore:
 
         return await self._run(work, durable=True)
 
+    async def _update_owned(
+        self, assignments: str, values: tuple[Any, ...], key: str, owner: str, *, durable: bool
+    ) -> None:
+        """``UPDATE ... SET <assignments>`` on ``key`` while ``owner`` holds it; else raise."""
+        sql = f"UPDATE idempotency SET {assignments} WHERE key = ? AND owner = ?"
+
+        def work() -> None:
+            if self._db.execute(sql, (*values, key, owner)).rowcount != 1:
+                raise OwnershipLostError("idempotency record is no longer owned by this worker")
+
+        await self._run(work, durable=durable)
+
     async def finish(
         self,
         key: str,
@@ -350,54 +362,33 @@ class SqliteStore:
         attempts: int,
         now: datetime,
     ) -> None:
-        def work() -> None:
-            cursor = self._db.execute(
-                "UPDATE idempotency SET state = ?, outcome_kind = ?, outcome = ?, attempts = ?,"
-                " updated_at = ? WHERE key = ? AND owner = ?",
-                (state.value, outcome_kind, json.dumps(outcome), attempts, _ts(now), key, owner),
-            )
-            if cursor.rowcount != 1:
-                raise OwnershipLostError("idempotency record is no longer owned by this worker")
-
-        await self._run(work)
-
-    async def _move(
-        self, key: str, owner: str, state: State, lease_until: datetime, now: datetime
-    ) -> None:
-        def work() -> None:
-            cursor = self._db.execute(
-                "UPDATE idempotency SET state = ?, lease_until = ?, updated_at = ?"
-                " WHERE key = ? AND owner = ?",
-                (state.value, _ts(lease_until), _ts(now), key, owner),
-            )
-            if cursor.rowcount != 1:
-                raise OwnershipLostError("idempotency record is no longer owned by this worker")
-
-        await self._run(work, durable=True)
+        await self._update_owned(
+            "state = ?, outcome_kind = ?, outcome = ?, attempts = ?, updated_at = ?",
+            (state.value, outcome_kind, json.dumps(outcome), attempts, _ts(now)),
+            key,
+            owner,
+            durable=False,
+        )
 
     async def park(
         self, key: str, *, owner: str, now: datetime, settle_until: datetime, lease_until: datetime
     ) -> None:
-        def work() -> None:
-            cursor = self._db.execute(
-                "UPDATE idempotency SET state = ?, lease_until = ?, settle_until = ?,"
-                " updated_at = ? WHERE key = ? AND owner = ?",
-                (
-                    State.RECONCILING.value,
-                    _ts(lease_until),
-                    _ts(settle_until),
-                    _ts(now),
-                    key,
-                    owner,
-                ),
-            )
-            if cursor.rowcount != 1:
-                raise OwnershipLostError("idempotency record is no longer owned by this worker")
-
-        await self._run(work)
+        await self._update_owned(
+            "state = ?, lease_until = ?, settle_until = ?, updated_at = ?",
+            (State.RECONCILING.value, _ts(lease_until), _ts(settle_until), _ts(now)),
+            key,
+            owner,
+            durable=False,
+        )
 
     async def resume(self, key: str, *, owner: str, lease_until: datetime, now: datetime) -> None:
-        await self._move(key, owner, State.IN_FLIGHT, lease_until, now)
+        await self._update_owned(
+            "state = ?, lease_until = ?, updated_at = ?",
+            (State.IN_FLIGHT.value, _ts(lease_until), _ts(now)),
+            key,
+            owner,
+            durable=True,
+        )
 
     async def prune(self, *, older_than: datetime) -> int:
         terminal = tuple(state.value for state in TERMINAL)
