@@ -27,6 +27,7 @@ from service.security.keys import (
 from service.security.oauth1 import OAuth1Verifier
 from service.settings import PasSettings
 from tests.conftest import CONSUMER_KEY
+from tests.http_support import Recorder
 
 BASE_URL = "https://sandbox.api.mastercard.com/loyalty"
 REQUEST = PasRequest(
@@ -60,20 +61,6 @@ def entry(
         "Recoverable": recoverable,
         "Details": details,
     }
-
-
-class Recorder:
-    """An httpx handler that records requests and answers with a scripted response or error."""
-
-    def __init__(self, answer: httpx.Response | Exception) -> None:
-        self.answer = answer
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        if isinstance(self.answer, Exception):
-            raise self.answer
-        return self.answer
 
 
 KEYS: dict[str, Any] = {}

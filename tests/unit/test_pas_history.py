@@ -20,6 +20,7 @@ from service.security.keys import DEV_P12_PASSWORD, DevKeySet, load_certificate
 from service.security.oauth1 import body_hash
 from service.settings import PasSettings
 from tests.conftest import CONSUMER_KEY
+from tests.http_support import Recorder
 
 BASE_URL = "https://sandbox.api.mastercard.com/loyalty"
 ACCOUNT = "5123456789012345000"
@@ -52,20 +53,6 @@ def settings_for(keyset: DevKeySet) -> PasSettings:
         encryption_certificate_path=keyset.pas_encryption_certificate,
         decryption_key_path=keyset.client_decryption_key,
     )
-
-
-class Recorder:
-    """An httpx handler that records requests and answers with a scripted response or error."""
-
-    def __init__(self, answer: httpx.Response | Exception) -> None:
-        self.answer = answer
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        if isinstance(self.answer, Exception):
-            raise self.answer
-        return self.answer
 
 
 async def lookup(
