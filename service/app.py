@@ -15,6 +15,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from service import __version__
 from service.codec.avro import COMMAND, AvroCodec
@@ -25,7 +27,8 @@ from service.domain.command import CommandRules
 from service.domain.ports import PasPort
 from service.domain.processor import Processor, ProcessorConfig
 from service.endpoints import serve_endpoints
-from service.errors import UndecodableRecordError
+from service.errors import StartupError, UndecodableRecordError
+from service.health import Health
 from service.idempotency.base import IdempotencyStore
 from service.idempotency.memory import MemoryStore
 from service.idempotency.sqlite import SqliteStore
@@ -40,7 +43,8 @@ from service.pas.guarded import GuardedPas
 from service.pas.history import PasHistoryClient
 from service.pas.limited import LimitedPas
 from service.pas.metered import MeteredPas
-from service.settings import IdempotencySettings, Settings
+from service.settings import LEASE_MARGIN_S, IdempotencySettings, KafkaSettings, Settings
+from service.watchdog import kafka_check, watch
 
 log = structlog.get_logger("service.app")
 
@@ -83,12 +87,49 @@ async def prune_forever(
     """Delete terminal idempotency records older than the retention window, periodically."""
     while not stop.is_set():
         cutoff = datetime.now(UTC) - timedelta(seconds=settings.retention_s)
-        pruned = await store.prune(older_than=cutoff)
+        try:
+            pruned = await store.prune(older_than=cutoff)
+        except Exception as exc:  # the store is failing: the next round tries again
+            log.warning("idempotency.prune_failed", error=f"{type(exc).__name__}: {exc}")
+            pruned = 0
         if pruned:
             metrics.pruned.inc(pruned)
             log.info("idempotency.pruned", records=pruned)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), settings.prune_interval_s)
+
+
+def service_topics(settings: KafkaSettings) -> list[str]:
+    """Every topic the service reads or writes."""
+    return [
+        settings.command_topic,
+        settings.completed_topic,
+        settings.failed_topic,
+        settings.dead_letter_topic,
+        settings.review_topic,
+    ]
+
+
+async def require_topics(producer: AIOKafkaProducer, settings: KafkaSettings) -> None:
+    """Refuse to start, with one clear line, when a topic the service uses is missing."""
+    present = await broker_topics(producer, settings)
+    missing = [name for name in service_topics(settings) if name not in present]
+    if missing:
+        raise StartupError(
+            "Kafka topics",
+            "missing: " + ", ".join(missing) + " (create them: points-adjuster topics)",
+        )
+
+
+async def broker_topics(producer: AIOKafkaProducer, settings: KafkaSettings) -> set[str]:
+    """The topics the broker knows now (a metadata request of its own, not the cache)."""
+    try:
+        cluster = await producer.client.fetch_all_metadata()
+    except KafkaError as exc:
+        raise ConnectionError(
+            f"broker unreachable at {settings.bootstrap_servers}: {exc}"
+        ) from exc
+    return set(cluster.topics())
 
 
 def worker_id() -> str:
@@ -115,6 +156,7 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
         log.warning("credentials.expiring", detail=warning)
     install_signal_handlers(stop)
     metrics = Metrics()
+    health = Health(on_change=metrics.set_ready)
     codec = AvroCodec.from_directory()
     owner = worker_id()
     log.info(
@@ -149,10 +191,11 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
         history = PasHistoryClient(http, settings.pas, credentials)
         if settings.metrics.enabled:
             url = await stack.enter_async_context(
-                serve_endpoints(metrics, settings.metrics.host, settings.metrics.port)
+                serve_endpoints(metrics, health, settings.metrics.host, settings.metrics.port)
             )
             log.info("endpoints.listening", url=url)
         producer = await stack.enter_async_context(open_producer(settings.kafka))
+        await require_topics(producer, settings.kafka)
         consumer = await stack.enter_async_context(open_consumer(settings.kafka))
         processor = Processor(
             decode=command_decoder(codec),
@@ -171,6 +214,8 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
                 reference_in_reason=settings.reconciliation.reference_in_reason,
                 settle_s=settings.reconciliation.settle_s,
                 max_lookups=settings.reconciliation.max_lookups,
+                call_timeout_s=settings.pas.call_timeout_s,
+                lease_margin_s=LEASE_MARGIN_S,
             ),
         )
         runner = CommandRunner(
@@ -188,11 +233,25 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
             max_in_flight=settings.processing.max_in_flight,
             max_buffered=settings.processing.max_buffered,
             max_poll_records=settings.kafka.max_poll_records,
+            max_buffered_bytes=settings.processing.max_buffered_bytes,
+            fault_backoff_max_s=settings.processing.fault_backoff_max_s,
+            health=health,
         )
-        pruner = asyncio.create_task(prune_forever(store, settings.idempotency, metrics, stop))
+        checks = [
+            kafka_check(
+                lambda: broker_topics(producer, settings.kafka),
+                service_topics(settings.kafka),
+                timeout_s=min(settings.kafka.request_timeout_ms / 1000, 10.0),
+            )
+        ]
+        background = [
+            asyncio.create_task(prune_forever(store, settings.idempotency, metrics, stop)),
+            asyncio.create_task(watch(checks, health, stop)),
+        ]
         try:
             await runner.run()
         finally:
-            pruner.cancel()
-            await asyncio.gather(pruner, return_exceptions=True)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
     log.info("service.stopped")

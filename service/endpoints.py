@@ -1,4 +1,5 @@
-"""The operational HTTP endpoint: /metrics, /healthz (alive) and /readyz (consuming)."""
+"""The operational HTTP endpoint: /metrics, /healthz (alive) and /readyz (consuming, with
+the reasons when not)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from contextlib import asynccontextmanager
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.health import Health
 from service.metrics import Metrics
 
 
-def build_endpoints(metrics: Metrics) -> web.Application:
+def build_endpoints(metrics: Metrics, health: Health) -> web.Application:
     async def scrape(_: web.Request) -> web.Response:
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -20,10 +22,9 @@ def build_endpoints(metrics: Metrics) -> web.Application:
         return web.json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
-        ready = metrics.is_ready
-        return web.json_response(
-            {"status": "ready" if ready else "not ready"}, status=200 if ready else 503
-        )
+        if health.ready:
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "not ready", "reasons": health.problems()}, status=503)
 
     app = web.Application()
     app.router.add_get("/metrics", scrape)
@@ -33,9 +34,11 @@ def build_endpoints(metrics: Metrics) -> web.Application:
 
 
 @asynccontextmanager
-async def serve_endpoints(metrics: Metrics, host: str, port: int) -> AsyncIterator[str]:
+async def serve_endpoints(
+    metrics: Metrics, health: Health, host: str, port: int
+) -> AsyncIterator[str]:
     """Serve the endpoints; yields the base URL actually bound."""
-    runner = web.AppRunner(build_endpoints(metrics), access_log=None)
+    runner = web.AppRunner(build_endpoints(metrics, health), access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

@@ -123,10 +123,23 @@ class Metrics:
             registry=r,
         )
         self._ready = Gauge(
-            "points_adjuster_ready", "1 when consuming, 0 when starting or stopping.", registry=r
+            "points_adjuster_ready",
+            "1 when consuming, 0 when starting, stopping or held up by a fault (see /readyz).",
+            registry=r,
         )
-        self.is_ready = False
+        self.faults = Counter(
+            "points_adjuster_faults_total",
+            "Records held up by a fault of our own infrastructure and tried again later, by"
+            " part (kafka, store, claim, other).",
+            ["part"],
+            registry=r,
+        )
+        self.buffered_bytes = Gauge(
+            "points_adjuster_records_buffered_bytes",
+            "Bytes of records fetched and not yet finished (bounded by"
+            " PA_PROCESSING__MAX_BUFFERED_BYTES).",
+            registry=r,
+        )
 
     def set_ready(self, ready: bool) -> None:
-        self.is_ready = ready
         self._ready.set(1 if ready else 0)

@@ -19,6 +19,10 @@ from service.errors import ConfigError
 ENV_PREFIX = "PA_"
 ENV_NESTED_DELIMITER = "__"
 
+LEASE_MARGIN_S = 5.0
+"""How much longer a claim's lease lasts than the longest PAS call: room for the store
+writes around the call, so a lease never expires under a call still in flight."""
+
 DEFAULT_TYPE_CODES = frozenset({"GOODWILL", "CORRECTION", "PROMO", "REVERSAL"})
 
 
@@ -62,6 +66,15 @@ class KafkaSettings(BaseModel):
     max_replays: int = Field(
         3, ge=1, description="A dead letter replayed this many times is not replayed again."
     )
+    max_message_bytes: int = Field(
+        1_000_000,
+        ge=16_384,
+        le=100_000_000,
+        description="Largest record the service publishes (key, value and headers). An outcome"
+        " event, dead letter or review copy that would be larger is published cut down (the"
+        " large parts replaced by their size and SHA-256, header pa.truncated). Keep it at or"
+        " under the topics' max.message.bytes.",
+    )
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -85,7 +98,22 @@ class PasSettings(BaseModel):
         "POST", description="HTTP method of the adjustment call."
     )
     connect_timeout_s: float = Field(3.0, gt=0, description="TCP/TLS connect timeout.")
-    read_timeout_s: float = Field(10.0, gt=0, description="Time allowed for PAS's answer.")
+    read_timeout_s: float = Field(
+        10.0, gt=0, description="Longest wait for each read of PAS's answer."
+    )
+    call_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        description="One deadline for a whole PAS call: waiting for a slot, connect, send and"
+        " the whole answer (a trickling answer cannot outlive it). Must stay below"
+        " PA_IDEMPOTENCY__LEASE_S.",
+    )
+    max_response_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        description="Largest PAS answer read; a longer one is abandoned unread (as an"
+        " unreadable answer). Answers are requested uncompressed; a compressed one is refused.",
+    )
     pool_timeout_s: float = Field(5.0, gt=0, description="Wait for a free pooled connection.")
     http_transport: Literal["httpx", "aiohttp"] = Field(
         "aiohttp",
@@ -158,6 +186,24 @@ class ProcessingSettings(BaseModel):
     max_buffered: int = Field(
         2000, ge=1, description="Records fetched but not finished; partitions pause above it."
     )
+    max_buffered_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1_048_576,
+        description="Bytes of fetched, unfinished records (keys, values, headers); partitions"
+        " pause above it, as for PA_PROCESSING__MAX_BUFFERED.",
+    )
+    max_record_bytes: int = Field(
+        65_536,
+        ge=4096,
+        description="Largest command record accepted (key, value and headers); a larger one"
+        " fails as VALIDATION_FAILED (field 'record').",
+    )
+    fault_backoff_max_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest pause between two tries of a record held up by a fault of our own"
+        " infrastructure (broker, topic, idempotency store); the first is 0.5 s, doubling.",
+    )
     adaptive_concurrency: bool = Field(
         True,
         description="Fewer PAS calls in flight while PAS answers 429, 5xx or times out (halved"
@@ -222,13 +268,24 @@ class IdempotencySettings(BaseModel):
         30 * 86_400.0, gt=0, description="Terminal records older than this are pruned."
     )
     prune_interval_s: float = Field(3600.0, gt=0, description="How often pruning runs.")
+    allow_empty_store: bool = Field(
+        False,
+        description="Start even when the store is new but the consumer group already has"
+        " committed offsets (the store was lost or replaced, so re-read commands could be"
+        " applied twice). For a deliberate reset only; logged loudly.",
+    )
 
 
 class MetricsSettings(BaseModel):
     """The HTTP endpoint serving /metrics, /healthz and /readyz."""
 
     enabled: bool = Field(True, description="Serve the endpoint.")
-    host: str = Field("0.0.0.0", description="Listen address.")  # noqa: S104 - scraped in-cluster
+    host: str = Field(
+        "127.0.0.1",
+        description="Listen address. Loopback by default, so nothing is exposed by accident;"
+        " set 0.0.0.0 (or the pod IP) where Prometheus scrapes from outside (the Helm chart"
+        " and the compose file do).",
+    )
     port: int = Field(9464, ge=0, le=65535, description="Listen port (0 picks a free one).")
 
 
@@ -274,13 +331,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _lease_outlasts_a_call(self) -> Settings:
-        pas = self.pas
-        longest = pas.pool_timeout_s + pas.connect_timeout_s + pas.read_timeout_s
-        if self.idempotency.lease_s <= longest:
+        longest = self.pas.call_timeout_s + LEASE_MARGIN_S
+        if self.idempotency.lease_s < longest:
             raise ValueError(
-                f"PA_IDEMPOTENCY__LEASE_S: {self.idempotency.lease_s:g} s must exceed the longest"
-                f" PAS call ({longest:g} s: pool + connect + read timeouts), or another worker"
-                " could take over a claim whose request is still in flight"
+                f"PA_IDEMPOTENCY__LEASE_S: {self.idempotency.lease_s:g} s must be at least"
+                f" PA_PAS__CALL_TIMEOUT_S + {LEASE_MARGIN_S:g} s ({longest:g} s), or another"
+                " worker could take over a claim whose request is still in flight"
             )
         return self
 

@@ -28,6 +28,15 @@ class InboundRecord:
     def source(self) -> SourceRef:
         return SourceRef(self.topic, self.partition, self.offset)
 
+    @property
+    def size(self) -> int:
+        """Bytes of the record as the broker holds it: key, value, header names and values."""
+        return (
+            len(self.key or b"")
+            + len(self.value or b"")
+            + sum(len(name) + len(value or b"") for name, value in self.headers)
+        )
+
 
 @dataclass(frozen=True)
 class Attempt:

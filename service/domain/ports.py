@@ -52,9 +52,17 @@ class PasReply:
 
 
 class PasPort(Protocol):
-    """Sends one adjustment to PAS and reports how the call ended; never raises for it."""
+    """Sends one adjustment to PAS and reports how the call ended; never raises for it.
 
-    async def adjust(self, request: PasRequest) -> PasReply: ...
+    ``deadline`` is a ``time.monotonic()`` instant by which the whole call is over: waiting
+    for a slot, connecting, sending and reading the whole answer. The caller's claim on the
+    key outlives it, so a lease never expires under a call still in flight. A call whose
+    deadline passes before its request could have left reports a transport failure that
+    says "not sent"; once the request may have left, an unfinished call is a read timeout
+    (the outcome is unknown).
+    """
+
+    async def adjust(self, request: PasRequest, *, deadline: float) -> PasReply: ...
 
 
 Clock = Callable[[], datetime]

@@ -13,6 +13,7 @@ either looked up in PAS's history (reconciliation) or ends as OUTCOME_UNKNOWN.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -86,6 +87,10 @@ class ProcessorConfig:
     settle_s: float
     max_lookups: int
     busy_poll_s: float = 0.5
+    call_timeout_s: float = 20.0
+    """The longest a PAS call may take; the deadline handed to ``PasPort.adjust``."""
+    lease_margin_s: float = 5.0
+    """A call's deadline ends this long before the claim's lease does."""
 
 
 class Processor:
@@ -100,6 +105,7 @@ class Processor:
         history: HistoryPort | None,
         config: ProcessorConfig,
         clock: Clock = lambda: datetime.now(UTC),
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._decode = decode
         self._store = store
@@ -107,6 +113,9 @@ class Processor:
         self._history = history
         self._config = config
         self._clock = clock
+        self._monotonic = monotonic
+        self._active: set[str] = set()
+        """Idempotency keys being handled now, by any record: one at a time per process."""
 
     def payload_of(self, value: bytes | None) -> Mapping[str, Any] | None:
         """The decoded command value, or None when it cannot be decoded.
@@ -154,9 +163,19 @@ class Processor:
                 )
             )
         checked = validate_command(raw, self._config.rules)
-        if isinstance(checked, list):
-            return await self._invalid(record, raw, checked, received_at, attempt)
-        return await self._valid(record, checked, received_at, attempt)
+        key = checked.idempotency_key if not isinstance(checked, list) else identify(raw)[0]
+        if key in self._active:
+            # The same key from another record (another partition, a repeat) is being
+            # handled right now: wait for it, so one key never has two calls in flight here.
+            log.info("idempotency.busy_here", idempotency_key=key)
+            return Retry(self._config.busy_poll_s, attempt, "key handled by another record", "busy")
+        self._active.add(key)
+        try:
+            if isinstance(checked, list):
+                return await self._invalid(record, raw, checked, received_at, attempt)
+            return await self._valid(record, checked, received_at, attempt)
+        finally:
+            self._active.discard(key)
 
     async def published(self, decision: Publish) -> None:
         """Record that the outcome of a stored key was acknowledged by the broker."""
@@ -257,10 +276,11 @@ class Processor:
             source=record.source,
             metadata=dict(command.metadata),
         )
+        lease_from = self._monotonic()  # the lease runs from (at latest) this instant
         claim = await self._claim(key, command.fingerprint())
         status = claim.status
         if status is ClaimStatus.CLAIMED:
-            return await self._call(command, info, attempt)
+            return await self._call(command, info, attempt, lease_from)
         if status is ClaimStatus.BUSY:
             return self._busy(claim, attempt)
         if status is ClaimStatus.TAKEN_OVER:
@@ -336,8 +356,14 @@ class Processor:
             correlation_id=command.correlation_id,
         )
 
+    def _deadline(self, lease_from: float) -> float:
+        """When a call must be over: within the call timeout, and before the lease ends."""
+        config = self._config
+        lease_end = lease_from + config.lease_s - config.lease_margin_s
+        return min(self._monotonic() + config.call_timeout_s, lease_end)
+
     async def _call(
-        self, command: AdjustmentCommand, info: CommandInfo, attempt: Attempt
+        self, command: AdjustmentCommand, info: CommandInfo, attempt: Attempt, lease_from: float
     ) -> Decision:
         key = command.idempotency_key
         now = self._clock()
@@ -355,7 +381,9 @@ class Processor:
             )
             log.warning("command.expired", idempotency_key=key, attempts=attempt.calls)
             return await self._finish(key, expired, State.FAILED)
-        reply = await self._pas.adjust(self._request(command))
+        reply = await self._pas.adjust(
+            self._request(command), deadline=self._deadline(lease_from)
+        )
         rule = reply.rule
         circuit_open = reply.observation.transport is Transport.CIRCUIT_OPEN
         now = self._clock()
@@ -539,11 +567,13 @@ class Processor:
             return await self._finish(key, completed, State.COMPLETED)
         if isinstance(verdict, ReconcileAbsent):
             log.info("reconcile.absent", idempotency_key=key)
+            now = self._clock()  # the lookup took a while: the new lease runs from here
+            lease_from = self._monotonic()
             lease_until = now + timedelta(seconds=self._config.lease_s)
             await self._store.resume(
                 key, owner=self._config.owner, lease_until=lease_until, now=now
             )
-            return await self._call(command, info, attempt)
+            return await self._call(command, info, attempt, lease_from)
         if verdict.retry_in_s is None:  # the lookup failed; "not settled yet" is no failure
             attempt = replace(attempt, lookups=attempt.lookups + 1)
         if attempt.lookups >= self._config.max_lookups:

@@ -11,15 +11,26 @@ partition, and a record is finished only once its outcome (and any dead-letter c
 acknowledged by the broker: a crash at any point re-delivers work instead of losing it,
 and the idempotency store turns the re-delivery into a duplicate, not a second call.
 
-Memory is bounded: above ``max_buffered`` unfinished records every partition is paused,
-and resumed below half of it; the loop keeps polling throughout, so the group never
-evicts us for a long backoff.
+Memory is bounded: above ``max_buffered`` unfinished records, or ``max_buffered_bytes`` of
+them, every partition is paused, and resumed below half of it; the loop keeps polling
+throughout, so the group never evicts us for a long backoff.
+
+Faults pause, never exit. A record held up by a fault of our own infrastructure (the broker
+gone, a topic missing, a publish refused, the idempotency store failing, a claim lost to
+another worker) is tried again later with a growing pause; its partition is paused meanwhile
+and ``/readyz`` says why. A decision already taken is kept: only what is left of it (the
+publish, the note that it was published) is tried again, so a fault after PAS applied an
+adjustment never calls PAS again. When the record finally goes through, the partition
+resumes. Nothing is skipped: a partition stays behind its faulted record, never past it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import random
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -34,12 +45,13 @@ from service.domain.decisions import (
     Attempt,
     DeadLetterOnly,
     DeadLetterRequest,
-    Decision,
     InboundRecord,
     Publish,
     Retry,
 )
 from service.domain.processor import Processor
+from service.health import Health
+from service.idempotency.base import OwnershipLostError
 from service.kafka.deadletter import DeadLetterPublisher, Failure
 from service.kafka.publisher import OutcomePublisher
 from service.metrics import Metrics
@@ -49,6 +61,8 @@ log = structlog.get_logger("service.runner")
 FETCH_TIMEOUT_MS = 100
 COMMIT_INTERVAL_S = 1.0
 COMMIT_TIMEOUT_S = 3.0  # aiokafka waits for a coordinator indefinitely when the broker is gone
+FAULT_FIRST_PAUSE_S = 0.5
+CLAIM_LOST_PAUSE_S = 0.5
 
 Key = tuple[TopicPartition, str]
 
@@ -60,6 +74,32 @@ class _Pending:
     record: InboundRecord
     fetched_at: float
     attempt: Attempt = field(default_factory=Attempt)
+    decision: Publish | DeadLetterOnly | None = None
+    """Taken once; a fault after it retries only what is left of delivering it."""
+    delivered: bool = False
+    faults: int = 0
+
+
+def fault_part(exc: BaseException) -> str:
+    """Which part of our infrastructure a fault comes from (a bounded label)."""
+    if isinstance(exc, OwnershipLostError):
+        return "claim"
+    if isinstance(exc, KafkaError):
+        return "kafka"
+    module = type(exc).__module__
+    if isinstance(exc, sqlite3.Error | OSError) or module.startswith("service.idempotency"):
+        return "store"
+    if isinstance(exc, TimeoutError):
+        return "kafka"  # the only waits of ours without their own error are Kafka's
+    return "other"
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of an error, short (aiokafka's messages may name the type already)."""
+    name, text = type(exc).__name__, str(exc)
+    if not text:
+        return name
+    return (text if text.startswith(name) else f"{name}: {text}")[:300]
 
 
 class PartitionProgress:
@@ -70,11 +110,15 @@ class PartitionProgress:
         self.done: set[int] = set()
         self.commit_at: int | None = None
         self.dirty = False
+        self.bytes = 0
+        """Bytes of this partition's records fetched and not finished."""
 
-    def add(self, offset: int) -> None:
+    def add(self, offset: int, size: int = 0) -> None:
         self.pending.append(offset)
+        self.bytes += size
 
-    def finish(self, offset: int) -> None:
+    def finish(self, offset: int, size: int = 0) -> None:
+        self.bytes -= size
         self.done.add(offset)
         while self.pending and self.pending[0] in self.done:
             first = self.pending.popleft()
@@ -108,6 +152,9 @@ class CommandRunner:
         max_in_flight: int = 200,
         max_buffered: int = 2000,
         max_poll_records: int = 500,
+        max_buffered_bytes: int = 64 * 1024 * 1024,
+        fault_backoff_max_s: float = 30.0,
+        health: Health | None = None,
     ) -> None:
         self._consumer = consumer
         self._topic = topic
@@ -119,7 +166,12 @@ class CommandRunner:
         self._drain_timeout_s = drain_timeout_s
         self._ordering = ordering
         self._max_buffered = max_buffered
+        self._max_buffered_bytes = max_buffered_bytes
         self._max_poll_records = max_poll_records
+        self._fault_backoff_max_s = fault_backoff_max_s
+        self._health = health or Health()
+        self._faulted: dict[TopicPartition, str] = {}
+        """Partitions held up by a fault, with its part; paused until their record passes."""
         self._slots = asyncio.Semaphore(max_in_flight)
         self._progress: dict[TopicPartition, PartitionProgress] = {}
         self._queues: dict[Key, deque[_Pending]] = {}
@@ -137,21 +189,19 @@ class CommandRunner:
     async def run(self) -> None:
         self._consumer.subscribe([self._topic], listener=_Rebalance(self))
         dispatcher = asyncio.create_task(self._dispatch(), name="dispatcher")
-        self._metrics.set_ready(True)
+        self._health.started()
         log.info("consumer.started", topic=self._topic, ordering=self._ordering)
         try:
             while not self._stop.is_set():
                 room = self._backpressure()
-                batches = await self._consumer.getmany(
-                    timeout_ms=FETCH_TIMEOUT_MS, max_records=max(1, room)
-                )
+                batches = await self._fetch(room)
                 for tp, messages in batches.items():
                     for message in messages:
                         self._accept(tp, message)
                 if time.monotonic() - self._last_commit >= COMMIT_INTERVAL_S:
                     await self.commit()
         finally:
-            self._metrics.set_ready(False)
+            self._health.draining()
             # One budget for the whole drain: finishing what was fetched, then what runs.
             deadline = time.monotonic() + self._drain_timeout_s
             await self._finish_buffered(deadline)
@@ -180,26 +230,52 @@ class CommandRunner:
         if self._queues:
             log.warning("shutdown.drain_timeout", unfinished=self._buffered())
 
+    async def _fetch(self, room: int) -> dict[TopicPartition, list[Any]]:
+        """One fetch; a failing consumer is reported and tried again, never the end of us."""
+        try:
+            batches: dict[TopicPartition, list[Any]] = await self._consumer.getmany(
+                timeout_ms=FETCH_TIMEOUT_MS, max_records=max(1, room)
+            )
+        except KafkaError as exc:
+            self._health.report("consumer", f"fetching failed: {describe(exc)}")
+            log.warning("consumer.fetch_failed", error=describe(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 1.0)
+            return {}
+        self._health.clear("consumer")
+        return batches
+
     def _buffered(self) -> int:
         return sum(len(progress) for progress in self._progress.values())
 
     def _backpressure(self) -> int:
         """Pause or resume partitions; return how many records may be fetched now.
 
-        Each partition may hold its share of ``max_buffered``: one partition's backlog of a
-        few accounts cannot fill the buffer and starve the others. A partition pauses at
-        its share and resumes below half of it; all pause when the whole buffer is full.
+        Each partition may hold its share of ``max_buffered`` records and of
+        ``max_buffered_bytes``: one partition's backlog of a few accounts cannot fill the
+        buffer and starve the others. A partition pauses at its share and resumes below
+        half of it; all pause when the whole buffer is full. A partition held up by a fault
+        stays paused until its record passes.
         """
         buffered = self._buffered()
+        held_bytes = sum(progress.bytes for progress in self._progress.values())
         self._metrics.buffered.set(buffered)
-        share = max(self._max_buffered // max(len(self._progress), 1), 1)
-        full = buffered >= self._max_buffered
+        self._metrics.buffered_bytes.set(held_bytes)
+        partitions = max(len(self._progress), 1)
+        share = max(self._max_buffered // partitions, 1)
+        byte_share = max(self._max_buffered_bytes // partitions, 1)
+        full = (
+            buffered >= self._max_buffered
+            or held_bytes >= self._max_buffered_bytes
+            or self._health.problem("store") is not None  # a lost store takes nothing new
+        )
         for tp, progress in self._progress.items():
-            held = len(progress)
-            if tp not in self._paused and (full or held >= share):
+            over = len(progress) >= share or progress.bytes >= byte_share
+            below = len(progress) <= share // 2 and progress.bytes <= byte_share // 2
+            if tp not in self._paused and (full or over or tp in self._faulted):
                 self._consumer.pause(tp)
                 self._paused.add(tp)
-            elif tp in self._paused and not full and held <= share // 2:
+            elif tp in self._paused and not full and below and tp not in self._faulted:
                 self._consumer.resume(tp)
                 self._paused.discard(tp)
         self._metrics.paused.set(len(self._paused))
@@ -221,7 +297,7 @@ class CommandRunner:
             self._processor.payload_of(message.value) if keyed else None,
         )
         self._metrics.records_consumed.labels(tp.topic).inc()
-        progress.add(record.offset)
+        progress.add(record.offset, record.size)
         ordering = ""  # ordering=partition: one key per partition, the slow baseline
         if keyed:
             ordering = self._processor.ordering_key(record) or f"@{record.offset}"
@@ -276,50 +352,124 @@ class CommandRunner:
         pending = queue[0]
         self._metrics.in_flight.inc()
         try:
-            decision = await self._processor.handle(pending.record, pending.attempt)
-            if isinstance(decision, Retry):
-                pending.attempt = decision.attempt
-                self._metrics.retries.labels(decision.kind).inc()
-                if tp not in self._revoked:
-                    loop = asyncio.get_running_loop()
-                    self._timers[key] = loop.call_later(decision.after_s, self._wake_later, key)
-                return
-            await self._deliver(decision, pending.record)
+            if pending.decision is None:
+                decision = await self._processor.handle(pending.record, pending.attempt)
+                if isinstance(decision, Retry):
+                    pending.attempt = decision.attempt
+                    self._metrics.retries.labels(decision.kind).inc()
+                    self._later(key, decision.after_s)
+                    return
+                pending.decision = decision
+            await self._deliver(pending)
+        except Exception as exc:  # any fault: this record waits, the service goes on
+            self._fault(key, pending, exc)
+            return
         finally:
             self._metrics.in_flight.dec()
+        self._passed(tp, pending)
         self._metrics.processing.observe(time.perf_counter() - pending.fetched_at)
         if self._progress.get(tp) is not progress:
             return  # the partition was revoked meanwhile
-        progress.finish(pending.record.offset)
+        progress.finish(pending.record.offset, pending.record.size)
         queue.popleft()
         if queue:
             self._make_ready(key)
         else:
             del self._queues[key]
 
+    def _later(self, key: Key, after_s: float) -> None:
+        """Hand ``key``'s first record back in ``after_s`` seconds (unless revoked)."""
+        if key[0] not in self._revoked:
+            loop = asyncio.get_running_loop()
+            self._timers[key] = loop.call_later(after_s, self._wake_later, key)
+
+    def _fault(self, key: Key, pending: _Pending, exc: Exception) -> None:
+        """A fault of our infrastructure held this record up: pause, report, try later."""
+        tp = key[0]
+        part = fault_part(exc)
+        record = pending.record
+        self._metrics.faults.labels(part).inc()
+        if isinstance(exc, OwnershipLostError):
+            # Another worker took the claim over (our lease ran out): start this record
+            # again from its claim, which tells what the other worker did with it.
+            log.warning(
+                "idempotency.claim_lost",
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+            )
+            pending.decision = None
+            pending.delivered = False
+            self._later(key, CLAIM_LOST_PAUSE_S)
+            return
+        pending.faults += 1
+        ceiling = min(FAULT_FIRST_PAUSE_S * 2 ** (pending.faults - 1), self._fault_backoff_max_s)
+        pause = random.uniform(ceiling / 2, ceiling)
+        stage = "deliver" if pending.decision is not None else "process"
+        self._faulted[tp] = part
+        self._health.report(f"records.{part}", f"{stage} failing: {describe(exc)}")
+        event = log.error if pending.faults == 1 else log.warning
+        event(
+            "record.fault",
+            part=part,
+            stage=stage,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            faults=pending.faults,
+            retry_in_s=round(pause, 2),
+            error=describe(exc),
+            exc_info=part == "other" and pending.faults == 1,
+        )
+        self._later(key, pause)
+
+    def _passed(self, tp: TopicPartition, pending: _Pending) -> None:
+        """A record went through: its partition is no longer held up by a fault."""
+        if pending.faults:
+            log.info(
+                "record.recovered",
+                topic=pending.record.topic,
+                partition=pending.record.partition,
+                offset=pending.record.offset,
+                faults=pending.faults,
+            )
+        part = self._faulted.pop(tp, None)
+        if part is not None and part not in self._faulted.values():
+            self._health.clear(f"records.{part}")
+
     def _wake_later(self, key: Key) -> None:
         self._timers.pop(key, None)
         if key in self._queues and key[0] not in self._revoked:
             self._make_ready(key)
 
-    async def _deliver(self, decision: Decision, record: InboundRecord) -> None:
-        deliveries = []
-        if isinstance(decision, Publish):
-            deliveries.append(await self._publisher.send(decision))
-            dead = decision.dead_letter
-        else:
-            assert isinstance(decision, DeadLetterOnly)
-            dead = decision.dead_letter
-        if dead is not None:
-            deliveries.append(await self._send_dead_letter(dead, record))
-        await asyncio.gather(*deliveries)
+    async def _deliver(self, pending: _Pending) -> None:
+        """Publish the decision (outcome and dead letter), then note it published.
+
+        Each step is done once: after a fault only what is left is tried again.
+        """
+        decision = pending.decision
+        assert decision is not None
+        record = pending.record
+        dead = decision.dead_letter
+        if not pending.delivered:
+            deliveries: list[asyncio.Future[Any]] = []
+            if isinstance(decision, Publish):
+                deliveries.append(await self._publisher.send(decision))
+            if dead is not None:
+                deliveries.append(await self._send_dead_letter(dead, record))
+            results = await asyncio.gather(*deliveries, return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            pending.delivered = True
+            if isinstance(decision, Publish):
+                self._count(decision)
+            if dead is not None:
+                self._metrics.dead_letters.labels(dead.target, dead.reason).inc()
+                if isinstance(decision, DeadLetterOnly):
+                    self._metrics.undecodable.labels(dead.reason).inc()
         if isinstance(decision, Publish):
             await self._processor.published(decision)
-            self._count(decision)
-        if dead is not None:
-            self._metrics.dead_letters.labels(dead.target, dead.reason).inc()
-            if isinstance(decision, DeadLetterOnly):
-                self._metrics.undecodable.labels(dead.reason).inc()
 
     async def _send_dead_letter(
         self, dead: DeadLetterRequest, record: InboundRecord
@@ -363,6 +513,8 @@ class CommandRunner:
             and (partitions is None or tp in partitions)
         }
         if not offsets:
+            if partitions is None:
+                self._health.clear("offsets")  # nothing left to commit: nothing failing
             return
         try:
             await asyncio.wait_for(self._consumer.commit(offsets), COMMIT_TIMEOUT_S)
@@ -372,8 +524,10 @@ class CommandRunner:
             self._metrics.commits.labels("failed").inc()
             detail = str(exc) or f"no answer from the broker in {COMMIT_TIMEOUT_S:g} s"
             log.warning("offsets.commit_failed", error=type(exc).__name__, detail=detail)
+            self._health.report("offsets", f"commits failing: {type(exc).__name__}: {detail}")
             return
         self._metrics.commits.labels("ok").inc()
+        self._health.clear("offsets")
         for tp, offset in offsets.items():
             progress = self._progress.get(tp)
             if progress is not None and progress.commit_at == offset:
@@ -410,6 +564,9 @@ class CommandRunner:
         for tp in revoked:
             self._progress.pop(tp, None)
             self._paused.discard(tp)
+            part = self._faulted.pop(tp, None)
+            if part is not None and part not in self._faulted.values():
+                self._health.clear(f"records.{part}")
         for key in [key for key in self._queues if key[0] in revoked]:
             del self._queues[key]
         self._revoked -= revoked

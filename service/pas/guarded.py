@@ -14,7 +14,7 @@ class GuardedPas:
         self._inner = inner
         self._breaker = breaker
 
-    async def adjust(self, request: PasRequest) -> PasReply:
+    async def adjust(self, request: PasRequest, *, deadline: float) -> PasReply:
         if not self._breaker.allow():
             wait = max(self._breaker.retry_in(), 0.05)
             return PasReply(
@@ -24,7 +24,7 @@ class GuardedPas:
                 problem="circuit breaker open: PAS is failing, nothing was sent",
             )
         try:
-            reply = await self._inner.adjust(request)
+            reply = await self._inner.adjust(request, deadline=deadline)
         except asyncio.CancelledError:
             self._breaker.release_probe()
             raise

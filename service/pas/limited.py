@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from service.domain.adaptive import AdaptiveLimit, RatePacer
-from service.domain.classification import UNHEALTHY, Transport
+from service.domain.classification import UNHEALTHY, Observation, Transport
 from service.domain.ports import PasPort, PasReply, PasRequest
 
 RATE_LIMITED = 429
+
+
+def not_sent(problem: str) -> PasReply:
+    """A call that ended before its request could leave (classified: retry)."""
+    return PasReply(Observation(transport=Transport.POOL_TIMEOUT), 0.0, problem=problem)
 
 
 class LimitedPas:
@@ -29,19 +35,26 @@ class LimitedPas:
     def in_flight(self) -> int:
         return self._in_flight
 
-    async def adjust(self, request: PasRequest) -> PasReply:
+    async def adjust(self, request: PasRequest, *, deadline: float) -> PasReply:
+        """Wait for a slot and a turn, but never past ``deadline``: a call that could not
+        start in time is reported as not sent, so its claim never outlives its lease."""
         if self._in_flight >= self._limit.limit:
             self._waiting += 1
             try:
-                async with self._room:
-                    await self._room.wait_for(lambda: self._in_flight < self._limit.limit)
+                async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                    async with self._room:
+                        await self._room.wait_for(lambda: self._in_flight < self._limit.limit)
+            except TimeoutError:
+                return not_sent("no PAS call slot came free before the call's deadline")
             finally:
                 self._waiting -= 1
         self._in_flight += 1
         try:
             if self._pacer is not None and (pause := self._pacer.delay()) > 0:
+                if time.monotonic() + pause >= deadline:
+                    return not_sent("paced after a 429: no turn before the call's deadline")
                 await asyncio.sleep(pause)
-            reply = await self._inner.adjust(request)
+            reply = await self._inner.adjust(request, deadline=deadline)
             self._learn(reply)
             return reply
         finally:

@@ -11,8 +11,8 @@ class MeteredPas:
         self._inner = inner
         self._metrics = metrics
 
-    async def adjust(self, request: PasRequest) -> PasReply:
-        reply = await self._inner.adjust(request)
+    async def adjust(self, request: PasRequest, *, deadline: float) -> PasReply:
+        reply = await self._inner.adjust(request, deadline=deadline)
         seen = reply.observation
         action = reply.rule.action.value
         status = str(seen.status) if seen.status is not None else (seen.transport or "")

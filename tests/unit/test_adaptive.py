@@ -11,6 +11,7 @@ from service.domain.classification import Observation, Transport
 from service.domain.ports import PasReply, PasRequest
 from service.pas.limited import LimitedPas
 
+FAR = 1e12  # a deadline far beyond any test (a time.monotonic() instant)
 REQUEST = PasRequest("5123456789012345000", 250, "GOODWILL", "Late delivery", "agent-1", "c-1")
 APPLIED = PasReply(Observation(status=200), 0.01, points_adjusted=250)
 REJECTED = PasReply(Observation(status=400), 0.01, problem="HTTP 400 INVALID_POINTS")
@@ -149,7 +150,7 @@ class GatedPas:
         self.most_inside = 0
         self.calls = 0
 
-    async def adjust(self, request: PasRequest) -> PasReply:
+    async def adjust(self, request: PasRequest, *, deadline: float) -> PasReply:
         self.calls += 1
         self.inside += 1
         self.most_inside = max(self.most_inside, self.inside)
@@ -164,7 +165,7 @@ class GatedPas:
 async def test_calls_beyond_the_limit_wait_for_a_slot() -> None:
     inner = GatedPas(APPLIED)
     limited = LimitedPas(inner, full(3, FakeClock()))
-    calls = [asyncio.create_task(limited.adjust(REQUEST)) for _ in range(10)]
+    calls = [asyncio.create_task(limited.adjust(REQUEST, deadline=FAR)) for _ in range(10)]
     await asyncio.sleep(0.01)
     assert inner.inside == 3
     inner.gate.set()
@@ -179,7 +180,7 @@ async def test_pushback_lowers_the_limit(reply: PasReply) -> None:
     limit = full(40, FakeClock())
     limited = LimitedPas(GatedPas(reply), limit)
     limited._inner.gate.set()  # type: ignore[attr-defined]
-    assert await limited.adjust(REQUEST) is reply
+    assert await limited.adjust(REQUEST, deadline=FAR) is reply
     assert limit.limit == 20
 
 
@@ -188,7 +189,7 @@ async def test_answers_that_say_pas_keeps_up_leave_a_full_limit_alone(reply: Pas
     limit = full(40, FakeClock())
     inner = GatedPas(reply)
     inner.gate.set()
-    assert await LimitedPas(inner, limit).adjust(REQUEST) is reply
+    assert await LimitedPas(inner, limit).adjust(REQUEST, deadline=FAR) is reply
     assert limit.limit == 40
 
 
@@ -196,7 +197,7 @@ async def test_a_circuit_open_reply_says_nothing_about_load() -> None:
     limit = full(40, FakeClock())
     inner = GatedPas(CIRCUIT_OPEN)
     inner.gate.set()
-    await LimitedPas(inner, limit).adjust(REQUEST)
+    await LimitedPas(inner, limit).adjust(REQUEST, deadline=FAR)
     assert limit.limit == 40
 
 
@@ -208,7 +209,7 @@ async def test_a_raised_limit_lets_more_waiting_calls_in() -> None:
     assert limit.limit == 1
     inner = GatedPas(APPLIED)
     limited = LimitedPas(inner, limit)
-    calls = [asyncio.create_task(limited.adjust(REQUEST)) for _ in range(6)]
+    calls = [asyncio.create_task(limited.adjust(REQUEST, deadline=FAR)) for _ in range(6)]
     await asyncio.sleep(0.01)
     assert inner.inside == 1
     inner.gate.set()
@@ -221,8 +222,8 @@ async def test_a_raised_limit_lets_more_waiting_calls_in() -> None:
 async def test_a_cancelled_waiter_leaves_no_slot_taken() -> None:
     inner = GatedPas(APPLIED)
     limited = LimitedPas(inner, full(1, FakeClock()))
-    first = asyncio.create_task(limited.adjust(REQUEST))
-    waiter = asyncio.create_task(limited.adjust(REQUEST))
+    first = asyncio.create_task(limited.adjust(REQUEST, deadline=FAR))
+    waiter = asyncio.create_task(limited.adjust(REQUEST, deadline=FAR))
     await asyncio.sleep(0.01)
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -230,7 +231,7 @@ async def test_a_cancelled_waiter_leaves_no_slot_taken() -> None:
     inner.gate.set()
     assert await first is APPLIED
     assert limited.in_flight == 0
-    assert await limited.adjust(REQUEST) is APPLIED
+    assert await limited.adjust(REQUEST, deadline=FAR) is APPLIED
 
 
 # -- the rate pacer ----------------------------------------------------------------------------
@@ -293,15 +294,15 @@ async def test_limited_pas_paces_after_a_429_and_not_before() -> None:
         def __init__(self) -> None:
             self.replies = [APPLIED] * 20 + [RATE_LIMITED] + [APPLIED] * 5
 
-        async def adjust(self, request: PasRequest) -> PasReply:
+        async def adjust(self, request: PasRequest, *, deadline: float) -> PasReply:
             return self.replies.pop(0)
 
     clock = FakeClock()
     pacer = RatePacer(clock)
     limited = LimitedPas(Answers(), full(10, clock), pacer)
     for _ in range(20):
-        await limited.adjust(REQUEST)
+        await limited.adjust(REQUEST, deadline=FAR)
     assert pacer.rate is None
-    await limited.adjust(REQUEST)
+    await limited.adjust(REQUEST, deadline=FAR)
     assert pacer.rate is not None
     assert pacer.delay() > 0.0

@@ -14,6 +14,7 @@ from service.pas.guarded import GuardedPas
 
 THRESHOLD = 3
 OPEN_S = 5.0
+FAR = 1e12  # a deadline far beyond any test (a time.monotonic() instant)
 REQUEST = PasRequest("5123456789012345000", 250, "GOODWILL", "Late delivery", "agent-1", "c-1")
 
 APPLIED = PasReply(Observation(status=200), 0.01, points_adjusted=250)
@@ -49,7 +50,7 @@ class ScriptedPas:
         self.entered = asyncio.Event()
         self.cancel_next = False
 
-    async def adjust(self, request: PasRequest) -> PasReply:
+    async def adjust(self, request: PasRequest, *, deadline: float) -> PasReply:
         self.requests.append(request)
         self.entered.set()
         if self.cancel_next:
@@ -72,7 +73,7 @@ class Rig:
         self.inner.replies = list(replies)
 
     async def calls(self, times: int) -> list[PasReply]:
-        return [await self.pas.adjust(REQUEST) for _ in range(times)]
+        return [await self.pas.adjust(REQUEST, deadline=FAR) for _ in range(times)]
 
 
 @pytest.fixture
@@ -98,7 +99,7 @@ async def test_a_closed_circuit_passes_the_request_and_returns_the_reply_unchang
 ) -> None:
     """While closed, the inner port gets the very request and its reply is returned as is."""
     rig.script(APPLIED)
-    reply = await rig.pas.adjust(REQUEST)
+    reply = await rig.pas.adjust(REQUEST, deadline=FAR)
     assert reply is APPLIED
     assert rig.inner.requests == [REQUEST]
     assert rig.breaker.state is CircuitState.CLOSED
@@ -116,7 +117,7 @@ async def test_retry_and_unknown_endings_open_the_circuit(rig: Rig, failure: Pas
     replies = await rig.calls(THRESHOLD - 1)
     assert rig.breaker.state is CircuitState.CLOSED
     assert all(reply is failure for reply in replies)
-    assert await rig.pas.adjust(REQUEST) is failure
+    assert await rig.pas.adjust(REQUEST, deadline=FAR) is failure
     assert rig.breaker.state is CircuitState.OPEN
     assert len(rig.inner.requests) == THRESHOLD
 
@@ -131,7 +132,7 @@ async def test_answers_that_show_pas_is_up_count_as_success(rig: Rig, answer: Pa
     rig.script(CONNECT, CONNECT, answer, CONNECT, CONNECT)
     await rig.calls(THRESHOLD - 1)
     assert rig.breaker.consecutive_failures == THRESHOLD - 1
-    await rig.pas.adjust(REQUEST)
+    await rig.pas.adjust(REQUEST, deadline=FAR)
     assert rig.breaker.consecutive_failures == 0
     await rig.calls(THRESHOLD - 1)
     assert rig.breaker.state is CircuitState.CLOSED
@@ -159,10 +160,10 @@ async def test_an_open_circuit_answers_circuit_open_without_calling_pas(rig: Rig
 async def test_the_circuit_open_reply_says_how_long_is_left(rig: Rig) -> None:
     """retry_after_s is the time until the circuit half-opens, shrinking as time passes."""
     await open_it(rig)
-    first = await rig.pas.adjust(REQUEST)
+    first = await rig.pas.adjust(REQUEST, deadline=FAR)
     assert first.retry_after_s == pytest.approx(OPEN_S)
     rig.clock.advance(2.0)
-    later = await rig.pas.adjust(REQUEST)
+    later = await rig.pas.adjust(REQUEST, deadline=FAR)
     assert later.retry_after_s == pytest.approx(OPEN_S - 2.0)
 
 
@@ -170,7 +171,7 @@ async def test_the_retry_after_of_an_open_circuit_is_never_below_a_floor(rig: Ri
     """Just before the circuit half-opens, retry_after_s is 0.05 s, not (nearly) zero."""
     await open_it(rig)
     rig.clock.advance(OPEN_S - 0.001)
-    reply = await rig.pas.adjust(REQUEST)
+    reply = await rig.pas.adjust(REQUEST, deadline=FAR)
     assert is_circuit_open(reply)
     assert reply.retry_after_s == 0.05
 
@@ -187,7 +188,7 @@ async def test_half_open_lets_exactly_one_probe_through(rig: Rig) -> None:
     rig.script(APPLIED)
     rig.inner.gate = asyncio.Event()
     rig.inner.entered.clear()
-    probe = asyncio.create_task(rig.pas.adjust(REQUEST))
+    probe = asyncio.create_task(rig.pas.adjust(REQUEST, deadline=FAR))
     await rig.inner.entered.wait()
     others = await rig.calls(3)
     assert all(is_circuit_open(reply) for reply in others)
@@ -196,7 +197,7 @@ async def test_half_open_lets_exactly_one_probe_through(rig: Rig) -> None:
     rig.inner.gate.set()
     assert await probe is APPLIED
     assert rig.breaker.state is CircuitState.CLOSED
-    assert await rig.pas.adjust(REQUEST) is APPLIED
+    assert await rig.pas.adjust(REQUEST, deadline=FAR) is APPLIED
     assert len(rig.inner.requests) == sent + 2
 
 
@@ -205,10 +206,10 @@ async def test_a_failed_probe_opens_the_circuit_again(rig: Rig) -> None:
     await open_it(rig)
     rig.clock.advance(OPEN_S)
     rig.script(READ_TIMEOUT)
-    assert await rig.pas.adjust(REQUEST) is READ_TIMEOUT
+    assert await rig.pas.adjust(REQUEST, deadline=FAR) is READ_TIMEOUT
     assert rig.breaker.state is CircuitState.OPEN
     sent = len(rig.inner.requests)
-    reply = await rig.pas.adjust(REQUEST)
+    reply = await rig.pas.adjust(REQUEST, deadline=FAR)
     assert is_circuit_open(reply)
     assert reply.retry_after_s == pytest.approx(OPEN_S)
     assert len(rig.inner.requests) == sent
@@ -219,7 +220,7 @@ async def test_a_probe_that_ends_in_a_refusal_closes_the_circuit(rig: Rig) -> No
     await open_it(rig)
     rig.clock.advance(OPEN_S)
     rig.script(REJECTED)
-    assert await rig.pas.adjust(REQUEST) is REJECTED
+    assert await rig.pas.adjust(REQUEST, deadline=FAR) is REJECTED
     assert rig.breaker.state is CircuitState.CLOSED
 
 
@@ -229,10 +230,10 @@ async def test_a_cancelled_probe_frees_the_probe_slot(rig: Rig) -> None:
     rig.clock.advance(OPEN_S)
     rig.inner.cancel_next = True
     with pytest.raises(asyncio.CancelledError):
-        await rig.pas.adjust(REQUEST)
+        await rig.pas.adjust(REQUEST, deadline=FAR)
     assert rig.breaker.state is CircuitState.HALF_OPEN
     sent = len(rig.inner.requests)
     rig.script(APPLIED)
-    assert await rig.pas.adjust(REQUEST) is APPLIED
+    assert await rig.pas.adjust(REQUEST, deadline=FAR) is APPLIED
     assert len(rig.inner.requests) == sent + 1
     assert rig.breaker.state is CircuitState.CLOSED

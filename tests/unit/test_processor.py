@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -143,12 +144,14 @@ class ScriptedPas:
     def __init__(self) -> None:
         self.script: list[PasReply] = []
         self.requests: list[PasRequest] = []
+        self.deadlines: list[float] = []
 
     def then(self, *replies: PasReply) -> None:
         self.script.extend(replies)
 
-    async def adjust(self, request: PasRequest) -> PasReply:
+    async def adjust(self, request: PasRequest, *, deadline: float) -> PasReply:
         self.requests.append(request)
+        self.deadlines.append(deadline)
         assert self.script, "PAS was called more often than the test scripted"
         return self.script.pop(0)
 
@@ -1203,3 +1206,76 @@ async def test_published_marks_only_stored_originals(h: Harness) -> None:
     assert (await h.stored()).published is False
     await h.processor.published(original)
     assert (await h.stored()).published is True
+
+
+# -- one call per key in the process, and a deadline inside the lease ---------------------------
+
+
+class GatedPas(ScriptedPas):
+    """A PasPort that holds every call until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def adjust(self, request: PasRequest, *, deadline: float) -> PasReply:
+        self.entered.set()
+        await self.gate.wait()
+        return await super().adjust(request, deadline=deadline)
+
+
+async def test_the_same_key_from_another_partition_waits_while_the_first_is_in_flight(
+    codec: AvroCodec,
+) -> None:
+    """Two records with one key on two partitions, PAS slow: one POST; the other record is
+    handed back as busy and later finds the stored outcome (a duplicate, no second call)."""
+    h = Harness(codec)
+    h.pas = GatedPas()
+    h.processor._pas = h.pas  # the gated fake in place of the scripted one
+    h.pas.then(APPLIED)
+    first = h.record()
+    second = replace(h.record(), partition=7)
+    running = asyncio.create_task(h.processor.handle(first))
+    await h.pas.entered.wait()
+    waiting = await h.processor.handle(second)
+    assert isinstance(waiting, Retry)
+    assert waiting.kind == "busy"
+    h.pas.gate.set()
+    decided = await running
+    assert isinstance(decided, Publish)
+    await h.processor.published(decided)
+    again = await h.processor.handle(second, waiting.attempt)
+    assert isinstance(again, Publish)
+    assert again.duplicate is True
+    assert len(h.pas.requests) == 1
+
+
+async def test_the_key_is_free_again_after_its_record_was_handled(h: Harness) -> None:
+    """The in-process guard holds a key only while a record of it is being handled."""
+    h.pas.then(CONNECT_FAILED)
+    first = await h.handle()
+    assert isinstance(first, Retry)
+    assert first.kind == "backoff"
+    h.pas.then(APPLIED)
+    decided = await h.handle(attempt=first.attempt)
+    assert isinstance(decided, Publish)
+    assert decided.kind == "completed"
+
+
+async def test_a_call_deadline_is_the_call_timeout_and_ends_before_the_lease(
+    codec: AvroCodec,
+) -> None:
+    """The deadline handed to PAS is at most the call timeout away and ends the lease margin
+    before the claim's lease, counted from before the claim was written."""
+    ticks = iter([1000.0, 1000.0, 1000.0, 1000.0])
+    h = Harness(codec, call_timeout_s=20.0, lease_margin_s=5.0)
+    h.processor._monotonic = lambda: next(ticks)
+    h.pas.then(APPLIED)
+    await h.publish()
+    assert h.pas.deadlines == [1020.0]
+    short = Harness(codec, call_timeout_s=20.0, lease_margin_s=5.0, lease_s=12.0)
+    short.processor._monotonic = lambda: 1000.0
+    short.pas.then(APPLIED)
+    await short.publish()
+    assert short.pas.deadlines == [1000.0 + 12.0 - 5.0]

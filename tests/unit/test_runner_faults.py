@@ -1,0 +1,285 @@
+"""The command runner under faults of its own infrastructure, over fakes of the consumer, the
+producer and the store: faults pause the partition and are retried, never the end of the run,
+and a decision already taken is never taken twice."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaTimeoutError
+
+from service.app import command_decoder
+from service.codec.avro import COMMAND, AvroCodec
+from service.domain.decisions import Publish
+from service.health import Health
+from service.idempotency.base import OwnershipLostError, State
+from service.idempotency.memory import MemoryStore
+from service.kafka import runner as runner_module
+from service.kafka.deadletter import DeadLetterPublisher
+from service.kafka.runner import CommandRunner
+from service.metrics import Metrics
+from service.settings import KafkaSettings
+from tests.unit.test_processor import APPLIED, CONFIG, ScriptedPas, raw_command
+
+TOPIC = "commands"
+TP = TopicPartition(TOPIC, 0)
+
+
+@dataclass
+class Message:
+    offset: int
+    value: bytes | None
+    key: bytes | None = b"k"
+    timestamp: int = 1_700_000_000_000
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass
+class FakeConsumer:
+    """Hands out queued messages of unpaused partitions; records pauses and commits."""
+
+    messages: list[Message]
+    paused: set[TopicPartition] = field(default_factory=set)
+    ever_paused: set[TopicPartition] = field(default_factory=set)
+    commits: list[dict[TopicPartition, int]] = field(default_factory=list)
+    listener: Any = None
+    assigned: bool = False
+
+    def subscribe(self, topics: list[str], listener: Any) -> None:
+        self.listener = listener
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, Any]:
+        if not self.assigned:
+            self.assigned = True
+            await self.listener.on_partitions_assigned([TP])
+        if TP in self.paused or not self.messages:
+            await asyncio.sleep(timeout_ms / 1000)
+            return {}
+        taken, self.messages = self.messages[:max_records], self.messages[max_records:]
+        return {TP: taken}
+
+    def pause(self, tp: TopicPartition) -> None:
+        self.paused.add(tp)
+        self.ever_paused.add(tp)
+
+    def resume(self, tp: TopicPartition) -> None:
+        self.paused.discard(tp)
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits.append(dict(offsets))
+
+
+class FlakyPublisher:
+    """An outcome publisher whose first ``failures`` deliveries fail like a broker outage."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.sent: list[Publish] = []
+
+    async def send(self, decision: Publish) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.failures:
+            self.failures -= 1
+            future.set_exception(KafkaTimeoutError("batch expired: the broker did not answer"))
+        else:
+            self.sent.append(decision)
+            future.set_result(None)
+        return future
+
+
+class NoProducer:
+    async def send(self, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        raise AssertionError("no dead letter expected")
+
+
+class FailingStore(MemoryStore):
+    """A MemoryStore whose chosen method fails on its first ``failures`` calls."""
+
+    def __init__(self, method: str, failures: int, error: Callable[[], Exception]) -> None:
+        super().__init__()
+        self.method = method
+        self.failures = failures
+        self.error = error
+        self.on_fail: Callable[[], None] | None = None
+
+    def _maybe_fail(self, method: str) -> None:
+        if method == self.method and self.failures:
+            self.failures -= 1
+            if self.on_fail is not None:
+                self.on_fail()
+            raise self.error()
+
+    async def claim(self, *args: Any, **kwargs: Any) -> Any:
+        self._maybe_fail("claim")
+        return await super().claim(*args, **kwargs)
+
+    async def finish(self, key: str, **kwargs: Any) -> None:
+        self._maybe_fail("finish")
+        await super().finish(key, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def quick_faults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault pauses of a few milliseconds, so the tests do not wait out real backoffs."""
+    monkeypatch.setattr(runner_module, "FAULT_FIRST_PAUSE_S", 0.01)
+    monkeypatch.setattr(runner_module, "CLAIM_LOST_PAUSE_S", 0.01)
+
+
+@dataclass
+class Rig:
+    runner: CommandRunner
+    consumer: FakeConsumer
+    publisher: FlakyPublisher
+    pas: ScriptedPas
+    store: MemoryStore
+    health: Health
+    metrics: Metrics
+    stop: asyncio.Event
+    ready_seen: list[bool] = field(default_factory=list)
+
+
+def rig(store: MemoryStore, publish_failures: int = 0, commands: int = 1) -> Rig:
+    from service.domain.processor import Processor
+
+    codec = AvroCodec.from_directory()
+    pas = ScriptedPas()
+    processor = Processor(
+        decode=command_decoder(codec),
+        store=store,
+        pas=pas,
+        history=None,
+        config=replace(CONFIG, reconcile=False),
+        clock=lambda: datetime.now(UTC),
+    )
+    messages = [
+        Message(
+            offset,
+            codec.encode(
+                COMMAND,
+                raw_command(idempotency_key=f"key-{offset}", occurred_at=datetime.now(UTC)),
+            ),
+        )
+        for offset in range(commands)
+    ]
+    consumer = FakeConsumer(messages)
+    publisher = FlakyPublisher(publish_failures)
+    metrics = Metrics()
+    seen: list[bool] = []
+    health = Health(on_change=seen.append)
+    stop = asyncio.Event()
+    runner = CommandRunner(
+        consumer=consumer,  # type: ignore[arg-type]
+        topic=TOPIC,
+        processor=processor,
+        publisher=publisher,  # type: ignore[arg-type]
+        dead_letters=DeadLetterPublisher(NoProducer(), KafkaSettings(), "group", "test"),
+        metrics=metrics,
+        stop=stop,
+        drain_timeout_s=2.0,
+        health=health,
+    )
+    return Rig(runner, consumer, publisher, pas, store, health, metrics, stop, seen)
+
+
+async def run_until(r: Rig, done: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    task = asyncio.create_task(r.runner.run())
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not done():
+                assert not task.done(), "the runner ended by itself"
+                await asyncio.sleep(0.01)
+    finally:
+        r.stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+def committed(r: Rig) -> int | None:
+    return r.consumer.commits[-1][TP] if r.consumer.commits else None
+
+
+async def test_a_publish_failing_like_a_broker_outage_pauses_and_goes_out_once_it_passes() -> None:
+    """Five failed deliveries: the runner keeps running, the partition pauses and readiness
+    drops with the reason; then the event goes out, PAS having been called once, and the
+    offset is committed past it."""
+    r = rig(MemoryStore(), publish_failures=5)
+    r.pas.then(APPLIED)
+    problems: list[dict[str, str]] = []
+
+    def done() -> bool:
+        if not r.health.ready:
+            problems.append(r.health.problems())
+        return committed(r) == 1
+
+    await run_until(r, done)
+    assert len(r.publisher.sent) == 1
+    assert len(r.pas.requests) == 1
+    assert TP in r.consumer.ever_paused
+    assert any("records.kafka" in seen for seen in problems)
+    assert any("KafkaTimeoutError" in text for seen in problems for text in seen.values())
+    assert False in r.ready_seen
+    assert r.metrics.faults.labels("kafka")._value.get() == 5
+    stored = await r.store.get("key-0")
+    assert stored is not None
+    assert stored.published is True
+
+
+async def test_a_failing_store_holds_the_record_until_it_answers_again() -> None:
+    """A claim that fails like a full disk three times is tried again; then the command is
+    applied once and completed."""
+    store = FailingStore("claim", 3, lambda: sqlite3.OperationalError("database or disk is full"))
+    r = rig(store)
+    r.pas.then(APPLIED)
+    await run_until(r, lambda: committed(r) == 1)
+    assert len(r.pas.requests) == 1
+    assert [decision.kind for decision in r.publisher.sent] == ["completed"]
+    assert r.metrics.faults.labels("store")._value.get() == 3
+    assert r.health.problem("records.store") is None
+
+
+async def test_a_claim_lost_to_another_worker_hands_the_record_back_without_a_second_call() -> None:
+    """Our lease was taken over and the other worker finished the command: our finish fails
+    with OwnershipLostError, the record starts again from its claim, finds the other
+    worker's outcome and publishes it, and PAS is called only the once."""
+    store = FailingStore("finish", 1, lambda: OwnershipLostError("taken over"))
+    r = rig(store)
+    r.pas.then(APPLIED)
+
+    def other_worker_finishes() -> None:
+        record = store.records["key-0"]
+        store.records["key-0"] = replace(
+            record,
+            owner="worker-b",
+            state=State.COMPLETED,
+            outcome_kind="completed",
+            outcome={"idempotency_key": "key-0", "account_ref": None, "by": "worker-b"},
+        )
+
+    store.on_fail = other_worker_finishes
+    await run_until(r, lambda: committed(r) == 1)
+    assert len(r.pas.requests) == 1
+    (sent,) = r.publisher.sent
+    assert sent.payload["by"] == "worker-b"
+    assert r.metrics.faults.labels("claim")._value.get() == 1
+
+
+async def test_records_of_other_keys_go_on_while_one_waits_out_a_fault() -> None:
+    """Only the faulted record waits: the partition's commit point stays behind it, never
+    past it, and moves on once it passes."""
+    store = FailingStore("claim", 2, lambda: sqlite3.OperationalError("disk I/O error"))
+    r = rig(store, commands=3)
+    r.pas.then(APPLIED, APPLIED, APPLIED)
+    await run_until(r, lambda: committed(r) == 3)
+    assert len(r.pas.requests) == 3
+    assert sorted(d.payload["idempotency_key"] for d in r.publisher.sent) == [
+        "key-0",
+        "key-1",
+        "key-2",
+    ]
+    assert all(offsets[TP] <= 3 for offsets in r.consumer.commits)
