@@ -52,6 +52,7 @@ from service.domain.outcome import (
     Failed,
     Outcome,
     Reason,
+    SourceRef,
     event_id,
 )
 from service.domain.ports import Clock, PasPort, PasReply, PasRequest
@@ -114,8 +115,11 @@ class Processor:
         self._config = config
         self._clock = clock
         self._monotonic = monotonic
-        self._active: set[str] = set()
-        """Idempotency keys being handled now, by any record: one at a time per process."""
+        self._active: dict[str, SourceRef] = {}
+        """Idempotency keys being handled now, and by which record: one at a time per
+        process. A stored outcome keeps its key held until it is published (``published``)
+        or given up (``abandon``), so a repeat on another partition cannot republish it as
+        an original meanwhile."""
 
     def payload_of(self, value: bytes | None) -> Mapping[str, Any] | None:
         """The decoded command value, or None when it cannot be decoded.
@@ -164,23 +168,40 @@ class Processor:
             )
         checked = validate_command(raw, self._config.rules)
         key = checked.idempotency_key if not isinstance(checked, list) else identify(raw)[0]
-        if key in self._active:
+        holder = self._active.get(key)
+        if holder is not None and holder != record.source:
             # The same key from another record (another partition, a repeat) is being
             # handled right now: wait for it, so one key never has two calls in flight here.
             log.info("idempotency.busy_here", idempotency_key=key)
             return Retry(self._config.busy_poll_s, attempt, "key handled by another record", "busy")
-        self._active.add(key)
+        self._active[key] = record.source
         try:
             if isinstance(checked, list):
-                return await self._invalid(record, raw, checked, received_at, attempt)
-            return await self._valid(record, checked, received_at, attempt)
-        finally:
-            self._active.discard(key)
+                decision = await self._invalid(record, raw, checked, received_at, attempt)
+            else:
+                decision = await self._valid(record, checked, received_at, attempt)
+        except BaseException:
+            self._release(key, record.source)
+            raise
+        if not isinstance(decision, Publish) or decision.stored_key != key:
+            self._release(key, record.source)  # nothing of this key is left to publish
+        return decision
+
+    def _release(self, key: str, source: SourceRef) -> None:
+        if self._active.get(key) == source:
+            del self._active[key]
+
+    def abandon(self, decision: Decision) -> None:
+        """The runner dropped a decision before publishing it (its partition moved)."""
+        if isinstance(decision, Publish) and decision.stored_key is not None:
+            self._active.pop(decision.stored_key, None)
 
     async def published(self, decision: Publish) -> None:
         """Record that the outcome of a stored key was acknowledged by the broker."""
         if decision.stored_key is not None and not decision.duplicate:
             await self._store.mark_published(decision.stored_key)
+        if decision.stored_key is not None:
+            self._active.pop(decision.stored_key, None)
 
     # -- claims -------------------------------------------------------------------------
 
@@ -381,9 +402,7 @@ class Processor:
             )
             log.warning("command.expired", idempotency_key=key, attempts=attempt.calls)
             return await self._finish(key, expired, State.FAILED)
-        reply = await self._pas.adjust(
-            self._request(command), deadline=self._deadline(lease_from)
-        )
+        reply = await self._pas.adjust(self._request(command), deadline=self._deadline(lease_from))
         rule = reply.rule
         circuit_open = reply.observation.transport is Transport.CIRCUIT_OPEN
         now = self._clock()

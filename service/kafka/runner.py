@@ -568,7 +568,9 @@ class CommandRunner:
             if part is not None and part not in self._faulted.values():
                 self._health.clear(f"records.{part}")
         for key in [key for key in self._queues if key[0] in revoked]:
-            del self._queues[key]
+            for pending in self._queues.pop(key):
+                if pending.decision is not None:
+                    self._processor.abandon(pending.decision)  # its new owner decides again
         self._revoked -= revoked
         self._metrics.assigned_partitions.set(len(self._progress))
 

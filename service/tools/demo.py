@@ -109,7 +109,14 @@ async def run_demo(*, count: int, latency_ms: float, bootstrap_servers: str | No
     with local_broker(bootstrap_servers) as bootstrap:
         kafka = KafkaSettings(bootstrap_servers=bootstrap)
         await ensure_topics(
-            kafka, {kafka.command_topic: 3, kafka.completed_topic: 3, kafka.failed_topic: 3}
+            kafka,
+            {
+                kafka.command_topic: 3,
+                kafka.completed_topic: 3,
+                kafka.failed_topic: 3,
+                kafka.dead_letter_topic: 1,
+                kafka.review_topic: 1,
+            },
         )
         keyset = generate_dev_keyset(workdir / "keys")
         sandbox_config = SandboxConfig(

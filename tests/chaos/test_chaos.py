@@ -54,12 +54,13 @@ FAULTS = {
 
 # Short timeouts so that faults resolve within the test: a hang outlives the 1 s read
 # timeout; reconciliation waits 4 s (longer than the hang) before trusting a lookup; a
-# claim left by a killed process expires after 10 s.
+# claim left by a killed process expires after 10 s; a whole call lasts 4 s at most.
 SERVICE_ENV = {
     "PA_PAS__READ_TIMEOUT_S": "1",
     "PA_PAS__CONNECT_TIMEOUT_S": "1",
     "PA_PAS__POOL_TIMEOUT_S": "2",
     "PA_IDEMPOTENCY__LEASE_S": "10",
+    "PA_PAS__CALL_TIMEOUT_S": "4",
     "PA_RECONCILIATION__SETTLE_S": "4",
     "PA_RETRY__INITIAL_BACKOFF_S": "0.1",
     "PA_RETRY__MAX_BACKOFF_S": "1",
@@ -130,16 +131,8 @@ async def test_chaos_exactly_once(
     rng = random.Random(2026)
     codec = AvroCodec.from_directory()
     topology = Topology(kafka_bootstrap)
-    kafka = topology.kafka.model_copy(
-        update={
-            "dead_letter_topic": f"dlt-{topology.suffix}",
-            "review_topic": f"review-{topology.suffix}",
-        }
-    )
-    await create_topics(
-        kafka_bootstrap,
-        {**topology.topics(3), kafka.dead_letter_topic: 1, kafka.review_topic: 1},
-    )
+    kafka = topology.kafka
+    await create_topics(kafka_bootstrap, topology.topics(3))
     batch = generate_commands(
         chaos_size,
         duplicate_share=0.03,

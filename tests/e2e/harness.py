@@ -53,14 +53,19 @@ class Topology:
             command_topic=f"commands-{self.suffix}",
             completed_topic=f"completed-{self.suffix}",
             failed_topic=f"failed-{self.suffix}",
+            dead_letter_topic=f"dlt-{self.suffix}",
+            review_topic=f"review-{self.suffix}",
         )
 
     def topics(self, partitions: int) -> dict[str, int]:
+        """All five topics the service uses (the dead-letter and review topics: 1 partition)."""
         k = self.kafka
         return {
             k.command_topic: partitions,
             k.completed_topic: partitions,
             k.failed_topic: partitions,
+            k.dead_letter_topic: 1,
+            k.review_topic: 1,
         }
 
 
@@ -97,6 +102,8 @@ class ServiceProcess:
             PA_KAFKA__COMMAND_TOPIC=k.command_topic,
             PA_KAFKA__COMPLETED_TOPIC=k.completed_topic,
             PA_KAFKA__FAILED_TOPIC=k.failed_topic,
+            PA_KAFKA__DEAD_LETTER_TOPIC=k.dead_letter_topic,
+            PA_KAFKA__REVIEW_TOPIC=k.review_topic,
             PA_KAFKA__SESSION_TIMEOUT_MS="10000",
             PA_PAS__BASE_URL=pas_url,
             PA_IDEMPOTENCY__SQLITE_PATH=str(workdir / "idempotency.sqlite3"),

@@ -13,7 +13,13 @@ from service.app import command_decoder
 from service.codec.avro import COMMAND, COMPLETED, FAILED, AvroCodec
 from service.domain.backoff import BackoffPolicy
 from service.domain.classification import Observation, Transport
-from service.domain.command import CommandRules, account_ref, business_fingerprint, mask_account
+from service.domain.command import (
+    CommandRules,
+    account_ref,
+    business_fingerprint,
+    identify,
+    mask_account,
+)
 from service.domain.decisions import (
     Attempt,
     DeadLetterOnly,
@@ -350,9 +356,11 @@ async def test_repeat_after_publish_is_a_duplicate_without_pas_call(h: Harness) 
 
 
 async def test_repeat_before_publish_republishes_the_original(h: Harness) -> None:
-    """A repeat arriving before the first outcome was acknowledged republishes it as is."""
+    """A repeat arriving before the first outcome was acknowledged (the process that decided
+    it crashed before publishing) republishes it as is."""
     h.pas.then(APPLIED)
     original = await h.publish(published=False)
+    h.processor.abandon(original)  # the process that decided it is gone
     repeat = await h.publish(published=False)
     assert len(h.pas.requests) == 1
     assert repeat.duplicate is False
@@ -436,7 +444,8 @@ async def test_invalid_command_with_an_unusable_key_is_not_stored(h: Harness, ke
     assert decision.reason_code == "VALIDATION_FAILED"
     assert decision.stored_key is None
     assert "idempotency_key" in {e["field"] for e in decision.payload["errors"]}
-    assert decision.payload["event_id"] == event_id(key, SourceRef(TOPIC, 3, h.offset))
+    copied = identify(raw_command(idempotency_key=key))[0]  # cut to its limit when too long
+    assert decision.payload["event_id"] == event_id(copied, SourceRef(TOPIC, 3, h.offset))
     assert h.store.records == {}
     fits_schema(h.codec, decision)
 
@@ -1201,6 +1210,7 @@ async def test_published_marks_only_stored_originals(h: Harness) -> None:
     """published() flags a stored outcome; a conflict (not stored) leaves the record alone."""
     h.pas.then(APPLIED)
     original = await h.publish(published=False)
+    h.processor.abandon(original)  # held no longer, so the conflicting repeat is decided
     conflict = await h.publish(raw_command(points_to_adjust=5), published=False)
     await h.processor.published(conflict)
     assert (await h.stored()).published is False
@@ -1246,6 +1256,23 @@ async def test_the_same_key_from_another_partition_waits_while_the_first_is_in_f
     assert isinstance(decided, Publish)
     await h.processor.published(decided)
     again = await h.processor.handle(second, waiting.attempt)
+    assert isinstance(again, Publish)
+    assert again.duplicate is True
+    assert len(h.pas.requests) == 1
+
+
+async def test_a_repeat_waits_while_the_stored_outcome_is_not_yet_published(h: Harness) -> None:
+    """A repeat on another partition, arriving after the outcome was stored but before it was
+    published, waits (busy) instead of republishing it as a second original; once published
+    it is a duplicate."""
+    h.pas.then(APPLIED)
+    original = await h.publish(published=False)
+    repeat = replace(h.record(), partition=9)
+    waiting = await h.processor.handle(repeat)
+    assert isinstance(waiting, Retry)
+    assert waiting.kind == "busy"
+    await h.processor.published(original)
+    again = await h.processor.handle(repeat, waiting.attempt)
     assert isinstance(again, Publish)
     assert again.duplicate is True
     assert len(h.pas.requests) == 1
