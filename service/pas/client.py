@@ -3,6 +3,12 @@
 ``PasClient.adjust`` never raises for what PAS or the network does: it reports how the call
 ended as a ``PasReply`` (an HTTP status with the envelope, or a transport failure); what to
 do about it is the classification table's business (``service.domain.classification``).
+
+A call is bounded (``service.pas.bounded``): it ends by its deadline, reads at most
+``max_response_bytes`` of the answer and never decompresses one. A call too close to its
+deadline is not sent (``POOL_TIMEOUT``); one that runs out of time once its request may
+have left is a ``READ_TIMEOUT``; an answer too long or compressed cannot be read (for a 200,
+``UNREADABLE_ANSWER``; for an error status, an answer without an envelope).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import structlog
 
 from service.domain.classification import Observation, Transport
 from service.domain.ports import PasReply, PasRequest
+from service.pas.bounded import Answer, DeadlineError, exchange
 from service.pas.credentials import Credentials
 from service.pas.envelope import parse_envelope
 from service.pas.jwe_codec import JweBodyCodec
@@ -28,6 +35,11 @@ log = structlog.get_logger("service.pas")
 
 CORRELATION_HEADER = "Correlation-Id"
 RESPONSE_CORRELATION_HEADER = "X-MC-Correlation-ID"
+
+MIN_CALL_S = 0.05
+"""A call with less time than this before its deadline is not sent at all."""
+NOT_SENT_MARGIN_S = 0.05
+"""How long before the deadline waiting for a connection, and connecting, give up."""
 
 # httpx's exceptions, most specific first, and what each says about the request.
 TRANSPORT_FAILURES: tuple[tuple[type[Exception], Transport], ...] = (
@@ -84,7 +96,11 @@ class BodyCodec(Protocol):
 
 
 class PasClient:
-    """Implements ``PasPort`` over HTTP: every request encrypted (JWE), then signed (OAuth1)."""
+    """Implements ``PasPort`` over HTTP: every request encrypted (JWE), then signed (OAuth1).
+
+    Each call ends by its deadline or ``call_timeout_s``, whichever comes first, and reads
+    at most ``max_response_bytes`` of the answer, never decompressed (``bounded.exchange``).
+    """
 
     def __init__(
         self, http: httpx.AsyncClient, settings: PasSettings, credentials: Credentials
@@ -96,41 +112,106 @@ class PasClient:
             credentials.encrypter, credentials.decrypter, settings.encrypted_field
         )
         self._auth = MastercardOAuth1Auth(credentials.signer)
+        self._call_timeout_s = settings.call_timeout_s
+        self._max_bytes = settings.max_response_bytes
 
-    async def adjust(self, request: PasRequest) -> PasReply:
-        content = self._codec.encode(request.body())
-        headers = {
-            "Content-Type": self._codec.content_type,
-            "Accept": "application/json",
-            CORRELATION_HEADER: request.correlation_id,
-        }
-        started = time.perf_counter()
+    async def adjust(self, request: PasRequest, *, deadline: float) -> PasReply:
+        started = time.monotonic()
+        remaining = min(deadline, started + self._call_timeout_s) - started
+        if remaining < MIN_CALL_S:
+            log.info(
+                "pas.call_not_sent",
+                remaining_s=round(remaining, 3),
+                correlation_id=request.correlation_id,
+            )
+            return PasReply(
+                Observation(transport=Transport.POOL_TIMEOUT),
+                0.0,
+                problem=f"{max(remaining, 0.0) * 1000:.0f} ms left before the call's deadline:"
+                " not sent",
+            )
         try:
-            response = await self._http.request(
-                self._method, self._url, content=content, headers=headers, auth=self._auth
+            answer = await exchange(
+                self._http,
+                self._build(request, remaining),
+                max_bytes=self._max_bytes,
+                timeout_s=remaining,
+                auth=self._auth,
+            )
+        except DeadlineError as exc:
+            log.warning(
+                "pas.call_deadline_passed",
+                timeout_s=round(remaining, 3),
+                correlation_id=request.correlation_id,
+            )
+            return PasReply(
+                Observation(transport=Transport.READ_TIMEOUT),
+                time.monotonic() - started,
+                problem=_describe(exc),
             )
         except httpx.RequestError as exc:
             return PasReply(
                 Observation(transport=transport_failure(exc)),
-                time.perf_counter() - started,
+                time.monotonic() - started,
                 problem=_describe(exc),
             )
-        return self._read(response, time.perf_counter() - started)
+        return self._read(answer, time.monotonic() - started, request.correlation_id)
 
-    def _read(self, response: httpx.Response, elapsed: float) -> PasReply:
-        status = response.status_code
-        their_id = response.headers.get(RESPONSE_CORRELATION_HEADER)
-        if status == 200:
-            points = self._points_adjusted(response.content)
-            if points is None:
-                return PasReply(
-                    Observation(transport=Transport.UNREADABLE_ANSWER),
-                    elapsed,
-                    pas_correlation_id=their_id,
-                    problem="HTTP 200 with an unreadable body",
-                )
-            return PasReply(Observation(status=200), elapsed, points, pas_correlation_id=their_id)
-        errors = parse_envelope(response.content)
+    def _build(self, request: PasRequest, remaining: float) -> httpx.Request:
+        """The encrypted request, its pool and connect timeouts cut to fit in ``remaining``.
+
+        Waiting for a connection and connecting fail as "not sent" (safe to retry): they are
+        given up a little before the deadline, so a call cut short there is not reported as
+        a read timeout (an unknown outcome) by the deadline instead.
+        """
+        before_deadline = max(remaining - NOT_SENT_MARGIN_S, remaining / 2)
+        timeout = self._http.timeout
+        return self._http.build_request(
+            self._method,
+            self._url,
+            content=self._codec.encode(request.body()),
+            headers={
+                "Content-Type": self._codec.content_type,
+                "Accept": "application/json",
+                CORRELATION_HEADER: request.correlation_id,
+            },
+            timeout=httpx.Timeout(
+                connect=_at_most(timeout.connect, before_deadline),
+                read=timeout.read,
+                write=timeout.write,
+                pool=_at_most(timeout.pool, before_deadline),
+            ),
+        )
+
+    def _read(self, answer: Answer, elapsed: float, correlation_id: str) -> PasReply:
+        their_id = answer.headers.get(RESPONSE_CORRELATION_HEADER)
+        if answer.refused:
+            log.warning(
+                "pas.answer_refused",
+                status=answer.status,
+                problem=answer.refused,
+                correlation_id=correlation_id,
+                pas_correlation_id=their_id,
+            )
+        if answer.status == 200:
+            return self._applied(answer, elapsed, their_id)
+        return self._error(answer, elapsed, their_id)
+
+    def _applied(self, answer: Answer, elapsed: float, their_id: str | None) -> PasReply:
+        points = None if answer.body is None else self._points_adjusted(answer.body)
+        if points is None:
+            why = f": {answer.refused}" if answer.refused else ""
+            return PasReply(
+                Observation(transport=Transport.UNREADABLE_ANSWER),
+                elapsed,
+                pas_correlation_id=their_id,
+                problem=f"HTTP 200 with an unreadable body{why}",
+            )
+        return PasReply(Observation(status=200), elapsed, points, pas_correlation_id=their_id)
+
+    def _error(self, answer: Answer, elapsed: float, their_id: str | None) -> PasReply:
+        status = answer.status
+        errors = () if answer.body is None else parse_envelope(answer.body)
         recoverable = any(error.recoverable for error in errors)
         log.info(
             "pas.error_response",
@@ -140,13 +221,14 @@ class PasClient:
             pas_correlation_id=their_id,
         )
         codes = ",".join(error.reason_code for error in errors) or "no error envelope"
+        why = f" ({answer.refused})" if answer.refused else ""
         return PasReply(
             Observation(status=status, recoverable=recoverable),
             elapsed,
             errors=errors,
-            retry_after_s=_retry_after(response.headers.get("Retry-After")),
+            retry_after_s=_retry_after(answer.headers.get("Retry-After")),
             pas_correlation_id=their_id,
-            problem=f"HTTP {status} {codes}",
+            problem=f"HTTP {status} {codes}{why}",
         )
 
     def _points_adjusted(self, body: bytes) -> int | None:
@@ -160,6 +242,10 @@ class PasClient:
         if isinstance(points, int) and not isinstance(points, bool):
             return points
         return None
+
+
+def _at_most(timeout_s: float | None, limit_s: float) -> float:
+    return limit_s if timeout_s is None else min(timeout_s, limit_s)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -208,7 +294,12 @@ class _CookielessClient(httpx.AsyncClient):
 
 @asynccontextmanager
 async def open_http_client(settings: PasSettings) -> AsyncIterator[httpx.AsyncClient]:
-    """The one pooled HTTP client of the process, on the transport the settings choose."""
+    """The one pooled HTTP client of the process, on the transport the settings choose.
+
+    Neither transport decompresses what ``bounded.exchange`` reads: httpcore returns the
+    bytes as received, and httpx-aiohttp's transport passes ``auto_decompress=False`` to
+    aiohttp on each request (``tests/integration/test_pas_hostile.py`` holds it to that).
+    """
     limits = httpx.Limits(
         max_connections=settings.max_connections,
         max_keepalive_connections=settings.max_connections,

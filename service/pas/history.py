@@ -7,6 +7,11 @@ it comes as a JWE wrapper. It never raises for what PAS or the network does: eve
 is a ``HistoryFailed``. One malformed entry fails the whole lookup, since skipping it could
 hide the very adjustment being looked for and turn "applied" into "absent".
 
+A lookup is bounded like an adjustment call (``service.pas.bounded``): one deadline
+(``call_timeout_s``) for the whole exchange, at most ``max_response_bytes`` read, nothing
+decompressed; running out of time, an answer too long or a compressed one is a
+``HistoryFailed`` saying so.
+
 Paging is not documented for this endpoint. An answer that shows signs of it (a link or
 token to a next page, a "more" flag, or a total above the entries returned) is read as
 incomplete: what it lists still counts, but an absence in it proves nothing.
@@ -24,6 +29,7 @@ import httpx
 import structlog
 
 from service.domain.reconcile import HistoryEntry, HistoryFailed, HistoryFound, HistoryLookup
+from service.pas.bounded import Answer, DeadlineError, exchange
 from service.pas.credentials import Credentials
 from service.pas.envelope import parse_envelope
 from service.pas.jwe_codec import JweBodyCodec
@@ -75,68 +81,50 @@ class PasHistoryClient:
             credentials.encrypter, credentials.decrypter, settings.encrypted_field
         )
         self._auth = MastercardOAuth1Auth(credentials.signer)
+        self._call_timeout_s = settings.call_timeout_s
+        self._max_bytes = settings.max_response_bytes
 
     async def lookup(
         self, account_number: str, *, correlation_id: str | None = None
     ) -> HistoryLookup:
         """Every adjustment of the account, oldest first, or why they could not be read."""
-        headers = {"Accept": "application/json"}
-        if correlation_id is not None:
-            headers[CORRELATION_HEADER] = correlation_id
-        params = {"user_id": account_number, "user_id_type": self._user_id_type}
-        started = time.perf_counter()
+        started = time.monotonic()
         try:
-            response = await self._http.get(
-                self._url, params=params, headers=headers, auth=self._auth
+            answer = await exchange(
+                self._http,
+                self._build(account_number, correlation_id),
+                max_bytes=self._max_bytes,
+                timeout_s=self._call_timeout_s,
+                auth=self._auth,
             )
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, DeadlineError) as exc:
             problem = _mask(_describe(exc), account_number)
-            log.info(
-                "pas.history.failed",
-                problem=problem,
-                status=None,
-                duration_s=round(time.perf_counter() - started, 4),
-                correlation_id=correlation_id,
-            )
-            return HistoryFailed(problem, None)
-        duration_s = round(time.perf_counter() - started, 4)
-        their_id = response.headers.get(RESPONSE_CORRELATION_HEADER)
-        status = response.status_code
-        if status != 200:
-            reason_codes = [error.reason_code for error in parse_envelope(response.content)]
-            problem = f"HTTP {status}" + (f" {','.join(reason_codes)}" if reason_codes else "")
-            log.info(
-                "pas.history.failed",
-                problem=problem,
-                status=status,
-                duration_s=duration_s,
-                correlation_id=correlation_id,
-                pas_correlation_id=their_id,
-            )
-            return HistoryFailed(problem, status)
+            return _failed(problem, None, started, correlation_id)
+        their_id = answer.headers.get(RESPONSE_CORRELATION_HEADER)
+        if answer.status != 200 or answer.body is None:
+            return _failed(_problem(answer), answer.status, started, correlation_id, their_id)
         try:
-            document, entries = self._read(response.content)
+            document, entries = self._read(answer.body)
         except (ValueError, RecursionError) as exc:
             problem = _mask(f"HTTP 200 with an unreadable history: {exc}", account_number)
-            log.info(
-                "pas.history.failed",
-                problem=problem,
-                status=status,
-                duration_s=duration_s,
-                correlation_id=correlation_id,
-                pas_correlation_id=their_id,
-            )
-            return HistoryFailed(problem, status)
+            return _failed(problem, 200, started, correlation_id, their_id)
         complete = _complete(document, len(entries))
         log.debug(
             "pas.history.read",
             entries=len(entries),
             complete=complete,
-            duration_s=duration_s,
+            duration_s=round(time.monotonic() - started, 4),
             correlation_id=correlation_id,
             pas_correlation_id=their_id,
         )
         return HistoryFound(entries, complete)
+
+    def _build(self, account_number: str, correlation_id: str | None) -> httpx.Request:
+        headers = {"Accept": "application/json"}
+        if correlation_id is not None:
+            headers[CORRELATION_HEADER] = correlation_id
+        params = {"user_id": account_number, "user_id_type": self._user_id_type}
+        return self._http.build_request("GET", self._url, params=params, headers=headers)
 
     def _read(self, body: bytes) -> tuple[dict[str, Any], list[HistoryEntry]]:
         document = self._codec.decode(body)  # ValueError when not JSON or not decryptable
@@ -190,6 +178,33 @@ def _entry(item: Any, index: int) -> HistoryEntry:
     if not isinstance(adjusted_at, str):
         raise MalformedHistoryError(f"adjustments[{index}].adjustedAt is not a string")
     return HistoryEntry(adjustment_id, points, reason, adjusted_at)
+
+
+def _problem(answer: Answer) -> str:
+    """What a non-200 answer, or a 200 whose body was refused, says went wrong."""
+    if answer.status == 200:
+        return f"HTTP 200 with an unreadable history: {answer.refused}"
+    codes = [] if answer.body is None else [e.reason_code for e in parse_envelope(answer.body)]
+    problem = f"HTTP {answer.status}" + (f" {','.join(codes)}" if codes else "")
+    return problem + (f" ({answer.refused})" if answer.refused else "")
+
+
+def _failed(
+    problem: str,
+    status: int | None,
+    started: float,
+    correlation_id: str | None,
+    their_id: str | None = None,
+) -> HistoryFailed:
+    log.info(
+        "pas.history.failed",
+        problem=problem,
+        status=status,
+        duration_s=round(time.monotonic() - started, 4),
+        correlation_id=correlation_id,
+        pas_correlation_id=their_id,
+    )
+    return HistoryFailed(problem, status)
 
 
 def _describe(exc: Exception) -> str:

@@ -8,6 +8,7 @@ OAuth1-signed, credentials from ``load_credentials``); the history comes back th
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -93,7 +94,8 @@ async def apply(
         adjusted_by="agent-0042",
         correlation_id=f"corr-{key}",
     )
-    reply = await PasClient(http, settings, credentials_for(settings)).adjust(request)
+    client = PasClient(http, settings, credentials_for(settings))
+    reply = await client.adjust(request, deadline=time.monotonic() + 30)
     assert reply.points_adjusted == points, reply
     return sent_reason
 

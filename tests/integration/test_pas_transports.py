@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -39,7 +40,8 @@ def settings_for(keyset: DevKeySet, base_url: str, transport: str) -> PasSetting
 async def call(settings: PasSettings) -> tuple[Transport | None, int | None, Action]:
     credentials = load_credentials(settings, now=datetime.now(UTC))
     async with open_http_client(settings) as http:
-        reply = await PasClient(http, settings, credentials).adjust(REQUEST)
+        client = PasClient(http, settings, credentials)
+        reply = await client.adjust(REQUEST, deadline=time.monotonic() + 30)
     seen = reply.observation
     return seen.transport, seen.status, classify(seen).action
 

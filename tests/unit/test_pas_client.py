@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import json
-from collections.abc import Callable
+import time
+import zlib
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -99,13 +103,45 @@ def settings() -> PasSettings:
     return PasSettings(base_url=BASE_URL + "/")
 
 
+class Chunks(httpx.AsyncByteStream):
+    """A response body served in chunks, as a transport streams it; counts the chunks pulled."""
+
+    def __init__(self, body: bytes, size: int = 4096, pause_s: float = 0.0) -> None:
+        self.body = body
+        self.size = size
+        self.pause_s = pause_s
+        self.pulled = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for start in range(0, len(self.body), self.size):
+            if self.pause_s:
+                await asyncio.sleep(self.pause_s)
+            self.pulled += 1
+            yield self.body[start : start + self.size]
+
+
+def streamed(answer: httpx.Response | Exception) -> httpx.Response | Exception:
+    """``answer`` with its body streamed, as a real transport delivers it (httpx builds a
+    ``Response(content=...)`` already read, which a streaming reader cannot read again)."""
+    if isinstance(answer, httpx.Response) and answer.is_stream_consumed:
+        return httpx.Response(
+            answer.status_code, headers=answer.headers, stream=Chunks(answer.content)
+        )
+    return answer
+
+
 async def call(
-    answer: httpx.Response | Exception, settings: PasSettings | None = None
+    answer: httpx.Response | Exception,
+    settings: PasSettings | None = None,
+    *,
+    deadline: float | None = None,
 ) -> tuple[PasReply, Recorder]:
-    recorder = Recorder(answer)
+    recorder = Recorder(streamed(answer))
     async with httpx.AsyncClient(transport=httpx.MockTransport(recorder)) as http:
         client = PasClient(http, settings or PasSettings(base_url=BASE_URL), KEYS["credentials"])
-        result = await client.adjust(REQUEST)
+        result = await client.adjust(
+            REQUEST, deadline=time.monotonic() + 30 if deadline is None else deadline
+        )
     return result, recorder
 
 
@@ -443,19 +479,153 @@ async def test_an_error_without_a_message_is_named_by_its_class() -> None:
     assert reply.problem == "ReadTimeout"
 
 
-async def test_undecodable_response_content_is_reported_not_raised() -> None:
-    """A response whose Content-Encoding cannot be decoded is an answer lost, not an exception.
+# -- bounded answers: size, compression, deadline -------------------------------------------
 
-    PAS answered, so the request reached it; adjust() promises never to raise for what PAS
-    or the network does.
-    """
+CAP = 4096
+CAPPED = PasSettings(base_url=BASE_URL, max_response_bytes=CAP)
+
+
+async def test_the_request_asks_for_an_uncompressed_answer() -> None:
+    """The call sends Accept-Encoding: identity, so PAS has no reason to compress."""
+    _, recorder = await call(httpx.Response(200, json={"pointsAdjusted": 1}))
+    (sent,) = recorder.requests
+    assert sent.headers["Accept-Encoding"] == "identity"
+
+
+async def test_an_answer_at_the_cap_is_read() -> None:
+    """An answer of exactly max_response_bytes is read whole."""
+    body = b'{"pointsAdjusted": 7}'
+    padded = body + b" " * (CAP - len(body))
+    reply, _ = await call(httpx.Response(200, stream=Chunks(padded, size=1000)), CAPPED)
+    assert reply.observation == Observation(status=200)
+    assert reply.points_adjusted == 7
+
+
+async def test_a_200_over_the_cap_is_unreadable_and_not_read_further() -> None:
+    """A 200 longer than max_response_bytes is UNREADABLE_ANSWER; reading stops at the cap."""
+    body = Chunks(b"x" * (CAP * 100), size=1024)
+    reply, _ = await call(
+        httpx.Response(200, stream=body, headers={"X-MC-Correlation-ID": "mc-5"}), CAPPED
+    )
+    assert reply.observation == Observation(transport=Transport.UNREADABLE_ANSWER)
+    assert reply.problem == f"HTTP 200 with an unreadable body: answer larger than {CAP} bytes"
+    assert reply.pas_correlation_id == "mc-5"
+    assert body.pulled == CAP // 1024 + 1
+    assert classify(reply.observation).action is Action.UNKNOWN
+
+
+async def test_a_declared_length_over_the_cap_is_not_read_at_all() -> None:
+    """A Content-Length above the cap is refused before a byte of the body is read."""
+    body = Chunks(b"x" * (CAP + 1))
+    answer = httpx.Response(200, stream=body, headers={"Content-Length": str(CAP + 1)})
+    reply, _ = await call(answer, CAPPED)
+    assert reply.observation == Observation(transport=Transport.UNREADABLE_ANSWER)
+    assert f"answer larger than {CAP} bytes" in reply.problem
+    assert body.pulled == 0
+
+
+async def test_an_error_status_over_the_cap_has_no_envelope() -> None:
+    """An error answer over the cap keeps its status and Retry-After, with no envelope read."""
+    document = json.dumps(envelope(entry("SERVICE_UNAVAILABLE", recoverable=True))).encode()
+    body = Chunks(document + b" " * CAP)
+    answer = httpx.Response(503, stream=body, headers={"Retry-After": "3"})
+    reply, _ = await call(answer, CAPPED)
+    assert reply.observation == Observation(status=503, recoverable=False)
+    assert reply.errors == ()
+    assert reply.retry_after_s == 3.0
+    assert reply.problem == f"HTTP 503 no error envelope (answer larger than {CAP} bytes)"
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "GZIP", "identity, gzip"])
+async def test_a_compressed_200_is_unreadable_and_not_inflated(coding: str) -> None:
+    """A 200 with a Content-Encoding other than identity is UNREADABLE_ANSWER, never inflated."""
+    body = Chunks(gzip.compress(b'{"pointsAdjusted": 5}'))
+    answer = httpx.Response(200, stream=body, headers={"Content-Encoding": coding})
+    reply, _ = await call(answer)
+    assert reply.observation == Observation(transport=Transport.UNREADABLE_ANSWER)
+    assert reply.points_adjusted is None
+    assert "not decompressed" in reply.problem
+    assert body.pulled == 0
+    assert classify(reply.observation).action is Action.UNKNOWN
+
+
+async def test_a_gzip_bomb_is_refused_unread() -> None:
+    """A gzip bomb (10 MB of zeros in a few KB) is refused without reading a byte of it."""
+    packer = zlib.compressobj(wbits=31)
+    bomb = packer.compress(bytes(10_000_000)) + packer.flush()
+    body = Chunks(bomb)
+    answer = httpx.Response(200, stream=body, headers={"Content-Encoding": "gzip"})
+    reply, _ = await call(answer)
+    assert reply.observation == Observation(transport=Transport.UNREADABLE_ANSWER)
+    assert body.pulled == 0
+
+
+async def test_an_identity_content_encoding_is_read() -> None:
+    """Content-Encoding: identity is no compression: the answer is read as usual."""
     answer = httpx.Response(
-        200, headers={"Content-Encoding": "gzip"}, stream=httpx.ByteStream(b"not gzip")
+        200, json={"pointsAdjusted": 9}, headers={"Content-Encoding": "identity"}
     )
     reply, _ = await call(answer)
-    assert reply.observation == Observation(transport=Transport.PROTOCOL)
-    assert "DecodingError" in reply.problem
+    assert reply.points_adjusted == 9
+
+
+async def test_a_compressed_error_answer_has_no_envelope() -> None:
+    """A compressed error answer keeps its status, with no envelope read from it."""
+    document = json.dumps(envelope(entry("BAD", recoverable=True))).encode()
+    body = Chunks(gzip.compress(document))
+    answer = httpx.Response(409, stream=body, headers={"Content-Encoding": "gzip"})
+    reply, _ = await call(answer)
+    assert reply.observation == Observation(status=409, recoverable=False)
+    assert reply.errors == ()
+    assert reply.problem.startswith("HTTP 409 no error envelope (compressed answer")
+    assert body.pulled == 0
+
+
+@pytest.mark.parametrize("left_s", [-1.0, 0.0, 0.03])
+async def test_a_deadline_too_close_sends_nothing(left_s: float) -> None:
+    """With less than 50 ms before the deadline the call is not sent: POOL_TIMEOUT, a retry."""
+    reply, recorder = await call(
+        httpx.Response(200, json={"pointsAdjusted": 1}), deadline=time.monotonic() + left_s
+    )
+    assert recorder.requests == []
+    assert reply.observation == Observation(transport=Transport.POOL_TIMEOUT)
+    assert "not sent" in reply.problem
+    assert classify(reply.observation).action is Action.RETRY
+
+
+async def test_an_answer_still_arriving_at_the_deadline_is_a_read_timeout() -> None:
+    """An answer that trickles past the deadline ends the call at it as READ_TIMEOUT."""
+    trickle = Chunks(b'{"pointsAdjusted": 1}', size=1, pause_s=0.05)
+    started = time.monotonic()
+    reply, recorder = await call(
+        httpx.Response(200, stream=trickle), deadline=time.monotonic() + 0.2
+    )
+    assert time.monotonic() - started < 0.5
+    assert len(recorder.requests) == 1
+    assert reply.observation == Observation(transport=Transport.READ_TIMEOUT)
+    assert reply.problem.startswith("DeadlineError: no complete answer within")
     assert classify(reply.observation).action is Action.UNKNOWN
+
+
+async def test_call_timeout_bounds_a_call_with_a_later_deadline() -> None:
+    """call_timeout_s ends the call even when the caller's deadline is later."""
+    trickle = Chunks(b'{"pointsAdjusted": 1}', size=1, pause_s=0.05)
+    short = PasSettings(base_url=BASE_URL, call_timeout_s=0.2)
+    started = time.monotonic()
+    reply, _ = await call(httpx.Response(200, stream=trickle), short)
+    assert time.monotonic() - started < 0.5
+    assert reply.observation == Observation(transport=Transport.READ_TIMEOUT)
+
+
+async def test_waiting_and_connecting_give_up_before_the_deadline() -> None:
+    """Pool and connect timeouts are cut to end before the deadline, so they report not sent."""
+    _, recorder = await call(
+        httpx.Response(200, json={"pointsAdjusted": 1}), deadline=time.monotonic() + 1.0
+    )
+    timeout = recorder.requests[0].extensions["timeout"]
+    assert 0.5 < timeout["pool"] < 0.96
+    assert 0.5 < timeout["connect"] < 0.96
+    assert timeout["read"] == 5.0  # the client's own read timeout (httpx's default), unchanged
 
 
 async def test_replies_never_carry_the_account() -> None:

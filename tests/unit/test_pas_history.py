@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +23,7 @@ from service.security.oauth1 import body_hash
 from service.settings import PasSettings
 from tests.conftest import CONSUMER_KEY
 from tests.http_support import Recorder
+from tests.unit.test_pas_client import Chunks, streamed
 
 BASE_URL = "https://sandbox.api.mastercard.com/loyalty"
 ACCOUNT = "5123456789012345000"
@@ -44,8 +47,9 @@ def credentials(dev_keyset: DevKeySet) -> Credentials:
     return load_credentials(settings_for(dev_keyset), now=datetime.now(UTC))
 
 
-def settings_for(keyset: DevKeySet) -> PasSettings:
+def settings_for(keyset: DevKeySet, **overrides: Any) -> PasSettings:
     return PasSettings(
+        **overrides,
         base_url=BASE_URL,
         consumer_key=CONSUMER_KEY,
         signing_key_path=keyset.client_signing_p12,
@@ -59,16 +63,18 @@ async def lookup(
     credentials: Credentials,
     dev_keyset: DevKeySet,
     answer: httpx.Response | Exception,
+    overrides: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> tuple[HistoryLookup, Recorder]:
-    recorder = Recorder(answer)
+    recorder = Recorder(streamed(answer))
+    settings = settings_for(dev_keyset, **(overrides or {}))
     async with httpx.AsyncClient(transport=httpx.MockTransport(recorder)) as http:
-        client = PasHistoryClient(http, settings_for(dev_keyset), credentials, **kwargs)
+        client = PasHistoryClient(http, settings, credentials, **kwargs)
         result = await client.lookup(ACCOUNT, correlation_id="corr-9")
     return result, recorder
 
 
-def history(*adjustments: dict[str, Any]) -> httpx.Response:
+def history(*adjustments: Any) -> httpx.Response:
     return httpx.Response(200, json={"adjustments": list(adjustments), "balance": 250})
 
 
@@ -279,6 +285,77 @@ async def test_a_transport_error_is_a_failure_without_status(
     assert result.status is None
     assert result.problem.startswith(type(error).__name__)
     assert ACCOUNT not in result.problem
+
+
+# --- bounded answers: size, compression, one deadline ------------------------------------------
+
+CAP = 4096
+
+
+async def test_the_lookup_asks_for_an_uncompressed_answer(
+    credentials: Credentials, dev_keyset: DevKeySet
+) -> None:
+    """lookup sends Accept-Encoding: identity."""
+    _, recorder = await lookup(credentials, dev_keyset, history())
+
+    assert recorder.requests[0].headers["Accept-Encoding"] == "identity"
+
+
+async def test_a_history_over_the_cap_fails_unread(
+    credentials: Credentials, dev_keyset: DevKeySet
+) -> None:
+    """A 200 longer than max_response_bytes is HistoryFailed(200); reading stops at the cap."""
+    body = Chunks(b" " * (CAP * 100), size=1024)
+    overrides = {"max_response_bytes": CAP}
+
+    result, _ = await lookup(credentials, dev_keyset, httpx.Response(200, stream=body), overrides)
+
+    assert result == HistoryFailed(
+        f"HTTP 200 with an unreadable history: answer larger than {CAP} bytes", 200
+    )
+    assert body.pulled == CAP // 1024 + 1
+
+
+async def test_an_error_answer_over_the_cap_fails_with_its_status(
+    credentials: Credentials, dev_keyset: DevKeySet
+) -> None:
+    """An error answer over the cap is HistoryFailed with its status and no reason codes."""
+    answer = httpx.Response(503, stream=Chunks(b" " * (CAP + 1)))
+
+    result, _ = await lookup(credentials, dev_keyset, answer, {"max_response_bytes": CAP})
+
+    assert result == HistoryFailed(f"HTTP 503 (answer larger than {CAP} bytes)", 503)
+
+
+async def test_a_compressed_history_fails_unread(
+    credentials: Credentials, dev_keyset: DevKeySet
+) -> None:
+    """A gzip-encoded history is refused, not inflated: HistoryFailed(200) saying so."""
+    plain = json.dumps({"adjustments": [ADJUSTMENT], "balance": 250}).encode()
+    body = Chunks(gzip.compress(plain))
+    answer = httpx.Response(200, stream=body, headers={"Content-Encoding": "gzip"})
+
+    result, _ = await lookup(credentials, dev_keyset, answer)
+
+    assert isinstance(result, HistoryFailed)
+    assert result.status == 200
+    assert "compressed answer (Content-Encoding: gzip), not decompressed" in result.problem
+    assert body.pulled == 0
+
+
+async def test_a_trickling_history_fails_at_the_call_timeout(
+    credentials: Credentials, dev_keyset: DevKeySet
+) -> None:
+    """An answer that trickles past call_timeout_s is HistoryFailed without status, on time."""
+    trickle = Chunks(b'{"adjustments": []}', size=1, pause_s=0.05)
+    started = time.monotonic()
+
+    result, _ = await lookup(
+        credentials, dev_keyset, httpx.Response(200, stream=trickle), {"call_timeout_s": 0.2}
+    )
+
+    assert time.monotonic() - started < 0.5
+    assert result == HistoryFailed("DeadlineError: no complete answer within 0.2 s", None)
 
 
 @pytest.mark.parametrize(
