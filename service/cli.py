@@ -78,13 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     send.add_argument("--seed", type=int, default=None, help="random seed for repeatable runs")
 
+    from service.tools.topics import DEFAULT_PARTITIONS, partitions_argument
+
     topics = commands.add_parser(
         "topics",
-        help="create the command and outcome topics if missing",
-        description="Create the command, completed and failed topics that do not exist yet.",
+        help="create the topics the service uses if missing",
+        description="Create the topics the service reads and writes that do not exist yet:"
+        " command (PA_KAFKA__COMMAND_TOPIC), completed, failed, dead-letter"
+        " (PA_KAFKA__DEAD_LETTER_TOPIC) and review (PA_KAFKA__REVIEW_TOPIC). Needed where the"
+        " brokers do not create topics on first use (auto.create.topics.enable=false).",
     )
     topics.add_argument(
-        "--partitions", type=int, default=3, help="partitions of each topic (default 3)"
+        "--partitions",
+        type=partitions_argument,
+        default=DEFAULT_PARTITIONS,
+        help="partitions of each topic created (default %(default)s)",
     )
 
     from service.tools.dlq import add_dlq_arguments
@@ -185,13 +193,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return asyncio.run(run_checks(settings))
     if args.command == "topics":
-        from service.kafka.clients import ensure_topics
+        from service.tools.topics import create_service_topics
 
-        k = settings.kafka
-        names = [k.command_topic, k.completed_topic, k.failed_topic]
-        created = asyncio.run(ensure_topics(k, dict.fromkeys(names, args.partitions)))
-        for name in names:
-            print(f"{name}: {'created' if name in created else 'exists'}")
+        asyncio.run(create_service_topics(settings.kafka, args.partitions, out=sys.stdout))
         return EXIT_OK
     if args.command == "send":
         return _send(args, settings)

@@ -1,4 +1,8 @@
-"""``points-adjuster check``: the settings are valid; now probe every dependency."""
+"""``points-adjuster check``: the settings are valid; now probe every dependency.
+
+One line per check. URLs are printed through :func:`~service.redact.redact_url` (no password,
+no secret query parameter); every topic of :func:`~service.tools.topics.service_topics` gets
+its own line."""
 
 from __future__ import annotations
 
@@ -11,7 +15,9 @@ from service.errors import PointsAdjusterError
 from service.kafka.clients import list_topics
 from service.pas.client import http_timeout
 from service.pas.credentials import load_credentials
+from service.redact import redact_in_text, redact_url
 from service.settings import Settings
+from service.tools.topics import service_topics
 
 
 async def run_checks(settings: Settings) -> int:
@@ -39,19 +45,25 @@ async def run_checks(settings: Settings) -> int:
         results.append(("kafka", False, str(exc)))
     else:
         results.append(("kafka", True, f"reached {k.bootstrap_servers}"))
-        for name in (k.command_topic, k.completed_topic, k.failed_topic):
+        for name in service_topics(k):
             present = name in topics
             hint = "" if present else " (create it: points-adjuster topics)"
             results.append((f"topic {name}", present, ("exists" if present else "missing") + hint))
 
     url = settings.pas.base_url + settings.pas.adjustment_path
+    shown_url = redact_url(url)
     try:
         async with httpx.AsyncClient(timeout=http_timeout(settings.pas)) as client:
             response = await client.request("HEAD", url)
-        results.append(("pas", True, f"{url} answered HTTP {response.status_code}"))
-    except httpx.HTTPError as exc:
+        results.append(("pas", True, f"{shown_url} answered HTTP {response.status_code}"))
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        error = redact_in_text(str(exc), url)
         results.append(
-            ("pas", False, f"{url}: {type(exc).__name__} {exc} (setting PA_PAS__BASE_URL)")
+            (
+                "pas",
+                False,
+                f"{shown_url}: {type(exc).__name__} {error} (setting PA_PAS__BASE_URL)",
+            )
         )
 
     try:

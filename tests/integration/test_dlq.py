@@ -4,6 +4,7 @@ letters written by DeadLetterPublisher."""
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import uuid
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from service.kafka.deadletter import DeadLetterPublisher, Failure, parse_headers
 from service.settings import IdempotencySettings, KafkaSettings, Settings
 from service.tools.dlq.cli import add_dlq_arguments, execute
 from service.tools.dlq.kafka import ReplayOptions, replay_dead_letters
-from service.tools.dlq.render import NO_OP_NOTE
+from service.tools.dlq.render import NO_OP_NOTE, RAW_WARNING
 from service.tools.dlq.selection import Selection
 from service.tools.dlq.store import TerminalLookup
 from tests.kafka_support import create_topics
@@ -261,6 +262,117 @@ async def test_show_masks_the_account_and_prints_every_header(
     )
     assert "undecodable (NOT_SINGLE_OBJECT_ENCODED)" in output
     assert b"not avro at all".hex(" ") in output
+
+
+LEAKY_ACCOUNT = "5123456789017777"
+LEAKY_HEAD = b"\x00\x01 legacy export acct="
+LEAKY_TAIL = b"; pts=250\x7f\xfe"
+LEAKY_VALUE = LEAKY_HEAD + LEAKY_ACCOUNT.encode() + LEAKY_TAIL
+
+
+async def _write_leaky_dead_letter(world: World) -> Written:
+    """An undecodable record whose value, key and one carried header all spell an account
+    number, dead-lettered the way the service does it."""
+    k = world.kafka
+    async with open_producer(k) as producer:
+        publisher = DeadLetterPublisher(producer, k, k.group_id, "0.1.0")
+        future = await publisher.send(
+            topic=k.command_topic,
+            partition=0,
+            offset=99,
+            timestamp_ms=T0,
+            key=LEAKY_ACCOUNT.encode(),
+            value=LEAKY_VALUE,
+            headers=[("x-source-account", f"acct {LEAKY_ACCOUNT}".encode())],
+            failure=Failure(
+                "UndecodableRecordError", "NOT_SINGLE_OBJECT_ENCODED", "no marker", 1, T0, T0
+            ),
+        )
+        metadata = await future
+    return Written(
+        "leaky",
+        metadata.partition,
+        metadata.offset,
+        LEAKY_ACCOUNT.encode(),
+        LEAKY_VALUE,
+        LEAKY_ACCOUNT,
+        "NOT_SINGLE_OBJECT_ENCODED",
+    )
+
+
+class Tee(io.StringIO):
+    """A stream that also copies what it is given into a shared one (to see the order in
+    which stdout and stderr were written)."""
+
+    def __init__(self, shared: io.StringIO) -> None:
+        super().__init__()
+        self.shared = shared
+
+    def write(self, text: str) -> int:
+        self.shared.write(text)
+        return super().write(text)
+
+
+async def _show(world: World, argv: list[str]) -> tuple[int, str, str, str]:
+    """Run ``dlq show``: exit code, stdout, stderr, and both interleaved as written."""
+    both = io.StringIO()
+    out, err = Tee(both), Tee(both)
+    code = await execute(_args(["show", *argv]), world.settings, out=out, err=err)
+    return code, out.getvalue(), err.getvalue(), both.getvalue()
+
+
+async def test_show_masks_account_like_digit_runs_of_an_undecodable_record(
+    world: World,
+) -> None:
+    """show prints neither the account-number-like digit run of an undecodable value (in
+    text or in hex) nor the one in its key or a carried header: ** and a note instead."""
+    leaky = await _write_leaky_dead_letter(world)
+    place = ["--partition", str(leaky.partition), "--offset", str(leaky.offset)]
+    code, output, errors, _ = await _show(world, place)
+    assert code == 0
+    assert errors == ""
+    run_hex = LEAKY_ACCOUNT.encode().hex(" ")
+    assert LEAKY_ACCOUNT not in output
+    assert run_hex not in output
+    assert LEAKY_ACCOUNT.encode().hex() not in output
+    assert "undecodable (NOT_SINGLE_OBJECT_ENCODED)" in output
+    preview = next(line for line in output.splitlines() if "first bytes:" in line)
+    masked = " ".join([LEAKY_HEAD.hex(" "), *["**"] * len(LEAKY_ACCOUNT), LEAKY_TAIL.hex(" ")])
+    assert preview == f"  first bytes: {masked}"
+    assert "digit runs masked" in output
+    assert "key: ************7777" in output
+    assert "x-source-account: acct ************7777" in output
+
+
+async def test_show_raw_warns_first_then_prints_the_record_unmasked(world: World) -> None:
+    """show --raw writes the warning to stderr before anything else, then prints the
+    record's bytes, key and headers unmasked."""
+    leaky = await _write_leaky_dead_letter(world)
+    place = ["--partition", str(leaky.partition), "--offset", str(leaky.offset), "--raw"]
+    code, output, errors, both = await _show(world, place)
+    assert code == 0
+    assert errors.strip() == RAW_WARNING
+    assert (
+        "--raw prints unmasked record bytes, which may hold account or card numbers;"
+        " for those entitled to see them"
+    ) in errors
+    assert both.startswith(RAW_WARNING)
+    assert LEAKY_VALUE[:64].hex(" ") in output
+    assert "digit runs masked" not in output
+    assert f"key: {LEAKY_ACCOUNT}" in output
+    assert f"x-source-account: acct {LEAKY_ACCOUNT}" in output
+
+
+async def test_show_raw_prints_a_decoded_command_unmasked(world: World) -> None:
+    """show --raw prints a decoded command with its full account number; without --raw the
+    same record shows only the last four digits."""
+    target = world.written["c1"]
+    place = ["--partition", str(target.partition), "--offset", str(target.offset)]
+    _, masked, _, _ = await _show(world, place)
+    assert ACCOUNTS["c1"] not in masked
+    _, raw, errors, _ = await _show(world, [*place, "--raw"])
+    assert RAW_WARNING in errors
+    assert f'"bank_account_number": "{ACCOUNTS["c1"]}"' in raw
 
 
 async def test_replay_dry_run_publishes_and_commits_nothing(

@@ -17,7 +17,7 @@ from service.tools.dlq.kafka import (
     replay_dead_letters,
     show_dead_letter,
 )
-from service.tools.dlq.render import parse_time
+from service.tools.dlq.render import RAW_WARNING, parse_time
 from service.tools.dlq.selection import Selection
 
 DLQ_DESCRIPTION = """\
@@ -25,7 +25,9 @@ Inspect the dead-letter topic (PA_KAFKA__DEAD_LETTER_TOPIC) and replay records f
 
 A dead letter is the original record, key and value unchanged, with pa.* headers saying
 where it came from and why it failed (pa.error.reason, pa.attempts, pa.failure.last, ...).
-Account numbers are never printed: commands show the last four digits only.
+Account numbers are never printed: commands show the last four digits only, and digit runs
+that could be account or card numbers are masked in keys, headers and hex dumps (show --raw
+prints them unmasked, for those entitled to see them).
 """
 
 REPLAY_DESCRIPTION = """\
@@ -141,12 +143,20 @@ def add_dlq_arguments(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         "show",
         help="print one dead letter with every header",
         description="Print every header of one dead letter, its key, and the command with"
-        " bank_account_number masked, or the first 64 bytes in hex when it is not a command.",
+        " bank_account_number masked, or the first 64 bytes in hex when it is not a command."
+        " Digit runs that could be account or card numbers are masked everywhere: in text"
+        " like account numbers (last four shown), in hex as ** for each of their bytes.",
     )
     show.add_argument("--partition", type=_non_negative_int, required=True, metavar="P")
     show.add_argument("--offset", type=_non_negative_int, required=True, metavar="O")
     show.add_argument(
         "--review", action="store_true", help="read the review topic (PA_KAFKA__REVIEW_TOPIC)"
+    )
+    show.add_argument(
+        "--raw",
+        action="store_true",
+        help="print the key, headers and value unmasked (a warning goes to stderr first): they"
+        " may hold account or card numbers; for those entitled to see them",
     )
 
     replay = actions.add_parser(
@@ -205,7 +215,11 @@ async def execute(
     kafka = settings.kafka
     if args.dlq_command == "show":
         topic = kafka.review_topic if args.review else None
-        return await show_dead_letter(kafka, args.partition, args.offset, topic=topic, out=out)
+        if args.raw:
+            print(RAW_WARNING, file=err, flush=True)
+        return await show_dead_letter(
+            kafka, args.partition, args.offset, topic=topic, out=out, raw=args.raw
+        )
     selection = selection_from_arguments(args)
     if args.dlq_command == "list":
         topic = kafka.review_topic if args.review else None

@@ -19,6 +19,7 @@ from service.errors import PointsAdjusterError
 from service.kafka.clients import open_consumer, open_producer, partitions_of
 from service.kafka.deadletter import replayed_headers
 from service.settings import KafkaSettings, Settings
+from service.tools.dlq.masking import mask_text
 from service.tools.dlq.render import LIST_HEADER, describe, list_line, summary_lines
 from service.tools.dlq.selection import (
     DeadLetter,
@@ -143,7 +144,7 @@ async def list_dead_letters(
     print(f"{name}: {total} records, {matched} match", file=out)
     print("by reason:", file=out)
     for reason, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
-        print(f"  {reason:<30}{count:>8}", file=out)
+        print(f"  {mask_text(reason):<30}{count:>8}", file=out)
     if not counts:
         print("  (none)", file=out)
     if lines:
@@ -156,9 +157,16 @@ async def list_dead_letters(
 
 
 async def show_dead_letter(
-    settings: KafkaSettings, partition: int, offset: int, *, topic: str | None = None, out: TextIO
+    settings: KafkaSettings,
+    partition: int,
+    offset: int,
+    *,
+    topic: str | None = None,
+    out: TextIO,
+    raw: bool = False,
 ) -> int:
-    """``dlq show``: one dead letter in full, account masked."""
+    """``dlq show``: one dead letter in full, account and other digit runs masked (unmasked
+    when ``raw``: the caller warns first)."""
     name = topic or settings.dead_letter_topic
     tp = TopicPartition(name, partition)
     if tp not in await _partitions(settings, name):
@@ -180,7 +188,8 @@ async def show_dead_letter(
         async with aclosing(_drain(consumer, {tp: offset + 1})) as records:
             async for record in records:
                 if record.offset == offset:
-                    for line in describe(_letter(AvroCodec.from_directory(), record), name):
+                    letter = _letter(AvroCodec.from_directory(), record)
+                    for line in describe(letter, name, raw=raw):
                         print(line, file=out)
                     return EXIT_OK
     finally:
@@ -332,6 +341,6 @@ def _decision_line(what: str, letter: DeadLetter, terminal: bool) -> str:
     count = letter.meta.replay_count
     note = "  (already terminal: no-op)" if terminal else ""
     return (
-        f"{what:<22} {letter.partition}/{letter.offset}  {letter.reason}"
+        f"{what:<22} {letter.partition}/{letter.offset}  {mask_text(letter.reason)}"
         f"  replays {count}->{count + 1}  account {letter.masked_account}{note}"
     )

@@ -1,5 +1,6 @@
 """What ``dlq`` prints: times, the lines of ``list``, one dead letter for ``show`` (account
-masked) and the summary of ``replay``."""
+and other digit runs masked, see :mod:`~service.tools.dlq.masking`) and the summary of
+``replay``."""
 
 from __future__ import annotations
 
@@ -11,10 +12,30 @@ from datetime import UTC, datetime
 from typing import Any
 
 from service.domain.command import mask_account
-from service.kafka.deadletter import PREFIX, sanitize
+from service.kafka.deadletter import (
+    ATTEMPTS,
+    FAILURE_FIRST,
+    FAILURE_LAST,
+    ORIGINAL_OFFSET,
+    ORIGINAL_PARTITION,
+    ORIGINAL_TIMESTAMP,
+    REPLAY_COUNT,
+)
+from service.tools.dlq.masking import (
+    MASKED_NOTE,
+    hex_preview,
+    mask_digit_runs,
+    mask_text,
+    one_line,
+)
 from service.tools.dlq.selection import DeadLetter, Tally
 
 HEX_PREVIEW_BYTES = 64
+
+RAW_WARNING = (
+    "warning: --raw prints unmasked record bytes, which may hold account or card numbers;"
+    " for those entitled to see them"
+)
 
 NO_OP_NOTE = (
     "replaying them is a no-op: their stored outcome is published again, marked duplicate,"
@@ -51,39 +72,54 @@ LIST_HEADER = (
 
 
 def list_line(letter: DeadLetter) -> str:
+    """One line of ``dlq list``; nothing of the record's value but the masked account."""
     attempts = "?" if letter.meta.attempts is None else str(letter.meta.attempts)
     return (
         f"{f'{letter.partition}/{letter.offset}':<17} {iso_ms(letter.failed_at_ms):<25}"
-        f" {letter.reason:<26} {attempts:>8} {letter.meta.replay_count:>7}"
+        f" {mask_text(letter.reason):<26} {attempts:>8} {letter.meta.replay_count:>7}"
         f"  {letter.masked_account}"
     )
 
 
-def _printable(value: bytes) -> str:
-    """Header or key bytes for display: text when it is readable, else hex."""
+def _printable(value: bytes, *, raw: bool = False) -> str:
+    """Header or key bytes for display: text when it is readable, else hex; digit runs
+    masked unless ``raw``."""
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError:
         text = ""
     else:
         if text.isprintable():
-            return text
-    shown = value[:HEX_PREVIEW_BYTES].hex(" ")
+            return one_line(text) if raw else mask_text(text)
+    shown, masked = hex_preview(value, HEX_PREVIEW_BYTES, raw=raw)
     more = f" ... ({len(value)} bytes)" if len(value) > HEX_PREVIEW_BYTES else ""
-    return f"0x {shown}{more}"
+    note = f" ({MASKED_NOTE})" if masked else ""
+    return f"0x {shown}{more}{note}"
 
 
-_TIME_HEADERS = {"pa.original.timestamp", "pa.failure.first", "pa.failure.last"}
+_TIME_HEADERS = {ORIGINAL_TIMESTAMP, FAILURE_FIRST, FAILURE_LAST}
+# Integers the dead-letter writer puts in pa.* headers: shown as they are, never masked
+# (an offset or a time in epoch milliseconds is a long digit run, not an account number).
+_INTEGER_HEADERS = {
+    *_TIME_HEADERS,
+    ORIGINAL_PARTITION,
+    ORIGINAL_OFFSET,
+    ATTEMPTS,
+    REPLAY_COUNT,
+}
 
 
 def masked_command(command: Mapping[str, Any]) -> dict[str, Any]:
-    """The command with its account number masked wherever it appears."""
+    """The command with its account number masked wherever it appears, and any other digit
+    run that could be an account or card number masked too."""
     account = command.get("bank_account_number")
     masked_number = mask_account(account) if isinstance(account, str) and account else None
 
     def mask(value: Any) -> Any:
-        if isinstance(value, str) and masked_number is not None and isinstance(account, str):
-            return value.replace(account, masked_number)
+        if isinstance(value, str):
+            if masked_number is not None and isinstance(account, str):
+                value = value.replace(account, masked_number)
+            return mask_digit_runs(value)
         if isinstance(value, Mapping):
             return {name: mask(item) for name, item in value.items()}
         return value
@@ -95,31 +131,44 @@ def _json_value(value: object) -> str:
     return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
-def describe(letter: DeadLetter, topic: str) -> list[str]:
-    """The lines of ``dlq show``: headers, key, and the masked command or a hex preview."""
+def _header_value(name: str, value: bytes, *, raw: bool) -> str:
+    if name in _INTEGER_HEADERS and value.isascii() and value.decode("ascii").isdigit():
+        number = value.decode("ascii")
+        return f"{number} ({iso_ms(int(number))})" if name in _TIME_HEADERS else number
+    return _printable(value, raw=raw)
+
+
+def describe(letter: DeadLetter, topic: str, *, raw: bool = False) -> list[str]:
+    """The lines of ``dlq show``: headers, key, and the command or a hex preview of the
+    value; digit runs that could be account or card numbers masked everywhere unless
+    ``raw`` (the integers of the ``pa.*`` headers excepted)."""
     lines = [f"dead letter {topic} partition {letter.partition} offset {letter.offset}"]
     lines.append(f"  written at: {iso_ms(letter.timestamp_ms)}")
     lines.append("headers:")
     if not letter.headers:
         lines.append("  (none)")
     for name, value in letter.headers:
-        shown = _printable(value)
-        if not name.startswith(PREFIX):
-            shown = sanitize(shown)
-        elif name in _TIME_HEADERS and shown.isdigit():
-            shown = f"{shown} ({iso_ms(int(shown))})"
-        lines.append(f"  {sanitize(name)}: {shown}")
-    key = "(none)" if letter.key is None else sanitize(_printable(letter.key))
+        shown_name = one_line(name) if raw else mask_text(name)
+        lines.append(f"  {shown_name}: {_header_value(name, value, raw=raw)}")
+    key = "(none)" if letter.key is None else _printable(letter.key, raw=raw)
     lines.append(f"key: {key}")
     if letter.command is not None:
-        lines.append("command (PointsAdjustmentRequested, account masked):")
-        text = json.dumps(masked_command(letter.command), indent=2, default=_json_value)
+        if raw:
+            lines.append("command (PointsAdjustmentRequested, unmasked: --raw):")
+            shown: Mapping[str, Any] = letter.command
+        else:
+            lines.append("command (PointsAdjustmentRequested, account masked):")
+            shown = masked_command(letter.command)
+        text = json.dumps(shown, indent=2, default=_json_value)
         lines.extend(f"  {line}" for line in text.splitlines())
     else:
         size = 0 if letter.value is None else len(letter.value)
         lines.append(f"value: undecodable ({letter.undecodable}), {size} bytes")
         if letter.value:
-            lines.append(f"  first bytes: {letter.value[:HEX_PREVIEW_BYTES].hex(' ')}")
+            preview, masked = hex_preview(letter.value, HEX_PREVIEW_BYTES, raw=raw)
+            lines.append(f"  first bytes: {preview}")
+            if masked:
+                lines.append(f"  ({MASKED_NOTE}: ** for their bytes; --raw shows them)")
     return lines
 
 

@@ -1,0 +1,219 @@
+"""``points-adjuster topics`` and ``check`` against the session's real broker: the five topics
+the service uses, and a PAS URL printed without its credentials."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import threading
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import structlog
+
+from service.cli import main
+from service.kafka.clients import partitions_of
+from service.security.keys import DevKeySet
+from service.settings import KafkaSettings
+from service.tools.topics import service_topics
+
+pytestmark = pytest.mark.kafka
+
+MISSING_HINT = "missing (create it: points-adjuster topics)"
+PASSWORD = "Sup3r-S3cret-pw"
+QUERY_TOKEN = "tok-9f8e7d6c"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No PA_* variable of the caller's shell and no .env file reach the settings."""
+    for name in list(os.environ):
+        if name.startswith("PA_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """Undo configure_logging (called by main) so later tests log as before."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    levels = {name: logging.getLogger(name).level for name in ("aiokafka", "kafka", "httpx")}
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, old in levels.items():
+        logging.getLogger(name).setLevel(old)
+    structlog.reset_defaults()
+
+
+class _HeadHandler(BaseHTTPRequestHandler):
+    """Answers every HEAD with 200 and an empty body: enough for check's PAS probe."""
+
+    def do_HEAD(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet: nothing on stderr."""
+
+
+@pytest.fixture
+def pas_port() -> Iterator[int]:
+    """The port of a plain HTTP server standing in for PAS, answering HEAD with 200."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HeadHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.fixture
+def kafka_env(kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch) -> KafkaSettings:
+    """PA_KAFKA__* pointing at the session's broker with five fresh topic names (none of
+    them created); the memory idempotency store. The settings those variables make."""
+    suffix = uuid.uuid4().hex[:10]
+    env = {
+        "PA_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "PA_KAFKA__GROUP_ID": f"pa-{suffix}",
+        "PA_KAFKA__COMMAND_TOPIC": f"commands-{suffix}",
+        "PA_KAFKA__COMPLETED_TOPIC": f"completed-{suffix}",
+        "PA_KAFKA__FAILED_TOPIC": f"failed-{suffix}",
+        "PA_KAFKA__DEAD_LETTER_TOPIC": f"dlt-{suffix}",
+        "PA_KAFKA__REVIEW_TOPIC": f"review-{suffix}",
+        "PA_IDEMPOTENCY__BACKEND": "memory",
+        "PA_LOG__FORMAT": "console",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return KafkaSettings(
+        bootstrap_servers=kafka_bootstrap,
+        group_id=env["PA_KAFKA__GROUP_ID"],
+        command_topic=env["PA_KAFKA__COMMAND_TOPIC"],
+        completed_topic=env["PA_KAFKA__COMPLETED_TOPIC"],
+        failed_topic=env["PA_KAFKA__FAILED_TOPIC"],
+        dead_letter_topic=env["PA_KAFKA__DEAD_LETTER_TOPIC"],
+        review_topic=env["PA_KAFKA__REVIEW_TOPIC"],
+    )
+
+
+def _topic_lines(output: str) -> dict[str, str]:
+    """check's topic lines: topic name -> the whole line."""
+    found = {}
+    for line in output.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[1] == "topic":
+            found[words[2]] = line
+    return found
+
+
+def _check_line(output: str, name: str) -> str:
+    """The one line of check's output for the check called ``name``."""
+    (line,) = [line for line in output.splitlines() if re.match(rf"(ok  |FAIL)  {name}  ", line)]
+    return line
+
+
+def test_service_topics_names_all_five_once() -> None:
+    """service_topics lists command, completed, failed, dead-letter and review topics in
+    that order, a name shared by two settings only once."""
+    settings = KafkaSettings(
+        command_topic="c", completed_topic="ok", failed_topic="ko", dead_letter_topic="d"
+    )
+    assert service_topics(settings) == ["c", "ok", "ko", "d", settings.review_topic]
+    shared = settings.model_copy(update={"review_topic": "d"})
+    assert service_topics(shared) == ["c", "ok", "ko", "d"]
+
+
+def test_topics_creates_all_five_with_the_partition_count(
+    kafka_env: KafkaSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """topics --partitions 2 creates the command, completed, failed, dead-letter and review
+    topics with two partitions each; a second run finds them all and creates nothing."""
+    names = service_topics(kafka_env)
+    assert len(names) == 5
+    assert main(["topics", "--partitions", "2"]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"{name}: created" for name in names]
+    found = asyncio.run(partitions_of(kafka_env, names))
+    assert found == {name: [0, 1] for name in names}
+
+    assert main(["topics"]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"{name}: exists" for name in names]
+
+
+def test_topics_refuses_a_partition_count_below_one(capsys: pytest.CaptureFixture[str]) -> None:
+    """topics --partitions 0 is a usage error, before any broker is contacted."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["topics", "--partitions", "0"])
+    assert exit_info.value.code == 2
+    assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_check_verifies_each_of_the_five_topics_on_its_own_line(
+    kafka_env: KafkaSettings,
+    pas_keys_in_env: DevKeySet,
+    pas_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """check prints one line per topic: with none created each of the five fails with the
+    hint to run topics; after topics all five pass and so does check."""
+    monkeypatch.setenv("PA_PAS__BASE_URL", f"http://127.0.0.1:{pas_port}")
+    names = service_topics(kafka_env)
+
+    assert main(["check"]) == 1
+    lines = _topic_lines(capsys.readouterr().out)
+    assert list(lines) == names
+    for line in lines.values():
+        assert line.startswith("FAIL")
+        assert line.endswith(MISSING_HINT)
+
+    assert main(["topics"]) == 0
+    capsys.readouterr()
+    assert main(["check"]) == 0
+    output = capsys.readouterr().out
+    lines = _topic_lines(output)
+    assert list(lines) == names
+    for line in lines.values():
+        assert line.startswith("ok")
+        assert line.endswith("exists")
+    assert all(line.startswith("ok") for line in output.splitlines())
+
+
+def test_check_prints_the_pas_url_without_its_password(
+    kafka_env: KafkaSettings,
+    pas_keys_in_env: DevKeySet,
+    pas_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With a password in PA_PAS__BASE_URL, check's output (stdout and stderr) shows the
+    URL with *** in its place, whether PAS answers or not."""
+    monkeypatch.setenv("PA_PAS__BASE_URL", f"http://svc-user:{PASSWORD}@127.0.0.1:{pas_port}")
+    main(["check"])
+    captured = capsys.readouterr()
+    assert PASSWORD not in captured.out + captured.err
+    pas_line = _check_line(captured.out, "pas")
+    assert pas_line.startswith("ok")
+    assert f"http://svc-user:***@127.0.0.1:{pas_port}/points-adjustments answered" in pas_line
+
+    monkeypatch.setenv(
+        "PA_PAS__BASE_URL", f"http://svc-user:{PASSWORD}@127.0.0.1:1/x?api_key={QUERY_TOKEN}"
+    )
+    assert main(["check"]) == 1
+    captured = capsys.readouterr()
+    for secret in (PASSWORD, QUERY_TOKEN):
+        assert secret not in captured.out + captured.err
+    pas_line = _check_line(captured.out, "pas")
+    assert pas_line.startswith("FAIL")
+    assert "http://svc-user:***@127.0.0.1:1/x?api_key=***" in pas_line
+    assert pas_line.endswith("(setting PA_PAS__BASE_URL)")
