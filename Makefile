@@ -45,8 +45,8 @@ bench-transport: setup  ## client CPU per PAS call: httpx's transport vs aiohttp
 bench-security: setup  ## per-request signing/encryption cost next to the raw RSA/AES floor
 	$(BIN)/python benchmarks/bench_security.py -n 2000 -r 3
 
-chaos: setup kafka-jars  ## the chaos suite at full size (5,000 commands, faults, SIGKILLs, a broker restart)
-	$(BIN)/pytest tests/chaos --chaos-full -s -p no:cacheprovider
+chaos: setup kafka-jars  ## the chaos suite (5,000 commands, faults, SIGKILLs, a broker restart) and the hostile-input suite, full size
+	$(BIN)/pytest tests/chaos tests/hostile --chaos-full -s -p no:cacheprovider
 
 format: setup  ## apply ruff's formatting and fixes
 	$(BIN)/ruff format service tests

@@ -156,7 +156,7 @@ async def drive(client: PasClient, requests: list[PasRequest], concurrency: int)
     async def worker() -> None:
         nonlocal failures
         for request in pending:
-            reply = await client.adjust(request)
+            reply = await client.adjust(request, deadline=time.monotonic() + 60)
             if reply.points_adjusted is None:
                 failures += 1
 
@@ -200,7 +200,7 @@ async def crypto_per_request_us(
             captured.append(await response.aread())
 
         http.event_hooks["response"] = [hook]
-        reply = await client.adjust(make_requests(1)[0])
+        reply = await client.adjust(make_requests(1)[0], deadline=time.monotonic() + 60)
         if reply.points_adjusted is None:
             raise SystemExit(f"the sandbox refused the probe request: {reply.problem}")
     answer = captured[0]

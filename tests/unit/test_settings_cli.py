@@ -102,6 +102,9 @@ def test_new_groups_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("PA_PROCESSING__MAX_BUFFERED", "9")
     monkeypatch.setenv("PA_PROCESSING__ADAPTIVE_CONCURRENCY", "false")
     monkeypatch.setenv("PA_PROCESSING__COMMAND_TTL_S", "120")
+    monkeypatch.setenv("PA_PROCESSING__MAX_BUFFERED_BYTES", "2097152")
+    monkeypatch.setenv("PA_PROCESSING__MAX_RECORD_BYTES", "8192")
+    monkeypatch.setenv("PA_PROCESSING__FAULT_BACKOFF_MAX_S", "3")
     monkeypatch.setenv("PA_IDEMPOTENCY__RETENTION_S", "3600")
     monkeypatch.setenv("PA_IDEMPOTENCY__PRUNE_INTERVAL_S", "60")
     settings = load_settings()
@@ -124,6 +127,9 @@ def test_new_groups_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatc
         "max_buffered": 9,
         "adaptive_concurrency": False,
         "command_ttl_s": 120.0,
+        "max_buffered_bytes": 2_097_152,
+        "max_record_bytes": 8192,
+        "fault_backoff_max_s": 3.0,
     }
     assert settings.idempotency.retention_s == 3600.0
     assert settings.idempotency.prune_interval_s == 60.0
@@ -195,28 +201,19 @@ def test_bad_value_is_a_config_error_naming_the_variable(
 
 
 @pytest.mark.parametrize(
-    ("overrides", "lease", "longest"),
+    ("overrides", "lease", "shortest"),
     [
-        ({}, "18", "18"),
-        ({}, "10", "18"),
-        ({"PA_PAS__READ_TIMEOUT_S": "60"}, "60", "68"),
-        ({"PA_PAS__POOL_TIMEOUT_S": "30"}, "40", "43"),
-        (
-            {
-                "PA_PAS__POOL_TIMEOUT_S": "1",
-                "PA_PAS__CONNECT_TIMEOUT_S": "1",
-                "PA_PAS__READ_TIMEOUT_S": "1",
-            },
-            "3",
-            "3",
-        ),
+        ({}, "24.9", "25"),
+        ({}, "10", "25"),
+        ({"PA_PAS__CALL_TIMEOUT_S": "60"}, "60", "65"),
+        ({"PA_PAS__CALL_TIMEOUT_S": "3"}, "7", "8"),
     ],
-    ids=["equal", "shorter", "long-read", "long-pool", "all-short"],
+    ids=["just-short", "shorter", "equal-to-the-call", "short-call"],
 )
-def test_a_lease_not_longer_than_a_call_is_refused_naming_the_lease(
-    monkeypatch: pytest.MonkeyPatch, overrides: dict[str, str], lease: str, longest: str
+def test_a_lease_not_outlasting_a_call_by_the_margin_is_refused_naming_the_lease(
+    monkeypatch: pytest.MonkeyPatch, overrides: dict[str, str], lease: str, shortest: str
 ) -> None:
-    """A lease not above pool + connect + read timeouts is refused naming the lease setting."""
+    """A lease below the call timeout + 5 s is refused, naming the lease setting."""
     monkeypatch.setenv("PA_IDEMPOTENCY__LEASE_S", lease)
     for name, value in overrides.items():
         monkeypatch.setenv(name, value)
@@ -225,31 +222,31 @@ def test_a_lease_not_longer_than_a_call_is_refused_naming_the_lease(
     assert caught.value.setting == "PA_IDEMPOTENCY__LEASE_S"
     message = str(caught.value)
     assert message.startswith("PA_IDEMPOTENCY__LEASE_S: ")
-    assert f"{lease} s must exceed the longest PAS call ({longest} s" in message
-    assert "pool + connect + read timeouts" in message
+    assert f"{lease} s must be at least PA_PAS__CALL_TIMEOUT_S + 5 s ({shortest} s)" in message
 
 
-def test_the_pool_timeout_counts_towards_the_longest_call(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A lease above connect + read but not above pool + connect + read is refused."""
+def test_a_shorter_call_timeout_allows_a_shorter_lease(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-read, connect and pool timeouts no longer count: the call timeout bounds them."""
     monkeypatch.setenv("PA_IDEMPOTENCY__LEASE_S", "15")
+    monkeypatch.setenv("PA_PAS__READ_TIMEOUT_S", "30")
     with pytest.raises(ConfigError) as caught:
         load_settings()
     assert caught.value.setting == "PA_IDEMPOTENCY__LEASE_S"
-    monkeypatch.setenv("PA_PAS__POOL_TIMEOUT_S", "1.5")
+    monkeypatch.setenv("PA_PAS__CALL_TIMEOUT_S", "10")
     assert load_settings().idempotency.lease_s == 15.0
 
 
-def test_a_lease_just_above_the_longest_call_loads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A lease strictly above pool + connect + read timeouts is accepted."""
-    monkeypatch.setenv("PA_IDEMPOTENCY__LEASE_S", "18.5")
-    assert load_settings().idempotency.lease_s == 18.5
+def test_a_lease_exactly_the_call_plus_the_margin_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lease of exactly the call timeout + 5 s is accepted."""
+    monkeypatch.setenv("PA_IDEMPOTENCY__LEASE_S", "25")
+    assert load_settings().idempotency.lease_s == 25.0
 
 
 def test_run_with_a_too_short_lease_exits_2_naming_the_lease(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`run` with a lease shorter than a PAS call exits 2 with one line naming the lease."""
-    monkeypatch.setenv("PA_PAS__READ_TIMEOUT_S", "120")
+    monkeypatch.setenv("PA_PAS__CALL_TIMEOUT_S", "120")
     assert main(["run"]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"{ERROR_PREFIX}invalid setting PA_IDEMPOTENCY__LEASE_S: 60 s")
