@@ -43,7 +43,9 @@ from service.pas.guarded import GuardedPas
 from service.pas.history import PasHistoryClient
 from service.pas.limited import LimitedPas
 from service.pas.metered import MeteredPas
+from service.redact import redact_url
 from service.settings import LEASE_MARGIN_S, IdempotencySettings, KafkaSettings, Settings
+from service.tools.topics import service_topics
 from service.watchdog import kafka_check, watch
 
 log = structlog.get_logger("service.app")
@@ -97,17 +99,6 @@ async def prune_forever(
             log.info("idempotency.pruned", records=pruned)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), settings.prune_interval_s)
-
-
-def service_topics(settings: KafkaSettings) -> list[str]:
-    """Every topic the service reads or writes."""
-    return [
-        settings.command_topic,
-        settings.completed_topic,
-        settings.failed_topic,
-        settings.dead_letter_topic,
-        settings.review_topic,
-    ]
 
 
 async def require_topics(producer: AIOKafkaProducer, settings: KafkaSettings) -> None:
@@ -165,7 +156,7 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
         worker=owner,
         bootstrap_servers=settings.kafka.bootstrap_servers,
         command_topic=settings.kafka.command_topic,
-        pas=settings.pas.base_url,
+        pas=redact_url(settings.pas.base_url),
         store=settings.idempotency.backend,
     )
     async with AsyncExitStack() as stack:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import ConfigError
+from service.redact import redact_url
 
 ENV_PREFIX = "PA_"
 ENV_NESTED_DELIMITER = "__"
@@ -357,5 +358,7 @@ def load_settings(**overrides: object) -> Settings:
             name, _, problem = str(first["msg"]).removeprefix("Value error, ").partition(": ")
             raise ConfigError(name, problem) from exc
         given = first.get("input")
+        if isinstance(given, str) and "://" in given:
+            given = redact_url(given)  # a URL may carry a password: never print it
         shown = f" (got {given!r})" if isinstance(given, str | int | float) else ""
         raise ConfigError(env_name(location), f"{first['msg']}{shown}") from exc

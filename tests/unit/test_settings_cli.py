@@ -415,3 +415,12 @@ def test_send_with_a_bad_line_names_path_and_line(
     assert main(["send", "--file", str(path)]) != 0
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"{ERROR_PREFIX}{path}:2: ")
+
+
+def test_a_refused_url_is_quoted_without_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PAS URL refused at start-up is quoted in the error with its password hidden."""
+    monkeypatch.setenv("PA_PAS__BASE_URL", "ftp://svc:hunter2secret@pas.example/loyalty")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "hunter2secret" not in str(caught.value)
+    assert "svc:***@pas.example" in str(caught.value)
