@@ -23,6 +23,24 @@ Semantics every backend implements:
   deletes terminal records last changed before a cut-off.
 
 Every write that precedes a PAS call is durable before it returns.
+
+Which store: every store has an ``identity`` (a UUID made when it was created, kept in the
+store), and ``created`` says whether it was new when opened (it holds no records and no
+start-up has accepted it yet; see ``adopt``). A store that comes up new while the consumer
+group already has committed offsets was lost or replaced (``service.idempotency.continuity``).
+A store that is lost while in use (its file deleted or replaced) says so in ``problem`` and
+fails every later call with ``StoreLostError``; ``probe`` runs that check while idle.
+
+Errors::
+
+    PointsAdjusterError (service.errors)
+    └── StoreError                 the store cannot do its work (retriable)
+        ├── StoreUnavailableError  an I/O failure: disk full, locked too long, I/O error;
+        │                          retriable, the cause chained
+        └── StoreLostError         the store was deleted or replaced under the service;
+                                   not retriable: every later call fails too
+    OwnershipLostError (RuntimeError)  the record is no longer held by the caller: not a fault
+                                       of the store, so deliberately not a StoreError
 """
 
 from __future__ import annotations
@@ -31,6 +49,8 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
+
+from service.errors import PointsAdjusterError
 
 
 class State(enum.StrEnum):
@@ -111,6 +131,36 @@ class IdempotencyStore(Protocol):
 
     async def close(self) -> None: ...
 
+    @property
+    def identity(self) -> str:
+        """The store's UUID, made when the store was created and kept with its records."""
+        ...
+
+    @property
+    def created(self) -> bool:
+        """Whether the store was new when this instance opened it: it holds no records and no
+        start-up has adopted it (a store made by this open, by a refused start or by a tool
+        that only opened it). A store of an earlier version with records is not new."""
+        ...
+
+    @property
+    def problem(self) -> str | None:
+        """None while the store is usable; once it was lost, why (it stays lost)."""
+        ...
+
+    async def probe(self) -> None:
+        """Check that the store is still the one opened; raise ``StoreLostError`` if not.
+
+        Cheap, and meant for a watchdog that notices a loss while no command arrives. It
+        waits behind the calls already queued, so bound it with a timeout.
+        """
+        ...
+
+    async def adopt(self) -> None:
+        """Record, durably, that a start-up accepted this store for its consumer group:
+        every later open finds it not ``created``. Repeating it changes nothing."""
+        ...
+
 
 def decide_claim(
     existing: IdempotencyRecord | None, fingerprint: str, owner: str, now: datetime
@@ -133,3 +183,27 @@ def decide_claim(
 
 class OwnershipLostError(RuntimeError):
     """The record is no longer held by this worker (its lease was taken over)."""
+
+
+class StoreError(PointsAdjusterError):
+    """The idempotency store cannot do its work; the message names the store and the failure,
+    never a key or an outcome."""
+
+    retriable = True
+
+    def __init__(self, message: str, *, store: str) -> None:
+        super().__init__(message)
+        self.store = store
+        """Where the store is (a file path), for the operator."""
+
+
+class StoreUnavailableError(StoreError):
+    """An I/O failure of the store (disk full, locked past the busy timeout, I/O error): the
+    call changed nothing and may succeed later. The backend's error is the ``__cause__``."""
+
+
+class StoreLostError(StoreError):
+    """The store was deleted or replaced while in use: records written before are gone from
+    where the next start will look, so this store refuses every further call."""
+
+    retriable = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,6 +23,28 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.records: dict[str, IdempotencyRecord] = {}
+        self._identity = str(uuid.uuid4())
+
+    @property
+    def identity(self) -> str:
+        """A fresh UUID per instance: nothing outlives it."""
+        return self._identity
+
+    @property
+    def created(self) -> bool:
+        """Always True: every instance starts empty."""
+        return True
+
+    @property
+    def problem(self) -> str | None:
+        """Always None: a dict cannot be lost under the process."""
+        return None
+
+    async def probe(self) -> None:
+        return None
+
+    async def adopt(self) -> None:
+        return None
 
     async def claim(
         self, key: str, fingerprint: str, *, owner: str, now: datetime, lease_s: float

@@ -18,6 +18,28 @@ result before the COMMIT returned: durability is unchanged, a claim or resume ha
 fsynced before it returns, and the others are at least as durable as before (fsynced too
 when batched with a durable call). The results of a batch reach the event loop in one
 ``call_soon_threadsafe``: one thread hop and one transaction per batch, not per call.
+
+Identity: the ``meta`` table holds one row, written with the schema when the file is created:
+the schema version, the store's UUID (``identity``) and when it was created, and when a
+start-up adopted it (``adopt``). A file of the earlier schema gets its row on the first open.
+
+Losing the file: the writer notes the file's device and inode when it opens it, and before
+each batch (and about once a second while idle) checks that the path still names that file.
+A file deleted or replaced under an open connection goes on taking writes that nobody will
+ever read again, so once the check fails the store is lost for good: ``problem`` says why,
+every call raises ``StoreLostError``, and nothing is written or created at the path again.
+One thing is cleaned up: SQLite keeps the WAL by name (``<path>-wal``) and does not remove it
+when closing a file that was unlinked or replaced; left there, its frames would be replayed
+into whatever database appears at the path (a restored copy, or a new empty one on restart,
+which would then look like an old store). So on a loss the writer checkpoints the WAL into
+the file it still has open and truncates it. (A process that opened a replacement in the
+second before the loss was seen already shares that WAL: replacing a database under a running
+service is never safe, this only makes it noticed.) And ``open`` refuses a path whose
+database is missing while a non-empty WAL of it remains.
+
+I/O failures: a batch that fails on the database (disk full, locked past ``busy_timeout``, an
+I/O error) fails its calls with ``StoreUnavailableError`` (the ``sqlite3`` error chained); the
+connection stays open and later batches try again.
 """
 
 from __future__ import annotations
@@ -25,13 +47,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import queue
 import sqlite3
 import threading
+import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
+
+import structlog
 
 from service.errors import StartupError
 from service.idempotency.base import (
@@ -41,28 +68,46 @@ from service.idempotency.base import (
     IdempotencyRecord,
     OwnershipLostError,
     State,
+    StoreLostError,
+    StoreUnavailableError,
     decide_claim,
 )
 
 T = TypeVar("T")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS idempotency (
-    key          TEXT PRIMARY KEY,
-    fingerprint  TEXT NOT NULL,
-    state        TEXT NOT NULL,
-    owner        TEXT NOT NULL,
-    lease_until  REAL NOT NULL,
-    attempts     INTEGER NOT NULL,
-    created_at   REAL NOT NULL,
-    updated_at   REAL NOT NULL,
-    outcome_kind TEXT,
-    outcome      TEXT,
-    published    INTEGER NOT NULL DEFAULT 0,
-    settle_until REAL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS idempotency_updated_at ON idempotency (updated_at);
-"""
+log = structlog.get_logger("service.idempotency")
+
+SCHEMA_VERSION = 2
+"""1: the idempotency table alone (``settle_until`` added in 0.2); 2: the ``meta`` table."""
+
+SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS idempotency (
+        key          TEXT PRIMARY KEY,
+        fingerprint  TEXT NOT NULL,
+        state        TEXT NOT NULL,
+        owner        TEXT NOT NULL,
+        lease_until  REAL NOT NULL,
+        attempts     INTEGER NOT NULL,
+        created_at   REAL NOT NULL,
+        updated_at   REAL NOT NULL,
+        outcome_kind TEXT,
+        outcome      TEXT,
+        published    INTEGER NOT NULL DEFAULT 0,
+        settle_until REAL
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX IF NOT EXISTS idempotency_updated_at ON idempotency (updated_at)",
+    """
+    CREATE TABLE IF NOT EXISTS meta (
+        id             INTEGER PRIMARY KEY CHECK (id = 1),
+        schema_version INTEGER NOT NULL,
+        store_id       TEXT NOT NULL,
+        created_at     REAL NOT NULL,
+        adopted_at     REAL
+    )
+    """,
+)
 
 COLUMNS = (
     "key, fingerprint, state, owner, lease_until, attempts, created_at, updated_at, "
@@ -114,21 +159,101 @@ def _close_marker() -> None:
     """The work of the op queued by ``close()``: the writer stops when it reaches it."""
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _probe_marker() -> None:
+    """The work of the op queued by ``probe()``: answered after the file check, no transaction."""
+
+
+FileId = tuple[int, int]
+"""(st_dev, st_ino): which file a path named."""
+
+
+class _Opened(NamedTuple):
+    db: sqlite3.Connection
+    store_id: str
+    created: bool
+    file_id: FileId
+
+
+def _prepare(db: sqlite3.Connection) -> tuple[str, bool]:
+    """Inside a write transaction: the schema, and the meta row; ``(store_id, created)``."""
+    for statement in SCHEMA:
+        db.execute(statement)
+    columns = {row[1] for row in db.execute("PRAGMA table_info(idempotency)")}
+    if "settle_until" not in columns:  # a database of version 0.1
+        db.execute("ALTER TABLE idempotency ADD COLUMN settle_until REAL")
+    has_records = bool(db.execute("SELECT EXISTS (SELECT 1 FROM idempotency)").fetchone()[0])
+    row = db.execute("SELECT store_id, adopted_at FROM meta WHERE id = 1").fetchone()
+    if row is None:
+        # A file with records but no row comes from before identities: it is in use already.
+        store_id = str(uuid.uuid4())
+        now = time.time()
+        db.execute(
+            "INSERT INTO meta (id, schema_version, store_id, created_at, adopted_at)"
+            " VALUES (1, ?, ?, ?, ?)",
+            (SCHEMA_VERSION, store_id, now, now if has_records else None),
+        )
+        return store_id, not has_records
+    db.execute(
+        "UPDATE meta SET schema_version = ? WHERE id = 1 AND schema_version < ?",
+        (SCHEMA_VERSION, SCHEMA_VERSION),
+    )
+    return str(row[0]), row[1] is None and not has_records
+
+
+def _wal_of(path: Path) -> Path:
+    return path.with_name(path.name + "-wal")
+
+
+def _connect(path: Path) -> _Opened:
+    """Open (or create) the database, bring its schema up to date, note which file it is."""
+    wal = _wal_of(path)
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        if not path.exists() and wal.stat().st_size > 0:
+            raise FileExistsError(
+                f"{wal} remains but the database itself is gone (deleted while in use?);"
+                " SQLite would replay it into a new, empty database. Restore the database"
+                " next to it, or move the -wal and -shm files away for a deliberate reset"
+            )
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA synchronous=FULL")  # the identity is on disk before it is used
         db.execute("PRAGMA busy_timeout=5000")
-        db.executescript(SCHEMA)
-        columns = {row[1] for row in db.execute("PRAGMA table_info(idempotency)")}
-        if "settle_until" not in columns:  # a database of version 0.1
-            db.execute("ALTER TABLE idempotency ADD COLUMN settle_until REAL")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            store_id, created = _prepare(db)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            raise
+        db.execute("PRAGMA synchronous=NORMAL")
+        stat = os.stat(path)
     except BaseException:
         db.close()
         raise
-    return db
+    return _Opened(db, store_id, created, (stat.st_dev, stat.st_ino))
+
+
+def _is_io_failure(exc: BaseException) -> bool:
+    """A failure of the database file rather than of our SQL: disk full, locked, I/O, corrupt."""
+    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+
+
+def _what_failed(exc: sqlite3.Error) -> str:
+    """The failure in words, from SQLite's error code and message (never a bound value)."""
+    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    if name.startswith("SQLITE_FULL"):
+        what = "the disk is full"
+    elif name.startswith("SQLITE_BUSY") or name.startswith("SQLITE_LOCKED"):
+        what = "the database stayed locked past busy_timeout"
+    elif name.startswith("SQLITE_IOERR"):
+        what = "an I/O error (a full disk or a file-size limit, for instance)"
+    else:
+        what = "the database failed"
+    return f"{what}; SQLite said {name}: {exc}"
 
 
 def _settle(outcomes: list[_Outcome]) -> None:
@@ -159,7 +284,11 @@ class SqliteStore:
 
     def __init__(self, path: Path) -> None:
         """Use ``open()``: this only prepares the store, its writer thread is not running."""
-        self._path = path
+        self._path = path.absolute()  # what os.stat checks, whatever the working directory
+        self._identity = ""
+        self._created = False
+        self._file_id: FileId = (0, 0)
+        self._problem: str | None = None
         self._queue: queue.SimpleQueue[_Op] = queue.SimpleQueue()
         self._closed = False
         self._full = False  # the connection's current PRAGMA synchronous is FULL
@@ -193,10 +322,52 @@ class SqliteStore:
         """How many transactions (batches of calls) the writer has committed."""
         return self._transactions
 
+    @property
+    def identity(self) -> str:
+        """The store's UUID, kept in its ``meta`` table since the file was created."""
+        return self._identity
+
+    @property
+    def created(self) -> bool:
+        """Whether the store was new when opened: no records, and never adopted."""
+        return self._created
+
+    @property
+    def problem(self) -> str | None:
+        """None while the file is the one opened; once it was deleted or replaced, which."""
+        return self._problem
+
+    @property
+    def path(self) -> Path:
+        """The database file (absolute)."""
+        return self._path
+
+    def _lost(self) -> StoreLostError:
+        return StoreLostError(
+            f"idempotency store {self._path} is lost: {self._problem}; no call can succeed"
+            " any more (stop the service and restore the file)",
+            store=str(self._path),
+        )
+
+    def _unavailable(self, exc: sqlite3.Error) -> StoreUnavailableError:
+        error = StoreUnavailableError(
+            f"idempotency store {self._path}: {_what_failed(exc)}", store=str(self._path)
+        )
+        error.__cause__ = exc
+        return error
+
+    def _as_store_error(self, exc: BaseException) -> BaseException:
+        """An I/O failure of SQLite as ``StoreUnavailableError``; anything else as it is."""
+        if isinstance(exc, sqlite3.Error) and _is_io_failure(exc):
+            return self._unavailable(exc)
+        return exc
+
     def _run(self, work: Callable[[], T], *, durable: bool = False) -> asyncio.Future[T]:
         """Queue ``work`` for the writer; the future resolves after its batch committed."""
         if self._closed:
             raise RuntimeError("the SQLite idempotency store is closed")
+        if self._problem is not None:
+            raise self._lost()
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put(_Op(work, future, durable))
         return future
@@ -207,10 +378,14 @@ class SqliteStore:
         ready = self._ready
         assert ready is not None
         try:
-            self._db = _connect(self._path)
+            opened = _connect(self._path)
         except BaseException as exc:
             _deliver([(ready, None, exc)])
             return
+        self._db = opened.db
+        self._identity = opened.store_id
+        self._created = opened.created
+        self._file_id = opened.file_id
         _deliver([(ready, None, None)])
         try:
             self._write_forever()
@@ -225,6 +400,8 @@ class SqliteStore:
                 op = get(timeout=IDLE_S)
             except queue.Empty:
                 if threading.main_thread().is_alive():
+                    with contextlib.suppress(StoreUnavailableError, StoreLostError):
+                        self._check_file()  # so that ``problem`` tells a loss while idle
                     continue
                 # The interpreter is exiting and nobody called close(): finish what is
                 # queued and stop, so this non-daemon thread does not hold the exit up.
@@ -253,8 +430,47 @@ class SqliteStore:
                 _deliver([(stop.future, None, None)])
                 return
 
+    def _check_file(self) -> None:
+        """Raise unless the path still names the file opened; a loss is noted for good."""
+        if self._problem is None:
+            try:
+                stat = os.stat(self._path)
+            except (FileNotFoundError, NotADirectoryError):
+                self._lose("its file was deleted while in use")
+            except OSError as exc:
+                raise StoreUnavailableError(
+                    f"idempotency store {self._path}: cannot check its file"
+                    f" ({exc.strerror or type(exc).__name__})",
+                    store=str(self._path),
+                ) from exc
+            else:
+                found = (stat.st_dev, stat.st_ino)
+                if found != self._file_id:
+                    self._lose(
+                        "its file was replaced by another while in use (device/inode"
+                        f" {self._file_id[0]}/{self._file_id[1]} opened,"
+                        f" {found[0]}/{found[1]} found)"
+                    )
+        if self._problem is not None:
+            raise self._lost()
+
+    def _lose(self, problem: str) -> None:
+        """Note the loss for good, and empty the WAL left at the path (see the module doc)."""
+        self._problem = problem
+        try:
+            busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            wal_emptied = busy == 0
+        except sqlite3.Error:
+            wal_emptied = False
+        log.error(
+            "idempotency.store_lost",
+            path=str(self._path),
+            problem=problem,
+            wal_emptied=wal_emptied,
+        )
+
     def _commit(self, batch: list[_Op]) -> None:
-        """Run ``batch`` in one transaction, then hand every caller its result."""
+        """Check the file, run ``batch`` in one transaction, hand every caller its result."""
         # A caller cancelled before its batch started is skipped, as run_in_executor skipped
         # work not started yet. (A racy read of another thread's future, but a benign one:
         # only the event loop completes these futures, and a caller cancelled just after this
@@ -262,6 +478,25 @@ class SqliteStore:
         live = [op for op in batch if not op.future.done()]
         if not live:
             return
+        try:
+            self._check_file()
+        except (StoreLostError, StoreUnavailableError) as failed:
+            # One error per caller (each may add its own traceback), with the same cause.
+            outcomes: list[_Outcome] = []
+            for op in live:
+                error = type(failed)(str(failed), store=failed.store)
+                error.__cause__ = failed.__cause__
+                outcomes.append((op.future, None, error))
+            _deliver(outcomes)
+            return
+        outcomes = [(op.future, None, None) for op in live if op.work is _probe_marker]
+        calls = [op for op in live if op.work is not _probe_marker]
+        if calls:
+            outcomes += self._transact(calls)
+        _deliver(outcomes)
+
+    def _transact(self, live: list[_Op]) -> list[_Outcome]:
+        """Run the calls in one transaction; their outcomes, none before the COMMIT returned."""
         db = self._db
         outcomes: list[_Outcome] = []
         try:
@@ -280,7 +515,7 @@ class SqliteStore:
                         # is unusable and the whole batch fails (below).
                         db.execute("ROLLBACK TO op")
                         db.execute("RELEASE op")
-                        outcomes.append((op.future, None, exc))
+                        outcomes.append((op.future, None, self._as_store_error(exc)))
                     else:
                         db.execute("RELEASE op")
                         outcomes.append((op.future, value, None))
@@ -290,11 +525,13 @@ class SqliteStore:
                     with contextlib.suppress(sqlite3.Error):
                         db.execute("ROLLBACK")
                 raise
+        except sqlite3.Error as exc:  # nothing of this batch was committed
+            outcomes = [(op.future, None, self._as_store_error(exc)) for op in live]
         except BaseException as exc:  # nothing of this batch was committed
             outcomes = [(op.future, None, exc) for op in live]
         else:
             self._transactions += 1
-        _deliver(outcomes)
+        return outcomes
 
     def _select(self, key: str) -> IdempotencyRecord | None:
         row = self._db.execute(
@@ -419,6 +656,19 @@ class SqliteStore:
 
     async def get(self, key: str) -> IdempotencyRecord | None:
         return await self._run(lambda: self._select(key))
+
+    async def probe(self) -> None:
+        """The writer checks that the path still names the file opened (no transaction)."""
+        await self._run(_probe_marker)
+
+    async def adopt(self) -> None:
+        def work() -> None:
+            self._db.execute(
+                "UPDATE meta SET adopted_at = ? WHERE id = 1 AND adopted_at IS NULL",
+                (time.time(),),
+            )
+
+        await self._run(work, durable=True)
 
     async def close(self) -> None:
         """Commit what is queued, close the connection on the writer thread, stop it."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -12,10 +13,20 @@ from typing import Any
 
 import pytest
 
-from service.errors import StartupError
-from service.idempotency.base import ClaimStatus, IdempotencyStore, OwnershipLostError, State
+from service.errors import PointsAdjusterError, StartupError
+from service.idempotency.base import (
+    ClaimStatus,
+    IdempotencyStore,
+    OwnershipLostError,
+    State,
+    StoreError,
+    StoreLostError,
+    StoreUnavailableError,
+)
+from service.idempotency.continuity import check_continuity, verify_continuity
 from service.idempotency.memory import MemoryStore
 from service.idempotency.sqlite import SqliteStore
+from service.settings import IdempotencySettings, KafkaSettings
 
 T0 = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
 LEASE_S = 60.0
@@ -858,3 +869,438 @@ async def test_an_unusable_path_is_a_startup_error_naming_the_setting(tmp_path: 
         await SqliteStore.open(tmp_path / "file" / "idempotency.sqlite3")
     assert caught.value.setting == "PA_IDEMPOTENCY__SQLITE_PATH"
     assert not [t for t in threading.enumerate() if t.name == "idempotency-sqlite"]
+
+
+# -- identity ------------------------------------------------------------------------------------
+
+
+async def test_a_new_sqlite_store_is_created_with_an_identity_kept_across_opens(
+    tmp_path: Path,
+) -> None:
+    """A new file is ``created`` with a UUID identity; reopened it keeps that identity."""
+    path = tmp_path / "db" / "idempotency.sqlite3"
+    first = await SqliteStore.open(path)
+    try:
+        assert first.created is True
+        identity = first.identity
+        assert len(identity) == 36
+        await claim(first)
+    finally:
+        await first.close()
+    again = await SqliteStore.open(path)
+    try:
+        assert again.identity == identity
+        assert again.created is False
+    finally:
+        await again.close()
+
+
+async def test_an_empty_store_stays_new_until_adopted(tmp_path: Path) -> None:
+    """Reopening a store that holds nothing and was never adopted finds it new again (so a
+    refused start stays refused); after adopt() it is not new, with the same identity."""
+    path = tmp_path / "idempotency.sqlite3"
+    first = await SqliteStore.open(path)
+    identity = first.identity
+    await first.close()
+    second = await SqliteStore.open(path)
+    try:
+        assert (second.created, second.identity) == (True, identity)
+        await second.adopt()
+        await second.adopt()  # a second adopt changes nothing
+        assert second.created is True  # it was new when this instance opened it
+    finally:
+        await second.close()
+    third = await SqliteStore.open(path)
+    try:
+        assert (third.created, third.identity) == (False, identity)
+    finally:
+        await third.close()
+
+
+@pytest.mark.parametrize("with_records", [True, False])
+async def test_a_database_from_before_identities_gets_one(
+    tmp_path: Path, with_records: bool
+) -> None:
+    """A file of the previous schema gets an identity on its first open, kept afterwards; it
+    is not new when it holds records, and new when it holds none."""
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(PREVIOUS_SCHEMA)
+    if with_records:
+        old.execute(
+            "INSERT INTO idempotency VALUES (?, ?, 'COMPLETED', ?, ?, 1, ?, ?, 'completed', ?, 1)",
+            (KEY, FP, OTHER, T0.timestamp(), T0.timestamp(), T0.timestamp(), "{}"),
+        )
+    old.commit()
+    old.close()
+    first = await SqliteStore.open(path)
+    identity = first.identity
+    assert first.created is not with_records
+    await first.close()
+    again = await SqliteStore.open(path)
+    try:
+        assert again.identity == identity
+        assert again.created is not with_records
+    finally:
+        await again.close()
+
+
+async def test_two_stores_have_different_identities(tmp_path: Path) -> None:
+    """Two files created apart have different identities; so do two memory stores."""
+    one = await SqliteStore.open(tmp_path / "one.sqlite3")
+    two = await SqliteStore.open(tmp_path / "two.sqlite3")
+    try:
+        assert one.identity != two.identity
+    finally:
+        await one.close()
+        await two.close()
+    assert MemoryStore().identity != MemoryStore().identity
+
+
+async def test_a_memory_store_is_always_new_and_never_lost() -> None:
+    """A memory store is created with a fresh identity, has no problem, and probes fine."""
+    memory = MemoryStore()
+    assert memory.created is True
+    assert memory.problem is None
+    await memory.probe()
+    await memory.adopt()
+    assert memory.created is True
+
+
+# -- a lost store --------------------------------------------------------------------------------
+
+
+async def test_a_deleted_file_makes_the_next_call_fail_and_nothing_is_recreated(
+    tmp_path: Path,
+) -> None:
+    """Once the file is deleted under an open store, the next claim raises StoreLostError
+    (not retriable), ``problem`` says so, every later call fails, and no file reappears."""
+    path = tmp_path / "idempotency.sqlite3"
+    store = await SqliteStore.open(path)
+    try:
+        await claim(store, key="before")
+        assert store.problem is None
+        path.unlink()
+        with pytest.raises(StoreLostError) as caught:
+            await claim(store, key="after")
+        assert caught.value.retriable is False
+        assert caught.value.store == str(path)
+        assert str(path) in str(caught.value)
+        assert "after" not in str(caught.value).replace(str(path), "")
+        assert store.problem is not None
+        assert "deleted" in store.problem
+        with pytest.raises(StoreLostError):
+            await store.get("before")
+        with pytest.raises(StoreLostError):
+            await finish(store)
+        with pytest.raises(StoreLostError):
+            await store.probe()
+        assert not path.exists()
+    finally:
+        await store.close()
+    assert not path.exists()
+
+
+async def test_calls_queued_when_the_file_went_all_fail(tmp_path: Path) -> None:
+    """Calls already queued when the loss is found fail together; none of them is written."""
+    path = tmp_path / "idempotency.sqlite3"
+    store = await SqliteStore.open(path)
+    try:
+        await claim(store, key="before")
+        path.unlink()
+        results = await asyncio.gather(
+            *(claim(store, key=f"k-{i}") for i in range(20)), return_exceptions=True
+        )
+        assert all(isinstance(result, StoreLostError) for result in results)
+        assert len({id(result) for result in results}) == 20  # one error per caller
+    finally:
+        await store.close()
+    assert not path.exists()
+
+
+async def test_a_file_replaced_by_another_database_is_lost(tmp_path: Path) -> None:
+    """A file replaced by another database (another inode at the path) makes the next call
+    raise StoreLostError naming the replacement; the replacement is left as it was."""
+    path = tmp_path / "idempotency.sqlite3"
+    store = await SqliteStore.open(path)
+    try:
+        await claim(store, key="before")
+        other_path = tmp_path / "other.sqlite3"
+        other = sqlite3.connect(other_path)
+        other.execute("CREATE TABLE other (x INTEGER)")
+        other.execute("INSERT INTO other VALUES (42)")
+        other.commit()
+        other.close()
+        os.replace(other_path, path)
+        with pytest.raises(StoreLostError, match="replaced"):
+            await claim(store, key="after")
+        assert store.problem is not None
+        assert "replaced" in store.problem
+    finally:
+        await store.close()
+    replacement = sqlite3.connect(path)
+    try:
+        tables = {row[0] for row in replacement.execute("SELECT name FROM sqlite_master")}
+        assert tables == {"other"}
+        assert replacement.execute("SELECT x FROM other").fetchall() == [(42,)]
+    finally:
+        replacement.close()
+
+
+async def test_after_a_noticed_deletion_the_next_open_is_a_new_store(tmp_path: Path) -> None:
+    """The WAL a lost store leaves at the path is emptied, so a restart finds a new store
+    (which the continuity check then refuses) rather than the lost one's last pages."""
+    path = tmp_path / "idempotency.sqlite3"
+    store = await SqliteStore.open(path)
+    identity = store.identity
+    try:
+        for i in range(20):
+            await claim(store, key=f"k-{i}")
+        path.unlink()
+        with pytest.raises(StoreLostError):
+            await claim(store, key="after")
+    finally:
+        await store.close()
+    wal = tmp_path / "idempotency.sqlite3-wal"
+    assert not wal.exists() or wal.stat().st_size == 0
+    again = await SqliteStore.open(path)
+    try:
+        assert again.created is True
+        assert again.identity != identity
+        assert await again.get("k-0") is None
+    finally:
+        await again.close()
+
+
+async def test_a_wal_left_without_its_database_is_refused_at_open(tmp_path: Path) -> None:
+    """A path whose database is gone while a non-empty WAL of it remains (the service was
+    stopped before it noticed the deletion) is a StartupError naming the setting, and no
+    database is created there."""
+    path = tmp_path / "idempotency.sqlite3"
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("CREATE TABLE t (x INTEGER)")
+    writer.execute("INSERT INTO t VALUES (1)")
+    path.unlink()
+    writer.close()  # SQLite leaves the WAL of an unlinked database where it was
+    wal = tmp_path / "idempotency.sqlite3-wal"
+    assert wal.stat().st_size > 0
+    with pytest.raises(StartupError, match="remains but the database itself is gone") as caught:
+        await SqliteStore.open(path)
+    assert caught.value.setting == "PA_IDEMPOTENCY__SQLITE_PATH"
+    assert not path.exists()
+
+
+async def test_probe_notices_a_deletion_while_idle(tmp_path: Path) -> None:
+    """probe() passes on a healthy store and raises StoreLostError once the file is gone,
+    with no claim arriving; ``problem`` is set from then on."""
+    path = tmp_path / "idempotency.sqlite3"
+    store = await SqliteStore.open(path)
+    try:
+        await store.probe()
+        before = store.transactions
+        await store.probe()
+        assert store.transactions == before  # a probe runs no transaction
+        path.unlink()
+        with pytest.raises(StoreLostError):
+            await store.probe()
+        assert store.problem is not None
+    finally:
+        await store.close()
+    assert not path.exists()
+
+
+async def test_a_deleted_parent_directory_is_a_loss(tmp_path: Path) -> None:
+    """A store whose whole directory was removed is lost, and the directory is not remade."""
+    directory = tmp_path / "var"
+    path = directory / "idempotency.sqlite3"
+    store = await SqliteStore.open(path)
+    try:
+        for leftover in directory.iterdir():
+            leftover.unlink()
+        directory.rmdir()
+        with pytest.raises(StoreLostError):
+            await claim(store)
+    finally:
+        await store.close()
+    assert not directory.exists()
+
+
+# -- I/O failures ------------------------------------------------------------------------------
+
+
+async def test_a_sqlite_io_failure_is_a_store_unavailable_error(tmp_path: Path) -> None:
+    """An sqlite3.OperationalError in a call becomes StoreUnavailableError (retriable, the
+    original chained, the file named, no key in it); the calls around it still commit."""
+    path = tmp_path / "idempotency.sqlite3"
+    store = await SqliteStore.open(path)
+
+    def fail() -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    try:
+        blocker = hold_the_write_lock(path)
+        try:
+            first = asyncio.ensure_future(claim(store, key="k-1"))
+            failing = store._run(fail)
+            await asyncio.sleep(0.1)
+        finally:
+            let_go(blocker)
+        with pytest.raises(StoreUnavailableError) as caught:
+            await failing
+        assert (await first).status is ClaimStatus.CLAIMED
+        assert caught.value.retriable is True
+        assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
+        assert str(path) in str(caught.value)
+        assert "disk is full" in str(caught.value)
+        assert store.problem is None  # unavailable is not lost
+        assert (await claim(store, key="k-2")).status is ClaimStatus.CLAIMED
+    finally:
+        await store.close()
+
+
+def test_the_store_errors_form_one_tree() -> None:
+    """Store errors are PointsAdjusterErrors; unavailable is retriable, lost is not, and
+    OwnershipLostError stays outside the tree (it is not a fault of the store)."""
+    assert issubclass(StoreError, PointsAdjusterError)
+    assert issubclass(StoreUnavailableError, StoreError)
+    assert issubclass(StoreLostError, StoreError)
+    assert StoreUnavailableError("x", store="p").retriable is True
+    assert StoreLostError("x", store="p").retriable is False
+    assert not issubclass(OwnershipLostError, StoreError)
+
+
+# -- continuity at start-up ------------------------------------------------------------------
+
+WHERE = {"store": "var/idempotency.sqlite3", "identity": "id-1", "group": "g", "topic": "t"}
+
+
+@pytest.mark.parametrize(
+    ("created", "committed", "allow", "expected"),
+    [
+        (True, {0: 10, 2: 5}, False, "refused"),
+        (True, {}, False, None),
+        (False, {0: 10}, False, None),
+        (False, {}, False, None),
+        (True, {0: 10}, True, "warning"),
+        (True, {}, True, None),
+        (False, {0: 10}, True, None),
+    ],
+)
+def test_the_continuity_rule(
+    created: bool, committed: dict[int, int], allow: bool, expected: str | None
+) -> None:
+    """A new store next to committed offsets is refused, or only warned about with the
+    override; a new store with no offsets, or an old store, is fine."""
+    if expected == "refused":
+        with pytest.raises(StartupError):
+            check_continuity(created, committed, allow, **WHERE)
+        return
+    result = check_continuity(created, committed, allow, **WHERE)
+    if expected is None:
+        assert result is None
+    else:
+        assert result is not None
+        assert "PA_IDEMPOTENCY__ALLOW_EMPTY_STORE=true" in result
+
+
+def test_a_refusal_says_what_was_found_and_what_to_do() -> None:
+    """The refusal names the store, its identity, the group, the topic, the partitions, the
+    remedy and the path setting."""
+    with pytest.raises(StartupError) as caught:
+        check_continuity(True, {2: 5, 0: 10}, False, **WHERE)
+    message = str(caught.value)
+    assert caught.value.setting == "PA_IDEMPOTENCY__SQLITE_PATH"
+    assert caught.value.component == "idempotency store"
+    for part in (
+        "the store at var/idempotency.sqlite3 is new (identity id-1)",
+        "consumer group g has committed offsets on t (partitions 0, 2)",
+        "re-read commands could be applied twice",
+        "Restore the store, or set PA_IDEMPOTENCY__ALLOW_EMPTY_STORE=true",
+    ):
+        assert part in message
+
+
+class OffsetsSeen:
+    """A fake reader of committed offsets that counts its calls."""
+
+    def __init__(self, offsets: dict[int, int]) -> None:
+        self.offsets = offsets
+        self.calls = 0
+
+    async def __call__(self, settings: KafkaSettings) -> dict[int, int]:
+        self.calls += 1
+        return self.offsets
+
+
+async def test_verify_refuses_a_new_store_and_leaves_it_new(tmp_path: Path) -> None:
+    """verify_continuity refuses a new store next to committed offsets and does not adopt it,
+    so the next start (a restart after the refusal) is refused too."""
+    path = tmp_path / "idempotency.sqlite3"
+    settings = IdempotencySettings(sqlite_path=path)
+    for _ in range(2):
+        store = await SqliteStore.open(path)
+        try:
+            assert store.created is True
+            with pytest.raises(StartupError, match="is new"):
+                await verify_continuity(
+                    store, settings, KafkaSettings(), read_offsets=OffsetsSeen({0: 3})
+                )
+        finally:
+            await store.close()
+
+
+async def test_verify_with_the_override_warns_and_adopts(tmp_path: Path) -> None:
+    """With allow_empty_store, a new store next to offsets starts with a warning and is
+    adopted: the next start finds it not new and does not even ask the broker."""
+    path = tmp_path / "idempotency.sqlite3"
+    settings = IdempotencySettings(sqlite_path=path, allow_empty_store=True)
+    store = await SqliteStore.open(path)
+    try:
+        warning = await verify_continuity(
+            store, settings, KafkaSettings(), read_offsets=OffsetsSeen({1: 7})
+        )
+    finally:
+        await store.close()
+    assert warning is not None
+    assert "partitions 1" in warning
+    reader = OffsetsSeen({1: 7})
+    store = await SqliteStore.open(path)
+    try:
+        assert store.created is False
+        strict = IdempotencySettings(sqlite_path=path)
+        assert await verify_continuity(store, strict, KafkaSettings(), read_offsets=reader) is None
+    finally:
+        await store.close()
+    assert reader.calls == 0
+
+
+async def test_verify_adopts_a_new_store_when_the_group_has_no_offsets(tmp_path: Path) -> None:
+    """A first start (new store, group without offsets) passes and adopts the store."""
+    path = tmp_path / "idempotency.sqlite3"
+    store = await SqliteStore.open(path)
+    try:
+        result = await verify_continuity(
+            store,
+            IdempotencySettings(sqlite_path=path),
+            KafkaSettings(),
+            read_offsets=OffsetsSeen({}),
+        )
+        assert result is None
+    finally:
+        await store.close()
+    store = await SqliteStore.open(path)
+    try:
+        assert store.created is False
+    finally:
+        await store.close()
+
+
+async def test_verify_skips_the_memory_backend() -> None:
+    """The memory backend is new on every start by design: not checked, the broker not asked."""
+    reader = OffsetsSeen({0: 1})
+    result = await verify_continuity(
+        MemoryStore(), IdempotencySettings(backend="memory"), KafkaSettings(), read_offsets=reader
+    )
+    assert result is None
+    assert reader.calls == 0
