@@ -30,6 +30,7 @@ from service.endpoints import serve_endpoints
 from service.errors import StartupError, UndecodableRecordError
 from service.health import Health
 from service.idempotency.base import IdempotencyStore
+from service.idempotency.continuity import verify_continuity
 from service.idempotency.memory import MemoryStore
 from service.idempotency.sqlite import SqliteStore
 from service.kafka.clients import open_consumer, open_producer
@@ -46,7 +47,7 @@ from service.pas.metered import MeteredPas
 from service.redact import redact_url
 from service.settings import LEASE_MARGIN_S, IdempotencySettings, KafkaSettings, Settings
 from service.tools.topics import service_topics
-from service.watchdog import kafka_check, watch
+from service.watchdog import Check, kafka_check, watch
 
 log = structlog.get_logger("service.app")
 
@@ -117,9 +118,7 @@ async def broker_topics(producer: AIOKafkaProducer, settings: KafkaSettings) -> 
     try:
         cluster = await producer.client.fetch_all_metadata()
     except KafkaError as exc:
-        raise ConnectionError(
-            f"broker unreachable at {settings.bootstrap_servers}: {exc}"
-        ) from exc
+        raise ConnectionError(f"broker unreachable at {settings.bootstrap_servers}: {exc}") from exc
     return set(cluster.topics())
 
 
@@ -162,6 +161,10 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
     async with AsyncExitStack() as stack:
         store = await open_store(settings.idempotency)
         stack.push_async_callback(store.close)
+        override = await verify_continuity(store, settings.idempotency, settings.kafka)
+        if override is not None:
+            log.warning("idempotency.empty_store_allowed", store_id=store.identity, detail=override)
+        log.info("idempotency.store_opened", store_id=store.identity, created=store.created)
         http = await stack.enter_async_context(open_http_client(settings.pas))
         breaker = CircuitBreaker.from_settings(
             settings.circuit, time.monotonic, on_change=circuit_observer(metrics)
@@ -233,7 +236,8 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
                 lambda: broker_topics(producer, settings.kafka),
                 service_topics(settings.kafka),
                 timeout_s=min(settings.kafka.request_timeout_ms / 1000, 10.0),
-            )
+            ),
+            Check("store", store.probe, timeout_s=10.0),
         ]
         background = [
             asyncio.create_task(prune_forever(store, settings.idempotency, metrics, stop)),
