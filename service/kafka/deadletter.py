@@ -1,32 +1,48 @@
-"""Dead letters: the original record, unchanged, with typed ``pa.*`` metadata headers.
+"""Dead letters: the original record, unchanged when it fits, with typed ``pa.*`` headers.
 
 A dead letter carries the failed record's key and value byte for byte, so replaying it
 re-publishes exactly what the producer sent. What went wrong travels in headers, each a UTF-8
 string (integers in decimal, timestamps in epoch milliseconds):
 
-==========================  ============================================================
-``pa.original.topic``       topic the record was read from
-``pa.original.partition``   its partition
-``pa.original.offset``      its offset
-``pa.original.timestamp``   its record timestamp
-``pa.consumer.group``       the consumer group that gave up on it
-``pa.error.class``          e.g. ``UndecodableRecordError``, ``RetriesExhausted``
-``pa.error.reason``         a reason code, e.g. ``CORRUPT_AVRO``, ``PAS_UNAVAILABLE``
-``pa.error.detail``         short text, sanitized (long digit runs and tokens masked)
-``pa.attempts``             how many times it was tried
-``pa.failure.first``        time of the first failure
-``pa.failure.last``         time of the last failure
-``pa.service.version``      version of the service that wrote the dead letter
-``pa.replay.id``            (replayed records) the replay run that re-published it
-``pa.replay.count``         (replayed records) how many times it has been replayed
-==========================  ============================================================
+============================  ==========================================================
+``pa.original.topic``         topic the record was read from
+``pa.original.partition``     its partition
+``pa.original.offset``        its offset
+``pa.original.timestamp``     its record timestamp
+``pa.consumer.group``         the consumer group that gave up on it
+``pa.error.class``            e.g. ``UndecodableRecordError``, ``RetriesExhausted``
+``pa.error.reason``           a reason code, e.g. ``CORRUPT_AVRO``, ``PAS_UNAVAILABLE``
+``pa.error.detail``           short text, sanitized (long digit runs and tokens masked)
+``pa.attempts``               how many times it was tried
+``pa.failure.first``          time of the first failure
+``pa.failure.last``           time of the last failure
+``pa.service.version``        version of the service that wrote the dead letter
+``pa.replay.id``              (replayed records) the replay run that re-published it
+``pa.replay.count``           (replayed records) how many times it has been replayed
+``pa.original.value.bytes``   (value cut) the original value's length
+``pa.original.value.sha256``  (value cut) its SHA-256, 64 hex digits
+``pa.original.key.bytes``     (key cut) the original key's length
+``pa.original.key.sha256``    (key cut) its SHA-256, 64 hex digits
+``pa.truncated``              (something cut) what: ``value``, ``key``, ``headers:N``
+============================  ==========================================================
 
-Headers of the original record that are not ``pa.*`` (tracing, for instance) are carried
-over unchanged. Each ``pa.*`` value is capped at ``VALUE_CAP_BYTES`` (cut on a UTF-8 boundary,
-ending in ``…``), and all headers of the dead letter together, names included, at
+Headers of the original record that are not ``pa.*`` (tracing, for instance) are carried over
+unchanged, in order, while they fit in ``TOTAL_CAP_BYTES - MIN_METADATA_BYTES``; the first
+that does not fit and all after it are dropped and counted (``headers:N`` in
+``pa.truncated``). Each ``pa.*`` value is capped at ``VALUE_CAP_BYTES`` (cut on a UTF-8
+boundary, ending in ``…``), and all headers of the dead letter together, names included, at
 ``TOTAL_CAP_BYTES``: the detail is shortened, then dropped, before any other ``pa.*`` value is
-cut; carried headers are never cut, and the ``pa.*`` headers keep at least
-``MIN_METADATA_BYTES`` whatever was carried. Reading (:func:`parse_headers`) never raises.
+cut, and the ``pa.*`` headers always keep at least ``MIN_METADATA_BYTES``.
+
+**Records too large to copy.** When the whole dead letter (key + value + headers, sized as in
+:mod:`service.kafka.sizing`) would exceed ``PA_KAFKA__MAX_MESSAGE_BYTES`` (or the topic's
+``max.message.bytes``, when known and smaller), the first of these that fits goes out: the
+value cut, the key cut, both cut. A cut part is sent empty (``None``; the value is ``b""``
+when the key is absent too, as aiokafka refuses a record with neither) and described by its
+``pa.original.*.bytes`` and ``.sha256`` headers. Such a dead letter cannot be replayed: the
+bytes are gone (:attr:`DeadLetterMeta.value_cut`). If the producer or the broker still
+refuses the dead letter as too large, the minimal form (key and value cut, no carried header)
+is sent once. Reading (:func:`parse_headers`) never raises.
 """
 
 from __future__ import annotations
@@ -34,13 +50,27 @@ from __future__ import annotations
 import asyncio
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
+
+import structlog
 
 from service.domain.command import mask_account
 from service.errors import UndecodableRecordError
+from service.kafka.sizing import (
+    TRUNCATED,
+    OutgoingRecord,
+    RecordSender,
+    cut,
+    effective_limit,
+    headers_size,
+    send_fitting,
+    sha256_hex,
+)
 from service.settings import KafkaSettings
+
+log = structlog.get_logger("service.kafka")
 
 PREFIX = "pa."
 ORIGINAL_TOPIC = "pa.original.topic"
@@ -57,12 +87,16 @@ FAILURE_LAST = "pa.failure.last"
 SERVICE_VERSION = "pa.service.version"
 REPLAY_ID = "pa.replay.id"
 REPLAY_COUNT = "pa.replay.count"
+ORIGINAL_VALUE_BYTES = "pa.original.value.bytes"
+ORIGINAL_VALUE_SHA256 = "pa.original.value.sha256"
+ORIGINAL_KEY_BYTES = "pa.original.key.bytes"
+ORIGINAL_KEY_SHA256 = "pa.original.key.sha256"
 
 VALUE_CAP_BYTES = 512
 TOTAL_CAP_BYTES = 4096
 MIN_METADATA_BYTES = 1024
-MARKER = "…"
-_MARKER_BYTES = MARKER.encode("utf-8")
+CARRIED_CAP_BYTES = TOTAL_CAP_BYTES - MIN_METADATA_BYTES
+"""Room for the carried (non-``pa.*``) headers, names included."""
 # Below this many bytes a detail says nothing useful: it is dropped instead.
 _MIN_DETAIL_BYTES = 16
 # When the total is over the cap, these are cut in this order (integers never are).
@@ -81,6 +115,8 @@ _TOKEN = re.compile(r"[A-Za-z0-9+/=_-]{40,}")
 # Twelve or more digits, optionally grouped by single spaces or dashes (card/account numbers).
 _DIGIT_RUN = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){11,}(?![0-9])")
 _INTEGER = re.compile(r"-?[0-9]{1,19}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_DROPPED_HEADERS = re.compile(r"headers:([0-9]{1,9})")
 
 
 @dataclass(frozen=True)
@@ -128,6 +164,31 @@ class DeadLetterMeta:
     replay_count: int = 0
     foreign: tuple[tuple[str, bytes], ...] = field(default=())
     """Headers that are not ``pa.*``, in order (carried over from the original record)."""
+    original_value_bytes: int | None = None
+    original_value_sha256: str | None = None
+    original_key_bytes: int | None = None
+    original_key_sha256: str | None = None
+    truncated: tuple[str, ...] = ()
+    """What was cut from the dead letter (``pa.truncated``): ``value``, ``key``, ``headers:N``."""
+
+    @property
+    def value_cut(self) -> bool:
+        """The original value is not in the dead letter (too large): it cannot be replayed."""
+        return "value" in self.truncated
+
+    @property
+    def key_cut(self) -> bool:
+        """The original key is not in the dead letter (too large)."""
+        return "key" in self.truncated
+
+    @property
+    def dropped_headers(self) -> int:
+        """How many carried headers were left out to keep within the header cap."""
+        for item in self.truncated:
+            match = _DROPPED_HEADERS.fullmatch(item)
+            if match:
+                return int(match[1])
+        return 0
 
 
 def sanitize(text: str) -> str:
@@ -143,22 +204,6 @@ def _redact_token(match: re.Match[str]) -> str:
     run = match[0]
     mixed = any(char.isdigit() for char in run) and any(char.isalpha() for char in run)
     return "[redacted]" if mixed else run
-
-
-def cut(text: str, limit: int) -> bytes:
-    """``text`` as UTF-8 in at most ``limit`` bytes, cut on a character boundary with ``…``."""
-    data = text.encode("utf-8")
-    if len(data) <= limit:
-        return data
-    if limit < len(_MARKER_BYTES):
-        return b""
-    head = data[: limit - len(_MARKER_BYTES)].decode("utf-8", "ignore").encode("utf-8")
-    return head + _MARKER_BYTES
-
-
-def headers_size(headers: Iterable[tuple[str, bytes]]) -> int:
-    """Bytes of header names and values together."""
-    return sum(len(name.encode("utf-8")) + len(value) for name, value in headers)
 
 
 def dead_letter_headers(
@@ -218,6 +263,18 @@ def _text(value: object) -> str | None:
     return None
 
 
+def _digest(value: object) -> str | None:
+    text = _text(value)
+    return text if text is not None and _SHA256.fullmatch(text) else None
+
+
+def _names(value: object) -> tuple[str, ...]:
+    text = _text(value)
+    if not text:
+        return ()
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
 def _integer(value: object) -> int | None:
     text = _text(value)
     if text is None or not _INTEGER.fullmatch(text.strip()):
@@ -269,6 +326,11 @@ def parse_headers(headers: object) -> DeadLetterMeta:
         replay_id=_text(found.get(REPLAY_ID)),
         replay_count=max(count or 0, 0),
         foreign=tuple((name, value) for name, value in pairs if not name.startswith(PREFIX)),
+        original_value_bytes=_integer(found.get(ORIGINAL_VALUE_BYTES)),
+        original_value_sha256=_digest(found.get(ORIGINAL_VALUE_SHA256)),
+        original_key_bytes=_integer(found.get(ORIGINAL_KEY_BYTES)),
+        original_key_sha256=_digest(found.get(ORIGINAL_KEY_SHA256)),
+        truncated=_names(found.get(TRUNCATED)),
     )
 
 
@@ -296,30 +358,26 @@ def replayed_headers(headers: object, replay_id: str) -> list[tuple[str, bytes]]
     ]
 
 
-class RecordSender(Protocol):
-    """What the publisher needs of a producer (``AIOKafkaProducer`` fits)."""
-
-    async def send(
-        self,
-        topic: str,
-        value: bytes | None = None,
-        key: bytes | None = None,
-        partition: int | None = None,
-        timestamp_ms: int | None = None,
-        headers: Sequence[tuple[str, bytes]] | None = None,
-    ) -> asyncio.Future[Any]: ...
-
-
 class DeadLetterPublisher:
-    """Sends failed records, unchanged, to the dead-letter (or review) topic with metadata."""
+    """Sends failed records to the dead-letter (or review) topic with metadata, unchanged when
+    they fit, cut down when they do not."""
 
     def __init__(
-        self, producer: RecordSender, settings: KafkaSettings, group_id: str, version: str
+        self,
+        producer: RecordSender,
+        settings: KafkaSettings,
+        group_id: str,
+        version: str,
+        *,
+        topic_limits: Mapping[str, int] | None = None,
     ) -> None:
+        """``topic_limits``: known ``max.message.bytes`` of topics; a smaller one wins."""
         self._producer = producer
         self._topics = {"dlt": settings.dead_letter_topic, "review": settings.review_topic}
         self._group_id = group_id
         self._version = version
+        self._max_message_bytes = settings.max_message_bytes
+        self._topic_limits = dict(topic_limits or {})
 
     def topic(self, target: Literal["dlt", "review"] = "dlt") -> str:
         return self._topics[target]
@@ -337,29 +395,129 @@ class DeadLetterPublisher:
         failure: Failure,
         target: Literal["dlt", "review"] = "dlt",
     ) -> asyncio.Future[Any]:
-        """Queue the dead letter; the returned future resolves when the broker acknowledged it.
+        """Queue the dead letter; the returned future resolves when the broker acknowledged
+        the record that finally went out.
 
         ``topic``/``partition``/``offset``/``timestamp_ms``/``headers`` are those of the
-        failed record; its ``pa.replay.*`` headers and its non-``pa.*`` headers are carried
-        over, any other ``pa.*`` header is replaced by this failure's.
+        failed record; its ``pa.replay.*`` headers and its non-``pa.*`` headers (as many as
+        fit) are carried over, any other ``pa.*`` header is replaced by this failure's.
         """
-        incoming = parse_headers(headers)
-        budget = max(TOTAL_CAP_BYTES - headers_size(incoming.foreign), MIN_METADATA_BYTES)
-        metadata = dead_letter_headers(
-            topic,
-            partition,
-            offset,
-            timestamp_ms,
-            self._group_id,
-            failure,
-            self._version,
-            replay_info(headers),
-            total_cap=budget,
-        )
-        future: asyncio.Future[Any] = await self._producer.send(
-            self._topics[target],
-            value=value,
-            key=key,
-            headers=[*incoming.foreign, *metadata],
-        )
-        return future
+        destination = self._topics[target]
+
+        def metadata(total_cap: int) -> list[tuple[str, bytes]]:
+            return dead_letter_headers(
+                topic,
+                partition,
+                offset,
+                timestamp_ms,
+                self._group_id,
+                failure,
+                self._version,
+                replay_info(headers),
+                total_cap=total_cap,
+            )
+
+        letter = _Letter(destination, key, value, parse_headers(headers).foreign, metadata)
+        limit = effective_limit(self._max_message_bytes, destination, self._topic_limits)
+        record, minimal = letter.fitting(limit)
+        if record.size > limit or TRUNCATED in dict(record.headers):
+            log.warning(
+                "dead_letter.cut_down" if record.size <= limit else "dead_letter.cannot_fit",
+                target=target,
+                source_topic=topic,
+                source_partition=partition,
+                source_offset=offset,
+                cut=dict(record.headers).get(TRUNCATED, b"").decode("utf-8"),
+                size=letter.whole().size,
+                sent_size=record.size,
+                limit=limit,
+            )
+        return await send_fitting(self._producer, record, minimal)
+
+
+class _Letter:
+    """One dead letter and its cut-down forms."""
+
+    def __init__(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        foreign: Sequence[tuple[str, bytes]],
+        metadata: Callable[[int], list[tuple[str, bytes]]],
+    ) -> None:
+        self._topic = topic
+        self._key = key
+        self._value = value
+        self._foreign = tuple(foreign)
+        self._carried = _carried(self._foreign)
+        self._metadata = metadata
+
+    def fitting(self, limit: int) -> tuple[OutgoingRecord, Callable[[], OutgoingRecord] | None]:
+        """The record to send under ``limit``: whole, else with the value cut, the key cut,
+        both; and the minimal form to fall back on (``None`` when it is the record itself)."""
+        whole = self.whole()
+        if whole.size <= limit:
+            return whole, self.minimal
+        minimal = self.minimal()
+        for cut_key, cut_value in ((False, True), (True, False), (True, True)):
+            record = self.build(cut_key=cut_key, cut_value=cut_value)
+            if record.size <= limit:
+                return record, (None if record == minimal else self.minimal)
+        return minimal, None
+
+    def whole(self) -> OutgoingRecord:
+        return self.build()
+
+    def minimal(self) -> OutgoingRecord:
+        """Key and value cut, no carried header: the smallest dead letter of this record."""
+        return self.build(cut_key=True, cut_value=True, carried=())
+
+    def build(
+        self,
+        *,
+        cut_key: bool = False,
+        cut_value: bool = False,
+        carried: tuple[tuple[str, bytes], ...] | None = None,
+    ) -> OutgoingRecord:
+        kept = self._carried if carried is None else carried
+        described: list[tuple[str, bytes]] = []
+        cut_names: list[str] = []
+        key, value = self._key, self._value
+        if cut_value and value:
+            described += _described(ORIGINAL_VALUE_BYTES, ORIGINAL_VALUE_SHA256, value)
+            cut_names.append("value")
+            value = None
+        if cut_key and key:
+            described += _described(ORIGINAL_KEY_BYTES, ORIGINAL_KEY_SHA256, key)
+            cut_names.append("key")
+            key = None
+        dropped = len(self._foreign) - len(kept)
+        if dropped:
+            cut_names.append(f"headers:{dropped}")
+        if cut_names:
+            described.append((TRUNCATED, ",".join(cut_names).encode("ascii")))
+        budget = TOTAL_CAP_BYTES - headers_size(kept) - headers_size(described)
+        headers = (*kept, *self._metadata(budget), *described)
+        if key is None and value is None:
+            value = b""  # aiokafka refuses a record with neither key nor value
+        return OutgoingRecord(self._topic, key, value, headers)
+
+
+def _carried(foreign: Sequence[tuple[str, bytes]]) -> tuple[tuple[str, bytes], ...]:
+    """The leading carried headers that fit in ``CARRIED_CAP_BYTES`` together."""
+    kept: list[tuple[str, bytes]] = []
+    used = 0
+    for name, value in foreign:
+        used += headers_size([(name, value)])
+        if used > CARRIED_CAP_BYTES:
+            break
+        kept.append((name, value))
+    return tuple(kept)
+
+
+def _described(size_name: str, digest_name: str, data: bytes) -> list[tuple[str, bytes]]:
+    return [
+        (size_name, str(len(data)).encode("ascii")),
+        (digest_name, sha256_hex(data).encode("ascii")),
+    ]

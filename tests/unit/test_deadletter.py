@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import io
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import pytest
+from aiokafka.errors import MessageSizeTooLargeError
 
 from service.cli import build_parser
 from service.codec.avro import COMMAND, AvroCodec
@@ -28,6 +30,7 @@ from service.kafka.deadletter import (
     replayed_headers,
     sanitize,
 )
+from service.kafka.sizing import record_size
 from service.settings import KafkaSettings
 from service.tools.dlq.cli import add_dlq_arguments, selection_from_arguments
 from service.tools.dlq.render import (
@@ -348,10 +351,13 @@ def test_replayed_headers_count_up_and_keep_only_foreign_headers() -> None:
 
 
 class FakeProducer:
-    """Records what is sent; every send is acknowledged at once."""
+    """Records what is sent. Each send gets the next scripted outcome: ``ack``, ``broker``
+    (the delivery future fails as too large) or ``producer`` (``send`` itself raises as too
+    large); every send is acknowledged at once when the script is over."""
 
-    def __init__(self) -> None:
+    def __init__(self, script: Sequence[str] = ()) -> None:
         self.sent: list[dict[str, Any]] = []
+        self.script = list(script)
 
     async def send(
         self,
@@ -362,9 +368,16 @@ class FakeProducer:
         timestamp_ms: int | None = None,
         headers: Sequence[tuple[str, bytes]] | None = None,
     ) -> asyncio.Future[Any]:
+        assert not (key is None and value is None), "aiokafka refuses a record with neither"
+        action = self.script.pop(0) if self.script else "ack"
+        if action == "producer":
+            raise MessageSizeTooLargeError("over max_request_size")
         self.sent.append({"topic": topic, "value": value, "key": key, "headers": headers})
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        future.set_result(len(self.sent) - 1)
+        if action == "broker":
+            future.set_exception(MessageSizeTooLargeError())
+        else:
+            future.set_result(len(self.sent) - 1)
         return future
 
 
@@ -448,12 +461,218 @@ async def test_publisher_shortens_the_detail_when_carried_headers_are_large() ->
 
 
 async def test_metadata_keeps_a_minimum_room_whatever_was_carried() -> None:
-    """Carried headers over the total cap do not squeeze out the pa.* metadata."""
+    """A carried header too large for its share is dropped and counted: the pa.* metadata
+    stays whole and all headers stay within the total cap."""
     producer = FakeProducer()
     await _publish(producer, [("baggage", b"b" * 5000)])
-    meta = parse_headers(producer.sent[0]["headers"])
+    headers = producer.sent[0]["headers"]
+    meta = parse_headers(headers)
     assert meta.detail == "PAS answered 503 six times"
     assert meta.reason == "PAS_UNAVAILABLE"
+    assert meta.foreign == ()
+    assert meta.truncated == ("headers:1",)
+    assert meta.dropped_headers == 1
+    assert headers_size(headers) <= dl.TOTAL_CAP_BYTES
+
+
+# --- records too large to copy -------------------------------------------------------------
+
+
+async def _letter_sent(
+    *,
+    key: bytes | None = b"acct-1",
+    value: bytes | None = b"\xc3\x01original",
+    headers: Sequence[tuple[str, bytes]] = (),
+    limit: int = 1_000_000,
+    script: Sequence[str] = (),
+    target: Literal["dlt", "review"] = "dlt",
+    topic_limits: dict[str, int] | None = None,
+) -> tuple[FakeProducer, Any]:
+    """Dead-letter one record; return the producer and what the awaited future gave."""
+    producer = FakeProducer(script)
+    settings = KafkaSettings(max_message_bytes=limit)
+    publisher = DeadLetterPublisher(
+        producer, settings, "points-adjuster", "0.1.0", topic_limits=topic_limits
+    )
+    delivery = await publisher.send(
+        topic="commands",
+        partition=1,
+        offset=99,
+        timestamp_ms=T0,
+        key=key,
+        value=value,
+        headers=headers,
+        failure=FAILURE,
+        target=target,
+    )
+    return producer, await delivery
+
+
+def _size(sent: dict[str, Any]) -> int:
+    return record_size(sent["key"], sent["value"], sent["headers"])
+
+
+async def test_a_dead_letter_exactly_at_the_limit_is_sent_whole() -> None:
+    """A dead letter whose size equals the limit carries the original bytes, nothing cut."""
+    value = b"v" * 50_000
+    measured, _ = await _letter_sent(value=value, limit=100_000_000)
+    size = _size(measured.sent[0])
+    producer, _ = await _letter_sent(value=value, limit=size)
+    [sent] = producer.sent
+    assert (sent["key"], sent["value"]) == (b"acct-1", value)
+    assert parse_headers(sent["headers"]).truncated == ()
+
+
+async def test_a_dead_letter_one_byte_over_the_limit_loses_its_value() -> None:
+    """One byte over the limit, the value is replaced by its length and SHA-256."""
+    value = b"v" * 50_000
+    measured, _ = await _letter_sent(value=value, limit=100_000_000)
+    size = _size(measured.sent[0])
+    producer, _ = await _letter_sent(value=value, limit=size - 1)
+    [sent] = producer.sent
+    assert _size(sent) <= size - 1
+    assert (sent["key"], sent["value"]) == (b"acct-1", None)
+    meta = parse_headers(sent["headers"])
+    assert meta.truncated == ("value",)
+    assert meta.original_value_bytes == 50_000
+
+
+async def test_a_999_000_byte_value_with_3_kb_of_headers_is_described_not_copied() -> None:
+    """A value that leaves no room for the headers is cut: the dead letter keeps the key, the
+    carried headers and the metadata, and says how long the value was and its SHA-256."""
+    value = (b"\xc3\x01" + bytes(range(256)) * 3903)[:999_000]
+    carried = [
+        ("traceparent", b"00-" + b"a" * 52),
+        ("baggage", b"b" * 1500),
+        ("x-tenant", b"t" * 1400),
+    ]
+    producer, acked = await _letter_sent(value=value, headers=carried)
+    [sent] = producer.sent
+    assert acked == 0
+    assert _size(sent) <= 1_000_000
+    assert (sent["key"], sent["value"]) == (b"acct-1", None)
+    assert headers_size(sent["headers"]) <= dl.TOTAL_CAP_BYTES
+    meta = parse_headers(sent["headers"])
+    assert meta.foreign == tuple(carried)
+    assert meta.truncated == ("value",)
+    assert meta.value_cut
+    assert not meta.key_cut
+    assert meta.original_value_bytes == 999_000
+    assert meta.original_value_sha256 == hashlib.sha256(value).hexdigest()
+    assert (meta.reason, meta.original_offset) == ("PAS_UNAVAILABLE", 99)
+
+
+async def test_carried_headers_over_their_share_are_dropped_and_counted() -> None:
+    """Carried headers are kept in order while they fit in 4 KiB less the metadata's
+    minimum; the first that does not fit and all after it are dropped and counted."""
+    carried = [(f"h{i}", bytes([65 + i]) * 1000) for i in range(5)] + [("small", b"s")]
+    producer, _ = await _letter_sent(headers=carried)
+    [sent] = producer.sent
+    meta = parse_headers(sent["headers"])
+    assert meta.foreign == tuple(carried[:3])
+    assert meta.truncated == ("headers:3",)
+    assert meta.dropped_headers == 3
+    assert headers_size(sent["headers"]) <= dl.TOTAL_CAP_BYTES
+    assert sent["value"] == b"\xc3\x01original"
+    assert meta.detail == "PAS answered 503 six times"
+
+
+async def test_a_huge_key_is_cut_and_the_value_kept() -> None:
+    """When the key alone is too large, it is the key that goes, not the value."""
+    key = b"k" * 999_500
+    producer, _ = await _letter_sent(key=key)
+    [sent] = producer.sent
+    assert (sent["key"], sent["value"]) == (None, b"\xc3\x01original")
+    meta = parse_headers(sent["headers"])
+    assert meta.truncated == ("key",)
+    assert (meta.original_key_bytes, meta.original_key_sha256) == (
+        999_500,
+        hashlib.sha256(key).hexdigest(),
+    )
+
+
+async def test_a_huge_key_and_value_are_both_cut_into_an_empty_record() -> None:
+    """With both cut, the value is sent empty (b"") as aiokafka refuses a record with
+    neither key nor value."""
+    producer, _ = await _letter_sent(key=b"k" * 999_800, value=b"v" * 999_800)
+    [sent] = producer.sent
+    assert (sent["key"], sent["value"]) == (None, b"")
+    assert parse_headers(sent["headers"]).truncated == ("value", "key")
+
+
+async def test_a_record_with_neither_key_nor_value_is_dead_lettered() -> None:
+    """An empty record without a key (undecodable: EMPTY_RECORD) goes out with an empty
+    value instead of being refused by the producer."""
+    producer, _ = await _letter_sent(key=None, value=None)
+    [sent] = producer.sent
+    assert (sent["key"], sent["value"]) == (None, b"")
+    assert parse_headers(sent["headers"]).truncated == ()
+
+
+async def test_a_broker_refusal_sends_the_minimal_dead_letter() -> None:
+    """When the broker refuses the dead letter as too large, the minimal form (key and value
+    cut, no carried header) goes out once and the future resolves with its acknowledgement."""
+    value = b"v" * 300_000
+    producer, acked = await _letter_sent(
+        value=value, headers=[("traceparent", b"00-abc")], script=["broker"]
+    )
+    first, second = producer.sent
+    assert first["value"] == value
+    assert acked == 1
+    assert (second["key"], second["value"]) == (None, b"")
+    meta = parse_headers(second["headers"])
+    assert meta.truncated == ("value", "key", "headers:1")
+    assert meta.original_value_bytes == 300_000
+    assert meta.foreign == ()
+    assert _size(second) < 8192
+
+
+async def test_a_producer_refusal_sends_the_minimal_dead_letter() -> None:
+    """aiokafka's max_request_size refusal, raised by send() itself, is handled the same."""
+    producer, acked = await _letter_sent(value=b"v" * 300_000, script=["producer"])
+    [sent] = producer.sent
+    assert acked == 0
+    assert parse_headers(sent["headers"]).truncated == ("value", "key")
+
+
+async def test_a_refused_minimal_dead_letter_propagates() -> None:
+    """When the minimal form is refused too, the error reaches the caller."""
+    with pytest.raises(MessageSizeTooLargeError):
+        await _letter_sent(script=["broker", "broker"])
+
+
+async def test_review_copies_are_cut_down_the_same_way() -> None:
+    """A review copy over the limit goes to the review topic with its value described."""
+    producer, _ = await _letter_sent(value=b"v" * 1_000_000, target="review")
+    [sent] = producer.sent
+    assert sent["topic"] == KafkaSettings().review_topic
+    assert parse_headers(sent["headers"]).value_cut
+
+
+async def test_a_smaller_topic_limit_wins_for_dead_letters() -> None:
+    """A known max.message.bytes of the dead-letter topic below the setting is the limit."""
+    dlt = KafkaSettings().dead_letter_topic
+    producer, _ = await _letter_sent(value=b"v" * 70_000, topic_limits={dlt: 65_536})
+    [sent] = producer.sent
+    assert _size(sent) <= 65_536
+    assert parse_headers(sent["headers"]).value_cut
+
+
+def test_parse_reads_garbled_cut_descriptions_as_missing() -> None:
+    """Unreadable sizes and digests of a cut dead letter give None, never an error."""
+    meta = parse_headers(
+        [
+            ("pa.original.value.bytes", b"lots"),
+            ("pa.original.value.sha256", b"not-a-digest"),
+            ("pa.original.key.bytes", b"\xff"),
+            ("pa.truncated", b" value, ,headers:x "),
+        ]
+    )
+    assert (meta.original_value_bytes, meta.original_value_sha256) == (None, None)
+    assert meta.original_key_bytes is None
+    assert meta.truncated == ("value", "headers:x")
+    assert meta.value_cut
+    assert meta.dropped_headers == 0
 
 
 # --- reading dead letters and selecting them --------------------------------------------------
@@ -576,10 +795,11 @@ def test_show_masks_the_account_wherever_it_appears(codec: AvroCodec) -> None:
 
 def test_show_prints_undecodable_values_as_hex(codec: AvroCodec) -> None:
     """An undecodable value shows its reason and first 64 bytes in hex."""
-    text = "\n".join(describe(letter(codec, value=bytes(range(100))), "dlt"))
+    value = bytes(range(100, 200))  # no ASCII digits: nothing for show to mask
+    text = "\n".join(describe(letter(codec, value=value), "dlt"))
     assert "undecodable (NOT_SINGLE_OBJECT_ENCODED), 100 bytes" in text
-    assert bytes(range(64)).hex(" ") in text
-    assert bytes(range(65)).hex(" ") not in text
+    assert value[:64].hex(" ") in text
+    assert value[:65].hex(" ") not in text
 
 
 def test_summary_explains_that_terminal_commands_are_a_no_op() -> None:
