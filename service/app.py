@@ -33,7 +33,7 @@ from service.idempotency.base import IdempotencyStore
 from service.idempotency.continuity import verify_continuity
 from service.idempotency.memory import MemoryStore
 from service.idempotency.sqlite import SqliteStore
-from service.kafka.clients import open_consumer, open_producer
+from service.kafka.clients import open_consumer, open_producer, topic_message_limits
 from service.kafka.deadletter import DeadLetterPublisher
 from service.kafka.publisher import OutcomePublisher
 from service.kafka.runner import CommandRunner
@@ -190,6 +190,8 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
             log.info("endpoints.listening", url=url)
         producer = await stack.enter_async_context(open_producer(settings.kafka))
         await require_topics(producer, settings.kafka)
+        limits = await topic_message_limits(settings.kafka, service_topics(settings.kafka))
+        log.info("kafka.topic_limits", max_message_bytes=limits)
         consumer = await stack.enter_async_context(open_consumer(settings.kafka))
         processor = Processor(
             decode=command_decoder(codec),
@@ -216,9 +218,13 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
             consumer=consumer,
             topic=settings.kafka.command_topic,
             processor=processor,
-            publisher=OutcomePublisher(producer, codec, settings.kafka),
+            publisher=OutcomePublisher(producer, codec, settings.kafka, topic_limits=limits),
             dead_letters=DeadLetterPublisher(
-                producer, settings.kafka, settings.kafka.group_id, __version__
+                producer,
+                settings.kafka,
+                settings.kafka.group_id,
+                __version__,
+                topic_limits=limits,
             ),
             metrics=metrics,
             stop=stop,

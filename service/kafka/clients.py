@@ -10,6 +10,7 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from service.errors import StartupError
@@ -53,6 +54,9 @@ async def open_producer(settings: KafkaSettings) -> AsyncIterator[AIOKafkaProduc
         acks="all",
         enable_idempotence=True,
         linger_ms=5,
+        # Records are cut down to PA_KAFKA__MAX_MESSAGE_BYTES before they are sent; the
+        # producer's own ceiling is never the tighter one.
+        max_request_size=max(1_048_576, settings.max_message_bytes + 65_536),
         request_timeout_ms=settings.request_timeout_ms,
     )
     await _start(producer, settings, "producer")
@@ -156,3 +160,28 @@ async def partitions_of(settings: KafkaSettings, topics: list[str]) -> dict[str,
         for entry in described
         if entry["error_code"] == 0
     }
+
+
+MESSAGE_LIMIT = "max.message.bytes"
+
+
+async def topic_message_limits(settings: KafkaSettings, topics: list[str]) -> dict[str, int]:
+    """Each topic's ``max.message.bytes`` as the broker applies it (topics not found are
+    left out). The publishers keep every record under it: aiokafka's idempotent producer
+    cannot recover from a record the broker refused as too large."""
+    async with _admin(settings) as admin:
+        responses = await admin.describe_configs(
+            [
+                ConfigResource(ConfigResourceType.TOPIC, name, configs={MESSAGE_LIMIT: None})
+                for name in topics
+            ]
+        )
+    limits: dict[str, int] = {}
+    for response in responses:
+        for error_code, _, _, name, entries in response.resources:
+            if error_code:
+                continue
+            for entry in entries:
+                if entry[0] == MESSAGE_LIMIT and str(entry[1]).isdigit():
+                    limits[name] = int(entry[1])
+    return limits

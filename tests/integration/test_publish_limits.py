@@ -227,3 +227,15 @@ async def test_a_dead_letter_just_under_the_brokers_limit_is_acknowledged_cut_do
     meta = parse_headers(record.headers)
     assert meta.value_cut
     assert meta.original_value_bytes == 1_040_000
+
+
+async def test_each_topics_message_limit_is_read_from_the_broker(settings: KafkaSettings) -> None:
+    """topic_message_limits reads the limit the broker applies to each topic: the 64 KiB set
+    on the small topics, the broker's default on the others, nothing for a missing topic."""
+    from service.kafka.clients import topic_message_limits
+
+    names = [settings.completed_topic, settings.dead_letter_topic, "no-such-topic-here"]
+    limits = await topic_message_limits(settings, names)
+    assert limits[settings.completed_topic] == SMALL_TOPIC_BYTES
+    assert limits[settings.dead_letter_topic] > 1_000_000
+    assert "no-such-topic-here" not in limits

@@ -762,6 +762,29 @@ def test_planner_refuses_records_at_the_replay_limit_and_stops_at_the_limit(
     assert not planner.done
 
 
+def test_a_dead_letter_cut_down_to_fit_is_refused_not_replayed(codec: AvroCodec) -> None:
+    """A dead letter whose value was not kept (cut down to fit) is refused, counted apart,
+    and never replayed as an empty command."""
+    whole = letter(codec, offset=0)
+    cut = read_dead_letter(
+        codec,
+        partition=0,
+        offset=1,
+        timestamp_ms=T0,
+        key=b"acct-1",
+        value=None,
+        headers=[
+            *build(),
+            ("pa.original.value.bytes", b"1040000"),
+            ("pa.original.value.sha256", b"ab" * 32),
+            ("pa.truncated", b"value"),
+        ],
+    )
+    planner = ReplayPlanner(Selection(), max_replays=3)
+    assert [planner.decide(whole), planner.decide(cut)] == [Verdict.REPLAY, Verdict.CUT]
+    assert (planner.tally.replayed, planner.tally.cut, planner.tally.matched) == (1, 1, 2)
+
+
 # --- what is printed -------------------------------------------------------------------------
 
 

@@ -314,6 +314,8 @@ async def replay_dead_letters(
                         )
                 elif verdict is Verdict.REFUSED:
                     print(_decision_line("refused (replay limit)", letter, False), file=out)
+                elif verdict is Verdict.CUT:
+                    print(_decision_line("refused (value not kept)", letter, False), file=out)
                 examined[TopicPartition(record.topic, record.partition)] = record.offset + 1
                 bar.update(planner.tally.examined)
                 if planner.done:

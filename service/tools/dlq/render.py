@@ -187,6 +187,7 @@ def summary_lines(
         ("matched the filters", tally.matched),
         (verb, tally.replayed),
         ("refused: replay limit", tally.refused),
+        ("refused: value or key not kept", tally.cut),
         ("skipped by filters", tally.skipped),
     ]
     lines = [f"{label:<38}{count:>8}" for label, count in rows]

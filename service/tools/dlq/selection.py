@@ -122,6 +122,7 @@ class Verdict(enum.StrEnum):
     REPLAY = "replay"
     SKIPPED = "skipped"  # the selection does not match
     REFUSED = "refused"  # the replay limit is reached (loop guard)
+    CUT = "cut"  # the dead letter was cut down: its value or key is not kept
 
 
 @dataclass
@@ -132,13 +133,15 @@ class Tally:
     replayed: int = 0
     skipped: int = 0
     refused: int = 0
+    cut: int = 0
+    """Dead letters whose value or key was cut down to fit: nothing to replay."""
     terminal: int = 0
     """Replayed commands already terminal in the idempotency store."""
     by_reason: Counter[str] = field(default_factory=Counter)
 
     @property
     def matched(self) -> int:
-        return self.replayed + self.refused
+        return self.replayed + self.refused + self.cut
 
 
 class ReplayPlanner:
@@ -160,6 +163,9 @@ class ReplayPlanner:
         if not self.selection.matches(letter):
             self.tally.skipped += 1
             return Verdict.SKIPPED
+        if letter.meta.value_cut or letter.meta.key_cut:
+            self.tally.cut += 1
+            return Verdict.CUT
         if letter.meta.replay_count >= self.max_replays:
             self.tally.refused += 1
             return Verdict.REFUSED
