@@ -199,7 +199,11 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
             pas=pas,
             history=history,
             config=ProcessorConfig(
-                rules=CommandRules(settings.pas.max_points, settings.pas.allowed_type_codes),
+                rules=CommandRules(
+                    settings.pas.max_points,
+                    settings.pas.allowed_type_codes,
+                    settings.processing.max_record_bytes,
+                ),
                 owner=owner,
                 lease_s=settings.idempotency.lease_s,
                 version=__version__,

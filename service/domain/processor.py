@@ -33,6 +33,7 @@ from service.domain.command import (
     business_fingerprint,
     identify,
     mask_account,
+    safe_metadata,
     validate_command,
 )
 from service.domain.decisions import (
@@ -166,7 +167,7 @@ class Processor:
                     received_at,
                 )
             )
-        checked = validate_command(raw, self._config.rules)
+        checked = validate_command(raw, self._config.rules, record_bytes=record.size)
         key = checked.idempotency_key if not isinstance(checked, list) else identify(raw)[0]
         holder = self._active.get(key)
         if holder is not None and holder != record.source:
@@ -244,7 +245,7 @@ class Processor:
             command_occurred_at=occurred if isinstance(occurred, datetime) else EPOCH,
             received_at=received_at,
             source=record.source,
-            metadata=_string_map(raw.get("metadata")),
+            metadata=safe_metadata(raw.get("metadata")),
         )
         fields = ", ".join(sorted({error.field for error in errors}))
         failure = Failed(
@@ -295,7 +296,7 @@ class Processor:
             command_occurred_at=command.occurred_at,
             received_at=received_at,
             source=record.source,
-            metadata=dict(command.metadata),
+            metadata=command.published_metadata(),
         )
         lease_from = self._monotonic()  # the lease runs from (at latest) this instant
         claim = await self._claim(key, command.fingerprint())
@@ -639,9 +640,3 @@ class Processor:
             stored_key=outcome.info.idempotency_key if stored else None,
             duplicate_kind=duplicate_kind,
         )
-
-
-def _string_map(value: Any) -> dict[str, str]:
-    if isinstance(value, dict):
-        return {str(k): str(v) for k, v in value.items()}
-    return {}

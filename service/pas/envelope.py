@@ -14,7 +14,7 @@ def parse_envelope(body: bytes) -> tuple[ErrorDetail, ...]:
     """The envelope's entries; an empty tuple when the body is not an envelope."""
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: a hostile answer nesting deeply
         return ()
     if not isinstance(document, dict):
         return ()

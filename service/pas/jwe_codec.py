@@ -25,6 +25,12 @@ class JweBodyCodec:
 
     def decode(self, body: bytes) -> object:
         """The answer's JSON, decrypted when it carries a JWE; ``ValueError`` when unreadable."""
+        try:
+            return self._decode(body)
+        except RecursionError as exc:  # a hostile answer nesting thousands of brackets
+            raise ValueError("answer nests too deeply") from exc
+
+    def _decode(self, body: bytes) -> object:
         document = json.loads(body)
         try:
             found = unwrap_payload(document)

@@ -181,6 +181,8 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         raise _invalid_json("request body is not valid UTF-8") from exc
     except json.JSONDecodeError as exc:
         raise _invalid_json(f"request body is not valid JSON (at char {exc.pos})") from exc
+    except RecursionError as exc:  # thousands of nested brackets in a small body
+        raise _invalid_json("request body nests too deeply") from exc
     except ValueError as exc:  # from the two hooks
         raise _invalid_json(str(exc)) from exc
     if not isinstance(value, dict):

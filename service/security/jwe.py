@@ -135,7 +135,7 @@ class JweDecrypter:
     def _check_header(self, header_bytes: bytes) -> None:
         try:
             header = json.loads(header_bytes)
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise DecryptionError("bad_header", "protected header is not JSON") from exc
         if not isinstance(header, dict):
             raise DecryptionError("bad_header", "protected header is not a JSON object")

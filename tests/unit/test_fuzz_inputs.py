@@ -879,15 +879,9 @@ def test_sandbox_routes_hypothesis_bodies(body: bytes) -> None:
     TOTALS["sandbox (hypothesis)"] += 1
 
 
-# -- known holes, kept as strict xfails so the fix shows -------------------------------------------
+# -- holes the fuzzer found, now closed -----------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason="parse_json_object lets RecursionError escape on deeply nested JSON (a 2 KB body):"
-    " the sandbox answers 500 INTERNAL_ERROR, recoverable, instead of 400 INVALID_JSON",
-)
 def test_deeply_nested_body_is_invalid_json() -> None:
     """A body of 2,000 nested arrays is refused as 400 INVALID_JSON."""
     with pytest.raises(ApiError) as caught:
@@ -895,12 +889,6 @@ def test_deeply_nested_body_is_invalid_json() -> None:
     assert caught.value.status == 400
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason="JweDecrypter._check_header catches ValueError only: a deeply nested protected"
-    " header escapes as RecursionError (sandbox: 500 instead of 400)",
-)
 def test_deeply_nested_jwe_header_is_a_malformed_payload(
     jwe_material: tuple[JweCodec, JweEncrypter],
 ) -> None:

@@ -252,6 +252,7 @@ async def test_200_without_correlation_header_is_applied_with_none() -> None:
         b"\xff\xfe",
         b'{"encryptedValue": 7}',
         b'{"encryptedValue": "a.b", "encryptedData": "c.d"}',
+        b"[" * 50_000 + b"]" * 50_000,
     ],
     ids=[
         "junk",
@@ -265,6 +266,7 @@ async def test_200_without_correlation_header_is_applied_with_none() -> None:
         "not-utf8",
         "jwe-not-a-string",
         "two-jwe-fields",
+        "nested-too-deep",
     ],
 )
 async def test_200_with_an_unreadable_body_is_an_unreadable_answer(body: bytes) -> None:
