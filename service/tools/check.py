@@ -66,19 +66,33 @@ async def run_checks(settings: Settings) -> int:
             )
         )
 
-    try:
-        store = await open_store(settings.idempotency)
-        await store.close()
-        where = (
-            str(settings.idempotency.sqlite_path)
-            if settings.idempotency.backend == "sqlite"
-            else "in memory (not durable)"
-        )
-        results.append(("idempotency store", True, f"{settings.idempotency.backend}: {where}"))
-    except PointsAdjusterError as exc:
-        results.append(("idempotency store", False, str(exc)))
+    results.append(await _check_store(settings))
 
     width = max(len(name) for name, _, _ in results)
     for name, ok, detail in results:
         print(f"{'ok  ' if ok else 'FAIL'}  {name.ljust(width)}  {detail}")
     return 0 if all(ok for _, ok, _ in results) else 1
+
+
+async def _check_store(settings: Settings) -> tuple[str, bool, str]:
+    """The store opens and says whether it is new; a missing file is not created here."""
+    idempotency = settings.idempotency
+    if idempotency.backend == "memory":
+        return ("idempotency store", True, "memory: in memory (not durable, tests only)")
+    path = idempotency.sqlite_path
+    if not path.exists():
+        return (
+            "idempotency store",
+            True,
+            f"sqlite: {path} does not exist yet; the first start creates it (refused then if"
+            " the consumer group already has committed offsets)",
+        )
+    try:
+        store = await open_store(idempotency)
+    except PointsAdjusterError as exc:
+        return ("idempotency store", False, str(exc))
+    try:
+        state = "new, not yet used" if store.created else "in use"
+        return ("idempotency store", True, f"sqlite: {path} (identity {store.identity}, {state})")
+    finally:
+        await store.close()

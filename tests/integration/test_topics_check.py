@@ -217,3 +217,34 @@ def test_check_prints_the_pas_url_without_its_password(
     assert pas_line.startswith("FAIL")
     assert "http://svc-user:***@127.0.0.1:1/x?api_key=***" in pas_line
     assert pas_line.endswith("(setting PA_PAS__BASE_URL)")
+
+
+def test_check_reports_a_missing_store_without_creating_it(
+    kafka_env: KafkaSettings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """check on a SQLite store that does not exist says so and leaves no file behind (a
+    file made by check would hide a lost store from the start-up continuity check); an
+    existing store is shown with its identity."""
+    store = tmp_path / "var" / "idempotency.sqlite3"
+    monkeypatch.setenv("PA_IDEMPOTENCY__BACKEND", "sqlite")
+    monkeypatch.setenv("PA_IDEMPOTENCY__SQLITE_PATH", str(store))
+    main(["check"])
+    line = _check_line(capsys.readouterr().out, "idempotency store")
+    assert line.startswith("ok")
+    assert "does not exist yet" in line
+    assert not store.exists()
+    asyncio.run(_make_store(store))
+    main(["check"])
+    line = _check_line(capsys.readouterr().out, "idempotency store")
+    assert "identity " in line
+    assert "new, not yet used" in line
+
+
+async def _make_store(path: Path) -> None:
+    from service.idempotency.sqlite import SqliteStore
+
+    created = await SqliteStore.open(path)
+    await created.close()
