@@ -408,6 +408,9 @@ class CommandRunner:
         stage = "deliver" if pending.decision is not None else "process"
         self._faulted[tp] = part
         self._health.report(f"records.{part}", f"{stage} failing: {describe(exc)}")
+        if pending.faults & (pending.faults - 1):
+            self._later(key, pause)  # logged at the 1st, 2nd, 4th, 8th... fault only
+            return
         event = log.error if pending.faults == 1 else log.warning
         event(
             "record.fault",
