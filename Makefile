@@ -8,23 +8,23 @@ BIN    := $(VENV)/bin
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml devkit/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev]' -e ./devkit
 	touch $@
 
-setup: $(BIN)/.installed  ## create .venv and install the project with its dev extras
+setup: $(BIN)/.installed  ## create .venv and install the product (with its dev extras) and the dev kit
 
 kafka-jars: setup  ## download Apache Kafka's jars once (cached in .cache/, git-ignored)
-	$(BIN)/python -m service.localinfra.kafka fetch
+	$(BIN)/python -m pa_devkit.localinfra.kafka fetch
 
 demo: setup kafka-jars  ## local broker + sandbox + service, a few hundred commands, a summary
-	$(BIN)/points-adjuster demo
+	$(BIN)/points-adjuster-devkit demo
 
 lint: setup  ## ruff (lint and format check) and mypy --strict on service/
-	$(BIN)/ruff check service tests benchmarks
-	$(BIN)/ruff format --check service tests benchmarks
+	$(BIN)/ruff check service devkit tests benchmarks
+	$(BIN)/ruff format --check service devkit tests benchmarks
 	$(BIN)/mypy
 
 test: setup kafka-jars lint  ## the whole suite: lint, unit, integration, end-to-end (starts its own broker)
@@ -49,8 +49,8 @@ chaos: setup kafka-jars  ## the chaos suite (5,000 commands, faults, SIGKILLs, a
 	$(BIN)/pytest tests/chaos tests/hostile --chaos-full -s -p no:cacheprovider
 
 format: setup  ## apply ruff's formatting and fixes
-	$(BIN)/ruff format service tests
-	$(BIN)/ruff check --fix service tests
+	$(BIN)/ruff format service devkit tests benchmarks
+	$(BIN)/ruff check --fix service devkit tests benchmarks
 
 clean:  ## remove the virtualenv and caches (keeps the Kafka jar cache)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -25,13 +25,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from pa_devkit.keys import generate_rsa_key, make_self_signed_certificate
+from pa_devkit.oauth1_verifier import OAuth1Verifier
 from service.security.jwe import JweDecrypter, JweEncrypter, wrap_payload
-from service.security.keys import (
-    generate_rsa_key,
-    kid_for_certificate,
-    make_self_signed_certificate,
-)
-from service.security.oauth1 import OAuth1Signer, OAuth1Verifier, signature_base_string
+from service.security.keys import kid_for_certificate
+from service.security.oauth1 import OAuth1Signer, signature_base_string
 
 URL = "https://sandbox.api.mastercard.com/loyalty/points-adjustments"
 CONSUMER_KEY = "bench-consumer!0123456789abcdef"

@@ -86,11 +86,11 @@ from benchkit import (
     start_sandbox,
 )
 
+from pa_devkit.demo import DEMO_CONSUMER_KEY, service_env
+from pa_devkit.keys import DevKeySet, generate_dev_keyset
 from service.codec.avro import COMMAND, COMPLETED, AvroCodec
 from service.kafka.clients import ensure_topics, partitions_of
-from service.security.keys import DevKeySet, generate_dev_keyset
 from service.settings import KafkaSettings
-from service.tools.demo import DEMO_CONSUMER_KEY, service_env
 from service.tools.generate import generate_commands
 from service.tools.send import command_key
 
@@ -1287,7 +1287,7 @@ def broker(cfg: Config) -> Iterator[tuple[str, int | None, str]]:
     if cfg.bootstrap_servers:
         yield cfg.bootstrap_servers, None, "external"
         return
-    from service.localinfra.kafka import LocalKafka
+    from pa_devkit.localinfra.kafka import LocalKafka
 
     print("starting a local Kafka broker...", flush=True)
     with LocalKafka(port=0) as local:

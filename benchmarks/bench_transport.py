@@ -50,11 +50,11 @@ from benchkit import (
 )
 from pydantic import SecretStr
 
+from pa_devkit.keys import DEV_P12_PASSWORD, DevKeySet, generate_dev_keyset
 from service.domain.ports import PasRequest
 from service.pas.client import PasClient, http_timeout
 from service.pas.credentials import Credentials, load_credentials
 from service.pas.jwe_codec import JweBodyCodec
-from service.security.keys import DEV_P12_PASSWORD, DevKeySet, generate_dev_keyset
 from service.settings import PasSettings
 
 CONSUMER_KEY = "points-adjuster-bench"

@@ -210,7 +210,7 @@ def raise_keyboard_interrupt_on_sigterm() -> None:
 
 @dataclass
 class Sandbox:
-    """``python -m service sandbox`` running as a separate process."""
+    """``python -m pa_devkit sandbox`` running as a separate process."""
 
     child: Child
     base_url: str
@@ -240,7 +240,7 @@ def start_sandbox(
     argv = [
         python,
         "-m",
-        "service",
+        "pa_devkit",
         "sandbox",
         "--port",
         str(port),

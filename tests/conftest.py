@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.security.keys import DEV_P12_PASSWORD, DevKeySet, generate_dev_keyset
+from pa_devkit.keys import DEV_P12_PASSWORD, DevKeySet, generate_dev_keyset
 
 pytest_plugins = ["tests.kafka_support"]
 

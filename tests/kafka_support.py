@@ -39,8 +39,8 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from service.localinfra.errors import LocalKafkaError
-from service.localinfra.kafka import LocalKafka
+from pa_devkit.localinfra.errors import LocalKafkaError
+from pa_devkit.localinfra.kafka import LocalKafka
 
 BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"
 IMAGE_ENV = "KAFKA_TEST_IMAGE"

@@ -8,10 +8,12 @@ to read a record: the decoder knows every schema it was built with.
 
 from __future__ import annotations
 
+import importlib.resources
 import io
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from importlib.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +37,10 @@ SCHEMA_FILES = (
 )
 
 
-def default_schema_dir() -> Path:
-    """The repository's ``schemas/`` folder, beside the ``service`` package."""
-    return Path(__file__).resolve().parents[2] / "schemas"
+def default_schema_dir() -> Traversable:
+    """The schemas shipped with the package (``service/schemas``: in a checkout, a link to the
+    top-level ``schemas/``; in a wheel, package data), found with ``importlib.resources``."""
+    return importlib.resources.files("service") / "schemas"
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ class AvroCodec:
             self._by_fingerprint[entry.fingerprint_bytes] = entry
 
     @classmethod
-    def from_directory(cls, directory: Path | None = None) -> AvroCodec:
+    def from_directory(cls, directory: Path | Traversable | None = None) -> AvroCodec:
         folder = directory or default_schema_dir()
         loaded = []
         for name in SCHEMA_FILES:

@@ -21,13 +21,13 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from pa_devkit.keys import DevKeySet
+from pa_devkit.localinfra.kafka import LocalKafka
+from pa_devkit.sandbox.app import run_sandbox
+from pa_devkit.sandbox.faults import FaultConfig
 from service.codec.avro import AvroCodec
 from service.domain.reconcile import reference_for
 from service.kafka.clients import partitions_of
-from service.localinfra.kafka import LocalKafka
-from service.sandbox.app import run_sandbox
-from service.sandbox.faults import FaultConfig
-from service.security.keys import DevKeySet
 from service.settings import KafkaSettings, Settings
 from service.tools.dlq.kafka import ReplayOptions, replay_dead_letters, scan_dead_letters
 from service.tools.dlq.selection import Selection

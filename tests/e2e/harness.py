@@ -17,9 +17,9 @@ from typing import Any
 
 import httpx
 
+from pa_devkit.keys import DevKeySet
+from pa_devkit.sandbox.config import SandboxConfig, SandboxSecurity
 from service.codec.avro import AvroCodec
-from service.sandbox.config import SandboxConfig, SandboxSecurity
-from service.security.keys import DevKeySet
 from service.settings import KafkaSettings
 from service.tools.outcomes import OutcomeLog, read_outcomes
 from tests.conftest import CONSUMER_KEY, pas_key_env

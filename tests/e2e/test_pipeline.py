@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from pa_devkit.keys import DevKeySet
+from pa_devkit.sandbox.app import run_sandbox
 from service.codec.avro import AvroCodec
-from service.sandbox.app import run_sandbox
-from service.security.keys import DevKeySet
 from service.tools.generate import generate_commands
 from service.tools.send import send_commands
 from tests.e2e.harness import (

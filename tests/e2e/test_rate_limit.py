@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from pa_devkit.keys import DevKeySet
+from pa_devkit.sandbox.app import run_sandbox
+from pa_devkit.sandbox.faults import FaultConfig
 from service.codec.avro import AvroCodec
-from service.sandbox.app import run_sandbox
-from service.sandbox.faults import FaultConfig
-from service.security.keys import DevKeySet
 from service.tools.generate import generate_commands
 from service.tools.send import send_commands
 from tests.e2e.harness import (

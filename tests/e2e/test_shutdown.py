@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from pa_devkit.keys import DevKeySet
+from pa_devkit.localinfra.errors import LocalKafkaError
+from pa_devkit.localinfra.kafka import LocalKafka
+from pa_devkit.sandbox.app import run_sandbox
 from service.codec.avro import AvroCodec
-from service.localinfra.errors import LocalKafkaError
-from service.localinfra.kafka import LocalKafka
-from service.sandbox.app import run_sandbox
-from service.security.keys import DevKeySet
 from service.tools.generate import generate_commands
 from service.tools.send import send_commands
 from tests.e2e.harness import (

@@ -25,12 +25,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from pa_devkit.keys import DevKeySet
+from pa_devkit.localinfra.errors import LocalKafkaError
+from pa_devkit.localinfra.kafka import LocalKafka
+from pa_devkit.sandbox.app import RunningSandbox, run_sandbox
+from pa_devkit.sandbox.faults import FaultConfig
 from service.codec.avro import COMMAND, AvroCodec
-from service.localinfra.errors import LocalKafkaError
-from service.localinfra.kafka import LocalKafka
-from service.sandbox.app import RunningSandbox, run_sandbox
-from service.sandbox.faults import FaultConfig
-from service.security.keys import DevKeySet
 from service.tools.generate import generate_commands
 from service.tools.send import command_key, send_commands
 from tests.e2e.harness import (

@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
 
-from service.localinfra.kafka import LocalKafka
+from pa_devkit.localinfra.kafka import LocalKafka
 from tests.kafka_support import create_topics
 
 pytestmark = pytest.mark.kafka

@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
+from pa_devkit.keys import DEV_P12_PASSWORD, DevKeySet
+from pa_devkit.sandbox import RunningSandbox, SandboxConfig, SandboxSecurity, run_sandbox
 from service.domain.ports import PasRequest
 from service.domain.reconcile import (
     HistoryFailed,
@@ -28,8 +30,6 @@ from service.domain.reconcile import (
 from service.pas.client import PasClient
 from service.pas.credentials import Credentials, load_credentials
 from service.pas.history import PasHistoryClient
-from service.sandbox import RunningSandbox, SandboxConfig, SandboxSecurity, run_sandbox
-from service.security.keys import DEV_P12_PASSWORD, DevKeySet
 from service.settings import PasSettings
 from tests.conftest import CONSUMER_KEY
 

@@ -19,12 +19,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from pa_devkit.keys import DEV_P12_PASSWORD, DevKeySet
 from service.domain.classification import Action, Observation, Transport, classify
 from service.domain.ports import PasReply, PasRequest
 from service.pas.client import PasClient, open_http_client
 from service.pas.credentials import load_credentials
 from service.security.jwe import JweEncrypter
-from service.security.keys import DEV_P12_PASSWORD, DevKeySet, load_certificate
+from service.security.keys import load_certificate
 from service.settings import PasSettings
 from tests.conftest import CONSUMER_KEY
 

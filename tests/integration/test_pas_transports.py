@@ -8,13 +8,13 @@ from datetime import UTC, datetime
 
 import pytest
 
+from pa_devkit.keys import DEV_P12_PASSWORD, DevKeySet
+from pa_devkit.sandbox.app import run_sandbox
+from pa_devkit.sandbox.faults import FaultConfig
 from service.domain.classification import Action, Transport, classify
 from service.domain.ports import PasRequest
 from service.pas.client import PasClient, open_http_client
 from service.pas.credentials import load_credentials
-from service.sandbox.app import run_sandbox
-from service.sandbox.faults import FaultConfig
-from service.security.keys import DEV_P12_PASSWORD, DevKeySet
 from service.settings import PasSettings
 from tests.conftest import CONSUMER_KEY
 from tests.e2e.harness import free_port, secure_sandbox

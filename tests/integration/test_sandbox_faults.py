@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from service.sandbox import (
+from pa_devkit.keys import DevKeySet, generate_dev_keyset
+from pa_devkit.sandbox import (
     ApplyThenDropFault,
     ErrorFault,
     FaultConfig,
@@ -29,9 +30,8 @@ from service.sandbox import (
     UniformLatency,
     run_sandbox,
 )
-from service.sandbox.cli_args import add_sandbox_arguments, config_from_arguments, dev_keyset_in
-from service.sandbox.ratelimit import TokenBucket, retry_after_seconds
-from service.security.keys import DevKeySet, generate_dev_keyset
+from pa_devkit.sandbox.cli_args import add_sandbox_arguments, config_from_arguments, dev_keyset_in
+from pa_devkit.sandbox.ratelimit import TokenBucket, retry_after_seconds
 
 ACCOUNT = "1234567890123456000"
 UNKNOWN_ACCOUNT = "9999999999999999000"
@@ -435,7 +435,7 @@ def test_fault_config_round_trips_through_json() -> None:
 
 def test_the_documented_example_parses() -> None:
     """The JSON example in the faults module docstring is a valid configuration."""
-    import service.sandbox.faults as faults_module
+    import pa_devkit.sandbox.faults as faults_module
 
     doc = faults_module.__doc__ or ""
     start = doc.index("\n    {\n")

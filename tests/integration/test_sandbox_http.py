@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.sandbox import (
+from pa_devkit.sandbox import (
     ApiError,
     DecodedBody,
     GatewayRequest,

@@ -23,19 +23,12 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from structlog.testing import CapturingLogger
 
-from service.sandbox import RunningSandbox, SandboxConfig, SandboxSecurity, run_sandbox
-from service.sandbox.security import load_security_material, secured_hooks
+from pa_devkit.keys import DEV_P12_PASSWORD, DevKeySet, generate_dev_keyset, generate_rsa_key
+from pa_devkit.sandbox import RunningSandbox, SandboxConfig, SandboxSecurity, run_sandbox
+from pa_devkit.sandbox.security import load_security_material, secured_hooks
 from service.security.errors import CertificateError
 from service.security.jwe import ENCRYPTED_FIELDS, JweDecrypter, JweEncrypter
-from service.security.keys import (
-    DEV_P12_PASSWORD,
-    DevKeySet,
-    generate_dev_keyset,
-    generate_rsa_key,
-    kid_for_certificate,
-    load_certificate,
-    load_private_key,
-)
+from service.security.keys import kid_for_certificate, load_certificate, load_private_key
 from service.security.oauth1 import MastercardOAuth1Auth, OAuth1Signer
 
 CONSUMER_KEY = "points-adjuster-test"

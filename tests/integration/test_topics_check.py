@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import structlog
 
+from pa_devkit.keys import DevKeySet
 from service.cli import main
 from service.kafka.clients import partitions_of
-from service.security.keys import DevKeySet
 from service.settings import KafkaSettings
 from service.tools.topics import service_topics
 

@@ -23,16 +23,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from oauth1.authenticationutils import load_signing_key  # type: ignore[import-untyped]
 from oauth1.oauth import OAuth  # type: ignore[import-untyped]
 
+from pa_devkit.keys import DevKeySet, generate_dev_keyset
+from pa_devkit.oauth1_verifier import OAuth1Verifier
 from service.security.errors import DecryptionError
 from service.security.jwe import JweDecrypter, JweEncrypter
-from service.security.keys import (
-    DevKeySet,
-    generate_dev_keyset,
-    kid_for_certificate,
-    load_certificate,
-    load_private_key,
-)
-from service.security.oauth1 import OAuth1Signer, OAuth1Verifier, body_hash, signature_base_string
+from service.security.keys import kid_for_certificate, load_certificate, load_private_key
+from service.security.oauth1 import OAuth1Signer, body_hash, signature_base_string
 
 P12_PASSWORD = "interop-pass"
 CONSUMER_KEY = "Abc123-_Zz!0123456789abcdef0123456789abcdef"

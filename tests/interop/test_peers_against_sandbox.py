@@ -21,9 +21,9 @@ from client_encryption.jwe_encryption_config import JweEncryptionConfig  # type:
 from oauth1.authenticationutils import load_signing_key  # type: ignore[import-untyped]
 from oauth1.oauth import OAuth  # type: ignore[import-untyped]
 
-from service.sandbox import RunningSandbox, SandboxConfig, SandboxSecurity, run_sandbox
+from pa_devkit.keys import DevKeySet, generate_dev_keyset
+from pa_devkit.sandbox import RunningSandbox, SandboxConfig, SandboxSecurity, run_sandbox
 from service.security.jwe import ENCRYPTED_FIELDS
-from service.security.keys import DevKeySet, generate_dev_keyset
 
 P12_PASSWORD = "peer-pass"
 CONSUMER_KEY = "Abc123-_Zz!0123456789abcdef0123456789abcdef"

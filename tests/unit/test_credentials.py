@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from service.errors import StartupError
-from service.pas.credentials import load_credentials
-from service.security.keys import (
+from pa_devkit.keys import (
     DEV_P12_PASSWORD,
     DevKeySet,
     generate_rsa_key,
     make_self_signed_certificate,
 )
+from service.errors import StartupError
+from service.pas.credentials import load_credentials
 from service.settings import PasSettings
 
 NOW = dt.datetime.now(dt.UTC)

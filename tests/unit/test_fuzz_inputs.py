@@ -44,6 +44,16 @@ import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pa_devkit.keys import generate_rsa_key, make_self_signed_certificate
+from pa_devkit.sandbox.codec import JweCodec, PlainCodec, RequestCodec, parse_json_object
+from pa_devkit.sandbox.envelope import ApiError
+from pa_devkit.sandbox.validation import (
+    FIELDS,
+    AdjustmentRequest,
+    InvalidAdjustmentError,
+    parse_adjustment,
+    validate_adjustment,
+)
 from service.app import command_decoder
 from service.codec.avro import COMMAND, COMPLETED, FAILED, HEADER_SIZE, MAGIC, AvroCodec
 from service.domain.command import (
@@ -59,21 +69,8 @@ from service.domain.command import (
 from service.domain.decisions import to_stored
 from service.domain.outcome import CommandInfo, ErrorDetail, Failed, Reason, SourceRef
 from service.errors import UndecodableRecordError
-from service.sandbox.codec import JweCodec, PlainCodec, RequestCodec, parse_json_object
-from service.sandbox.envelope import ApiError
-from service.sandbox.validation import (
-    FIELDS,
-    AdjustmentRequest,
-    InvalidAdjustmentError,
-    parse_adjustment,
-    validate_adjustment,
-)
 from service.security.jwe import JweDecrypter, JweEncrypter, wrap_payload
-from service.security.keys import (
-    generate_rsa_key,
-    kid_for_certificate,
-    make_self_signed_certificate,
-)
+from service.security.keys import kid_for_certificate
 
 SEED = int(os.environ.get("FUZZ_SEED", "20250304"))
 SCALE = float(os.environ.get("FUZZ_SCALE", "1"))

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from jwcrypto import jwe as jwcrypto_jwe
 from jwcrypto import jwk as jwcrypto_jwk
 
+from pa_devkit.keys import generate_rsa_key, make_self_signed_certificate
 from service.security.errors import DecryptionError
 from service.security.jwe import (
     JweDecrypter,
@@ -22,11 +23,7 @@ from service.security.jwe import (
     unwrap_payload,
     wrap_payload,
 )
-from service.security.keys import (
-    generate_rsa_key,
-    kid_for_certificate,
-    make_self_signed_certificate,
-)
+from service.security.keys import kid_for_certificate
 
 PLAINTEXT = b'{"bankAccountNumber":"5555444433332222000","pointsToAdjust":-250}'
 NOW = dt.datetime.now(dt.UTC)

@@ -13,19 +13,21 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from pa_devkit.keys import (
+    DevKeySet,
+    generate_dev_keyset,
+    generate_rsa_key,
+    make_self_signed_certificate,
+)
 from service.security.errors import CertificateError, KeyLoadError
 from service.security.keys import (
     CertificateStatus,
-    DevKeySet,
     check_certificate_validity,
     check_key_matches_certificate,
-    generate_dev_keyset,
-    generate_rsa_key,
     kid_for_certificate,
     load_certificate,
     load_key_and_certificate,
     load_private_key,
-    make_self_signed_certificate,
 )
 
 NOW = dt.datetime(2030, 6, 1, 12, 0, tzinfo=dt.UTC)

@@ -1,4 +1,4 @@
-"""service.localinfra.kafka without a JVM: configuration, cache location and the jar cache."""
+"""pa_devkit.localinfra.kafka without a JVM: configuration, cache location and the jar cache."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from service.localinfra.broker_config import (
+from pa_devkit.localinfra.broker_config import (
     new_cluster_id,
     read_properties,
     render_server_properties,
 )
-from service.localinfra.errors import LocalKafkaError
-from service.localinfra.jars import CACHE_DIR_ENV, fetch_kafka, resolve_cache_dir
+from pa_devkit.localinfra.errors import LocalKafkaError
+from pa_devkit.localinfra.jars import CACHE_DIR_ENV, fetch_kafka, resolve_cache_dir
 
 # A stand-in for mvn: it records each call and writes the jars named in $FAKE_MVN_JARS into
 # the -DoutputDirectory it is given, or fails when $FAKE_MVN_FAIL is set.
@@ -105,18 +105,18 @@ def test_cache_dir_prefers_the_environment(tmp_path: Path) -> None:
 
 
 def test_cache_dir_is_the_checkouts_dot_cache(tmp_path: Path) -> None:
-    """In a checkout (pyproject.toml beside service/) the cache is <repo>/.cache."""
+    """In a checkout (pyproject.toml beside devkit/) the cache is <repo>/.cache."""
     (tmp_path / "pyproject.toml").write_text("")
-    (tmp_path / "service").mkdir()
-    found = resolve_cache_dir({CACHE_DIR_ENV: " "}, package_dir=tmp_path / "service")
+    (tmp_path / "devkit" / "pa_devkit").mkdir(parents=True)
+    found = resolve_cache_dir({CACHE_DIR_ENV: " "}, package_dir=tmp_path / "devkit" / "pa_devkit")
     assert found == tmp_path / ".cache"
 
 
 def test_cache_dir_outside_a_checkout_is_in_the_home(tmp_path: Path) -> None:
     """An installed package caches under ~/.cache/points-adjuster."""
-    site = tmp_path / "site-packages"
-    (site / "service").mkdir(parents=True)
-    found = resolve_cache_dir({}, package_dir=site / "service", home=tmp_path / "home")
+    site = tmp_path / "lib" / "site-packages"
+    (site / "pa_devkit").mkdir(parents=True)
+    found = resolve_cache_dir({}, package_dir=site / "pa_devkit", home=tmp_path / "home")
     assert found == tmp_path / "home" / ".cache" / "points-adjuster"
 
 

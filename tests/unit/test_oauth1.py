@@ -12,15 +12,14 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from pa_devkit.keys import generate_rsa_key
+from pa_devkit.oauth1_verifier import OAuth1Verifier, parse_authorization_header
 from service.security.errors import SignatureError
-from service.security.keys import generate_rsa_key
 from service.security.oauth1 import (
     MastercardOAuth1Auth,
     OAuth1Signer,
-    OAuth1Verifier,
     body_hash,
     make_nonce,
-    parse_authorization_header,
     signature_base_string,
 )
 

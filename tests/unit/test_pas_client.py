@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
+from pa_devkit.keys import DEV_P12_PASSWORD, DevKeySet
+from pa_devkit.oauth1_verifier import OAuth1Verifier
 from service.domain.classification import Action, Observation, Transport, classify
 from service.domain.outcome import ErrorDetail
 from service.domain.ports import PasReply, PasRequest
@@ -21,14 +23,7 @@ from service.pas.client import TRANSPORT_FAILURES, PasClient, _retry_after, tran
 from service.pas.credentials import load_credentials
 from service.pas.envelope import MAX_DESCRIPTION, parse_envelope
 from service.security.jwe import JweDecrypter, JweEncrypter
-from service.security.keys import (
-    DEV_P12_PASSWORD,
-    DevKeySet,
-    kid_for_certificate,
-    load_certificate,
-    load_private_key,
-)
-from service.security.oauth1 import OAuth1Verifier
+from service.security.keys import kid_for_certificate, load_certificate, load_private_key
 from service.settings import PasSettings
 from tests.conftest import CONSUMER_KEY
 from tests.http_support import Recorder

@@ -14,11 +14,12 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
+from pa_devkit.keys import DEV_P12_PASSWORD, DevKeySet
 from service.domain.reconcile import HistoryEntry, HistoryFailed, HistoryFound, HistoryLookup
 from service.pas.credentials import Credentials, load_credentials
 from service.pas.history import PasHistoryClient
 from service.security.jwe import JweEncrypter
-from service.security.keys import DEV_P12_PASSWORD, DevKeySet, load_certificate
+from service.security.keys import load_certificate
 from service.security.oauth1 import body_hash
 from service.settings import PasSettings
 from tests.conftest import CONSUMER_KEY

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from service.sandbox.envelope import PAS_SOURCE, ReasonCode
-from service.sandbox.validation import (
+from pa_devkit.sandbox.envelope import PAS_SOURCE, ReasonCode
+from pa_devkit.sandbox.validation import (
     FIELDS,
     AdjustmentRequest,
     FieldError,

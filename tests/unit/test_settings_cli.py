@@ -17,7 +17,8 @@ from service.settings import Settings, load_settings
 from service.tools.send import InputError, read_jsonl
 
 ERROR_PREFIX = "points-adjuster: error: "
-SUBCOMMANDS = ("run", "check", "sandbox", "send", "topics", "demo")
+SUBCOMMANDS = ("run", "check", "send", "topics", "dlq")
+DEVKIT_SUBCOMMANDS = ("sandbox", "keys", "demo")
 
 
 @pytest.fixture(autouse=True)
@@ -306,6 +307,19 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert caught.value.code == 0
     out = capsys.readouterr().out
     for command in SUBCOMMANDS:
+        assert f"    {command} " in out, command
+    assert "points-adjuster-devkit --help" in out
+
+
+def test_the_devkit_help_lists_its_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    """points-adjuster-devkit --help exits 0 and lists the sandbox, keys and demo."""
+    from pa_devkit.cli import main as devkit_main
+
+    with pytest.raises(SystemExit) as caught:
+        devkit_main(["--help"])
+    assert caught.value.code == 0
+    out = capsys.readouterr().out
+    for command in DEVKIT_SUBCOMMANDS:
         assert f"    {command} " in out, command
 
 

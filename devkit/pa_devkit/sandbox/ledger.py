@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from service.sandbox.validation import AdjustmentRequest
+from pa_devkit.sandbox.validation import AdjustmentRequest
 
 Clock = Callable[[], datetime]
 """Returns the current time; must be timezone-aware."""

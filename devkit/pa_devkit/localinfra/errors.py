@@ -1,4 +1,4 @@
-"""The one exception of ``service.localinfra``, shared by the jar cache, the broker and the CLI."""
+"""The one exception of ``pa_devkit.localinfra``: shared by the jar cache, broker and CLI."""
 
 from __future__ import annotations
 

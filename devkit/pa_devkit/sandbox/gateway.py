@@ -23,9 +23,9 @@ from typing import Any, Protocol
 import structlog
 from aiohttp import web
 
-from service.sandbox.envelope import ApiError
+from pa_devkit.oauth1_verifier import OAuth1Verifier
+from pa_devkit.sandbox.envelope import ApiError
 from service.security.errors import SignatureError
-from service.security.oauth1 import OAuth1Verifier
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +82,7 @@ class OAuth1Gateway:
     def __init__(self, verifier: OAuth1Verifier, *, logger: EventLogger | None = None) -> None:
         self._verifier = verifier
         self._log: EventLogger = (
-            logger if logger is not None else structlog.get_logger("service.sandbox")
+            logger if logger is not None else structlog.get_logger("pa_devkit.sandbox")
         )
 
     async def check(self, request: GatewayRequest) -> None:

@@ -3,8 +3,8 @@
 :func:`load_security_material` reads every file :class:`SandboxSecurity` names and checks
 that the PAS private key belongs to the PAS encryption certificate, so a mismatched key set
 fails at start-up rather than as a 400 on the first request. :func:`secured_hooks` builds
-the :class:`~service.sandbox.codec.JweCodec` and the
-:class:`~service.sandbox.gateway.OAuth1Gateway` from it.
+the :class:`~pa_devkit.sandbox.codec.JweCodec` and the
+:class:`~pa_devkit.sandbox.gateway.OAuth1Gateway` from it.
 
 Errors are the :mod:`service.security.errors` ones (``KeyLoadError`` names the file).
 """
@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from service.sandbox.codec import JweCodec
-from service.sandbox.config import SandboxSecurity
-from service.sandbox.gateway import EventLogger, OAuth1Gateway
+from pa_devkit.oauth1_verifier import OAuth1Verifier
+from pa_devkit.sandbox.codec import JweCodec
+from pa_devkit.sandbox.config import SandboxSecurity
+from pa_devkit.sandbox.gateway import EventLogger, OAuth1Gateway
 from service.security.errors import CertificateError
 from service.security.jwe import JweDecrypter, JweEncrypter
 from service.security.keys import (
@@ -28,7 +29,6 @@ from service.security.keys import (
     load_certificate,
     load_private_key,
 )
-from service.security.oauth1 import OAuth1Verifier
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
-"""The command line: ``python -m service.localinfra.kafka {fetch,start,stop,status} --help``.
+"""The command line: ``python -m pa_devkit.localinfra.kafka {fetch,start,stop,status} --help``.
 
-``service/localinfra/kafka.py`` calls ``main`` when run with ``-m``; deploy/local/kafka.sh
+``devkit/pa_devkit/localinfra/kafka.py`` calls ``main`` when run with ``-m``; deploy/local/kafka.sh
 and the Makefile use it that way.
 """
 
@@ -12,10 +12,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from service.localinfra.broker_config import HOST, _port_of, port_accepts, read_properties
-from service.localinfra.detached import PID_FILE, is_broker_process, read_pid_file, stop_pid
-from service.localinfra.errors import LocalKafkaError
-from service.localinfra.jars import (
+from pa_devkit.localinfra.broker_config import HOST, _port_of, port_accepts, read_properties
+from pa_devkit.localinfra.detached import PID_FILE, is_broker_process, read_pid_file, stop_pid
+from pa_devkit.localinfra.errors import LocalKafkaError
+from pa_devkit.localinfra.jars import (
     CACHE_DIR_ENV,
     KAFKA_VERSION,
     KAFKA_VERSION_ENV,
@@ -24,7 +24,7 @@ from service.localinfra.jars import (
     fetch_kafka,
     resolve_cache_dir,
 )
-from service.localinfra.kafka import (
+from pa_devkit.localinfra.kafka import (
     DEFAULT_PORT,
     LOGS,
     SERVER_LOG,
@@ -113,7 +113,7 @@ def _build_parser() -> argparse.ArgumentParser:
     version_help = f"Kafka version (default: ${KAFKA_VERSION_ENV} or {KAFKA_VERSION})"
     data_help = "broker data dir (default: <cache>/kafka-data)"
     parser = argparse.ArgumentParser(
-        prog="python -m service.localinfra.kafka",
+        prog="python -m pa_devkit.localinfra.kafka",
         description=(
             "Run a single-node KRaft Apache Kafka broker on 127.0.0.1 from Maven Central jars "
             "(needs java 17+; mvn only for the first fetch)."
@@ -167,7 +167,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m service.localinfra.kafka``."""
+    """Entry point of ``python -m pa_devkit.localinfra.kafka``."""
     args = _build_parser().parse_args(argv)
     try:
         exit_code: int = args.handler(args)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from service.sandbox.config import SandboxConfig, SandboxSecurity
-from service.sandbox.faults import FaultConfig, FaultConfigError
-from service.sandbox.security import load_security_material
+from pa_devkit.keys import DevKeySet
+from pa_devkit.sandbox.config import SandboxConfig, SandboxSecurity
+from pa_devkit.sandbox.faults import FaultConfig, FaultConfigError
+from pa_devkit.sandbox.security import load_security_material
 from service.security.errors import SecurityError
-from service.security.keys import DevKeySet
 
 DEFAULT_PORT = 8081
 DEFAULT_CONSUMER_KEY = "points-adjuster-dev"

@@ -12,11 +12,11 @@ Modules: ``app`` (routes and request steps, running it), ``codec`` (plain and JW
 ``envelope``, ``ledger`` and ``validation``.
 """
 
-from service.sandbox.app import RunningSandbox, build_app, run_sandbox, serve_forever
-from service.sandbox.codec import DecodedBody, JweCodec, PlainCodec, RequestCodec
-from service.sandbox.config import SandboxConfig, SandboxSecurity
-from service.sandbox.envelope import ApiError, ErrorItem, ReasonCode
-from service.sandbox.faults import (
+from pa_devkit.sandbox.app import RunningSandbox, build_app, run_sandbox, serve_forever
+from pa_devkit.sandbox.codec import DecodedBody, JweCodec, PlainCodec, RequestCodec
+from pa_devkit.sandbox.config import SandboxConfig, SandboxSecurity
+from pa_devkit.sandbox.envelope import ApiError, ErrorItem, ReasonCode
+from pa_devkit.sandbox.faults import (
     ApplyThenDropFault,
     ErrorFault,
     FaultConfig,
@@ -28,10 +28,10 @@ from service.sandbox.faults import (
     ResetFault,
     UniformLatency,
 )
-from service.sandbox.gateway import AllowAllGateway, GatewayAuth, GatewayRequest, OAuth1Gateway
-from service.sandbox.injector import FaultInjector
-from service.sandbox.ledger import Ledger, LedgerEntry
-from service.sandbox.validation import (
+from pa_devkit.sandbox.gateway import AllowAllGateway, GatewayAuth, GatewayRequest, OAuth1Gateway
+from pa_devkit.sandbox.injector import FaultInjector
+from pa_devkit.sandbox.ledger import Ledger, LedgerEntry
+from pa_devkit.sandbox.validation import (
     AdjustmentRequest,
     FieldError,
     ValidationRules,

@@ -19,15 +19,15 @@ from dataclasses import dataclass
 import structlog
 from aiohttp import web
 
-from service.sandbox.codec import json_response
-from service.sandbox.envelope import ApiError, ReasonCode
-from service.sandbox.faults import FaultConfig, FaultConfigError
-from service.sandbox.injector import FaultInjector
-from service.sandbox.ledger import Ledger
+from pa_devkit.sandbox.codec import json_response
+from pa_devkit.sandbox.envelope import ApiError, ReasonCode
+from pa_devkit.sandbox.faults import FaultConfig, FaultConfigError
+from pa_devkit.sandbox.injector import FaultInjector
+from pa_devkit.sandbox.ledger import Ledger
 
 ADMIN_PREFIX = "/_sandbox"
 
-log = structlog.get_logger("service.sandbox")
+log = structlog.get_logger("pa_devkit.sandbox")
 
 
 @dataclass(frozen=True, slots=True)

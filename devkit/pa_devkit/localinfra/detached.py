@@ -13,8 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from service.localinfra.errors import LocalKafkaError
-from service.localinfra.kafka import SERVER_PROPERTIES, STOP_TIMEOUT_S
+from pa_devkit.localinfra.errors import LocalKafkaError
+from pa_devkit.localinfra.kafka import SERVER_PROPERTIES, STOP_TIMEOUT_S
 
 PID_FILE = "kafka.pid"
 

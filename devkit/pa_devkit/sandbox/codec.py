@@ -42,11 +42,11 @@ from typing import Any, Protocol
 import structlog
 from aiohttp import web
 
-from service.sandbox.envelope import ApiError, ReasonCode
+from pa_devkit.sandbox.envelope import ApiError, ReasonCode
 from service.security.errors import DecryptionError
 from service.security.jwe import JweDecrypter, JweEncrypter, unwrap_payload, wrap_payload
 
-log = structlog.get_logger("service.sandbox")
+log = structlog.get_logger("pa_devkit.sandbox")
 
 ResponseEncoder = Callable[[Mapping[str, Any]], bytes]
 """Turns a success payload into the response body bytes."""

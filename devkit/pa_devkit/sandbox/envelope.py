@@ -39,7 +39,7 @@ class ReasonCode(StrEnum):
     # 400, query parameters of the history call
     MISSING_PARAMETER = "MISSING_PARAMETER"
     INVALID_PARAMETER = "INVALID_PARAMETER"
-    # 400, the JWE layer (see service.sandbox.codec)
+    # 400, the JWE layer (see pa_devkit.sandbox.codec)
     ENCRYPTION_REQUIRED = "ENCRYPTION_REQUIRED"
     INVALID_ENCRYPTED_PAYLOAD = "INVALID_ENCRYPTED_PAYLOAD"
     INVALID_KID = "INVALID_KID"

@@ -24,14 +24,14 @@ import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from service.localinfra.errors import LocalKafkaError
+from pa_devkit.localinfra.errors import LocalKafkaError
 
 KAFKA_VERSION = "4.1.2"
 KAFKA_VERSION_ENV = "POINTS_ADJUSTER_KAFKA_VERSION"
 CACHE_DIR_ENV = "POINTS_ADJUSTER_CACHE_DIR"
 FETCH_TIMEOUT_S = 900.0
 
-_RESOURCE_PACKAGE = "service.localinfra"
+_RESOURCE_PACKAGE = "pa_devkit.localinfra"
 _POM_RESOURCE = "kafka-pom.xml"
 _COMPLETE_MARKER = ".complete"
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
@@ -48,16 +48,16 @@ def resolve_cache_dir(
 ) -> Path:
     """Where downloaded jars live: $POINTS_ADJUSTER_CACHE_DIR, else the checkout's .cache.
 
-    ``package_dir`` is the ``service/`` folder; when its parent holds pyproject.toml the code
-    runs from a checkout and the git-ignored ``<repo>/.cache`` is used, otherwise
-    ``~/.cache/points-adjuster``.
+    ``package_dir`` is the ``pa_devkit/`` folder; when the folder two levels up (the
+    repository, beside ``devkit/``) holds pyproject.toml the code runs from a checkout and the
+    git-ignored ``<repo>/.cache`` is used, otherwise ``~/.cache/points-adjuster``.
     """
     env = os.environ if environ is None else environ
     configured = env.get(CACHE_DIR_ENV, "").strip()
     if configured:
         return Path(configured).expanduser()
-    service_dir = package_dir if package_dir is not None else Path(__file__).resolve().parent.parent
-    repo_root = service_dir.parent
+    devkit_dir = package_dir if package_dir is not None else Path(__file__).resolve().parent.parent
+    repo_root = devkit_dir.parent.parent
     if (repo_root / "pyproject.toml").is_file():
         return repo_root / ".cache"
     return (home if home is not None else Path.home()) / ".cache" / "points-adjuster"

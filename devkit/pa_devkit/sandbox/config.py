@@ -3,7 +3,7 @@
 Every choice the contract marks [ours] (limits, allowed type codes, the path prefix) is a
 field here, so tests and the demo can tighten or loosen the sandbox without code changes.
 :class:`SandboxSecurity` turns on the gateway's OAuth 1.0a check and JWE bodies; the
-fault-injection settings live in :mod:`service.sandbox.faults`.
+fault-injection settings live in :mod:`pa_devkit.sandbox.faults`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from service.sandbox.faults import FaultConfig
-from service.security.keys import DevKeySet
+from pa_devkit.keys import DevKeySet
+from pa_devkit.sandbox.faults import FaultConfig
 
 DEFAULT_MAX_POINTS = 1_000_000
 DEFAULT_TYPE_CODES: frozenset[str] = frozenset({"GOODWILL", "CORRECTION", "PROMO", "REVERSAL"})
@@ -32,7 +32,7 @@ class SandboxSecurity:
     """The key material of a sandbox that checks signatures and speaks JWE, as PAS does.
 
     Only paths: the files are read when the app is built
-    (:func:`service.sandbox.security.load_security_material`).
+    (:func:`pa_devkit.sandbox.security.load_security_material`).
 
     Attributes:
         clients: consumer key -> that client's signing certificate (PEM or DER); the

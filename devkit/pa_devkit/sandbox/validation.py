@@ -12,8 +12,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from service.sandbox.config import DEFAULT_MAX_POINTS, DEFAULT_TYPE_CODES, TYPE_CODE_PATTERN
-from service.sandbox.envelope import ErrorItem, ReasonCode
+from pa_devkit.sandbox.config import DEFAULT_MAX_POINTS, DEFAULT_TYPE_CODES, TYPE_CODE_PATTERN
+from pa_devkit.sandbox.envelope import ErrorItem, ReasonCode
 
 BANK_ACCOUNT_NUMBER = "bankAccountNumber"
 POINTS_TO_ADJUST = "pointsToAdjust"

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from http import HTTPStatus
 
-from service.sandbox.envelope import ApiError, ReasonCode
-from service.sandbox.faults import ErrorFault, FaultConfig, HangFault
-from service.sandbox.ratelimit import TokenBucket, retry_after_seconds
+from pa_devkit.sandbox.envelope import ApiError, ReasonCode
+from pa_devkit.sandbox.faults import ErrorFault, FaultConfig, HangFault
+from pa_devkit.sandbox.ratelimit import TokenBucket, retry_after_seconds
 
 RATE_LIMITED = "rate_limited"
 _GATEWAY_STATUSES = frozenset({502, 503, 504})

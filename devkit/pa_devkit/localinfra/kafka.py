@@ -1,12 +1,12 @@
 """A single-node KRaft Apache Kafka broker on loopback: ``LocalKafka`` runs it as a child process.
 
 No Docker engine is needed: the broker's jars come from Maven Central once
-(``service.localinfra.jars``), and ``LocalKafka`` formats a data dir and runs
+(``pa_devkit.localinfra.jars``), and ``LocalKafka`` formats a data dir and runs
 ``java ... kafka.Kafka server.properties`` as a child process (broker and controller in one
 JVM). Only the standard library is used, so the module works before the service's own
 dependencies are installed.
 
-Layout of the data dir (the jar cache is laid out in ``service.localinfra.jars``)::
+Layout of the data dir (the jar cache is laid out in ``pa_devkit.localinfra.jars``)::
 
     <data dir>/server.properties          rewritten on every start
     <data dir>/log4j2.properties          copy of resources/kafka-log4j2.properties
@@ -14,10 +14,10 @@ Layout of the data dir (the jar cache is laid out in ``service.localinfra.jars``
     <data dir>/logs/server.log            the broker's own log (INFO)
     <data dir>/logs/kafka.out             the JVM's stdout and stderr
     <data dir>/kafka.pid                  only for a broker started by ``start`` on the CLI
-                                          (see ``service.localinfra.detached``)
+                                          (see ``pa_devkit.localinfra.detached``)
 
-Command line: ``python -m service.localinfra.kafka {fetch,start,stop,status} --help``
-(``service.localinfra.kafka_cli``).
+Command line: ``python -m pa_devkit.localinfra.kafka {fetch,start,stop,status} --help``
+(``pa_devkit.localinfra.kafka_cli``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-from service.localinfra.broker_config import (
+from pa_devkit.localinfra.broker_config import (
     HOST,
     _port_of,
     find_java,
@@ -47,8 +47,8 @@ from service.localinfra.broker_config import (
     read_properties,
     render_server_properties,
 )
-from service.localinfra.errors import LocalKafkaError
-from service.localinfra.jars import _read_resource, default_kafka_version, fetch_kafka
+from pa_devkit.localinfra.errors import LocalKafkaError
+from pa_devkit.localinfra.jars import _read_resource, default_kafka_version, fetch_kafka
 
 DEFAULT_PORT = 9092
 HEAP_OPTS: tuple[str, ...] = ("-Xms256m", "-Xmx512m")
@@ -436,6 +436,6 @@ def _tail_lines(path: Path, offset: int, count: int) -> list[str]:
 
 
 if __name__ == "__main__":
-    from service.localinfra.kafka_cli import main
+    from pa_devkit.localinfra.kafka_cli import main
 
     sys.exit(main())

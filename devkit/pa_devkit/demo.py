@@ -1,4 +1,4 @@
-"""``points-adjuster demo``: everything on one machine, end to end, with a summary."""
+"""``points-adjuster-devkit demo``: everything on one machine, end to end, with a summary."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import httpx
 
+from pa_devkit.keys import DEV_P12_PASSWORD, DevKeySet, generate_dev_keyset
+from pa_devkit.sandbox.app import run_sandbox
+from pa_devkit.sandbox.config import SandboxConfig, SandboxSecurity
 from service.codec.avro import AvroCodec
 from service.kafka.clients import ensure_topics
-from service.sandbox.app import run_sandbox
-from service.sandbox.config import SandboxConfig, SandboxSecurity
-from service.security.keys import DEV_P12_PASSWORD, DevKeySet, generate_dev_keyset
 from service.settings import KafkaSettings
 from service.tools.generate import generate_commands
 from service.tools.outcomes import OutcomeLog, wait_for_outcomes
@@ -34,7 +34,7 @@ def local_broker(bootstrap_servers: str | None) -> Iterator[str]:
     if bootstrap_servers:
         yield bootstrap_servers
         return
-    from service.localinfra.kafka import LocalKafka
+    from pa_devkit.localinfra.kafka import LocalKafka
 
     print("starting a local Kafka broker (the first run downloads its jars)...", flush=True)
     with LocalKafka(port=0) as broker:

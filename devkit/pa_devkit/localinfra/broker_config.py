@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
-from service.localinfra.errors import LocalKafkaError
+from pa_devkit.localinfra.errors import LocalKafkaError
 
 HOST = "127.0.0.1"
 
@@ -59,7 +59,9 @@ def render_server_properties(
         "group.initial.rebalance.delay.ms": "0",
     }
     properties.update(extra or {})
-    lines = ["# Written by service/localinfra/broker_config.py on every start; edits are lost."]
+    lines = [
+        "# Written by devkit/pa_devkit/localinfra/broker_config.py on every start; edits are lost."
+    ]
     lines.extend(f"{key}={_escape_property(value)}" for key, value in properties.items())
     return "\n".join(lines) + "\n"
 

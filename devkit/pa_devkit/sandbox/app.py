@@ -6,7 +6,7 @@ PAS routes (``{prefix}`` is :attr:`SandboxConfig.path_prefix`, e.g. ``/loyalty``
     GET  {prefix}/points-adjustments-details   an account's adjustment history
 
 Admin routes under ``/_sandbox/`` (the tests' oracle, not PAS, never prefixed, never
-checked by the gateway) are described in :mod:`service.sandbox.admin`.
+checked by the gateway) are described in :mod:`pa_devkit.sandbox.admin`.
 
 ``POST points-adjustments`` runs these steps; the first that fails answers:
 
@@ -70,8 +70,8 @@ from dataclasses import dataclass, field
 import structlog
 from aiohttp import web
 
-from service.sandbox.admin import AdminRoutes
-from service.sandbox.codec import (
+from pa_devkit.sandbox.admin import AdminRoutes
+from pa_devkit.sandbox.codec import (
     DecodedBody,
     PlainCodec,
     RequestCodec,
@@ -80,13 +80,13 @@ from service.sandbox.codec import (
     json_response,
     parse_json_object,
 )
-from service.sandbox.config import SandboxConfig
-from service.sandbox.envelope import ApiError, ErrorItem, ReasonCode
-from service.sandbox.gateway import AllowAllGateway, GatewayAuth, GatewayRequest
-from service.sandbox.injector import FateKind, FaultInjector, hang_timeout, injected_error
-from service.sandbox.ledger import Clock, Ledger, utc_now
-from service.sandbox.security import load_security_material, secured_hooks
-from service.sandbox.validation import (
+from pa_devkit.sandbox.config import SandboxConfig
+from pa_devkit.sandbox.envelope import ApiError, ErrorItem, ReasonCode
+from pa_devkit.sandbox.gateway import AllowAllGateway, GatewayAuth, GatewayRequest
+from pa_devkit.sandbox.injector import FateKind, FaultInjector, hang_timeout, injected_error
+from pa_devkit.sandbox.ledger import Clock, Ledger, utc_now
+from pa_devkit.sandbox.security import load_security_material, secured_hooks
+from pa_devkit.sandbox.validation import (
     BANK_ACCOUNT_NUMBER,
     FieldError,
     InvalidAdjustmentError,
@@ -116,7 +116,7 @@ __all__ = [
     "serve_forever",
 ]
 
-log = structlog.get_logger("service.sandbox")
+log = structlog.get_logger("pa_devkit.sandbox")
 
 ADJUSTMENTS_PATH = "/points-adjustments"
 HISTORY_PATH = "/points-adjustments-details"

@@ -1,6 +1,0 @@
-"""Real infrastructure for local runs and tests, started from plain files (no Docker engine).
-
-``service.localinfra.kafka`` runs a single-node KRaft Apache Kafka broker from Maven Central
-jars. This package deliberately re-exports nothing, so ``python -m service.localinfra.kafka``
-does not import the module twice.
-"""
