@@ -21,7 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from service.security.errors import SignatureError
+from service.security.errors import SecurityError
 from service.security.oauth1 import (
     OAUTH_VERSION,
     SIGNATURE_METHOD,
@@ -42,6 +42,15 @@ _REQUIRED_PARAMS = (
 )
 _SCHEME = re.compile(r"\s*OAuth\s+", re.IGNORECASE)
 _PARAM = re.compile(r'\s*([A-Za-z0-9_.~-]+)\s*=\s*"([^"]*)"\s*(?:,|\Z)')
+
+
+class SignatureError(SecurityError):
+    """An OAuth 1.0a signed request is rejected; ``reason`` says which check failed.
+
+    Reasons: ``missing_header``, ``malformed_header``, ``unsupported_signature_method``,
+    ``unsupported_version``, ``unknown_consumer_key``, ``body_hash_mismatch``,
+    ``stale_timestamp``, ``future_timestamp``, ``replayed_nonce``, ``bad_signature``.
+    """
 
 
 def parse_authorization_header(value: str) -> dict[str, str]:

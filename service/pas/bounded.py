@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from service.errors import PointsAdjusterError
+
 IDENTITY = "identity"
 
 
@@ -39,7 +41,7 @@ class Answer:
     refused: str = ""
 
 
-class DeadlineError(Exception):
+class DeadlineError(PointsAdjusterError):
     """The exchange did not end within its time; the request may have left."""
 
     def __init__(self, timeout_s: float) -> None:

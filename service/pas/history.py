@@ -29,6 +29,7 @@ import httpx
 import structlog
 
 from service.domain.reconcile import HistoryEntry, HistoryFailed, HistoryFound, HistoryLookup
+from service.errors import PointsAdjusterError
 from service.pas.bounded import Answer, DeadlineError, exchange
 from service.pas.credentials import Credentials
 from service.pas.envelope import parse_envelope
@@ -54,7 +55,7 @@ CORRELATION_HEADER = "Correlation-Id"
 RESPONSE_CORRELATION_HEADER = "X-MC-Correlation-ID"
 
 
-class MalformedHistoryError(ValueError):
+class MalformedHistoryError(PointsAdjusterError):
     """The 200 answer is not the history's shape."""
 
 
@@ -105,7 +106,7 @@ class PasHistoryClient:
             return _failed(_problem(answer), answer.status, started, correlation_id, their_id)
         try:
             document, entries = self._read(answer.body)
-        except (ValueError, RecursionError) as exc:
+        except (MalformedHistoryError, ValueError, RecursionError) as exc:
             problem = _mask(f"HTTP 200 with an unreadable history: {exc}", account_number)
             return _failed(problem, 200, started, correlation_id, their_id)
         complete = _complete(document, len(entries))

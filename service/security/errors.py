@@ -1,13 +1,15 @@
-"""The exception tree of ``service.security``.
+"""The exception tree of ``service.security``: a branch of the tree drawn in ``service.errors``.
 
 SecurityError                  base; ``retriable`` is always False (same input, same failure)
 ├── KeyLoadError               a key or certificate file cannot be loaded (``path``, ``reason``)
 ├── CertificateError           a certificate is unusable: expired, not yet valid, wrong key
-├── SignatureError             an OAuth 1.0a request fails verification (``reason`` code)
 └── DecryptionError            a JWE cannot be decrypted or fails its integrity check
 
 Every error carries a stable, lowercase ``reason`` code meant for logs and metric labels, and
 a ``detail`` sentence for humans. Neither ever holds key material, plaintext or a signature.
+
+The product only signs: the verifier of signatures, and its ``SignatureError``, live in the
+dev kit (``pa_devkit.oauth1_verifier``).
 """
 
 from __future__ import annotations
@@ -51,15 +53,6 @@ class CertificateError(SecurityError):
     def __init__(self, reason: str, detail: str = "", *, not_after: datetime | None = None) -> None:
         super().__init__(reason, detail)
         self.not_after = not_after
-
-
-class SignatureError(SecurityError):
-    """An OAuth 1.0a signed request is rejected; ``reason`` says which check failed.
-
-    Reasons: ``missing_header``, ``malformed_header``, ``unsupported_signature_method``,
-    ``unsupported_version``, ``unknown_consumer_key``, ``body_hash_mismatch``,
-    ``stale_timestamp``, ``future_timestamp``, ``replayed_nonce``, ``bad_signature``.
-    """
 
 
 class DecryptionError(SecurityError):

@@ -13,8 +13,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from pa_devkit.keys import generate_rsa_key
-from pa_devkit.oauth1_verifier import OAuth1Verifier, parse_authorization_header
-from service.security.errors import SignatureError
+from pa_devkit.oauth1_verifier import OAuth1Verifier, SignatureError, parse_authorization_header
 from service.security.oauth1 import (
     MastercardOAuth1Auth,
     OAuth1Signer,

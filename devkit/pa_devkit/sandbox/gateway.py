@@ -10,7 +10,7 @@ Two gateways are shipped:
 
 Every refusal is the gateway's documented 401 (Source ``Gateway``, ReasonCode ``DECLINED``,
 "Unauthorized - Access Not Granted", not recoverable), whatever the cause, as Mastercard's
-gateway answers: the precise cause (the :class:`~service.security.errors.SignatureError`
+gateway answers: the precise cause (the :class:`~pa_devkit.oauth1_verifier.SignatureError`
 reason) goes to the sandbox's log as ``sandbox.gateway.declined``, never into the answer.
 """
 
@@ -23,9 +23,8 @@ from typing import Any, Protocol
 import structlog
 from aiohttp import web
 
-from pa_devkit.oauth1_verifier import OAuth1Verifier
+from pa_devkit.oauth1_verifier import OAuth1Verifier, SignatureError
 from pa_devkit.sandbox.envelope import ApiError
-from service.security.errors import SignatureError
 
 
 @dataclass(frozen=True, slots=True)
