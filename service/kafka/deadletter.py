@@ -116,7 +116,6 @@ _TOKEN = re.compile(r"[A-Za-z0-9+/=_-]{40,}")
 _DIGIT_RUN = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){11,}(?![0-9])")
 _INTEGER = re.compile(r"-?[0-9]{1,19}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_DROPPED_HEADERS = re.compile(r"headers:([0-9]{1,9})")
 
 
 @dataclass(frozen=True)
@@ -180,15 +179,6 @@ class DeadLetterMeta:
     def key_cut(self) -> bool:
         """The original key is not in the dead letter (too large)."""
         return "key" in self.truncated
-
-    @property
-    def dropped_headers(self) -> int:
-        """How many carried headers were left out to keep within the header cap."""
-        for item in self.truncated:
-            match = _DROPPED_HEADERS.fullmatch(item)
-            if match:
-                return int(match[1])
-        return 0
 
 
 def sanitize(text: str) -> str:
@@ -378,9 +368,6 @@ class DeadLetterPublisher:
         self._version = version
         self._max_message_bytes = settings.max_message_bytes
         self._topic_limits = dict(topic_limits or {})
-
-    def topic(self, target: Literal["dlt", "review"] = "dlt") -> str:
-        return self._topics[target]
 
     async def send(
         self,

@@ -88,30 +88,6 @@ def error_envelope(errors: Iterable[ErrorItem]) -> dict[str, Any]:
     return {"Errors": {"Error": items}}
 
 
-def pas_error(
-    reason_code: str,
-    description: str,
-    *,
-    recoverable: bool = False,
-    details: str | None = None,
-) -> dict[str, Any]:
-    """An envelope holding a single error raised by PAS itself."""
-    return error_envelope([ErrorItem(reason_code, description, PAS_SOURCE, recoverable, details)])
-
-
-def gateway_error(
-    reason_code: str,
-    description: str,
-    *,
-    recoverable: bool = False,
-    details: str | None = None,
-) -> dict[str, Any]:
-    """An envelope holding a single error raised by the API Gateway."""
-    return error_envelope(
-        [ErrorItem(reason_code, description, GATEWAY_SOURCE, recoverable, details)]
-    )
-
-
 class ApiError(Exception):
     """An error answer: the HTTP status, the envelope's entries and any extra headers.
 

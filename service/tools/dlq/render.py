@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -59,10 +58,6 @@ def parse_time(text: str) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
-
-
-def reason_counts(letters: Iterable[DeadLetter]) -> Counter[str]:
-    return Counter(letter.reason for letter in letters)
 
 
 LIST_HEADER = (

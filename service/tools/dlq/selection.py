@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import enum
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,19 +172,3 @@ class ReplayPlanner:
         self.tally.replayed += 1
         self.tally.by_reason[letter.reason] += 1
         return Verdict.REPLAY
-
-
-def plan_replay(
-    letters: Iterable[DeadLetter],
-    selection: Selection,
-    max_replays: int,
-    limit: int | None = None,
-) -> list[tuple[DeadLetter, Verdict]]:
-    """Every decision a replay would take over ``letters``, stopping at ``limit`` replays."""
-    planner = ReplayPlanner(selection, max_replays, limit)
-    decisions = []
-    for letter in letters:
-        decisions.append((letter, planner.decide(letter)))
-        if planner.done:
-            break
-    return decisions
