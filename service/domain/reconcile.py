@@ -113,9 +113,15 @@ HistoryLookup = HistoryFound | HistoryFailed
 
 
 class HistoryPort(Protocol):
-    """Reads one account's adjustment history; never raises for what PAS or the network does."""
+    """Reads one account's adjustment history; never raises for what PAS or the network does.
 
-    async def lookup(self, account_number: str) -> HistoryLookup: ...
+    ``correlation_id`` is the reconciled command's: it travels with the lookup as with the
+    adjustment call, so PAS's logs tie the two together.
+    """
+
+    async def lookup(
+        self, account_number: str, *, correlation_id: str | None = None
+    ) -> HistoryLookup: ...
 
 
 # --- the verdict ----------------------------------------------------------------------------
