@@ -10,6 +10,7 @@ from service.domain.adaptive import AdaptiveLimit, RatePacer
 from service.domain.classification import Observation, Transport
 from service.domain.ports import PasReply, PasRequest
 from service.pas.limited import LimitedPas
+from tests.fakes import FakeClock
 
 FAR = 1e12  # a deadline far beyond any test (a time.monotonic() instant)
 REQUEST = PasRequest("5123456789012345000", 250, "GOODWILL", "Late delivery", "agent-1", "c-1")
@@ -19,14 +20,6 @@ RATE_LIMITED = PasReply(Observation(status=429), 0.01, retry_after_s=1.0, proble
 SERVER_ERROR = PasReply(Observation(status=503), 0.01, problem="HTTP 503")
 READ_TIMEOUT = PasReply(Observation(transport=Transport.READ_TIMEOUT), 10.0, problem="timeout")
 CIRCUIT_OPEN = PasReply(Observation(transport=Transport.CIRCUIT_OPEN), 0.0, retry_after_s=1.0)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def full(max_limit: int, clock: FakeClock, **kwargs: float) -> AdaptiveLimit:

@@ -50,6 +50,7 @@ from service.tools.dlq.selection import (
     read_dead_letter,
 )
 from service.tools.progress import Pacer, ProgressBar, render_bar
+from tests.fakes import FakeClock
 
 ACCOUNT = "5123456789012345"
 T0 = 1_735_725_600_000  # 2025-01-01T10:00:00Z
@@ -919,19 +920,6 @@ def test_render_bar_fills_in_proportion() -> None:
     assert render_bar(512, 1000, width=10) == "[#####.....] 512/1000"
     assert render_bar(0, 0, width=4) == "[####] 0/0"
     assert render_bar(3, 3, width=4) == "[####] 3/3"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 def test_progress_bar_off_a_terminal_writes_a_line_per_interval() -> None:

@@ -11,6 +11,7 @@ from service.domain.classification import Action, Observation, Transport, classi
 from service.domain.outcome import Reason
 from service.domain.ports import PasReply, PasRequest
 from service.pas.guarded import GuardedPas
+from tests.fakes import FakeClock, ScriptedPas
 
 THRESHOLD = 3
 OPEN_S = 5.0
@@ -27,50 +28,15 @@ NOT_FOUND = PasReply(Observation(status=404), 0.01, problem="HTTP 404 ACCOUNT_NO
 UNAUTHORIZED = PasReply(Observation(status=401), 0.01, problem="HTTP 401 DECLINED")
 
 
-class FakeClock:
-    """Monotonic seconds that move only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 500.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class ScriptedPas:
-    """A PasPort that answers from a script (the last answer repeats) and counts its calls."""
-
-    def __init__(self, *replies: PasReply) -> None:
-        self.replies = list(replies)
-        self.requests: list[PasRequest] = []
-        self.gate: asyncio.Event | None = None
-        self.entered = asyncio.Event()
-        self.cancel_next = False
-
-    async def adjust(self, request: PasRequest, *, deadline: float) -> PasReply:
-        self.requests.append(request)
-        self.entered.set()
-        if self.cancel_next:
-            self.cancel_next = False
-            raise asyncio.CancelledError
-        if self.gate is not None:
-            await self.gate.wait()
-        assert self.replies, "the test scripted no reply"
-        return self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
-
-
 class Rig:
     def __init__(self) -> None:
         self.clock = FakeClock()
         self.breaker = CircuitBreaker(THRESHOLD, OPEN_S, self.clock)
-        self.inner = ScriptedPas()
+        self.inner = ScriptedPas(repeat_last=True)  # the last answer repeats
         self.pas = GuardedPas(self.inner, self.breaker)
 
     def script(self, *replies: PasReply) -> None:
-        self.inner.replies = list(replies)
+        self.inner.script = list(replies)
 
     async def calls(self, times: int) -> list[PasReply]:
         return [await self.pas.adjust(REQUEST, deadline=FAR) for _ in range(times)]

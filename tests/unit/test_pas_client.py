@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,7 +25,7 @@ from service.security.jwe import JweDecrypter, JweEncrypter
 from service.security.keys import kid_for_certificate, load_certificate, load_private_key
 from service.settings import PasSettings
 from tests.conftest import CONSUMER_KEY
-from tests.http_support import Recorder
+from tests.http_support import Chunks, Recorder, streamed
 
 BASE_URL = "https://sandbox.api.mastercard.com/loyalty"
 REQUEST = PasRequest(
@@ -96,33 +95,6 @@ def pas_reads(sent: httpx.Request, field: str = "encryptedValue") -> Any:
 @pytest.fixture
 def settings() -> PasSettings:
     return PasSettings(base_url=BASE_URL + "/")
-
-
-class Chunks(httpx.AsyncByteStream):
-    """A response body served in chunks, as a transport streams it; counts the chunks pulled."""
-
-    def __init__(self, body: bytes, size: int = 4096, pause_s: float = 0.0) -> None:
-        self.body = body
-        self.size = size
-        self.pause_s = pause_s
-        self.pulled = 0
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for start in range(0, len(self.body), self.size):
-            if self.pause_s:
-                await asyncio.sleep(self.pause_s)
-            self.pulled += 1
-            yield self.body[start : start + self.size]
-
-
-def streamed(answer: httpx.Response | Exception) -> httpx.Response | Exception:
-    """``answer`` with its body streamed, as a real transport delivers it (httpx builds a
-    ``Response(content=...)`` already read, which a streaming reader cannot read again)."""
-    if isinstance(answer, httpx.Response) and answer.is_stream_consumed:
-        return httpx.Response(
-            answer.status_code, headers=answer.headers, stream=Chunks(answer.content)
-        )
-    return answer
 
 
 async def call(

@@ -36,12 +36,12 @@ from service.domain.reconcile import (
     HistoryEntry,
     HistoryFailed,
     HistoryFound,
-    HistoryLookup,
     reason_with_reference,
     reference_for,
 )
 from service.idempotency.base import IdempotencyRecord, State
 from service.idempotency.memory import MemoryStore
+from tests.fakes import FakeHistory, FakeWallClock, ScriptedPas
 
 T0 = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
 TOPIC = "points-adjustments.requested.v1"
@@ -131,53 +131,6 @@ def raw_command(**overrides: Any) -> dict[str, Any]:
     return raw
 
 
-class FakeClock:
-    """A clock that moves only when told to."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
-class ScriptedPas:
-    """A PasPort answering from a script, recording every request it gets."""
-
-    def __init__(self) -> None:
-        self.script: list[PasReply] = []
-        self.requests: list[PasRequest] = []
-        self.deadlines: list[float] = []
-
-    def then(self, *replies: PasReply) -> None:
-        self.script.extend(replies)
-
-    async def adjust(self, request: PasRequest, *, deadline: float) -> PasReply:
-        self.requests.append(request)
-        self.deadlines.append(deadline)
-        assert self.script, "PAS was called more often than the test scripted"
-        return self.script.pop(0)
-
-
-class FakeHistory:
-    """A HistoryPort answering from a script, recording the accounts looked up."""
-
-    def __init__(self) -> None:
-        self.script: list[HistoryLookup] = []
-        self.accounts: list[str] = []
-
-    def then(self, *lookups: HistoryLookup) -> None:
-        self.script.extend(lookups)
-
-    async def lookup(self, account_number: str) -> HistoryLookup:
-        self.accounts.append(account_number)
-        assert self.script, "the history was looked up more often than the test scripted"
-        return self.script.pop(0)
-
-
 class Harness:
     """A Processor wired to fakes, and helpers to feed it records."""
 
@@ -186,7 +139,7 @@ class Harness:
         self.store = MemoryStore()
         self.pas = ScriptedPas()
         self.history = FakeHistory()
-        self.clock = FakeClock(T0)
+        self.clock = FakeWallClock(T0)
         self.processor = Processor(
             decode=command_decoder(codec),
             store=self.store,

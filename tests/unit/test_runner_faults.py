@@ -26,7 +26,8 @@ from service.kafka.deadletter import DeadLetterPublisher
 from service.kafka.runner import CommandRunner
 from service.metrics import Metrics
 from service.settings import KafkaSettings
-from tests.unit.test_processor import APPLIED, CONFIG, ScriptedPas, raw_command
+from tests.fakes import ScriptedPas
+from tests.unit.test_processor import APPLIED, CONFIG, raw_command
 
 TOPIC = "commands"
 TP = TopicPartition(TOPIC, 0)

@@ -1,0 +1,124 @@
+"""Test doubles shared by the unit tests: clocks that move when told to, and a PAS and a
+history that answer from a script.
+
+The fakes of the command runner's Kafka ports live in ``tests/unit/runner_fakes.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+
+from service.domain.ports import PasReply, PasRequest
+from service.domain.reconcile import HistoryLookup
+
+
+class FakeClock:
+    """Monotonic seconds that move only when the test says so; ``sleep`` moves them too and
+    records how long each sleep was."""
+
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+class FakeWallClock:
+    """A wall clock (aware datetimes) that moves only when told to."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+class ScriptedPas:
+    """A ``PasPort`` answering from a script, recording every request and its deadline.
+
+    Replies come in turn; with ``repeat_last`` the last one answers every later call, without
+    it a call beyond the script fails the test. ``gate`` holds every call while it is clear
+    (it starts set); ``entered`` is set when a call comes in; ``cancel_next`` makes the next
+    call raise ``CancelledError``, as if its task were cancelled mid-call.
+    """
+
+    def __init__(self, *replies: PasReply, repeat_last: bool = False) -> None:
+        self.script = list(replies)
+        self.repeat_last = repeat_last
+        self.requests: list[PasRequest] = []
+        self.deadlines: list[float] = []
+        self.gate = _opened()
+        self.entered = asyncio.Event()
+        self.cancel_next = False
+
+    def then(self, *replies: PasReply) -> None:
+        self.script.extend(replies)
+
+    async def adjust(self, request: PasRequest, *, deadline: float) -> PasReply:
+        self.requests.append(request)
+        self.deadlines.append(deadline)
+        self.entered.set()
+        if self.cancel_next:
+            self.cancel_next = False
+            raise asyncio.CancelledError
+        await self.gate.wait()
+        assert self.script, "PAS was called more often than the test scripted"
+        if self.repeat_last and len(self.script) == 1:
+            return self.script[0]
+        return self.script.pop(0)
+
+
+class FakeHistory:
+    """A ``HistoryPort`` answering from a script, recording the accounts looked up, the
+    correlation ids and the deadlines they came with.
+
+    ``gate``, ``entered`` and ``cancel_next`` work as in :class:`ScriptedPas`.
+    """
+
+    def __init__(self, *lookups: HistoryLookup) -> None:
+        self.script = list(lookups)
+        self.accounts: list[str] = []
+        self.correlation_ids: list[str | None] = []
+        self.deadlines: list[float | None] = []
+        self.gate = _opened()
+        self.entered = asyncio.Event()
+        self.cancel_next = False
+
+    def then(self, *lookups: HistoryLookup) -> None:
+        self.script.extend(lookups)
+
+    async def lookup(
+        self,
+        account_number: str,
+        *,
+        correlation_id: str | None = None,
+        deadline: float | None = None,
+    ) -> HistoryLookup:
+        self.accounts.append(account_number)
+        self.correlation_ids.append(correlation_id)
+        self.deadlines.append(deadline)
+        self.entered.set()
+        if self.cancel_next:
+            self.cancel_next = False
+            raise asyncio.CancelledError
+        await self.gate.wait()
+        assert self.script, "the history was looked up more often than the test scripted"
+        return self.script.pop(0)
+
+
+def _opened() -> asyncio.Event:
+    gate = asyncio.Event()
+    gate.set()
+    return gate
