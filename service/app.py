@@ -40,10 +40,10 @@ from service.kafka.runner import CommandRunner
 from service.metrics import Metrics
 from service.pas.client import PasClient, open_http_client
 from service.pas.credentials import load_credentials
-from service.pas.guarded import GuardedPas
-from service.pas.history import PasHistoryClient
-from service.pas.limited import LimitedPas
-from service.pas.metered import MeteredPas
+from service.pas.guarded import GuardedHistory, GuardedPas
+from service.pas.history import PasHistoryClient, TimedHistoryPort
+from service.pas.limited import LimitedHistory, LimitedPas
+from service.pas.metered import MeteredHistory, MeteredPas
 from service.redact import redact_url
 from service.settings import LEASE_MARGIN_S, IdempotencySettings, KafkaSettings, Settings
 from service.tools.topics import service_topics
@@ -182,7 +182,11 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
             )
             metrics.pas_concurrency_limit.set(limit.limit)  # it starts low (slow start)
             pas = LimitedPas(pas, limit, RatePacer(time.monotonic))
-        history = PasHistoryClient(http, settings.pas, credentials)
+        history: TimedHistoryPort = GuardedHistory(
+            MeteredHistory(PasHistoryClient(http, settings.pas, credentials), metrics), breaker
+        )
+        if isinstance(pas, LimitedPas):  # a lookup takes its slot from the calls' pool
+            history = LimitedHistory(history, pas.slots, settings.pas.call_timeout_s)
         if settings.metrics.enabled:
             url = await stack.enter_async_context(
                 serve_endpoints(metrics, health, settings.metrics.host, settings.metrics.port)

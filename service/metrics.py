@@ -62,6 +62,20 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.pas_history_requests = Counter(
+            "points_adjuster_pas_history_requests_total",
+            "PAS history lookups (reconciliation) by result (found, incomplete, failed) and"
+            " HTTP status (none when no answer came).",
+            ["result", "status"],
+            registry=r,
+        )
+        self.pas_history_latency = Histogram(
+            "points_adjuster_pas_history_request_duration_seconds",
+            "Duration of PAS history lookups, by result.",
+            ["result"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.processing = Histogram(
             "points_adjuster_command_duration_seconds",
             "From taking a command to its outcome being acknowledged by Kafka.",

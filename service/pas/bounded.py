@@ -17,6 +17,10 @@ failures are httpx's ``RequestError``s, left to the caller to classify.
 
 Neither transport inflates under ``aiter_raw``: httpcore hands over the bytes as received,
 and httpx-aiohttp's transport passes ``auto_decompress=False`` to aiohttp on every request.
+
+Both PAS clients (the adjustment and the history) exchange through here, and share what
+goes with it: the correlation headers, the least time worth sending a request with, and how
+a failed exchange is described.
 """
 
 from __future__ import annotations
@@ -29,6 +33,12 @@ import httpx
 from service.errors import PointsAdjusterError
 
 IDENTITY = "identity"
+CORRELATION_HEADER = "Correlation-Id"
+"""Our correlation id on a request: the command's ``correlation_id``."""
+RESPONSE_CORRELATION_HEADER = "X-MC-Correlation-ID"
+"""PAS's correlation id of the exchange, logged next to ours."""
+MIN_CALL_S = 0.05
+"""A request with less time than this before its deadline is not sent at all."""
 
 
 @dataclass(frozen=True)
@@ -109,3 +119,8 @@ async def _read_capped(response: httpx.Response, max_bytes: int) -> bytes | None
 
 def _too_large(max_bytes: int) -> str:
     return f"answer larger than {max_bytes} bytes"
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of a failed exchange (the type alone when there is no message)."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

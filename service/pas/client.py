@@ -24,7 +24,15 @@ import structlog
 
 from service.domain.classification import Observation, Transport
 from service.domain.ports import PasReply, PasRequest
-from service.pas.bounded import Answer, DeadlineError, exchange
+from service.pas.bounded import (
+    CORRELATION_HEADER,
+    MIN_CALL_S,
+    RESPONSE_CORRELATION_HEADER,
+    Answer,
+    DeadlineError,
+    describe,
+    exchange,
+)
 from service.pas.credentials import Credentials
 from service.pas.envelope import parse_envelope
 from service.pas.jwe_codec import JweBodyCodec
@@ -33,11 +41,6 @@ from service.settings import PasSettings
 
 log = structlog.get_logger("service.pas")
 
-CORRELATION_HEADER = "Correlation-Id"
-RESPONSE_CORRELATION_HEADER = "X-MC-Correlation-ID"
-
-MIN_CALL_S = 0.05
-"""A call with less time than this before its deadline is not sent at all."""
 NOT_SENT_MARGIN_S = 0.05
 """How long before the deadline waiting for a connection, and connecting, give up."""
 
@@ -147,13 +150,13 @@ class PasClient:
             return PasReply(
                 Observation(transport=Transport.READ_TIMEOUT),
                 time.monotonic() - started,
-                problem=_describe(exc),
+                problem=describe(exc),
             )
         except httpx.RequestError as exc:
             return PasReply(
                 Observation(transport=transport_failure(exc)),
                 time.monotonic() - started,
-                problem=_describe(exc),
+                problem=describe(exc),
             )
         return self._read(answer, time.monotonic() - started, request.correlation_id)
 
@@ -257,10 +260,6 @@ def _retry_after(value: str | None) -> float | None:
     except ValueError:
         return None
     return seconds if seconds >= 0 else None
-
-
-def _describe(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def http_timeout(settings: PasSettings) -> httpx.Timeout:

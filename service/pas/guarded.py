@@ -1,12 +1,23 @@
-"""A ``PasPort`` decorator that stops calling PAS while it is failing (circuit breaker)."""
+"""Decorators that stop sending to PAS while it is failing (circuit breaker).
+
+``GuardedPas`` guards the adjustment calls and ``GuardedHistory`` the history lookups, on
+the one breaker of the process: both go to the same PAS, so both tell it how PAS is doing,
+and an open circuit stops both. A lookup refused by an open circuit fails at once, nothing
+sent, as ``HistoryFailed("circuit open")``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 
 from service.domain.circuit import CircuitBreaker
-from service.domain.classification import UNHEALTHY, Observation, Transport
+from service.domain.classification import UNHEALTHY, Observation, Transport, classify
 from service.domain.ports import PasPort, PasReply, PasRequest
+from service.domain.reconcile import HistoryFailed, HistoryLookup
+from service.pas.history import TimedHistoryPort
+
+CIRCUIT_OPEN = "circuit open"
+"""The problem of a lookup the open circuit kept from PAS."""
 
 
 class GuardedPas:
@@ -33,3 +44,42 @@ class GuardedPas:
         else:
             self._breaker.record_success()
         return reply
+
+
+class GuardedHistory:
+    def __init__(self, inner: TimedHistoryPort, breaker: CircuitBreaker) -> None:
+        self._inner = inner
+        self._breaker = breaker
+
+    async def lookup(
+        self,
+        account_number: str,
+        *,
+        correlation_id: str | None = None,
+        deadline: float | None = None,
+    ) -> HistoryLookup:
+        if not self._breaker.allow():
+            return HistoryFailed(CIRCUIT_OPEN, None)
+        try:
+            found = await self._inner.lookup(
+                account_number, correlation_id=correlation_id, deadline=deadline
+            )
+        except asyncio.CancelledError:
+            self._breaker.release_probe()
+            raise
+        if unhealthy(found):
+            self._breaker.record_failure()
+        else:
+            self._breaker.record_success()
+        return found
+
+
+def unhealthy(lookup: HistoryLookup) -> bool:
+    """Whether a lookup says PAS is loaded or unwell, as the classification table reads an
+    adjustment call: no answer at all (unreachable, timed out), or a 429 or a 5xx. Any other
+    answer, a refusal included, says PAS is up."""
+    if not isinstance(lookup, HistoryFailed):
+        return False
+    if lookup.status is None:
+        return True
+    return classify(Observation(status=lookup.status)).action in UNHEALTHY

@@ -7,10 +7,16 @@ it comes as a JWE wrapper. It never raises for what PAS or the network does: eve
 is a ``HistoryFailed``. One malformed entry fails the whole lookup, since skipping it could
 hide the very adjustment being looked for and turn "applied" into "absent".
 
-A lookup is bounded like an adjustment call (``service.pas.bounded``): one deadline
-(``call_timeout_s``) for the whole exchange, at most ``max_response_bytes`` read, nothing
-decompressed; running out of time, an answer too long or a compressed one is a
-``HistoryFailed`` saying so.
+A lookup is bounded like an adjustment call (``service.pas.bounded``): one deadline for the
+whole exchange (``call_timeout_s``, or the caller's ``deadline`` when sooner), at most
+``max_response_bytes`` read, nothing decompressed; running out of time, an answer too long
+or a compressed one is a ``HistoryFailed`` saying so. It carries the command's correlation
+id in ``Correlation-Id``, as an adjustment call does.
+
+Like adjustment calls, lookups go through the circuit breaker, the adaptive limit and the
+metrics: the decorators in ``guarded``, ``limited`` and ``metered`` wrap this client, each
+a :class:`TimedHistoryPort`, so the deadline a lookup got its slot under reaches the
+exchange.
 
 Paging is not documented for this endpoint. An answer that shows signs of it (a link or
 token to a next page, a "more" flag, or a total above the entries returned) is read as
@@ -23,14 +29,23 @@ masked in any problem text an exception might carry.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import structlog
 
+from service.domain.command import mask_account
 from service.domain.reconcile import HistoryEntry, HistoryFailed, HistoryFound, HistoryLookup
 from service.errors import PointsAdjusterError
-from service.pas.bounded import Answer, DeadlineError, exchange
+from service.pas.bounded import (
+    CORRELATION_HEADER,
+    MIN_CALL_S,
+    RESPONSE_CORRELATION_HEADER,
+    Answer,
+    DeadlineError,
+    describe,
+    exchange,
+)
 from service.pas.credentials import Credentials
 from service.pas.envelope import parse_envelope
 from service.pas.jwe_codec import JweBodyCodec
@@ -45,22 +60,35 @@ __all__ = [
     "HistoryFound",
     "HistoryLookup",
     "PasHistoryClient",
+    "TimedHistoryPort",
 ]
 
 log = structlog.get_logger("service.pas")
 
 DEFAULT_HISTORY_PATH = "/points-adjustments-details"
 DEFAULT_USER_ID_TYPE = "RANAC"
-CORRELATION_HEADER = "Correlation-Id"
-RESPONSE_CORRELATION_HEADER = "X-MC-Correlation-ID"
 
 
 class MalformedHistoryError(PointsAdjusterError):
     """The 200 answer is not the history's shape."""
 
 
+class TimedHistoryPort(Protocol):
+    """A ``HistoryPort`` that also takes a deadline (a ``time.monotonic()`` instant) by which
+    the lookup is over: what the decorators of ``service.pas`` pass down to the client."""
+
+    async def lookup(
+        self,
+        account_number: str,
+        *,
+        correlation_id: str | None = None,
+        deadline: float | None = None,
+    ) -> HistoryLookup: ...
+
+
 class PasHistoryClient:
-    """Implements ``HistoryPort`` over HTTP, on the process's pooled ``httpx.AsyncClient``."""
+    """Implements ``HistoryPort`` (and ``TimedHistoryPort``) over HTTP, on the process's
+    pooled ``httpx.AsyncClient``."""
 
     def __init__(
         self,
@@ -86,20 +114,33 @@ class PasHistoryClient:
         self._max_bytes = settings.max_response_bytes
 
     async def lookup(
-        self, account_number: str, *, correlation_id: str | None = None
+        self,
+        account_number: str,
+        *,
+        correlation_id: str | None = None,
+        deadline: float | None = None,
     ) -> HistoryLookup:
-        """Every adjustment of the account, oldest first, or why they could not be read."""
+        """Every adjustment of the account, oldest first, or why they could not be read.
+
+        ``correlation_id`` goes out as ``Correlation-Id``; the lookup is over by ``deadline``
+        (a ``time.monotonic()`` instant) or ``call_timeout_s``, whichever comes first.
+        """
         started = time.monotonic()
+        end = started + self._call_timeout_s
+        remaining = (end if deadline is None else min(deadline, end)) - started
+        if remaining < MIN_CALL_S:
+            problem = f"{max(remaining, 0.0) * 1000:.0f} ms left before the deadline: not sent"
+            return _failed(problem, None, started, correlation_id)
         try:
             answer = await exchange(
                 self._http,
                 self._build(account_number, correlation_id),
                 max_bytes=self._max_bytes,
-                timeout_s=self._call_timeout_s,
+                timeout_s=remaining,
                 auth=self._auth,
             )
         except (httpx.HTTPError, httpx.InvalidURL, DeadlineError) as exc:
-            problem = _mask(_describe(exc), account_number)
+            problem = _mask(describe(exc), account_number)
             return _failed(problem, None, started, correlation_id)
         their_id = answer.headers.get(RESPONSE_CORRELATION_HEADER)
         if answer.status != 200 or answer.body is None:
@@ -122,7 +163,7 @@ class PasHistoryClient:
 
     def _build(self, account_number: str, correlation_id: str | None) -> httpx.Request:
         headers = {"Accept": "application/json"}
-        if correlation_id is not None:
+        if correlation_id:
             headers[CORRELATION_HEADER] = correlation_id
         params = {"user_id": account_number, "user_id_type": self._user_id_type}
         return self._http.build_request("GET", self._url, params=params, headers=headers)
@@ -208,13 +249,8 @@ def _failed(
     return HistoryFailed(problem, status)
 
 
-def _describe(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
 def _mask(text: str, account_number: str) -> str:
-    """``text`` with the account number replaced by its last four digits."""
+    """``text`` with the account number masked as everywhere else (``mask_account``)."""
     if not account_number:
         return text
-    masked = "****" + account_number[-4:] if len(account_number) > 4 else "****"
-    return text.replace(account_number, masked)
+    return text.replace(account_number, mask_account(account_number))

@@ -1,4 +1,11 @@
-"""A ``PasPort`` decorator that keeps PAS calls under an adaptive limit, paced after a 429."""
+"""Decorators that keep PAS requests under an adaptive limit, paced after a 429.
+
+Adjustment calls (``LimitedPas``) and history lookups (``LimitedHistory``) go to the same
+PAS, so they take their slots from one pool (``CallSlots``): a lookup waits for a slot, and
+after a 429 for its turn, like a call, never past its deadline. Only adjustment calls teach
+the limit and the pacer: a lookup is rare (one after an unknown outcome) and reads, so how
+it ends says little about how PAS copes with adjustments.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,8 @@ import time
 from service.domain.adaptive import AdaptiveLimit, RatePacer
 from service.domain.classification import UNHEALTHY, Observation, Transport
 from service.domain.ports import PasPort, PasReply, PasRequest
+from service.domain.reconcile import HistoryFailed, HistoryLookup
+from service.pas.history import TimedHistoryPort
 
 RATE_LIMITED = 429
 
@@ -17,16 +26,12 @@ def not_sent(problem: str) -> PasReply:
     return PasReply(Observation(transport=Transport.POOL_TIMEOUT), 0.0, problem=problem)
 
 
-class LimitedPas:
-    """Waits for a slot under ``limit`` (and, after a 429, for its turn under ``pacer``)
-    before each call, and feeds both the reply."""
+class CallSlots:
+    """The PAS requests in flight, held under ``limit``; after a 429, ``pacer`` spaces them."""
 
-    def __init__(
-        self, inner: PasPort, limit: AdaptiveLimit, pacer: RatePacer | None = None
-    ) -> None:
-        self._inner = inner
-        self._limit = limit
-        self._pacer = pacer
+    def __init__(self, limit: AdaptiveLimit, pacer: RatePacer | None = None) -> None:
+        self.limit = limit
+        self.pacer = pacer
         self._in_flight = 0
         self._waiting = 0
         self._room = asyncio.Condition()
@@ -35,46 +40,109 @@ class LimitedPas:
     def in_flight(self) -> int:
         return self._in_flight
 
-    async def adjust(self, request: PasRequest, *, deadline: float) -> PasReply:
-        """Wait for a slot and a turn, but never past ``deadline``: a call that could not
-        start in time is reported as not sent, so its claim never outlives its lease."""
-        if self._in_flight >= self._limit.limit:
+    async def take(self, deadline: float) -> str | None:
+        """Wait for a slot and a turn, but never past ``deadline``.
+
+        ``None`` once the slot is taken (hand it back with :meth:`give_back` when the request
+        is over); else why no slot came in time (nothing is held then).
+        """
+        if self._in_flight >= self.limit.limit:
             self._waiting += 1
             try:
                 async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
                     async with self._room:
-                        await self._room.wait_for(lambda: self._in_flight < self._limit.limit)
+                        await self._room.wait_for(lambda: self._in_flight < self.limit.limit)
             except TimeoutError:
-                return not_sent("no PAS call slot came free before the call's deadline")
+                return "no PAS call slot came free before the call's deadline"
             finally:
                 self._waiting -= 1
         self._in_flight += 1
         try:
-            if self._pacer is not None and (pause := self._pacer.delay()) > 0:
+            if self.pacer is not None and (pause := self.pacer.delay()) > 0:
                 if time.monotonic() + pause >= deadline:
-                    return not_sent("paced after a 429: no turn before the call's deadline")
+                    await self.give_back()
+                    return "paced after a 429: no turn before the call's deadline"
                 await asyncio.sleep(pause)
+        except asyncio.CancelledError:
+            await self.give_back()
+            raise
+        return None
+
+    async def give_back(self) -> None:
+        """The request is over: free its slot, and let waiters in (the limit may have grown)."""
+        self._in_flight -= 1
+        room = self.limit.limit - self._in_flight
+        if room > 0 and self._waiting:  # nobody waits in the common case: no lock taken
+            async with self._room:
+                self._room.notify(room)
+
+
+class LimitedPas:
+    """Takes a slot (and, after a 429, a turn) before each call, and feeds the limit and the
+    pacer the reply. ``slots`` may be shared with :class:`LimitedHistory`."""
+
+    def __init__(
+        self, inner: PasPort, limit: AdaptiveLimit, pacer: RatePacer | None = None
+    ) -> None:
+        self._inner = inner
+        self.slots = CallSlots(limit, pacer)
+
+    @property
+    def in_flight(self) -> int:
+        return self.slots.in_flight
+
+    async def adjust(self, request: PasRequest, *, deadline: float) -> PasReply:
+        """Wait for a slot and a turn, but never past ``deadline``: a call that could not
+        start in time is reported as not sent, so its claim never outlives its lease."""
+        problem = await self.slots.take(deadline)
+        if problem is not None:
+            return not_sent(problem)
+        try:
             reply = await self._inner.adjust(request, deadline=deadline)
             self._learn(reply)
             return reply
         finally:
-            self._in_flight -= 1
-            await self._wake()  # a slot is free, and the limit may have grown
+            await self.slots.give_back()
 
     def _learn(self, reply: PasReply) -> None:
         if reply.observation.transport is Transport.CIRCUIT_OPEN:
             return  # nothing was sent: it says nothing about PAS's load
+        limit, pacer = self.slots.limit, self.slots.pacer
         if reply.rule.action in UNHEALTHY:
-            self._limit.on_overload(reply.duration_s)
-            if self._pacer is not None and reply.observation.status == RATE_LIMITED:
-                self._pacer.on_throttled()
+            limit.on_overload(reply.duration_s)
+            if pacer is not None and reply.observation.status == RATE_LIMITED:
+                pacer.on_throttled()
         else:
-            self._limit.on_success()
-            if self._pacer is not None:
-                self._pacer.on_accepted()
+            limit.on_success()
+            if pacer is not None:
+                pacer.on_accepted()
 
-    async def _wake(self) -> None:
-        room = self._limit.limit - self._in_flight
-        if room > 0 and self._waiting:  # nobody waits in the common case: no lock taken
-            async with self._room:
-                self._room.notify(room)
+
+class LimitedHistory:
+    """Takes a slot from ``slots`` (and, after a 429, a turn) before each lookup, within the
+    lookup's deadline: the caller's, else ``call_timeout_s`` from now. The same deadline
+    goes down to the exchange, so waiting and reading together end by it."""
+
+    def __init__(self, inner: TimedHistoryPort, slots: CallSlots, call_timeout_s: float) -> None:
+        self._inner = inner
+        self._slots = slots
+        self._call_timeout_s = call_timeout_s
+
+    async def lookup(
+        self,
+        account_number: str,
+        *,
+        correlation_id: str | None = None,
+        deadline: float | None = None,
+    ) -> HistoryLookup:
+        if deadline is None:
+            deadline = time.monotonic() + self._call_timeout_s
+        problem = await self._slots.take(deadline)
+        if problem is not None:
+            return HistoryFailed(problem, None)
+        try:
+            return await self._inner.lookup(
+                account_number, correlation_id=correlation_id, deadline=deadline
+            )
+        finally:
+            await self._slots.give_back()

@@ -1,9 +1,19 @@
-"""A ``PasPort`` decorator that records every call in the metrics."""
+"""Decorators that record every PAS request in the metrics: ``MeteredPas`` the adjustment
+calls, ``MeteredHistory`` the history lookups.
+
+A lookup is counted by result (``found``, ``incomplete``: the answer says there is more,
+``failed``) and HTTP status (``none`` when no answer came), and timed by result.
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from service.domain.ports import PasPort, PasReply, PasRequest
+from service.domain.reconcile import HistoryFound, HistoryLookup
 from service.metrics import Metrics
+from service.pas.history import TimedHistoryPort
 
 
 class MeteredPas:
@@ -19,3 +29,38 @@ class MeteredPas:
         self._metrics.pas_requests.labels(action, status).inc()
         self._metrics.pas_latency.labels(action).observe(reply.duration_s)
         return reply
+
+
+class MeteredHistory:
+    def __init__(
+        self,
+        inner: TimedHistoryPort,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._inner = inner
+        self._metrics = metrics
+        self._clock = clock
+
+    async def lookup(
+        self,
+        account_number: str,
+        *,
+        correlation_id: str | None = None,
+        deadline: float | None = None,
+    ) -> HistoryLookup:
+        started = self._clock()
+        found = await self._inner.lookup(
+            account_number, correlation_id=correlation_id, deadline=deadline
+        )
+        result, status = _labels(found)
+        self._metrics.pas_history_requests.labels(result, status).inc()
+        self._metrics.pas_history_latency.labels(result).observe(self._clock() - started)
+        return found
+
+
+def _labels(lookup: HistoryLookup) -> tuple[str, str]:
+    """(result, status) of a lookup, both from small fixed sets."""
+    if isinstance(lookup, HistoryFound):
+        return ("found" if lookup.complete else "incomplete"), "200"
+    return "failed", str(lookup.status) if lookup.status is not None else "none"

@@ -15,6 +15,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from pa_devkit.keys import DEV_P12_PASSWORD, DevKeySet
+from service.domain.command import mask_account
 from service.domain.reconcile import HistoryEntry, HistoryFailed, HistoryFound, HistoryLookup
 from service.pas.credentials import Credentials, load_credentials
 from service.pas.history import PasHistoryClient
@@ -23,8 +24,7 @@ from service.security.keys import load_certificate
 from service.security.oauth1 import body_hash
 from service.settings import PasSettings
 from tests.conftest import CONSUMER_KEY
-from tests.http_support import Recorder
-from tests.unit.test_pas_client import Chunks, streamed
+from tests.http_support import Chunks, Recorder, streamed
 
 BASE_URL = "https://sandbox.api.mastercard.com/loyalty"
 ACCOUNT = "5123456789012345000"
@@ -65,13 +65,16 @@ async def lookup(
     dev_keyset: DevKeySet,
     answer: httpx.Response | Exception,
     overrides: dict[str, Any] | None = None,
+    *,
+    correlation_id: str | None = "corr-9",
+    deadline: float | None = None,
     **kwargs: Any,
 ) -> tuple[HistoryLookup, Recorder]:
     recorder = Recorder(streamed(answer))
     settings = settings_for(dev_keyset, **(overrides or {}))
     async with httpx.AsyncClient(transport=httpx.MockTransport(recorder)) as http:
         client = PasHistoryClient(http, settings, credentials, **kwargs)
-        result = await client.lookup(ACCOUNT, correlation_id="corr-9")
+        result = await client.lookup(ACCOUNT, correlation_id=correlation_id, deadline=deadline)
     return result, recorder
 
 
@@ -99,6 +102,15 @@ async def test_the_request_is_a_signed_get_with_the_account_in_the_query(
     assert f'oauth_body_hash="{body_hash(b"")}"' in authorization
     assert f'oauth_consumer_key="{CONSUMER_KEY}"' in authorization
     assert sent.headers["Correlation-Id"] == "corr-9"
+
+
+async def test_without_a_correlation_id_no_correlation_header_is_sent(
+    credentials: Credentials, dev_keyset: DevKeySet
+) -> None:
+    """A lookup given no correlation id sends no Correlation-Id header (never an empty one)."""
+    _, recorder = await lookup(credentials, dev_keyset, history(), correlation_id=None)
+
+    assert "Correlation-Id" not in recorder.requests[0].headers
 
 
 async def test_path_and_user_id_type_are_configurable(
@@ -288,6 +300,18 @@ async def test_a_transport_error_is_a_failure_without_status(
     assert ACCOUNT not in result.problem
 
 
+async def test_the_account_in_a_failure_is_masked_as_everywhere_else(
+    credentials: Credentials, dev_keyset: DevKeySet
+) -> None:
+    """An account number in an error's message shows as ``mask_account`` shows it."""
+    error = httpx.ConnectError(f"refused for user_id={ACCOUNT}")
+
+    result, _ = await lookup(credentials, dev_keyset, error)
+
+    assert isinstance(result, HistoryFailed)
+    assert result.problem == f"ConnectError: refused for user_id={mask_account(ACCOUNT)}"
+
+
 # --- bounded answers: size, compression, one deadline ------------------------------------------
 
 CAP = 4096
@@ -357,6 +381,39 @@ async def test_a_trickling_history_fails_at_the_call_timeout(
 
     assert time.monotonic() - started < 0.5
     assert result == HistoryFailed("DeadlineError: no complete answer within 0.2 s", None)
+
+
+async def test_a_sooner_deadline_of_the_caller_bounds_the_exchange(
+    credentials: Credentials, dev_keyset: DevKeySet
+) -> None:
+    """A deadline sooner than call_timeout_s ends the exchange by that deadline."""
+    trickle = Chunks(b'{"adjustments": []}', size=1, pause_s=0.05)
+    started = time.monotonic()
+
+    result, _ = await lookup(
+        credentials,
+        dev_keyset,
+        httpx.Response(200, stream=trickle),
+        {"call_timeout_s": 30.0},
+        deadline=started + 0.2,
+    )
+
+    assert time.monotonic() - started < 0.5
+    assert isinstance(result, HistoryFailed)
+    assert result.status is None
+    assert result.problem.startswith("DeadlineError: no complete answer within 0.")
+
+
+async def test_a_lookup_too_close_to_its_deadline_is_not_sent(
+    credentials: Credentials, dev_keyset: DevKeySet
+) -> None:
+    """With less than MIN_CALL_S left before its deadline, a lookup fails without a request."""
+    result, recorder = await lookup(
+        credentials, dev_keyset, history(), deadline=time.monotonic() - 1.0
+    )
+
+    assert result == HistoryFailed("0 ms left before the deadline: not sent", None)
+    assert recorder.requests == []
 
 
 @pytest.mark.parametrize(
