@@ -74,7 +74,6 @@ from benchkit import (
     Sandbox,
     cpu_times,
     filesystem_of,
-    free_port,
     machine_busy_pct,
     machine_busy_ticks,
     measure_crypto_floor,
@@ -88,6 +87,7 @@ from benchkit import (
 
 from pa_devkit.demo import DEMO_CONSUMER_KEY, service_env
 from pa_devkit.keys import DevKeySet, generate_dev_keyset
+from pa_devkit.localinfra.broker_config import free_port
 from service.codec.avro import COMMAND, COMPLETED, AvroCodec
 from service.kafka.clients import ensure_topics, partitions_of
 from service.settings import KafkaSettings

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from pa_devkit.keys import DEV_P12_PASSWORD, DevKeySet, generate_dev_keyset
+from pa_devkit.localinfra.broker_config import free_port
 from pa_devkit.sandbox.app import run_sandbox
 from pa_devkit.sandbox.config import SandboxConfig, SandboxSecurity
 from service.codec.avro import AvroCodec
@@ -58,12 +58,6 @@ async def service_process(env: dict[str, str], log_path: Path) -> AsyncIterator[
                 except TimeoutError:
                     process.kill()
                     await process.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def undecodable_count(metrics_url: str) -> int:

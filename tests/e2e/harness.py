@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 import time
 import uuid
@@ -18,6 +17,7 @@ from typing import Any
 import httpx
 
 from pa_devkit.keys import DevKeySet
+from pa_devkit.localinfra.broker_config import free_port
 from pa_devkit.sandbox.config import SandboxConfig, SandboxSecurity
 from service.codec.avro import AvroCodec
 from service.settings import KafkaSettings
@@ -30,12 +30,6 @@ def secure_sandbox(keyset: DevKeySet, **config: Any) -> SandboxConfig:
     return SandboxConfig(
         port=0, security=SandboxSecurity.from_keyset(keyset, CONSUMER_KEY), **config
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

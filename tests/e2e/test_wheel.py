@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from pa_devkit.keys import DevKeySet
+from pa_devkit.localinfra.broker_config import free_port
 from pa_devkit.sandbox.app import run_sandbox
 from service.codec.avro import AvroCodec
 from tests.conftest import pas_key_env
 from tests.e2e.harness import (
     STARTED_PIDS,
     Topology,
-    free_port,
     originals_per_key,
     secure_sandbox,
     wait_for_originals,

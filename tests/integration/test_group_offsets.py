@@ -4,7 +4,6 @@ real broker cannot be made to produce on demand are played by a fake admin clien
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from typing import Any
@@ -14,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CoordinatorLoadInProgressError, GroupAuthorizationFailedError
 from aiokafka.structs import OffsetAndMetadata
 
+from pa_devkit.localinfra.broker_config import free_port
 from service.errors import StartupError
 from service.kafka.groups import committed_offsets
 from service.settings import KafkaSettings
@@ -104,17 +104,10 @@ async def test_a_missing_topic_has_no_offsets_and_is_not_created(kafka_bootstrap
         await consumer.stop()
 
 
-def closed_port() -> int:
-    """A loopback port nobody listens on (bound, then released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 async def test_no_broker_is_a_startup_error_naming_the_setting() -> None:
     """With nothing listening at the bootstrap address, committed_offsets raises StartupError
     naming the group, the topic and PA_KAFKA__BOOTSTRAP_SERVERS, well within the timeout."""
-    address = f"127.0.0.1:{closed_port()}"
+    address = f"127.0.0.1:{free_port()}"  # nobody listens there
     settings = KafkaSettings(
         bootstrap_servers=address, group_id="g-none", command_topic="t-none", startup_timeout_s=5
     )

@@ -7,7 +7,6 @@ OAuth1-signed, credentials from ``load_credentials``); the history comes back th
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -16,6 +15,7 @@ import httpx
 import pytest
 
 from pa_devkit.keys import DEV_P12_PASSWORD, DevKeySet
+from pa_devkit.localinfra.broker_config import free_port
 from pa_devkit.sandbox import RunningSandbox, SandboxConfig, SandboxSecurity, run_sandbox
 from service.domain.ports import PasRequest
 from service.domain.reconcile import (
@@ -176,10 +176,7 @@ async def test_a_sandbox_that_is_not_listening_is_a_failure_without_status(
     http: httpx.AsyncClient, dev_keyset: DevKeySet
 ) -> None:
     """Connection refused is HistoryFailed with no status, never an exception."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    settings = pas_settings(dev_keyset, f"http://127.0.0.1:{port}{PREFIX}")
+    settings = pas_settings(dev_keyset, f"http://127.0.0.1:{free_port()}{PREFIX}")
     client = PasHistoryClient(http, settings, credentials_for(settings))
 
     result = await client.lookup(ACCOUNT)

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from pa_devkit.keys import DEV_P12_PASSWORD, DevKeySet
+from pa_devkit.localinfra.broker_config import free_port
 from pa_devkit.sandbox.app import run_sandbox
 from pa_devkit.sandbox.faults import FaultConfig
 from service.domain.classification import Action, Transport, classify
@@ -17,7 +18,7 @@ from service.pas.client import PasClient, open_http_client
 from service.pas.credentials import load_credentials
 from service.settings import PasSettings
 from tests.conftest import CONSUMER_KEY
-from tests.e2e.harness import free_port, secure_sandbox
+from tests.e2e.harness import secure_sandbox
 
 REQUEST = PasRequest("5123456789012345000", 10, "GOODWILL", "transport test", "agent-1", "c-1")
 

@@ -94,6 +94,7 @@ from pa_devkit.sandbox.validation import (
     is_valid_account_number,
     parse_adjustment,
 )
+from service.domain.command import mask_account
 
 __all__ = [
     "ADJUSTMENTS_PATH",
@@ -110,7 +111,6 @@ __all__ = [
     "RunningSandbox",
     "build_app",
     "encode_json",
-    "mask_account",
     "parse_json_object",
     "run_sandbox",
     "serve_forever",
@@ -476,13 +476,6 @@ async def serve_forever(
 
 
 # --- helpers ------------------------------------------------------------------------------
-
-
-def mask_account(account: str) -> str:
-    """The account number as logs may show it: ``****`` and the last four digits at most."""
-    if len(account) <= 4:
-        return "****"
-    return "****" + account[-4:]
 
 
 def _abort_connection(request: web.Request, *, reset: bool) -> None:
