@@ -9,25 +9,25 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from service import __version__
-from service.codec.avro import COMMAND, AvroCodec
+from service.codec.avro import AvroCodec
+from service.codec.command import CommandDecoder
 from service.domain.adaptive import AdaptiveLimit, RatePacer
 from service.domain.backoff import BackoffPolicy
 from service.domain.circuit import CircuitBreaker, CircuitState
 from service.domain.command import CommandRules
 from service.domain.ports import PasPort
-from service.domain.processor import Processor, ProcessorConfig
+from service.domain.processor import Decode, Processor, ProcessorConfig
 from service.endpoints import serve_endpoints
-from service.errors import StartupError, UndecodableRecordError
+from service.errors import StartupError
 from service.health import Health
 from service.idempotency.base import IdempotencyStore
 from service.idempotency.continuity import verify_continuity
@@ -58,14 +58,9 @@ async def open_store(settings: IdempotencySettings) -> IdempotencyStore:
     return await SqliteStore.open(settings.sqlite_path)
 
 
-def command_decoder(codec: AvroCodec) -> Any:
-    def decode(value: bytes | None) -> Mapping[str, Any]:
-        name, record = codec.decode(value)
-        if name != COMMAND:
-            raise UndecodableRecordError("UNEXPECTED_SCHEMA", f"a {name} is not a command")
-        return record
-
-    return decode
+def command_decoder(codec: AvroCodec) -> Decode:
+    """What reads each command record's value into a typed value for the processor."""
+    return CommandDecoder(codec)
 
 
 def concurrency_observer(metrics: Metrics) -> Callable[[int], None]:

@@ -18,7 +18,7 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Final
 
 from pydantic import (
     BaseModel,
@@ -30,6 +30,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from service.domain.inbound import DecodedCommand
 from service.domain.limits import (
     CUT_MARKER,
     DEFAULT_MAX_RECORD_BYTES,
@@ -69,10 +70,7 @@ FIELD_REASONS: dict[str, str] = {
 }
 
 UNKNOWN_FIELD_REASON: Final = "INVALID_FIELD"
-MAX_UNKNOWN_FIELDS_REPORTED: Final = 8
-"""Unknown fields past this many are counted in one error, not named one by one."""
-MAX_FIELD_NAME_CHARS: Final = 64
-"""An unknown field is named in its error by a safe copy of its name this long at most."""
+"""The reason code of an error that names no field of the command (none is expected)."""
 
 DROPPED_ENTRIES_KEY: Final = CUT_MARKER
 """The key of the entry that :func:`safe_metadata` adds when it drops entries."""
@@ -194,7 +192,15 @@ class AdjustmentCommand(BaseModel):
 
     def fingerprint(self) -> str:
         """SHA-256 over the business fields: what makes two commands 'the same request'."""
-        return business_fingerprint(self.model_dump())
+        return _fingerprint(
+            (
+                self.bank_account_number,
+                self.points_to_adjust,
+                self.adjustment_type_code,
+                self.adjustment_reason,
+                self.adjusted_by,
+            )
+        )
 
     def published_metadata(self) -> dict[str, str]:
         """The metadata as outcomes carry it: card numbers masked in keys and values.
@@ -223,11 +229,25 @@ BUSINESS_FIELDS = (
 )
 
 
-def business_fingerprint(raw: Mapping[str, Any]) -> str:
-    """SHA-256 over the five PAS fields of a command, valid or not."""
-    body = json.dumps(
-        [raw.get(name) for name in BUSINESS_FIELDS], separators=(",", ":"), default=str
+def business_fingerprint(command: DecodedCommand) -> str:
+    """SHA-256 over the five PAS fields of a command, valid or not.
+
+    Equal to :meth:`AdjustmentCommand.fingerprint` of the command it validates into.
+    """
+    return _fingerprint(
+        (
+            command.bank_account_number,
+            command.points_to_adjust,
+            command.adjustment_type_code,
+            command.adjustment_reason,
+            command.adjusted_by,
+        )
     )
+
+
+def _fingerprint(values: tuple[object, ...]) -> str:
+    # The JSON list of the BUSINESS_FIELDS values, as every version so far has stored it.
+    body = json.dumps(list(values), separators=(",", ":"), default=str)
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
@@ -235,13 +255,15 @@ def business_fingerprint(raw: Mapping[str, Any]) -> str:
 
 
 def validate_command(
-    raw: Mapping[str, Any], rules: CommandRules, *, record_bytes: int = 0
+    command: DecodedCommand, rules: CommandRules, *, record_bytes: int = 0
 ) -> AdjustmentCommand | list[FieldError]:
     """Return the valid command, or every field error found (never raises on bad input).
 
-    ``record_bytes`` is the size of the record that carried ``raw`` (key, value and
+    ``record_bytes`` is the size of the record that carried ``command`` (key, value and
     headers); above ``rules.max_record_bytes`` it is an error on the field ``record``. Each
-    field has at most one error, and no error quotes the value it refuses.
+    field has at most one error, and no error quotes the value it refuses. A value of
+    another type than its field's (only a command built by hand can hold one) is an error
+    on that field too.
     """
     errors: list[FieldError] = []
     if record_bytes > rules.max_record_bytes:
@@ -252,51 +274,36 @@ def validate_command(
                 f"at most {rules.max_record_bytes} bytes (got {record_bytes})",
             )
         )
-    command: AdjustmentCommand | None = None
+    valid: AdjustmentCommand | None = None
     try:
-        command = AdjustmentCommand.model_validate(dict(raw))
+        # The model reads the command's attributes: no mapping of its fields is made.
+        valid = AdjustmentCommand.model_validate(command, from_attributes=True)
     except ValidationError as exc:
         errors.extend(_model_errors(exc))
-    errors.extend(_rule_errors(raw, rules))
-    if errors or command is None:
+    errors.extend(_rule_errors(command, rules))
+    if errors or valid is None:
         return errors
-    return command
+    return valid
 
 
 def _model_errors(exc: ValidationError) -> list[FieldError]:
-    """The first error of each field; other fields named by a safe copy, a few at most."""
+    """The first error of each field, in the order the model found them."""
     errors: list[FieldError] = []
     seen: set[str] = set()
-    unknown = 0
     for problem in exc.errors(include_url=False, include_input=False, include_context=False):
         loc = problem["loc"]
-        name = loc[0] if loc else "command"
-        if name in FIELD_REASONS and problem["type"] != "extra_forbidden":
-            field, reason = str(name), FIELD_REASONS[str(name)]
-        elif name == "command":
-            field, reason = "command", UNKNOWN_FIELD_REASON
-        else:  # a field the command does not have, or a key that is no string
-            unknown += 1
-            if unknown > MAX_UNKNOWN_FIELDS_REPORTED:
-                continue
-            field, reason = _field_name(name), UNKNOWN_FIELD_REASON
-        if field not in seen:
-            seen.add(field)
-            errors.append(FieldError(field, reason, problem["msg"]))
-    if unknown > MAX_UNKNOWN_FIELDS_REPORTED:
-        more = unknown - MAX_UNKNOWN_FIELDS_REPORTED
-        errors.append(FieldError("command", UNKNOWN_FIELD_REASON, f"{more} more unknown fields"))
+        name = str(loc[0]) if loc else "command"
+        reason = FIELD_REASONS.get(name, UNKNOWN_FIELD_REASON)
+        if name not in seen:
+            seen.add(name)
+            errors.append(FieldError(name, reason, problem["msg"]))
     return errors
 
 
-def _field_name(name: object) -> str:
-    return safe_text(name, MAX_FIELD_NAME_CHARS) if isinstance(name, str) else _as_text(name)
-
-
-def _rule_errors(raw: Mapping[str, Any], rules: CommandRules) -> list[FieldError]:
+def _rule_errors(command: DecodedCommand, rules: CommandRules) -> list[FieldError]:
     """The configured rules: the points maximum and the allowed type codes."""
     errors: list[FieldError] = []
-    points = raw.get("points_to_adjust")
+    points: object = command.points_to_adjust
     if isinstance(points, int) and not isinstance(points, bool):
         if points == 0:
             errors.append(FieldError("points_to_adjust", "INVALID_POINTS", "must not be zero"))
@@ -308,7 +315,7 @@ def _rule_errors(raw: Mapping[str, Any], rules: CommandRules) -> list[FieldError
                     f"absolute value must be at most {rules.max_points}",
                 )
             )
-    code = raw.get("adjustment_type_code")
+    code: object = command.adjustment_type_code
     if (
         isinstance(code, str)
         and TYPE_CODE_PATTERN.fullmatch(code)
@@ -352,18 +359,17 @@ def _replace_refused(text: str) -> str:
     )
 
 
-def identify(raw: Mapping[str, Any]) -> tuple[str, str, str]:
+def identify(command: DecodedCommand) -> tuple[str, str, str]:
     """Safe copies of (idempotency key, correlation id, requested_by) of any command.
 
-    A missing or non-string field gives ``""``. A cut or repaired key holds ``…`` or U+FFFD,
-    so it never matches :data:`IDEMPOTENCY_KEY_PATTERN` and is never stored as a key.
+    A cut or repaired key holds ``…`` or U+FFFD, so it never matches
+    :data:`IDEMPOTENCY_KEY_PATTERN` and is never stored as a key.
     """
-
-    def text(name: str) -> str:
-        value = raw.get(name)
-        return safe_text(value, TEXT_LIMITS[name]) if isinstance(value, str) else ""
-
-    return text("idempotency_key"), text("correlation_id"), text("requested_by")
+    return (
+        safe_text(command.idempotency_key, TEXT_LIMITS["idempotency_key"]),
+        safe_text(command.correlation_id, TEXT_LIMITS["correlation_id"]),
+        safe_text(command.requested_by, TEXT_LIMITS["requested_by"]),
+    )
 
 
 def safe_metadata(value: object) -> dict[str, str]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
-from service.domain.outcome import SourceRef
+from service.domain.inbound import Decoded
+from service.domain.outcome import Failed, Outcome, SourceRef, event_id
 
 
 @dataclass(frozen=True)
@@ -21,8 +21,8 @@ class InboundRecord:
     value: bytes | None
     timestamp_ms: int
     headers: tuple[tuple[str, bytes], ...] = ()
-    payload: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
-    """The decoded value when the runner read it already (``Processor.payload_of``)."""
+    payload: Decoded | None = field(default=None, compare=False, repr=False)
+    """The value decoded, when the runner read it already (``Processor.payload_of``)."""
 
     @property
     def source(self) -> SourceRef:
@@ -66,19 +66,90 @@ class DeadLetterRequest:
     first_failure_at: datetime
     last_failure_at: datetime
 
+    @classmethod
+    def after(
+        cls,
+        attempt: Attempt,
+        target: Literal["dlt", "review"],
+        error_class: str,
+        reason: str,
+        detail: str,
+        now: datetime,
+    ) -> DeadLetterRequest:
+        """A copy after ``attempt``: its calls and failure times (``now`` for those missing)."""
+        return cls(
+            target,
+            error_class,
+            reason,
+            detail,
+            attempt.calls,
+            attempt.first_failure_at or now,
+            attempt.last_failure_at or now,
+        )
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class Publish:
-    """Publish this outcome event; then, when ``stored_key`` is set, mark it published."""
+    """Publish this outcome event; then, when ``stored_key`` is set, mark it published.
 
-    kind: Literal["completed", "failed"]
-    payload: dict[str, Any]
-    record_key: str | None
+    The event is ``outcome`` as the record ``source`` answers it: an original (the record
+    that decided it) or, with ``duplicate``, a repeat of a stored one. Build it with
+    :meth:`original`, :meth:`unstored` or :meth:`republished`.
+    """
+
+    outcome: Outcome
+    event_id: str
+    source: SourceRef
     duplicate: bool
-    reason_code: str | None
     stored_key: str | None
     duplicate_kind: str | None = None
     dead_letter: DeadLetterRequest | None = None
+
+    @classmethod
+    def original(cls, outcome: Outcome) -> Publish:
+        """The key's one stored outcome: the key's event id, whichever record publishes it."""
+        key = outcome.info.idempotency_key
+        return cls(outcome, event_id(key), outcome.info.source, False, key)
+
+    @classmethod
+    def unstored(
+        cls,
+        outcome: Outcome,
+        *,
+        duplicate_kind: str | None = None,
+        dead_letter: DeadLetterRequest | None = None,
+    ) -> Publish:
+        """An outcome not stored, so not the key's one outcome: an event id per record."""
+        info = outcome.info
+        return cls(
+            outcome,
+            event_id(info.idempotency_key, info.source),
+            info.source,
+            False,
+            None,
+            duplicate_kind,
+            dead_letter,
+        )
+
+    @classmethod
+    def republished(
+        cls, outcome: Outcome, key: str, source: SourceRef, *, duplicate_kind: str
+    ) -> Publish:
+        """The stored (and published) outcome of ``key`` again, for the repeat at ``source``."""
+        return cls(outcome, event_id(key, source), source, True, key, duplicate_kind)
+
+    @property
+    def kind(self) -> Literal["completed", "failed"]:
+        return self.outcome.kind
+
+    @property
+    def record_key(self) -> str | None:
+        """The event's record key: the account reference (None for an unusable account)."""
+        return self.outcome.info.account_ref
+
+    @property
+    def reason_code(self) -> str | None:
+        return self.outcome.reason_code if isinstance(self.outcome, Failed) else None
 
 
 @dataclass(frozen=True)
@@ -102,18 +173,3 @@ class Retry:
 
 
 Decision = Publish | DeadLetterOnly | Retry
-
-
-def to_stored(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """A JSON-safe copy of an outcome payload (datetimes become epoch milliseconds)."""
-
-    def convert(value: Any) -> Any:
-        if isinstance(value, datetime):
-            return int(value.timestamp() * 1000)
-        if isinstance(value, dict):
-            return {k: convert(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [convert(v) for v in value]
-        return value
-
-    return {key: convert(value) for key, value in payload.items()}

@@ -1,11 +1,15 @@
-"""Outcome events: what the service publishes for every command."""
+"""Outcomes: what the service decides for every command, as typed values.
+
+Building them from a command, a PAS reply and an attempt is
+:mod:`service.domain.outcome_builder`'s job.
+"""
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 from service.domain.command import FieldError
 
@@ -23,9 +27,10 @@ class Reason:
     PAS_UNAVAILABLE = "PAS_UNAVAILABLE"
     OUTCOME_UNKNOWN = "OUTCOME_UNKNOWN"
     IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"
+    EXPIRED = "EXPIRED"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SourceRef:
     """The Kafka coordinates of a command record."""
 
@@ -33,11 +38,8 @@ class SourceRef:
     partition: int
     offset: int
 
-    def as_avro(self) -> dict[str, Any]:
-        return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
 
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ErrorDetail:
     """A field error or one entry of a PAS error envelope."""
 
@@ -51,19 +53,10 @@ class ErrorDetail:
     def from_field_error(cls, error: FieldError, source: str) -> ErrorDetail:
         return cls(source, error.reason_code, error.description, False, error.field)
 
-    def as_avro(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "reason_code": self.reason_code,
-            "description": self.description,
-            "recoverable": self.recoverable,
-            "field": self.field,
-        }
 
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CommandInfo:
-    """What every outcome repeats of its command."""
+    """What every outcome repeats of its command: safe copies only (never the account)."""
 
     idempotency_key: str
     correlation_id: str
@@ -73,7 +66,9 @@ class CommandInfo:
     command_occurred_at: datetime
     received_at: datetime
     source: SourceRef
+    """The record that led to this outcome."""
     metadata: dict[str, str] = field(default_factory=dict)
+    """Never mutated once the outcome is made."""
 
 
 def event_id(key: str, source: SourceRef | None = None) -> str:
@@ -82,24 +77,7 @@ def event_id(key: str, source: SourceRef | None = None) -> str:
     return str(uuid.uuid5(EVENT_NAMESPACE, name))
 
 
-def _common(info: CommandInfo, duplicate: bool, version: str) -> dict[str, Any]:
-    return {
-        "event_id": event_id(info.idempotency_key, info.source if duplicate else None),
-        "idempotency_key": info.idempotency_key,
-        "correlation_id": info.correlation_id,
-        "requested_by": info.requested_by,
-        "account_ref": info.account_ref,
-        "account_masked": info.account_masked,
-        "command_occurred_at": info.command_occurred_at,
-        "received_at": info.received_at,
-        "source": info.source.as_avro(),
-        "duplicate": duplicate,
-        "metadata": dict(info.metadata),
-        "service_version": version,
-    }
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Completed:
     """PAS applied the adjustment."""
 
@@ -111,26 +89,12 @@ class Completed:
     completed_at: datetime
     pas_duration_ms: int
     pas_correlation_id: str | None
-    duplicate: bool = False
+    service_version: str
+    """The version of the service that decided it (a republished outcome keeps it)."""
     kind: Literal["completed"] = "completed"
 
-    def as_duplicate(self, info: CommandInfo) -> Completed:
-        return replace(self, info=info, duplicate=True)
 
-    def as_avro(self, version: str) -> dict[str, Any]:
-        return {
-            **_common(self.info, self.duplicate, version),
-            "adjustment_type_code": self.adjustment_type_code,
-            "points_requested": self.points_requested,
-            "points_adjusted": self.points_adjusted,
-            "attempts": self.attempts,
-            "completed_at": self.completed_at,
-            "pas_duration_ms": self.pas_duration_ms,
-            "pas_correlation_id": self.pas_correlation_id,
-        }
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Failed:
     """The adjustment was not applied, or its result is unknown."""
 
@@ -139,26 +103,15 @@ class Failed:
     description: str
     retryable: bool
     failed_at: datetime
+    service_version: str
+    """The version of the service that decided it (a republished outcome keeps it)."""
     errors: tuple[ErrorDetail, ...] = ()
     http_status: int | None = None
     attempts: int = 0
-    duplicate: bool = False
     kind: Literal["failed"] = "failed"
-
-    def as_duplicate(self, info: CommandInfo) -> Failed:
-        return replace(self, info=info, duplicate=True)
-
-    def as_avro(self, version: str) -> dict[str, Any]:
-        return {
-            **_common(self.info, self.duplicate, version),
-            "reason_code": self.reason_code,
-            "description": self.description,
-            "retryable": self.retryable,
-            "errors": [error.as_avro() for error in self.errors],
-            "http_status": self.http_status,
-            "attempts": self.attempts,
-            "failed_at": self.failed_at,
-        }
 
 
 Outcome = Completed | Failed
+"""One command's outcome. How it is published or stored is the adapters' business
+(``service.codec.outcome``); whether it is an original or a duplicate is the decision's
+(``service.domain.decisions.Publish``)."""

@@ -41,6 +41,9 @@ Errors::
                                    not retriable: every later call fails too
     OwnershipLostError (RuntimeError)  the record is no longer held by the caller: not a fault
                                        of the store, so deliberately not a StoreError
+
+A row whose outcome cannot be read back (damaged, or written by an incompatible version)
+fails the call that read it with a plain ``StoreError``.
 """
 
 from __future__ import annotations
@@ -48,8 +51,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
+from service.domain.outcome import Outcome
 from service.errors import PointsAdjusterError
 
 
@@ -83,8 +87,8 @@ class IdempotencyRecord:
     attempts: int
     created_at: datetime
     updated_at: datetime
-    outcome_kind: str | None = None
-    outcome: dict[str, Any] | None = None
+    outcome: Outcome | None = None
+    """The terminal outcome (set by ``finish``); each backend keeps it in its own form."""
     published: bool = False
     settle_until: datetime | None = None
     """RECONCILING: a history lookup proves absence only from this moment on."""
@@ -107,8 +111,7 @@ class IdempotencyStore(Protocol):
         *,
         owner: str,
         state: State,
-        outcome_kind: str,
-        outcome: dict[str, Any],
+        outcome: Outcome,
         attempts: int,
         now: datetime,
     ) -> None: ...

@@ -5,8 +5,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
 
+from service.domain.outcome import Outcome
 from service.idempotency.base import (
     TERMINAL,
     Claim,
@@ -76,8 +76,7 @@ class MemoryStore:
         *,
         owner: str,
         state: State,
-        outcome_kind: str,
-        outcome: dict[str, Any],
+        outcome: Outcome,
         attempts: int,
         now: datetime,
     ) -> None:
@@ -85,8 +84,7 @@ class MemoryStore:
         self.records[key] = replace(
             record,
             state=state,
-            outcome_kind=outcome_kind,
-            outcome=dict(outcome),
+            outcome=outcome,  # immutable: kept as it is, no copy
             attempts=attempts,
             updated_at=now,
         )

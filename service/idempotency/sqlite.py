@@ -37,6 +37,10 @@ second before the loss was seen already shares that WAL: replacing a database un
 service is never safe, this only makes it noticed.) And ``open`` refuses a path whose
 database is missing while a non-empty WAL of it remains.
 
+Outcomes: the ``outcome`` column keeps the JSON of an outcome's event record, epoch
+milliseconds for instants (``service.codec.outcome``), as every version has; a row whose
+outcome cannot be read back fails the call that read it with ``StoreError``.
+
 I/O failures: a batch that fails on the database (disk full, locked past ``busy_timeout``, an
 I/O error) fails its calls with ``StoreUnavailableError`` (the ``sqlite3`` error chained); the
 connection stays open and later batches try again.
@@ -60,6 +64,8 @@ from typing import Any, NamedTuple, TypeVar
 
 import structlog
 
+from service.codec.outcome import outcome_from_record, stored_record
+from service.domain.outcome import Outcome
 from service.errors import StartupError
 from service.idempotency.base import (
     TERMINAL,
@@ -68,6 +74,7 @@ from service.idempotency.base import (
     IdempotencyRecord,
     OwnershipLostError,
     State,
+    StoreError,
     StoreLostError,
     StoreUnavailableError,
     decide_claim,
@@ -123,7 +130,7 @@ def _dt(value: float) -> datetime:
     return datetime.fromtimestamp(value, UTC)
 
 
-def _row_to_record(row: tuple[Any, ...]) -> IdempotencyRecord:
+def _row_to_record(row: tuple[Any, ...], store: str) -> IdempotencyRecord:
     return IdempotencyRecord(
         key=row[0],
         fingerprint=row[1],
@@ -133,11 +140,26 @@ def _row_to_record(row: tuple[Any, ...]) -> IdempotencyRecord:
         attempts=row[5],
         created_at=_dt(row[6]),
         updated_at=_dt(row[7]),
-        outcome_kind=row[8],
-        outcome=json.loads(row[9]) if row[9] else None,
+        outcome=_read_outcome(row[8], row[9], store) if row[9] else None,
         published=bool(row[10]),
         settle_until=_dt(row[11]) if row[11] is not None else None,
     )
+
+
+def _write_outcome(outcome: Outcome) -> str:
+    """The outcome as the ``outcome`` column keeps it: the JSON of its event record."""
+    return json.dumps(stored_record(outcome))
+
+
+def _read_outcome(kind: str | None, text: str, store: str) -> Outcome:
+    """The outcome kept in the ``outcome`` column (of kind ``outcome_kind``)."""
+    try:
+        return outcome_from_record(str(kind), json.loads(text))
+    except ValueError as exc:  # a damaged row, or one of an incompatible version
+        raise StoreError(
+            f"idempotency store {store}: the outcome of a record cannot be read back: {exc}",
+            store=store,
+        ) from None
 
 
 BATCH_MAX = 256
@@ -537,7 +559,7 @@ class SqliteStore:
         row = self._db.execute(
             f"SELECT {COLUMNS} FROM idempotency WHERE key = ?", (key,)
         ).fetchone()
-        return _row_to_record(row) if row else None
+        return _row_to_record(row, str(self._path)) if row else None
 
     async def claim(
         self, key: str, fingerprint: str, *, owner: str, now: datetime, lease_s: float
@@ -594,14 +616,13 @@ class SqliteStore:
         *,
         owner: str,
         state: State,
-        outcome_kind: str,
-        outcome: dict[str, Any],
+        outcome: Outcome,
         attempts: int,
         now: datetime,
     ) -> None:
         await self._update_owned(
             "state = ?, outcome_kind = ?, outcome = ?, attempts = ?, updated_at = ?",
-            (state.value, outcome_kind, json.dumps(outcome), attempts, _ts(now)),
+            (state.value, outcome.kind, _write_outcome(outcome), attempts, _ts(now)),
             key,
             owner,
             durable=False,

@@ -43,6 +43,7 @@ from typing import Any
 import structlog
 
 from service.codec.avro import COMPLETED, FAILED, AvroCodec
+from service.codec.outcome import outcome_record
 from service.domain.decisions import Publish
 from service.kafka.sizing import (
     TRUNCATED,
@@ -157,7 +158,13 @@ class _Event:
         self.schema = schema
         self.topic = topic
         self.decision = decision
-        self.payload = decision.payload
+        self.payload = outcome_record(
+            decision.outcome,
+            event_id=decision.event_id,
+            source=decision.source,
+            duplicate=decision.duplicate,
+        )
+        """The event as a record of the schema's fields: what the cut-down forms cut."""
 
     @functools.cached_property
     def _leaves(self) -> list[_Leaf]:

@@ -103,8 +103,18 @@ def _event_of_300_kb() -> Publish:
         source=SourceRef("points-adjustments.requested.v1", 0, 7),
         metadata={"case": "C-1", "attachment": "a" * 300_000},
     )
-    outcome = Completed(info, "GOODWILL", 250, 250, 1, T0, 40, "mc-1")
-    return Publish("completed", outcome.as_avro("0.1.0"), REF, False, None, "case-300kb")
+    outcome = Completed(
+        info=info,
+        adjustment_type_code="GOODWILL",
+        points_requested=250,
+        points_adjusted=250,
+        attempts=1,
+        completed_at=T0,
+        pas_duration_ms=40,
+        pas_correlation_id="mc-1",
+        service_version="0.1.0",
+    )
+    return Publish.original(outcome)
 
 
 def _headers(record: Any) -> dict[str, bytes]:
@@ -165,7 +175,8 @@ async def test_aiokafka_cannot_resend_on_an_idempotent_producer_after_a_refusal(
     be given the topics' limits; when this test fails, aiokafka was fixed)."""
     codec = AvroCodec.from_directory()
     small = _event_of_300_kb()
-    small = replace(small, payload={**small.payload, "metadata": {}})
+    without_metadata = replace(small.outcome.info, metadata={})
+    small = replace(small, outcome=replace(small.outcome, info=without_metadata))
     async with open_producer(settings) as producer:
         publisher = OutcomePublisher(producer, codec, settings)
         await (await publisher.send(small))

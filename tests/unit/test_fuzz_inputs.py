@@ -2,10 +2,12 @@
 
 Entry points, and the one exception each may raise:
 
-(a) the command decoder (``AvroCodec.decode`` as ``service.app.command_decoder`` wraps it)
-    on Kafka record values: ``UndecodableRecordError``; what decodes then goes through
+(a) the command decoder (``service.app.command_decoder``) on Kafka record values: nothing,
+    it answers ``Undecodable`` with a reason; what decodes then goes through
     ``validate_command``, which raises nothing;
-(b) ``validate_command`` on arbitrary mappings of JSON-like values: nothing;
+(b) ``validate_command`` on decoded commands of any values (of their fields' types, which
+    the decoder guarantees: a mapping with missing, unknown or mistyped fields can no
+    longer reach it): nothing;
 (c) the sandbox's request parsing, ``PlainCodec``/``JweCodec.decode`` (``ApiError``, 400)
     then ``validate_adjustment`` (nothing) and ``parse_adjustment``
     (``InvalidAdjustmentError`` exactly when ``validate_adjustment`` found problems).
@@ -19,7 +21,7 @@ within ``SLOW_INPUT_S``.
 Volume comes from seeded ``random.Random`` loops (seed ``FUZZ_SEED``, default below; sizes
 times ``FUZZ_SCALE``, default 1), structure from hypothesis (derandomized, so CI runs are
 repeatable). ``pytest -s`` prints the figures. For coverage-guided fuzzing run this file
-with atheris installed: ``python tests/unit/test_fuzz_inputs.py decoder|command|sandbox``.
+with atheris installed: ``python tests/unit/test_fuzz_inputs.py decoder|sandbox``.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from pa_devkit.sandbox.validation import (
 )
 from service.app import command_decoder
 from service.codec.avro import COMMAND, COMPLETED, FAILED, HEADER_SIZE, MAGIC, AvroCodec
+from service.codec.outcome import outcome_record
 from service.domain.command import (
     OUR_SOURCE,
     AdjustmentCommand,
@@ -66,7 +69,7 @@ from service.domain.command import (
     safe_metadata,
     validate_command,
 )
-from service.domain.decisions import to_stored
+from service.domain.inbound import DecodedCommand, Undecodable
 from service.domain.outcome import CommandInfo, ErrorDetail, Failed, Reason, SourceRef
 from service.errors import UndecodableRecordError
 from service.security.jwe import JweDecrypter, JweEncrypter, wrap_payload
@@ -212,12 +215,14 @@ def check_event(
         retryable=False,
         failed_at=NOW,
         errors=tuple(ErrorDetail.from_field_error(error, OUR_SOURCE) for error in errors),
+        service_version="fuzz",
     )
-    encoded = codec.encode(FAILED, to_stored(failed.as_avro("fuzz")))
+    event = outcome_record(failed, event_id="fuzz", source=info.source, duplicate=False)
+    encoded = codec.encode(FAILED, event)
     assert len(encoded) <= MAX_EVENT_BYTES, f"failed event of {len(encoded)} bytes"
 
 
-def check_invalid(codec: AvroCodec, raw: Mapping[str, Any], errors: list[FieldError]) -> None:
+def check_invalid(codec: AvroCodec, raw: DecodedCommand, errors: list[FieldError]) -> None:
     """What the processor copies of an invalid command is safe to publish."""
     assert errors, "an invalid command must have at least one error"
     assert len(errors) <= len(COMMAND_FIELDS) + 10
@@ -228,10 +233,10 @@ def check_invalid(codec: AvroCodec, raw: Mapping[str, Any], errors: list[FieldEr
     copies = identify(raw)
     for name, copy in zip(COPY_LIMITS, copies, strict=True):
         check_safe(copy, COPY_LIMITS[name], name)
-    metadata = safe_metadata(raw.get("metadata"))
+    metadata = safe_metadata(raw.metadata)
     check_metadata(metadata)
-    account = raw.get("bank_account_number")
-    masked = mask_account(account) if isinstance(account, str) and account else None
+    account = raw.bank_account_number
+    masked = mask_account(account) if account else None
     if masked is not None:
         check_safe(masked, 30, "masked account")
     check_event(codec, copies, metadata, errors, masked)
@@ -254,7 +259,7 @@ def check_valid(codec: AvroCodec, command: AdjustmentCommand) -> None:
     check_event(codec, copies, published, [], mask_account(command.bank_account_number))
 
 
-def route_command(codec: AvroCodec, raw: Mapping[str, Any], record_bytes: int = 0) -> str:
+def route_command(codec: AvroCodec, raw: DecodedCommand, record_bytes: int = 0) -> str:
     checked = validate_command(raw, RULES, record_bytes=record_bytes)
     if isinstance(checked, AdjustmentCommand):
         check_valid(codec, checked)
@@ -269,13 +274,13 @@ def record_router(codec: AvroCodec) -> Callable[[bytes], str]:
     decode = command_decoder(codec)
 
     def route(data: bytes) -> str:
-        raw = outcome_of(decode, data, UndecodableRecordError)
-        if isinstance(raw, UndecodableRecordError):
-            assert raw.reason in DECODE_REASONS, raw.reason
-            assert raw.detail
-            return raw.reason
-        assert isinstance(raw, dict)
-        return route_command(codec, raw, len(data))
+        decoded = decode(data)
+        if isinstance(decoded, Undecodable):
+            assert decoded.reason in DECODE_REASONS, decoded.reason
+            assert decoded.detail
+            return decoded.reason
+        assert isinstance(decoded, DecodedCommand)
+        return route_command(codec, decoded, len(data))
 
     return route
 
@@ -516,17 +521,12 @@ def body_inputs(rng: random.Random, count: int) -> Iterator[bytes]:
             yield mutate(rng, data) if pick < 0.6 else data
 
 
-def random_raw_command(rng: random.Random) -> dict[str, Any]:
-    """A mapping as any caller might pass: the command's fields with any JSON-like values."""
-    raw: dict[str, Any] = random_record(rng)
-    for _ in range(rng.randint(1, 4)):
-        odd_key = rng.choice((random_text(rng), rng.randrange(100), 10**5_000, (random_text(rng),)))
-        name = rng.choice([*(name for name, _ in COMMAND_FIELDS), odd_key])
-        if rng.random() < 0.2:
-            raw.pop(name, None)
-        else:
-            raw[name] = random_json(rng)
-    return raw
+def random_command(rng: random.Random) -> DecodedCommand:
+    """A decoded command: each field good or random (of its type), booleans for points too."""
+    raw = random_record(rng)
+    if rng.random() < 0.05:
+        raw["points_to_adjust"] = rng.choice((True, False))  # a bool is an int, never valid
+    return DecodedCommand(**raw)
 
 
 # -- fixtures --------------------------------------------------------------------------------------
@@ -718,68 +718,29 @@ def shared_codec() -> AvroCodec:
     return _CODEC[0]
 
 
-# -- (b) validate_command on any mapping -----------------------------------------------------------
+# -- (b) validate_command on any decoded command ---------------------------------------------------
 
 
-def test_validate_command_routes_random_mappings(codec: AvroCodec) -> None:
-    """Mappings of the command's fields with any JSON-like values are routed, never raise, and
-    leave only safe copies."""
+def test_validate_command_routes_random_commands(codec: AvroCodec) -> None:
+    """Decoded commands with any values in their fields are routed, never raise, and leave
+    only safe copies."""
     rng = random.Random(SEED + 1)
     timer, kinds = Timer(), Counter[str]()
     tried = 0
     for _ in range(RAW_COMMAND_INPUTS):
-        raw = random_raw_command(rng)
-        kinds[timer.run(lambda value: route_command(codec, value), raw)] += 1
+        command = random_command(rng)
+        kinds[timer.run(lambda value: route_command(codec, value), command)] += 1
         tried += 1
     report("validate_command", tried, timer, kinds)
     assert tried == RAW_COMMAND_INPUTS
     assert kinds["valid"] > 0
 
 
-ANY_KEYS = st.one_of(
-    texts(80),
-    st.integers(),
-    st.builds(lambda size: 10**size, st.integers(4_000, 6_000)),  # str() of it raises
-    st.tuples(texts(20)),
-    st.binary(max_size=100),
-)
-"""Mapping keys of any hashable kind, most of them text."""
-
-JSON_LIKE = st.recursive(
-    st.one_of(
-        st.none(),
-        st.booleans(),
-        st.integers(),
-        st.floats(),
-        texts(),
-        st.datetimes(timezones=st.just(UTC), min_value=datetime(1970, 1, 2)),
-    ),
-    lambda children: st.one_of(
-        st.lists(children, max_size=4), st.dictionaries(ANY_KEYS, children, max_size=4)
-    ),
-    max_leaves=12,
-)
-
-
-@st.composite
-def raw_commands(draw: st.DrawFn) -> dict[str, Any]:
-    """A record's fields with some replaced, removed or added, values of any JSON-like type."""
-    raw: dict[str, Any] = draw(records())
-    names = [name for name, _ in COMMAND_FIELDS]
-    changes = draw(
-        st.dictionaries(st.one_of(st.sampled_from(names), ANY_KEYS), JSON_LIKE, max_size=4)
-    )
-    raw.update(changes)
-    for name in draw(st.lists(st.sampled_from(names), max_size=3)):
-        raw.pop(name, None)
-    return raw
-
-
 @fuzz_settings(HYPOTHESIS_EXAMPLES["command"])
-@given(raw=st.one_of(raw_commands(), st.dictionaries(ANY_KEYS, JSON_LIKE, max_size=12)))
-def test_validate_command_routes_hypothesis_mappings(raw: dict[str, Any]) -> None:
-    """Hypothesis mappings, nested metadata and huge strings included, are routed safely."""
-    Timer().run(lambda value: route_command(shared_codec(), value), raw)
+@given(record=records())
+def test_validate_command_routes_hypothesis_commands(record: dict[str, Any]) -> None:
+    """Hypothesis commands, huge texts and metadata maps included, are routed safely."""
+    Timer().run(lambda value: route_command(shared_codec(), value), DecodedCommand(**record))
     TOTALS["validate_command (hypothesis)"] += 1
 
 
@@ -917,20 +878,11 @@ def _atheris_main(target: str) -> None:  # pragma: no cover - manual fuzzing
     routes: dict[str, Callable[[bytes], str]] = {
         "decoder": framed,
         "sandbox": body_router(PlainCodec()),
-        "command": lambda data: route_command(codec, _json_or_empty(data)),
     }
     route = routes[target]
     atheris.instrument_all()
     atheris.Setup(sys.argv[:1] + sys.argv[2:], route)
     atheris.Fuzz()
-
-
-def _json_or_empty(data: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(data.decode("utf-8", "replace"))
-    except (ValueError, RecursionError):
-        return {}
-    return value if isinstance(value, dict) else {"metadata": value}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import threading
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from service.domain.outcome import CommandInfo, Completed, ErrorDetail, Failed, SourceRef
 from service.errors import PointsAdjusterError, StartupError
 from service.idempotency.base import (
     ClaimStatus,
@@ -35,13 +37,27 @@ FP = "a" * 64
 OTHER_FP = "b" * 64
 ME = "worker-a"
 OTHER = "worker-b"
-OUTCOME: dict[str, Any] = {
-    "event_id": "e-1",
-    "points_adjusted": 250,
-    "source": {"topic": "t", "partition": 1, "offset": 7},
-    "errors": [{"reason_code": "X", "field": None}],
-    "metadata": {"case": "1234"},
-}
+OUTCOME = Failed(
+    info=CommandInfo(
+        idempotency_key=KEY,
+        correlation_id="corr-1",
+        requested_by="crm",
+        account_ref="acct-0123456789abcdef0123456789abcdef",
+        account_masked="***************5000",
+        command_occurred_at=T0 - timedelta(minutes=5),
+        received_at=T0,
+        source=SourceRef("t", 1, 7),
+        metadata={"case": "1234"},
+    ),
+    reason_code="PAS_REJECTED",
+    description="PAS did not apply the adjustment: HTTP 400 X",
+    retryable=False,
+    failed_at=T0 + timedelta(milliseconds=1500),
+    errors=(ErrorDetail("rewards-points-api", "X", "bad", False, None),),
+    http_status=400,
+    attempts=1,
+    service_version="0.4.0",
+)
 
 Reopen = Callable[[], Awaitable[IdempotencyStore]]
 
@@ -110,7 +126,6 @@ async def finish(
         KEY,
         owner=owner,
         state=state,
-        outcome_kind="completed",
         outcome=OUTCOME,
         attempts=attempts,
         now=now,
@@ -135,7 +150,6 @@ async def test_claim_of_a_new_key_is_claimed_and_durable(backend: Backend) -> No
     assert seen.attempts == 0
     assert seen.created_at == T0
     assert seen.outcome is None
-    assert seen.outcome_kind is None
     assert seen.published is False
 
 
@@ -155,7 +169,6 @@ async def test_same_fingerprint_after_finish_is_duplicate_with_stored_outcome(
     assert result.status is ClaimStatus.DUPLICATE
     assert result.record.state is state
     assert result.record.outcome == OUTCOME
-    assert result.record.outcome_kind == "completed"
     assert result.record.attempts == 3
     assert result.record.owner == ME
     reopened = await backend.reopen()
@@ -222,14 +235,13 @@ async def test_previous_owner_cannot_finish_after_takeover(store: IdempotencySto
 
 
 async def test_finish_stores_state_outcome_and_attempts(backend: Backend) -> None:
-    """finish by the owner stores the terminal state, outcome kind, outcome and attempts."""
+    """finish by the owner stores the terminal state, the outcome and the attempts."""
     await claim(backend.store)
     await finish(backend.store, state=State.UNKNOWN, attempts=2, now=T0 + timedelta(seconds=9))
     reopened = await backend.reopen()
     record = await reopened.get(KEY)
     assert record is not None
     assert record.state is State.UNKNOWN
-    assert record.outcome_kind == "completed"
     assert record.outcome == OUTCOME
     assert record.attempts == 2
     assert record.updated_at == T0 + timedelta(seconds=9)
@@ -608,7 +620,6 @@ async def stored_in(
             key,
             owner=ME,
             state=state,
-            outcome_kind="completed",
             outcome=OUTCOME,
             attempts=1,
             now=at,
@@ -682,7 +693,7 @@ async def test_a_database_of_the_previous_schema_still_works(tmp_path: Path) -> 
     old.executescript(PREVIOUS_SCHEMA)
     old.execute(
         "INSERT INTO idempotency VALUES (?, ?, 'COMPLETED', ?, ?, 1, ?, ?, 'completed', ?, 1)",
-        (KEY, FP, OTHER, T0.timestamp(), T0.timestamp(), T0.timestamp(), '{"event_id": "e-1"}'),
+        (KEY, FP, OTHER, T0.timestamp(), T0.timestamp(), T0.timestamp(), EARLIER_COMPLETED),
     )
     old.commit()
     old.close()
@@ -690,7 +701,7 @@ async def test_a_database_of_the_previous_schema_still_works(tmp_path: Path) -> 
     try:
         duplicate = await claim(store, now=T0 + timedelta(hours=1))
         assert duplicate.status is ClaimStatus.DUPLICATE
-        assert duplicate.record.outcome == {"event_id": "e-1"}
+        assert duplicate.record.outcome == EARLIER_COMPLETED_OUTCOME
         assert duplicate.record.settle_until is None
         fresh = await claim(store, key="new-key", now=T0)
         assert fresh.status is ClaimStatus.CLAIMED
@@ -698,6 +709,150 @@ async def test_a_database_of_the_previous_schema_still_works(tmp_path: Path) -> 
         parked = await store.get("new-key")
         assert parked is not None
         assert parked.settle_until == T0 + timedelta(seconds=30)
+    finally:
+        await store.close()
+
+
+# -- outcomes as SQLite keeps them ---------------------------------------------------------------
+
+# Outcomes exactly as version 0.4.0 wrote them into the ``outcome`` column.
+EARLIER_COMPLETED = (
+    '{"event_id": "1e19d27d-f2fa-5fc1-a74d-12fa53799622", "idempotency_key": "case-1234-credit",'
+    ' "correlation_id": "corr-1", "requested_by": "crm",'
+    ' "account_ref": "acct-0123456789abcdef0123456789abcdef",'
+    ' "account_masked": "***************5000", "command_occurred_at": 1741064400000,'
+    ' "received_at": 1741064767123, "source": {"topic": "points-adjustments.requested.v1",'
+    ' "partition": 3, "offset": 101}, "duplicate": false,'
+    ' "metadata": {"case": "1234", "pan": "************1111"}, "service_version": "0.4.0",'
+    ' "adjustment_type_code": "GOODWILL", "points_requested": 250, "points_adjusted": 250,'
+    ' "attempts": 1, "completed_at": 1741064767145, "pas_duration_ms": 22,'
+    ' "pas_correlation_id": "mc-1"}'
+)
+EARLIER_FAILED = (
+    '{"event_id": "1e19d27d-f2fa-5fc1-a74d-12fa53799622", "idempotency_key": "case-1234-credit",'
+    ' "correlation_id": "corr-1", "requested_by": "crm",'
+    ' "account_ref": "acct-0123456789abcdef0123456789abcdef",'
+    ' "account_masked": "***************5000", "command_occurred_at": 1741064400000,'
+    ' "received_at": 1741064767123, "source": {"topic": "points-adjustments.requested.v1",'
+    ' "partition": 3, "offset": 101}, "duplicate": false,'
+    ' "metadata": {"case": "1234", "pan": "************1111"}, "service_version": "0.4.0",'
+    ' "reason_code": "PAS_REJECTED",'
+    ' "description": "PAS did not apply the adjustment: HTTP 400 INVALID_POINTS",'
+    ' "retryable": false, "errors": [{"source": "rewards-points-api",'
+    ' "reason_code": "INVALID_POINTS", "description": "bad points", "recoverable": false,'
+    ' "field": "pointsToAdjust"}, {"source": "Gateway", "reason_code": "DECLINED",'
+    ' "description": "x", "recoverable": true, "field": null}], "http_status": 400,'
+    ' "attempts": 1, "failed_at": 1741064768000}'
+)
+EARLIER_INFO = CommandInfo(
+    idempotency_key=KEY,
+    correlation_id="corr-1",
+    requested_by="crm",
+    account_ref="acct-0123456789abcdef0123456789abcdef",
+    account_masked="***************5000",
+    command_occurred_at=datetime(2025, 3, 4, 5, 0, 0, tzinfo=UTC),
+    received_at=datetime(2025, 3, 4, 5, 6, 7, 123_000, tzinfo=UTC),
+    source=SourceRef("points-adjustments.requested.v1", 3, 101),
+    metadata={"case": "1234", "pan": "************1111"},
+)
+EARLIER_COMPLETED_OUTCOME = Completed(
+    info=EARLIER_INFO,
+    adjustment_type_code="GOODWILL",
+    points_requested=250,
+    points_adjusted=250,
+    attempts=1,
+    completed_at=datetime(2025, 3, 4, 5, 6, 7, 145_000, tzinfo=UTC),
+    pas_duration_ms=22,
+    pas_correlation_id="mc-1",
+    service_version="0.4.0",
+)
+EARLIER_FAILED_OUTCOME = Failed(
+    info=EARLIER_INFO,
+    reason_code="PAS_REJECTED",
+    description="PAS did not apply the adjustment: HTTP 400 INVALID_POINTS",
+    retryable=False,
+    failed_at=datetime(2025, 3, 4, 5, 6, 8, tzinfo=UTC),
+    errors=(
+        ErrorDetail("rewards-points-api", "INVALID_POINTS", "bad points", False, "pointsToAdjust"),
+        ErrorDetail("Gateway", "DECLINED", "x", True, None),
+    ),
+    http_status=400,
+    attempts=1,
+    service_version="0.4.0",
+)
+EARLIER = [
+    ("completed", EARLIER_COMPLETED, EARLIER_COMPLETED_OUTCOME),
+    ("failed", EARLIER_FAILED, EARLIER_FAILED_OUTCOME),
+]
+
+
+def outcome_column(path: Path, key: str = KEY) -> tuple[str, str]:
+    """``(outcome_kind, outcome)`` of ``key`` as the file holds them."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        row = db.execute(
+            "SELECT outcome_kind, outcome FROM idempotency WHERE key = ?", (key,)
+        ).fetchone()
+    return str(row[0]), str(row[1])
+
+
+@pytest.mark.parametrize(("kind", "text", "outcome"), EARLIER, ids=["completed", "failed"])
+async def test_an_outcome_written_by_an_earlier_version_reads_back_and_is_written_alike(
+    tmp_path: Path, kind: str, text: str, outcome: Completed | Failed
+) -> None:
+    """An outcome stored by version 0.4.0 reads back as the outcome it was, and this version
+    stores that outcome as exactly the same JSON: a store survives an upgrade either way."""
+    path = tmp_path / "idempotency.sqlite3"
+    store = await SqliteStore.open(path)
+    try:
+        await claim(store)
+        await store.finish(
+            KEY, owner=ME, state=State.COMPLETED, outcome=outcome, attempts=1, now=T0
+        )
+        assert outcome_column(path) == (kind, text)
+        with contextlib.closing(sqlite3.connect(path)) as db, db:
+            db.execute("UPDATE idempotency SET outcome = ? WHERE key = ?", (text, KEY))
+        duplicate = await claim(store, owner=OTHER, now=T0 + timedelta(hours=1))
+        assert duplicate.status is ClaimStatus.DUPLICATE
+        assert duplicate.record.outcome == outcome
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    ("kind", "text"),
+    [
+        ("completed", "not json"),
+        ("completed", '{"event_id": "e-1"}'),
+        ("completed", EARLIER_FAILED),
+        ("failed", '["a list"]'),
+        ("failed", EARLIER_FAILED.replace('"errors": [', '"errors": [5, ')),
+        ("refunded", EARLIER_COMPLETED),
+    ],
+    ids=["not-json", "missing-fields", "wrong-kind", "a-list", "bad-error", "unknown-kind"],
+)
+async def test_an_outcome_that_cannot_be_read_back_is_a_store_error(
+    tmp_path: Path, kind: str, text: str
+) -> None:
+    """A damaged stored outcome fails the call that reads it with a StoreError (naming the
+    store, quoting nothing of the row), never with another exception; other keys work on."""
+    path = tmp_path / "idempotency.sqlite3"
+    store = await SqliteStore.open(path)
+    try:
+        await claim(store)
+        await finish(store)
+        with contextlib.closing(sqlite3.connect(path)) as db, db:
+            db.execute(
+                "UPDATE idempotency SET outcome_kind = ?, outcome = ? WHERE key = ?",
+                (kind, text, KEY),
+            )
+        for call in (lambda: store.get(KEY), lambda: claim(store, owner=OTHER)):
+            with pytest.raises(StoreError) as caught:
+                await call()
+            assert type(caught.value) is StoreError
+            assert str(path.absolute()) in str(caught.value)
+            assert "corr-1" not in str(caught.value)
+            assert "acct-" not in str(caught.value)
+        assert (await claim(store, key="other-key")).status is ClaimStatus.CLAIMED
     finally:
         await store.close()
 

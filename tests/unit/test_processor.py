@@ -11,6 +11,7 @@ import pytest
 
 from service.app import command_decoder
 from service.codec.avro import COMMAND, COMPLETED, FAILED, AvroCodec
+from service.codec.outcome import outcome_record
 from service.domain.backoff import BackoffPolicy
 from service.domain.classification import Observation, Transport
 from service.domain.command import (
@@ -29,7 +30,15 @@ from service.domain.decisions import (
     Publish,
     Retry,
 )
-from service.domain.outcome import ErrorDetail, SourceRef, event_id
+from service.domain.inbound import Decoded, DecodedCommand, Undecodable
+from service.domain.outcome import (
+    CommandInfo,
+    Completed,
+    ErrorDetail,
+    Failed,
+    SourceRef,
+    event_id,
+)
 from service.domain.ports import PasReply, PasRequest
 from service.domain.processor import Processor, ProcessorConfig
 from service.domain.reconcile import (
@@ -211,21 +220,70 @@ def h(codec: AvroCodec) -> Harness:
     return Harness(codec)
 
 
+def event_of(decision: Publish) -> dict[str, Any]:
+    """The decision's outcome event, as the publisher makes it before encoding."""
+    return outcome_record(
+        decision.outcome,
+        event_id=decision.event_id,
+        source=decision.source,
+        duplicate=decision.duplicate,
+    )
+
+
 def fits_schema(codec: AvroCodec, decision: Publish) -> dict[str, Any]:
-    """The payload encodes with its outcome schema; return it decoded."""
+    """The outcome event encodes with its outcome schema; return it decoded."""
     name = COMPLETED if decision.kind == "completed" else FAILED
-    decoded_name, decoded = codec.decode(codec.encode(name, decision.payload))
+    decoded_name, decoded = codec.decode(codec.encode(name, event_of(decision)))
     assert decoded_name == name
     return decoded
 
 
-def ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
+def completed_of(decision: Decision) -> Completed:
+    """The Completed outcome a decision publishes."""
+    assert isinstance(decision, Publish), decision
+    assert isinstance(decision.outcome, Completed), decision.outcome
+    return decision.outcome
+
+
+def failed_of(decision: Decision) -> Failed:
+    """The Failed outcome a decision publishes."""
+    assert isinstance(decision, Publish), decision
+    assert isinstance(decision.outcome, Failed), decision.outcome
+    return decision.outcome
+
+
+def fingerprint(raw: dict[str, Any]) -> str:
+    """The business fingerprint of the command ``raw`` decodes into."""
+    return business_fingerprint(DecodedCommand(**raw))
+
+
+def completed_elsewhere(key: str, *, points_adjusted: int = 250) -> Completed:
+    """A Completed outcome as another worker stored it (its own record and version)."""
+    return Completed(
+        info=CommandInfo(
+            idempotency_key=key,
+            correlation_id="corr-1",
+            requested_by="crm",
+            account_ref=account_ref(ACCOUNT),
+            account_masked=mask_account(ACCOUNT),
+            command_occurred_at=T0,
+            received_at=T0,
+            source=SourceRef(TOPIC, 0, 1),
+        ),
+        adjustment_type_code="GOODWILL",
+        points_requested=250,
+        points_adjusted=points_adjusted,
+        attempts=1,
+        completed_at=T0,
+        pas_duration_ms=5,
+        pas_correlation_id="mc-elsewhere",
+        service_version=OTHER,
+    )
 
 
 async def claim_as_other(h: Harness, raw: dict[str, Any], now: datetime) -> None:
     await h.store.claim(
-        raw["idempotency_key"], business_fingerprint(raw), owner=OTHER, now=now, lease_s=LEASE_S
+        raw["idempotency_key"], fingerprint(raw), owner=OTHER, now=now, lease_s=LEASE_S
     )
 
 
@@ -245,25 +303,28 @@ async def test_valid_command_is_applied_once_and_completed(h: Harness) -> None:
     assert decision.stored_key == KEY
     assert decision.record_key == account_ref(ACCOUNT)
     assert decision.dead_letter is None
-    payload = decision.payload
-    assert payload["points_requested"] == 250
-    assert payload["points_adjusted"] == 250
-    assert payload["attempts"] == 1
-    assert payload["pas_duration_ms"] == 22
-    assert payload["pas_correlation_id"] == "mc-1"
-    assert payload["account_masked"] == mask_account(ACCOUNT) == "*" * 15 + "5000"
-    assert payload["account_ref"] == account_ref(ACCOUNT)
-    assert payload["event_id"] == event_id(KEY)
-    assert payload["source"] == {"topic": TOPIC, "partition": 3, "offset": h.offset}
-    assert payload["metadata"] == {"case": "1234"}
-    assert payload["service_version"] == "9.9.9-test"
-    assert payload["received_at"] == payload["completed_at"] == ms(T0)
-    assert payload["duplicate"] is False
-    assert ACCOUNT not in str(payload)
-    fits_schema(h.codec, decision)
+    outcome = completed_of(decision)
+    assert outcome.points_requested == 250
+    assert outcome.points_adjusted == 250
+    assert outcome.attempts == 1
+    assert outcome.pas_duration_ms == 22
+    assert outcome.pas_correlation_id == "mc-1"
+    assert outcome.info.account_masked == mask_account(ACCOUNT) == "*" * 15 + "5000"
+    assert outcome.info.account_ref == account_ref(ACCOUNT)
+    assert decision.event_id == event_id(KEY)
+    assert decision.source == outcome.info.source == SourceRef(TOPIC, 3, h.offset)
+    assert outcome.info.metadata == {"case": "1234"}
+    assert outcome.service_version == "9.9.9-test"
+    assert outcome.info.received_at == outcome.completed_at == T0
+    event = fits_schema(h.codec, decision)
+    assert event["event_id"] == event_id(KEY)
+    assert event["source"] == {"topic": TOPIC, "partition": 3, "offset": h.offset}
+    assert event["received_at"] == event["completed_at"] == T0
+    assert event["duplicate"] is False
+    assert ACCOUNT not in str(event)
     record = await h.stored()
     assert (record.state, record.owner, record.attempts) == (State.COMPLETED, ME, 1)
-    assert record.outcome == payload
+    assert record.outcome == outcome
     assert record.published is False
     await h.processor.published(decision)
     assert (await h.stored()).published is True
@@ -297,15 +358,18 @@ async def test_repeat_after_publish_is_a_duplicate_without_pas_call(h: Harness) 
     assert repeat.kind == "completed"
     assert repeat.duplicate is True
     assert repeat.duplicate_kind == "completed"
-    assert repeat.payload["duplicate"] is True
-    assert repeat.payload["event_id"] == event_id(KEY, SourceRef(TOPIC, 3, h.offset))
-    assert repeat.payload["event_id"] != original.payload["event_id"]
-    assert repeat.payload["source"]["offset"] == h.offset
-    assert repeat.payload["points_adjusted"] == original.payload["points_adjusted"]
+    assert repeat.event_id == event_id(KEY, SourceRef(TOPIC, 3, h.offset))
+    assert repeat.event_id != original.event_id
+    assert repeat.source.offset == h.offset
+    assert repeat.outcome == original.outcome
     assert repeat.record_key == account_ref(ACCOUNT)
-    fits_schema(h.codec, repeat)
+    event = fits_schema(h.codec, repeat)
+    assert event["duplicate"] is True
+    assert event["event_id"] == repeat.event_id
+    assert event["source"]["offset"] == h.offset
+    assert event["correlation_id"] == "corr-1"  # the stored outcome's, not the repeat's
     await h.processor.published(repeat)
-    assert (await h.stored()).outcome == original.payload
+    assert (await h.stored()).outcome == original.outcome
 
 
 async def test_repeat_before_publish_republishes_the_original(h: Harness) -> None:
@@ -318,8 +382,10 @@ async def test_repeat_before_publish_republishes_the_original(h: Harness) -> Non
     assert len(h.pas.requests) == 1
     assert repeat.duplicate is False
     assert repeat.duplicate_kind is None
-    assert repeat.payload == original.payload
-    assert repeat.payload["event_id"] == event_id(KEY)
+    assert repeat.outcome == original.outcome
+    assert repeat.event_id == original.event_id == event_id(KEY)
+    assert repeat.source == original.source
+    assert event_of(repeat) == event_of(original)
     assert repeat.stored_key == KEY
     await h.processor.published(repeat)
     assert (await h.stored()).published is True
@@ -334,11 +400,11 @@ async def test_conflicting_repeat_is_refused_and_leaves_the_original(h: Harness)
     assert len(h.pas.requests) == 1
     assert conflict.kind == "failed"
     assert conflict.reason_code == "IDEMPOTENCY_CONFLICT"
-    assert conflict.payload["retryable"] is False
+    assert failed_of(conflict).retryable is False
     assert conflict.stored_key is None
     assert conflict.duplicate_kind == "conflict"
     assert conflict.dead_letter is None
-    assert conflict.payload["event_id"] == event_id(KEY, SourceRef(TOPIC, 3, h.offset))
+    assert conflict.event_id == event_id(KEY, SourceRef(TOPIC, 3, h.offset))
     fits_schema(h.codec, conflict)
     assert await h.stored() == before
 
@@ -353,16 +419,16 @@ async def test_invalid_command_fails_validation_and_is_stored(h: Harness) -> Non
     assert decision.kind == "failed"
     assert decision.reason_code == "VALIDATION_FAILED"
     assert decision.stored_key == KEY
-    assert decision.payload["retryable"] is False
-    assert decision.payload["attempts"] == 0
-    assert {(e["field"], e["reason_code"]) for e in decision.payload["errors"]} == {
+    outcome = failed_of(decision)
+    assert outcome.retryable is False
+    assert outcome.attempts == 0
+    assert {(e.field, e.reason_code) for e in outcome.errors} == {
         ("points_to_adjust", "INVALID_POINTS"),
         ("adjusted_by", "INVALID_ADJUSTED_BY"),
     }
-    assert all(e["source"] == "points-adjuster" for e in decision.payload["errors"])
-    assert decision.payload["account_ref"] == account_ref(ACCOUNT)
-    assert ACCOUNT not in str(decision.payload)
-    fits_schema(h.codec, decision)
+    assert all(e.source == "points-adjuster" for e in outcome.errors)
+    assert outcome.info.account_ref == account_ref(ACCOUNT)
+    assert ACCOUNT not in str(fits_schema(h.codec, decision))
     assert (await h.stored()).state is State.FAILED
 
 
@@ -381,11 +447,10 @@ async def test_invalid_account_is_masked_and_has_no_ref(h: Harness) -> None:
     """An invalid account number is masked in the outcome and gets no account_ref."""
     bad = "5123-4567-8901-2345"
     decision = await h.publish(raw_command(bank_account_number=bad))
-    assert decision.payload["account_ref"] is None
+    assert decision.outcome.info.account_ref is None
     assert decision.record_key is None
-    assert decision.payload["account_masked"] == mask_account(bad)
-    assert bad not in str(decision.payload)
-    fits_schema(h.codec, decision)
+    assert decision.outcome.info.account_masked == mask_account(bad)
+    assert bad not in str(fits_schema(h.codec, decision))
 
 
 @pytest.mark.parametrize("key", ["", "case 1234", "k" * 129, "caf\u00e9"])
@@ -396,9 +461,9 @@ async def test_invalid_command_with_an_unusable_key_is_not_stored(h: Harness, ke
     assert h.pas.requests == []
     assert decision.reason_code == "VALIDATION_FAILED"
     assert decision.stored_key is None
-    assert "idempotency_key" in {e["field"] for e in decision.payload["errors"]}
-    copied = identify(raw_command(idempotency_key=key))[0]  # cut to its limit when too long
-    assert decision.payload["event_id"] == event_id(copied, SourceRef(TOPIC, 3, h.offset))
+    assert "idempotency_key" in {e.field for e in failed_of(decision).errors}
+    copied = identify(DecodedCommand(**raw_command(idempotency_key=key)))[0]  # cut when too long
+    assert decision.event_id == event_id(copied, SourceRef(TOPIC, 3, h.offset))
     assert h.store.records == {}
     fits_schema(h.codec, decision)
 
@@ -435,7 +500,7 @@ async def test_outcome_event_on_the_command_topic_is_dead_lettered(h: Harness) -
     """A well-formed record of another schema is dead-lettered as UNEXPECTED_SCHEMA."""
     h.pas.then(APPLIED)
     completed = await h.publish()
-    stray = h.codec.encode(COMPLETED, completed.payload)
+    stray = h.codec.encode(COMPLETED, event_of(completed))
     decision = await h.handle(h.record(value=stray))
     assert decision == DeadLetterOnly(
         DeadLetterRequest(
@@ -468,7 +533,7 @@ async def test_a_record_read_once_is_not_decoded_again(codec: AvroCodec) -> None
     decoded: list[bytes | None] = []
     inner = command_decoder(codec)
 
-    def counting(value: bytes | None) -> Any:
+    def counting(value: bytes | None) -> Decoded:
         decoded.append(value)
         return inner(value)
 
@@ -476,7 +541,8 @@ async def test_a_record_read_once_is_not_decoded_again(codec: AvroCodec) -> None
     h.processor._decode = counting
     fetched = h.record()
     record = replace(fetched, payload=h.processor.payload_of(fetched.value))
-    assert record.payload is not None
+    assert isinstance(record.payload, DecodedCommand)
+    assert record.payload.bank_account_number == ACCOUNT
     assert h.processor.ordering_key(record) == ACCOUNT
     h.pas.then(APPLIED)
     decision = await h.processor.handle(record)
@@ -484,8 +550,15 @@ async def test_a_record_read_once_is_not_decoded_again(codec: AvroCodec) -> None
     assert decision.kind == "completed"
     assert len(decoded) == 1
     unreadable = h.record(value=b"junk")
-    assert h.processor.payload_of(unreadable.value) is None
+    undecodable = h.processor.payload_of(unreadable.value)
+    assert undecodable == Undecodable(
+        "NOT_SINGLE_OBJECT_ENCODED",
+        "the value does not start with the Avro single-object marker C3 01",
+    )
+    unreadable = replace(unreadable, payload=undecodable)
+    assert h.processor.ordering_key(unreadable) is None
     assert isinstance(await h.processor.handle(unreadable), DeadLetterOnly)
+    assert len(decoded) == 2  # the unreadable value was read once too
 
 
 # -- RETRY: nothing was applied ---------------------------------------------------------------
@@ -517,7 +590,7 @@ async def test_handling_again_with_the_returned_attempt_calls_pas_again(h: Harne
     assert len(h.pas.requests) == 2
     assert h.pas.requests[0] == h.pas.requests[1]
     assert decision.kind == "completed"
-    assert decision.payload["attempts"] == 2
+    assert decision.outcome.attempts == 2
     assert (await h.stored()).attempts == 2
 
 
@@ -533,11 +606,11 @@ async def test_backoff_grows_until_the_attempts_run_out(h: Harness) -> None:
     assert len(h.pas.requests) == 3
     assert decision.kind == "failed"
     assert decision.reason_code == "PAS_UNAVAILABLE"
-    assert decision.payload["retryable"] is True
-    assert decision.payload["attempts"] == 3
-    assert decision.payload["http_status"] is None
+    assert failed_of(decision).retryable is True
+    assert decision.outcome.attempts == 3
+    assert failed_of(decision).http_status is None
     assert decision.stored_key is None
-    assert decision.payload["event_id"] == event_id(KEY, record.source)
+    assert decision.event_id == event_id(KEY, record.source)
     assert decision.dead_letter == DeadLetterRequest(
         "dlt",
         "RetriesExhausted",
@@ -557,8 +630,8 @@ async def test_received_at_is_when_the_command_was_first_taken(h: Harness) -> No
     decision, retries = await h.drive(h.record())
     assert len(retries) == 2
     assert isinstance(decision, Publish)
-    assert decision.payload["completed_at"] == ms(T0 + timedelta(seconds=1.5))
-    assert decision.payload["received_at"] == ms(T0)
+    assert completed_of(decision).completed_at == T0 + timedelta(seconds=1.5)
+    assert decision.outcome.info.received_at == T0
 
 
 async def test_a_command_whose_retries_ran_out_may_be_sent_again_later(h: Harness) -> None:
@@ -569,8 +642,8 @@ async def test_a_command_whose_retries_ran_out_may_be_sent_again_later(h: Harnes
     later = await h.publish()
     assert len(h.pas.requests) == 4
     assert later.kind == "completed"
-    assert later.payload["attempts"] == 1
-    assert later.payload["event_id"] != exhausted.payload["event_id"]
+    assert later.outcome.attempts == 1
+    assert later.event_id != exhausted.event_id
 
 
 @pytest.mark.parametrize(
@@ -589,7 +662,7 @@ async def test_refusals_that_applied_nothing_are_retried(h: Harness, reply: PasR
     assert [r.kind for r in retries] == ["backoff"]
     assert isinstance(decision, Publish)
     assert decision.kind == "completed"
-    assert decision.payload["attempts"] == 2
+    assert decision.outcome.attempts == 2
 
 
 async def test_recoverable_refusals_until_the_end_carry_the_status(h: Harness) -> None:
@@ -601,8 +674,8 @@ async def test_recoverable_refusals_until_the_end_carry_the_status(h: Harness) -
     decision, _ = await h.drive(h.record())
     assert isinstance(decision, Publish)
     assert decision.reason_code == "PAS_UNAVAILABLE"
-    assert decision.payload["http_status"] == 503
-    assert decision.payload["errors"][0]["reason_code"] == "SERVICE_UNAVAILABLE"
+    assert failed_of(decision).http_status == 503
+    assert failed_of(decision).errors[0].reason_code == "SERVICE_UNAVAILABLE"
     assert decision.dead_letter is not None
     assert decision.dead_letter.error_class == "RetriesExhausted"
     assert await h.store.get(KEY) is None
@@ -635,7 +708,7 @@ async def test_an_open_circuit_is_not_an_attempt(h: Harness) -> None:
     assert retries[0].attempt.first_failure_at == T0
     assert isinstance(decision, Publish)
     assert decision.kind == "completed"
-    assert decision.payload["attempts"] == 1
+    assert decision.outcome.attempts == 1
 
 
 async def test_an_open_circuit_after_a_real_failure_keeps_the_count(h: Harness) -> None:
@@ -646,7 +719,7 @@ async def test_an_open_circuit_after_a_real_failure_keeps_the_count(h: Harness) 
     assert [r.after_s for r in retries] == [0.5, 2.0, 1.0]
     assert isinstance(decision, Publish)
     assert decision.reason_code == "PAS_UNAVAILABLE"
-    assert decision.payload["attempts"] == 3
+    assert decision.outcome.attempts == 3
     assert len(h.pas.requests) == 4
 
 
@@ -661,12 +734,12 @@ async def test_unauthorized_is_dead_lettered_released_and_not_retried(
     decision = await h.publish(record=record)
     assert len(h.pas.requests) == 1
     assert decision.reason_code == "UNAUTHORIZED"
-    assert decision.payload["retryable"] is True
-    assert decision.payload["http_status"] == status
-    assert decision.payload["attempts"] == 1
-    assert decision.payload["errors"] == [GATEWAY_401.as_avro()]
+    assert failed_of(decision).retryable is True
+    assert failed_of(decision).http_status == status
+    assert decision.outcome.attempts == 1
+    assert failed_of(decision).errors == (GATEWAY_401,)
     assert decision.stored_key is None
-    assert decision.payload["event_id"] == event_id(KEY, record.source)
+    assert decision.event_id == event_id(KEY, record.source)
     assert decision.dead_letter == DeadLetterRequest(
         "dlt", "Unauthorized", "UNAUTHORIZED", refused.problem, 1, T0, T0
     )
@@ -690,10 +763,10 @@ async def test_refusal_is_stored_as_failed(h: Harness, status: int, reason: str)
     decision = await h.publish()
     assert len(h.pas.requests) == 1
     assert decision.reason_code == reason
-    assert decision.payload["retryable"] is False
-    assert decision.payload["http_status"] == status
-    assert decision.payload["errors"] == [PAS_400.as_avro()]
-    assert decision.payload["attempts"] == 1
+    assert failed_of(decision).retryable is False
+    assert failed_of(decision).http_status == status
+    assert failed_of(decision).errors == (PAS_400,)
+    assert decision.outcome.attempts == 1
     assert decision.stored_key == KEY
     assert decision.dead_letter is None
     assert (await h.stored()).state is State.FAILED
@@ -723,8 +796,8 @@ async def test_a_command_older_than_its_ttl_expires_without_a_pas_call(h: Harnes
     assert h.pas.requests == []
     assert decision.kind == "failed"
     assert decision.reason_code == "EXPIRED"
-    assert decision.payload["retryable"] is False
-    assert decision.payload["attempts"] == 0
+    assert failed_of(decision).retryable is False
+    assert decision.outcome.attempts == 0
     assert decision.stored_key == KEY
     assert decision.dead_letter is None
     assert (await h.stored()).state is State.FAILED
@@ -747,7 +820,7 @@ async def test_a_command_expiring_between_retries_is_not_sent_again(h: Harness) 
     decision = await h.publish(record=record, attempt=retry.attempt)
     assert len(h.pas.requests) == 1
     assert decision.reason_code == "EXPIRED"
-    assert decision.payload["attempts"] == 1
+    assert decision.outcome.attempts == 1
 
 
 # -- UNKNOWN and reconciliation ---------------------------------------------------------------
@@ -791,18 +864,19 @@ async def test_a_parked_command_found_in_the_history_is_completed(h: Harness) ->
     decision = await h.publish(record=record, attempt=retry.attempt, published=False)
     assert len(h.pas.requests) == 1
     assert h.history.accounts == [ACCOUNT]
+    assert h.history.correlation_ids == ["corr-1"]  # the command's, as its calls carry it
     assert decision.kind == "completed"
     assert decision.stored_key == KEY
-    assert decision.payload["points_adjusted"] == 240
-    assert decision.payload["points_requested"] == 250
-    assert decision.payload["attempts"] == 1
-    assert decision.payload["pas_correlation_id"] is None
-    assert decision.payload["completed_at"] == ms(T0 + timedelta(seconds=SETTLE_S))
+    assert completed_of(decision).points_adjusted == 240
+    assert completed_of(decision).points_requested == 250
+    assert decision.outcome.attempts == 1
+    assert completed_of(decision).pas_correlation_id is None
+    assert completed_of(decision).completed_at == T0 + timedelta(seconds=SETTLE_S)
     assert decision.dead_letter is None
     fits_schema(h.codec, decision)
     stored = await h.stored()
     assert (stored.state, stored.attempts) == (State.COMPLETED, 1)
-    assert stored.outcome == decision.payload
+    assert stored.outcome == decision.outcome
 
 
 async def test_a_parked_command_absent_from_the_history_is_sent_once_more(h: Harness) -> None:
@@ -818,8 +892,8 @@ async def test_a_parked_command_absent_from_the_history_is_sent_once_more(h: Har
     assert h.pas.requests[1].adjustment_reason == SENT_REASON
     assert h.history.accounts == [ACCOUNT]
     assert decision.kind == "completed"
-    assert decision.payload["points_adjusted"] == 250
-    assert decision.payload["attempts"] == 2
+    assert completed_of(decision).points_adjusted == 250
+    assert decision.outcome.attempts == 2
     assert (await h.stored()).state is State.COMPLETED
 
 
@@ -832,7 +906,7 @@ async def test_an_unknown_outcome_after_resuming_is_parked_again(h: Harness) -> 
     assert len(h.pas.requests) == 2
     assert isinstance(decision, Publish)
     assert decision.kind == "completed"
-    assert decision.payload["attempts"] == 2
+    assert decision.outcome.attempts == 2
 
 
 async def test_failing_lookups_end_in_outcome_unknown_for_review(h: Harness) -> None:
@@ -849,8 +923,8 @@ async def test_failing_lookups_end_in_outcome_unknown_for_review(h: Harness) -> 
     assert isinstance(decision, Publish)
     assert decision.kind == "failed"
     assert decision.reason_code == "OUTCOME_UNKNOWN"
-    assert decision.payload["retryable"] is False
-    assert decision.payload["attempts"] == 1
+    assert failed_of(decision).retryable is False
+    assert decision.outcome.attempts == 1
     assert decision.stored_key == KEY
     letter = decision.dead_letter
     assert letter is not None
@@ -932,8 +1006,8 @@ async def test_without_reconciliation_an_unknown_outcome_is_final(
     assert len(h.pas.requests) == 1
     assert h.history.accounts == []
     assert decision.reason_code == "OUTCOME_UNKNOWN"
-    assert decision.payload["retryable"] is False
-    assert decision.payload["attempts"] == 1
+    assert failed_of(decision).retryable is False
+    assert decision.outcome.attempts == 1
     assert decision.stored_key == KEY
     assert decision.dead_letter == DeadLetterRequest(
         "review", "OutcomeUnknown", "OUTCOME_UNKNOWN", READ_TIMEOUT.problem, 1, T0, T0
@@ -948,7 +1022,7 @@ async def test_without_reconciliation_an_unknown_outcome_is_final(
 async def test_own_live_claim_is_busy(h: Harness) -> None:
     """A key this worker holds IN_FLIGHT (another delivery in progress) waits: Retry(busy)."""
     raw = raw_command()
-    await h.store.claim(KEY, business_fingerprint(raw), owner=ME, now=T0, lease_s=LEASE_S)
+    await h.store.claim(KEY, fingerprint(raw), owner=ME, now=T0, lease_s=LEASE_S)
     retry = await h.retry(h.record(raw))
     assert retry.kind == "busy"
     assert retry.after_s == 0.25
@@ -963,12 +1037,11 @@ async def test_live_claim_of_another_owner_is_busy_then_a_duplicate(h: Harness) 
     record = h.record(raw)
     retry = await h.retry(record)
     assert retry.kind == "busy"
-    theirs = {"event_id": event_id(KEY), "account_ref": account_ref(ACCOUNT), "points_adjusted": 7}
+    theirs = completed_elsewhere(KEY, points_adjusted=7)
     await h.store.finish(
         KEY,
         owner=OTHER,
         state=State.COMPLETED,
-        outcome_kind="completed",
         outcome=theirs,
         attempts=1,
         now=T0,
@@ -977,7 +1050,8 @@ async def test_live_claim_of_another_owner_is_busy_then_a_duplicate(h: Harness) 
     decision = await h.publish(record=record, attempt=retry.attempt)
     assert h.pas.requests == []
     assert decision.duplicate is True
-    assert decision.payload["points_adjusted"] == 7
+    assert decision.outcome == theirs
+    assert decision.source == record.source
     assert (await h.stored()).owner == OTHER
 
 
@@ -1012,8 +1086,8 @@ async def test_a_taken_over_claim_found_in_the_history_is_completed(h: Harness) 
     assert isinstance(decision, Publish)
     assert h.pas.requests == []
     assert decision.kind == "completed"
-    assert decision.payload["points_adjusted"] == 240
-    assert decision.payload["attempts"] == 1
+    assert completed_of(decision).points_adjusted == 240
+    assert decision.outcome.attempts == 1
 
 
 async def test_a_taken_over_claim_absent_from_the_history_is_sent_after_settle(
@@ -1030,7 +1104,7 @@ async def test_a_taken_over_claim_absent_from_the_history_is_sent_after_settle(
     assert h.clock() - T0 >= timedelta(seconds=SETTLE_S)
     assert retries[0].kind == "reconcile"
     assert decision.kind == "completed"
-    assert decision.payload["attempts"] == 1
+    assert decision.outcome.attempts == 1
 
 
 async def test_a_parked_record_of_another_owner_is_busy_while_its_lease_lives(
@@ -1073,7 +1147,7 @@ async def test_a_parked_record_of_another_owner_is_reconciled_here_after_its_lea
     assert h.pas.requests == []
     assert h.history.accounts == [ACCOUNT]
     assert decision.kind == "completed"
-    assert decision.payload["points_adjusted"] == 240
+    assert completed_of(decision).points_adjusted == 240
     stored = await h.stored()
     assert (stored.state, stored.owner) == (State.COMPLETED, ME)
 
@@ -1135,7 +1209,7 @@ async def test_invalid_repeat_taking_over_an_expired_claim_is_eventually_decided
     assert decision.dead_letter.target == "review"
     stored = await h.stored()
     assert stored.state is State.UNKNOWN
-    assert stored.outcome == decision.payload
+    assert stored.outcome == decision.outcome
 
 
 async def test_an_invalid_copy_of_a_parked_command_does_not_hold_it_forever(

@@ -15,6 +15,7 @@ import pytest
 from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 
 from service.codec.avro import AvroCodec
+from service.codec.outcome import outcome_record
 from service.domain.command import account_ref
 from service.domain.decisions import Publish
 from service.domain.outcome import CommandInfo, Completed, ErrorDetail, Failed, SourceRef
@@ -108,8 +109,18 @@ def info(**overrides: Any) -> CommandInfo:
 
 
 def completed(**overrides: Any) -> Publish:
-    outcome = Completed(info(**overrides), "GOODWILL", 250, 250, 1, T0, 42, "mc-corr-9")
-    return Publish("completed", outcome.as_avro("0.1.0"), REF, False, None, "case-1-credit")
+    outcome = Completed(
+        info=info(**overrides),
+        adjustment_type_code="GOODWILL",
+        points_requested=250,
+        points_adjusted=250,
+        attempts=1,
+        completed_at=T0,
+        pas_duration_ms=42,
+        pas_correlation_id="mc-corr-9",
+        service_version="0.1.0",
+    )
+    return Publish.original(outcome)
 
 
 def failed(
@@ -117,10 +128,26 @@ def failed(
     errors: tuple[ErrorDetail, ...] = (),
     **overrides: Any,
 ) -> Publish:
-    outcome = Failed(info(**overrides), "VALIDATION_FAILED", description, False, T0, errors)
-    payload = outcome.as_avro("0.1.0")
-    key = payload["account_ref"]
-    return Publish("failed", payload, key, False, "VALIDATION_FAILED", "case-1-credit")
+    outcome = Failed(
+        info=info(**overrides),
+        reason_code="VALIDATION_FAILED",
+        description=description,
+        retryable=False,
+        failed_at=T0,
+        errors=errors,
+        service_version="0.1.0",
+    )
+    return Publish.original(outcome)
+
+
+def event_of(decision: Publish) -> dict[str, Any]:
+    """The event of ``decision`` whole, as the publisher makes it before any cut."""
+    return outcome_record(
+        decision.outcome,
+        event_id=decision.event_id,
+        source=decision.source,
+        duplicate=decision.duplicate,
+    )
 
 
 async def publish(
@@ -218,11 +245,11 @@ async def test_a_completed_event_with_1_mb_of_metadata_goes_out(codec: AvroCodec
     assert sent.header["event_type"] == b"completed"
     event = decoded(codec, sent)
     assert event["metadata"] == {"case": "C-9", "blob": marker(big.encode())}
-    expected = {**decision.payload, "metadata": event["metadata"]}
+    expected = {**event_of(decision), "metadata": event["metadata"]}
     for name in ("event_id", "idempotency_key", "account_ref", "account_masked", "correlation_id"):
         assert event[name] == expected[name]
     assert (event["points_requested"], event["points_adjusted"]) == (250, 250)
-    assert event["source"] == decision.payload["source"]
+    assert event["source"] == event_of(decision)["source"]
 
 
 async def test_a_failed_event_with_a_600_kb_correlation_id_goes_out(codec: AvroCodec) -> None:
@@ -319,7 +346,7 @@ async def test_a_huge_failed_event_always_fits_the_smallest_limit(codec: AvroCod
         "metadata",
     ]
     assert event["idempotency_key"] == marker(b"k" * 700_000)
-    assert event["event_id"] == decision.payload["event_id"]
+    assert event["event_id"] == decision.event_id
     assert event["account_ref"] == REF
     assert [e["reason_code"] for e in event["errors"]] == ["ERRORS_CUT"]
     assert event["errors"][0]["description"].startswith("<cut 3000 entries, ")
@@ -415,7 +442,7 @@ async def test_the_minimal_form_has_a_bound_whatever_the_event_holds(codec: Avro
     smallest allowed limit (16 KiB) always fits a completed event."""
     edge = "x" * pub.IDENTITY_GUARD_BYTES
     outcome = Completed(
-        info(
+        info=info(
             idempotency_key=edge,
             correlation_id="c" * 1_000_000,
             requested_by="r" * 1_000_000,
@@ -424,16 +451,16 @@ async def test_the_minimal_form_has_a_bound_whatever_the_event_holds(codec: Avro
             source=SourceRef(edge, 1, 2**62),
             metadata={"k": "v" * 240},
         ),
-        edge,
-        2**62,
-        2**62,
-        2**30,
-        T0,
-        2**62,
-        "p" * 1_000_000,
+        adjustment_type_code=edge,
+        points_requested=2**62,
+        points_adjusted=2**62,
+        attempts=2**30,
+        completed_at=T0,
+        pas_duration_ms=2**62,
+        pas_correlation_id="p" * 1_000_000,
+        service_version=edge,
     )
-    payload = {**outcome.as_avro(edge), "event_id": edge}
-    decision = Publish("completed", payload, edge, False, None, None)
+    decision = Publish(outcome, edge, outcome.info.source, False, None)
     producer = RecordingProducer(["broker"])
     publisher = OutcomePublisher(producer, codec, KafkaSettings())
     await (await publisher.send(decision))

@@ -27,7 +27,7 @@ from service.kafka.runner import CommandRunner
 from service.metrics import Metrics
 from service.settings import KafkaSettings
 from tests.fakes import ScriptedPas
-from tests.unit.test_processor import APPLIED, CONFIG, raw_command
+from tests.unit.test_processor import APPLIED, CONFIG, completed_elsewhere, raw_command
 
 TOPIC = "commands"
 TP = TopicPartition(TOPIC, 0)
@@ -258,15 +258,14 @@ async def test_a_claim_lost_to_another_worker_hands_the_record_back_without_a_se
             record,
             owner="worker-b",
             state=State.COMPLETED,
-            outcome_kind="completed",
-            outcome={"idempotency_key": "key-0", "account_ref": None, "by": "worker-b"},
+            outcome=completed_elsewhere("key-0"),
         )
 
     store.on_fail = other_worker_finishes
     await run_until(r, lambda: committed(r) == 1)
     assert len(r.pas.requests) == 1
     (sent,) = r.publisher.sent
-    assert sent.payload["by"] == "worker-b"
+    assert sent.outcome == completed_elsewhere("key-0")  # the other worker's, as it stored it
     assert r.metrics.faults.labels("claim")._value.get() == 1
 
 
@@ -278,7 +277,7 @@ async def test_records_of_other_keys_go_on_while_one_waits_out_a_fault() -> None
     r.pas.then(APPLIED, APPLIED, APPLIED)
     await run_until(r, lambda: committed(r) == 3)
     assert len(r.pas.requests) == 3
-    assert sorted(d.payload["idempotency_key"] for d in r.publisher.sent) == [
+    assert sorted(d.outcome.info.idempotency_key for d in r.publisher.sent) == [
         "key-0",
         "key-1",
         "key-2",
