@@ -9,12 +9,13 @@ sent, as ``HistoryFailed("circuit open")``.
 from __future__ import annotations
 
 import asyncio
+from typing import Unpack
 
 from service.domain.circuit import CircuitBreaker
 from service.domain.classification import UNHEALTHY, Observation, Transport, classify
 from service.domain.ports import PasPort, PasReply, PasRequest
 from service.domain.reconcile import HistoryFailed, HistoryLookup
-from service.pas.history import TimedHistoryPort
+from service.pas.history import LookupOptions, TimedHistoryPort
 
 CIRCUIT_OPEN = "circuit open"
 """The problem of a lookup the open circuit kept from PAS."""
@@ -51,19 +52,11 @@ class GuardedHistory:
         self._inner = inner
         self._breaker = breaker
 
-    async def lookup(
-        self,
-        account_number: str,
-        *,
-        correlation_id: str | None = None,
-        deadline: float | None = None,
-    ) -> HistoryLookup:
+    async def lookup(self, account_number: str, **options: Unpack[LookupOptions]) -> HistoryLookup:
         if not self._breaker.allow():
             return HistoryFailed(CIRCUIT_OPEN, None)
         try:
-            found = await self._inner.lookup(
-                account_number, correlation_id=correlation_id, deadline=deadline
-            )
+            found = await self._inner.lookup(account_number, **options)
         except asyncio.CancelledError:
             self._breaker.release_probe()
             raise

@@ -29,7 +29,7 @@ masked in any problem text an exception might carry.
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict, Unpack
 
 import httpx
 import structlog
@@ -59,6 +59,7 @@ __all__ = [
     "HistoryFailed",
     "HistoryFound",
     "HistoryLookup",
+    "LookupOptions",
     "PasHistoryClient",
     "TimedHistoryPort",
 ]
@@ -73,16 +74,20 @@ class MalformedHistoryError(PointsAdjusterError):
     """The 200 answer is not the history's shape."""
 
 
+class LookupOptions(TypedDict, total=False):
+    """What a lookup carries besides the account: the reconciled command's correlation id,
+    and the deadline (a ``time.monotonic()`` instant) by which the lookup is over."""
+
+    correlation_id: str | None
+    deadline: float | None
+
+
 class TimedHistoryPort(Protocol):
-    """A ``HistoryPort`` that also takes a deadline (a ``time.monotonic()`` instant) by which
-    the lookup is over: what the decorators of ``service.pas`` pass down to the client."""
+    """A ``HistoryPort`` that also takes the lookup's deadline: what the decorators of
+    ``service.pas`` pass down, unchanged but for the deadline, to the client."""
 
     async def lookup(
-        self,
-        account_number: str,
-        *,
-        correlation_id: str | None = None,
-        deadline: float | None = None,
+        self, account_number: str, **options: Unpack[LookupOptions]
     ) -> HistoryLookup: ...
 
 

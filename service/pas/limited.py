@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Unpack
 
 from service.domain.adaptive import AdaptiveLimit, RatePacer
 from service.domain.classification import UNHEALTHY, Observation, Transport
 from service.domain.ports import PasPort, PasReply, PasRequest
 from service.domain.reconcile import HistoryFailed, HistoryLookup
-from service.pas.history import TimedHistoryPort
+from service.pas.history import LookupOptions, TimedHistoryPort
 
 RATE_LIMITED = 429
 
@@ -128,21 +129,14 @@ class LimitedHistory:
         self._slots = slots
         self._call_timeout_s = call_timeout_s
 
-    async def lookup(
-        self,
-        account_number: str,
-        *,
-        correlation_id: str | None = None,
-        deadline: float | None = None,
-    ) -> HistoryLookup:
+    async def lookup(self, account_number: str, **options: Unpack[LookupOptions]) -> HistoryLookup:
+        deadline = options.get("deadline")
         if deadline is None:
-            deadline = time.monotonic() + self._call_timeout_s
+            deadline = options["deadline"] = time.monotonic() + self._call_timeout_s
         problem = await self._slots.take(deadline)
         if problem is not None:
             return HistoryFailed(problem, None)
         try:
-            return await self._inner.lookup(
-                account_number, correlation_id=correlation_id, deadline=deadline
-            )
+            return await self._inner.lookup(account_number, **options)
         finally:
             await self._slots.give_back()

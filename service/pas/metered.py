@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Unpack
 
 from service.domain.ports import PasPort, PasReply, PasRequest
 from service.domain.reconcile import HistoryFound, HistoryLookup
 from service.metrics import Metrics
-from service.pas.history import TimedHistoryPort
+from service.pas.history import LookupOptions, TimedHistoryPort
 
 
 class MeteredPas:
@@ -42,17 +43,9 @@ class MeteredHistory:
         self._metrics = metrics
         self._clock = clock
 
-    async def lookup(
-        self,
-        account_number: str,
-        *,
-        correlation_id: str | None = None,
-        deadline: float | None = None,
-    ) -> HistoryLookup:
+    async def lookup(self, account_number: str, **options: Unpack[LookupOptions]) -> HistoryLookup:
         started = self._clock()
-        found = await self._inner.lookup(
-            account_number, correlation_id=correlation_id, deadline=deadline
-        )
+        found = await self._inner.lookup(account_number, **options)
         result, status = _labels(found)
         self._metrics.pas_history_requests.labels(result, status).inc()
         self._metrics.pas_history_latency.labels(result).observe(self._clock() - started)
