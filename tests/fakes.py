@@ -45,23 +45,40 @@ class FakeWallClock:
         self.now += timedelta(seconds=seconds)
 
 
-class ScriptedPas:
+class Gated:
+    """What a test controls of a fake's calls: ``gate`` holds every call while it is clear
+    (it starts set); ``entered`` is set when a call comes in; ``cancel_next`` makes the next
+    call raise ``CancelledError``, as if its task were cancelled mid-call."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.entered = asyncio.Event()
+        self.cancel_next = False
+
+    async def come_in(self) -> None:
+        """What each call goes through before it answers."""
+        self.entered.set()
+        if self.cancel_next:
+            self.cancel_next = False
+            raise asyncio.CancelledError
+        await self.gate.wait()
+
+
+class ScriptedPas(Gated):
     """A ``PasPort`` answering from a script, recording every request and its deadline.
 
     Replies come in turn; with ``repeat_last`` the last one answers every later call, without
-    it a call beyond the script fails the test. ``gate`` holds every call while it is clear
-    (it starts set); ``entered`` is set when a call comes in; ``cancel_next`` makes the next
-    call raise ``CancelledError``, as if its task were cancelled mid-call.
+    it a call beyond the script fails the test. The test holds or cancels calls as
+    :class:`Gated` says.
     """
 
     def __init__(self, *replies: PasReply, repeat_last: bool = False) -> None:
+        super().__init__()
         self.script = list(replies)
         self.repeat_last = repeat_last
         self.requests: list[PasRequest] = []
         self.deadlines: list[float] = []
-        self.gate = _opened()
-        self.entered = asyncio.Event()
-        self.cancel_next = False
 
     def then(self, *replies: PasReply) -> None:
         self.script.extend(replies)
@@ -69,32 +86,25 @@ class ScriptedPas:
     async def adjust(self, request: PasRequest, *, deadline: float) -> PasReply:
         self.requests.append(request)
         self.deadlines.append(deadline)
-        self.entered.set()
-        if self.cancel_next:
-            self.cancel_next = False
-            raise asyncio.CancelledError
-        await self.gate.wait()
+        await self.come_in()
         assert self.script, "PAS was called more often than the test scripted"
         if self.repeat_last and len(self.script) == 1:
             return self.script[0]
         return self.script.pop(0)
 
 
-class FakeHistory:
+class FakeHistory(Gated):
     """A ``HistoryPort`` answering from a script, recording the accounts looked up, the
-    correlation ids and the deadlines they came with.
-
-    ``gate``, ``entered`` and ``cancel_next`` work as in :class:`ScriptedPas`.
+    correlation ids and the deadlines they came with. The test holds or cancels lookups as
+    :class:`Gated` says.
     """
 
     def __init__(self, *lookups: HistoryLookup) -> None:
+        super().__init__()
         self.script = list(lookups)
         self.accounts: list[str] = []
         self.correlation_ids: list[str | None] = []
         self.deadlines: list[float | None] = []
-        self.gate = _opened()
-        self.entered = asyncio.Event()
-        self.cancel_next = False
 
     def then(self, *lookups: HistoryLookup) -> None:
         self.script.extend(lookups)
@@ -109,16 +119,6 @@ class FakeHistory:
         self.accounts.append(account_number)
         self.correlation_ids.append(correlation_id)
         self.deadlines.append(deadline)
-        self.entered.set()
-        if self.cancel_next:
-            self.cancel_next = False
-            raise asyncio.CancelledError
-        await self.gate.wait()
+        await self.come_in()
         assert self.script, "the history was looked up more often than the test scripted"
         return self.script.pop(0)
-
-
-def _opened() -> asyncio.Event:
-    gate = asyncio.Event()
-    gate.set()
-    return gate

@@ -161,17 +161,23 @@ def full(max_limit: int) -> AdaptiveLimit:
     return AdaptiveLimit(max_limit, time.monotonic, initial_limit=max_limit)
 
 
-async def test_a_lookup_waits_for_a_slot_an_adjustment_call_holds() -> None:
-    """With one slot, taken by an adjustment call in flight, a lookup waits until the call
-    is over, then runs in the freed slot."""
+async def one_slot_held() -> tuple[LimitedPas, ScriptedPas, asyncio.Task[PasReply]]:
+    """A LimitedPas with a single slot, taken by an adjustment call held in flight."""
     inner_pas = ScriptedPas(APPLIED)
     inner_pas.gate.clear()
     pas = LimitedPas(inner_pas, full(1))
+    call = asyncio.create_task(pas.adjust(REQUEST, deadline=FAR))
+    await inner_pas.entered.wait()
+    return pas, inner_pas, call
+
+
+async def test_a_lookup_waits_for_a_slot_an_adjustment_call_holds() -> None:
+    """With one slot, taken by an adjustment call in flight, a lookup waits until the call
+    is over, then runs in the freed slot."""
+    pas, inner_pas, call = await one_slot_held()
     inner = FakeHistory(FOUND)
     history = LimitedHistory(inner, pas.slots, call_timeout_s=5.0)
 
-    call = asyncio.create_task(pas.adjust(REQUEST, deadline=FAR))
-    await inner_pas.entered.wait()
     lookup = asyncio.create_task(look(history))
     await asyncio.sleep(0.01)
     assert inner.accounts == []
@@ -184,13 +190,9 @@ async def test_a_lookup_waits_for_a_slot_an_adjustment_call_holds() -> None:
 
 async def test_no_slot_before_the_call_deadline_fails_the_lookup_unsent() -> None:
     """A lookup that gets no slot within call_timeout_s fails without reaching PAS."""
-    inner_pas = ScriptedPas(APPLIED)
-    inner_pas.gate.clear()
-    pas = LimitedPas(inner_pas, full(1))
+    pas, inner_pas, call = await one_slot_held()
     inner = FakeHistory(FOUND)
     history = LimitedHistory(inner, pas.slots, call_timeout_s=0.05)
-    call = asyncio.create_task(pas.adjust(REQUEST, deadline=FAR))
-    await inner_pas.entered.wait()
     started = time.monotonic()
 
     result = await look(history)
