@@ -9,9 +9,10 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Mapping
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -248,14 +249,37 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
             ),
             Check("store", store.probe, timeout_s=10.0),
         ]
-        background = [
-            asyncio.create_task(prune_forever(store, settings.idempotency, metrics, stop)),
-            asyncio.create_task(watch(checks, health, stop)),
-        ]
-        try:
-            await runner.run()
-        finally:
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+        await run_tasks(
+            runner,
+            {
+                "pruner": prune_forever(store, settings.idempotency, metrics, stop),
+                "watchdog": watch(checks, health, stop),
+            },
+        )
     log.info("service.stopped")
+
+
+async def run_tasks(
+    runner: CommandRunner, background: Mapping[str, Coroutine[Any, Any, None]]
+) -> None:
+    """Run the runner, its dispatcher and the ``background`` loops in one task group.
+
+    The runner runs in the group's own body; when it returns (stopped, drained, committed)
+    the dispatcher and the loops are cancelled, so none outlives it. When any of them fails,
+    the others are cancelled (the runner still drains within its budget and commits) and the
+    error is raised here: the one error itself, or the group of them when several failed.
+    A ``SystemExit`` or ``KeyboardInterrupt`` goes through as itself.
+    """
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            siblings = [tasks.create_task(runner.dispatch(), name="dispatcher")]
+            siblings += [tasks.create_task(loop, name=name) for name, loop in background.items()]
+            try:
+                await runner.run()
+            finally:
+                for task in siblings:
+                    task.cancel()
+    except ExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise

@@ -22,6 +22,12 @@ and ``/readyz`` says why. A decision already taken is kept: only what is left of
 publish, the note that it was published) is tried again, so a fault after PAS applied an
 adjustment never calls PAS again. When the record finally goes through, the partition
 resumes. Nothing is skipped: a partition stays behind its faulted record, never past it.
+
+The runner sees the consumer, the publishers and the processor only through the protocols
+of ``service.kafka.ports``; the service runs its two coroutines (``run`` and ``dispatch``)
+in its one task group (``service.app.run_tasks``). The log lines of one record's handling,
+the deeper layers' included, carry its topic, partition, offset and idempotency key, bound
+once here; never its account.
 """
 
 from __future__ import annotations
@@ -33,12 +39,12 @@ import random
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from service.domain.decisions import (
@@ -49,11 +55,17 @@ from service.domain.decisions import (
     Publish,
     Retry,
 )
-from service.domain.processor import Processor
+from service.domain.inbound import DecodedCommand
 from service.health import Health
 from service.idempotency.base import OwnershipLostError
-from service.kafka.deadletter import DeadLetterPublisher, Failure
-from service.kafka.publisher import OutcomePublisher
+from service.kafka.deadletter import Failure
+from service.kafka.ports import (
+    CommandConsumer,
+    ConsumerMessage,
+    DeadLetterSender,
+    OutcomeSender,
+    RecordProcessor,
+)
 from service.metrics import Metrics
 
 log = structlog.get_logger("service.runner")
@@ -130,21 +142,48 @@ class PartitionProgress:
         return len(self.pending)
 
 
+def log_context(record: InboundRecord) -> dict[str, Any]:
+    """What every log line about ``record`` carries: where it is, and its idempotency key.
+
+    Never the account (the ordering key): logs hold no account number.
+    """
+    context: dict[str, Any] = {
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+    }
+    if isinstance(record.payload, DecodedCommand):
+        context["idempotency_key"] = record.payload.idempotency_key
+    return context
+
+
 def _ms(moment: Any) -> int:
     return int(moment.timestamp() * 1000)
 
 
 class CommandRunner:
-    """Consumes the command topic until ``stop`` is set, then drains and commits."""
+    """Consumes the command topic until ``stop`` is set, then drains and commits.
+
+    Two coroutines make one runner: ``run`` (intake, commits, the drain at the end) and
+    ``dispatch`` (starts the records that are ready). Run them side by side in one task
+    group; ``run`` ends the dispatcher once the records fetched are finished or the drain
+    budget is spent. Each record runs in a task of its own, which ``run`` waits for (bounded)
+    before it returns: nothing of the runner outlives ``run``.
+
+    A record whose processing raises an ``Exception`` is held up as a fault and tried again
+    later. A ``BaseException`` that is not one (``SystemExit``, ``KeyboardInterrupt``: not
+    something to retry) stops the runner instead: intake stops, the records in hand finish
+    within the drain budget, what finished is committed, and ``run`` raises it.
+    """
 
     def __init__(
         self,
         *,
-        consumer: AIOKafkaConsumer,
+        consumer: CommandConsumer,
         topic: str,
-        processor: Processor,
-        publisher: OutcomePublisher,
-        dead_letters: DeadLetterPublisher,
+        processor: RecordProcessor,
+        publisher: OutcomeSender,
+        dead_letters: DeadLetterSender,
         metrics: Metrics,
         stop: asyncio.Event,
         drain_timeout_s: float,
@@ -154,6 +193,7 @@ class CommandRunner:
         max_poll_records: int = 500,
         max_buffered_bytes: int = 64 * 1024 * 1024,
         fault_backoff_max_s: float = 30.0,
+        commit_interval_s: float = COMMIT_INTERVAL_S,
         health: Health | None = None,
     ) -> None:
         self._consumer = consumer
@@ -169,9 +209,11 @@ class CommandRunner:
         self._max_buffered_bytes = max_buffered_bytes
         self._max_poll_records = max_poll_records
         self._fault_backoff_max_s = fault_backoff_max_s
+        self._commit_interval_s = commit_interval_s
         self._health = health or Health()
-        self._faulted: dict[TopicPartition, str] = {}
-        """Partitions held up by a fault, with its part; paused until their record passes."""
+        self._faulted: dict[Key, str] = {}
+        """Keys whose first record is held up by a fault, with its part; their partition
+        stays paused until the record passes."""
         self._slots = asyncio.Semaphore(max_in_flight)
         self._progress: dict[TopicPartition, PartitionProgress] = {}
         self._queues: dict[Key, deque[_Pending]] = {}
@@ -183,12 +225,19 @@ class CommandRunner:
         self._paused: set[TopicPartition] = set()
         self._failure: BaseException | None = None
         self._last_commit = time.monotonic()
+        self._dispatching = False
+        """The dispatcher is running: buffered records can still finish."""
+        self._closed = False
+        """``run`` is ending: the dispatcher starts nothing more."""
+        self._settled = asyncio.Event()
+        """Set when the buffer empties, or when nothing will empty it any more (a failure,
+        the dispatcher gone); what the drain on the way out waits for."""
 
     # -- the loop -----------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Fetch and commit until ``stop``; then finish what was fetched, drain, commit."""
         self._consumer.subscribe([self._topic], listener=_Rebalance(self))
-        dispatcher = asyncio.create_task(self._dispatch(), name="dispatcher")
         self._health.started()
         log.info("consumer.started", topic=self._topic, ordering=self._ordering)
         try:
@@ -198,23 +247,26 @@ class CommandRunner:
                 for tp, messages in batches.items():
                     for message in messages:
                         self._accept(tp, message)
-                if time.monotonic() - self._last_commit >= COMMIT_INTERVAL_S:
+                if time.monotonic() - self._last_commit >= self._commit_interval_s:
                     await self.commit()
         finally:
-            self._health.draining()
-            # One budget for the whole drain: finishing what was fetched, then what runs.
-            deadline = time.monotonic() + self._drain_timeout_s
-            await self._finish_buffered(deadline)
-            dispatcher.cancel()
-            await asyncio.gather(dispatcher, return_exceptions=True)
-            for handle in self._timers.values():
-                handle.cancel()
-            self._timers.clear()
-            await self._drain(set(self._running), max(0.0, deadline - time.monotonic()))
-            await self.commit()
-            log.info("consumer.stopped")
+            await self._wind_down()
         if self._failure is not None:
             raise self._failure
+
+    async def _wind_down(self) -> None:
+        """Intake has stopped: finish, drain and commit within one budget."""
+        self._health.draining()
+        # One budget for the whole drain: finishing what was fetched, then what runs.
+        deadline = time.monotonic() + self._drain_timeout_s
+        await self._finish_buffered(deadline)
+        self._close_dispatcher()
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        await self._drain(set(self._running), max(0.0, deadline - time.monotonic()))
+        await self.commit()
+        log.info("consumer.stopped")
 
     async def _finish_buffered(self, deadline: float) -> None:
         """On the way out: fetch nothing more, but finish what was fetched (bounded).
@@ -222,18 +274,18 @@ class CommandRunner:
         Finishing every buffered record lets the commit cover all of it, so the next start
         re-reads nothing; what is still unfinished at the drain timeout is re-read then.
         """
-        if self._failure is not None or not self._queues:
+        if self._failure is not None or not self._queues or not self._dispatching:
             return
         log.info("shutdown.draining", records=self._buffered(), timeout_s=self._drain_timeout_s)
-        while self._queues and time.monotonic() < deadline and self._failure is None:  # noqa: ASYNC110 - a bounded drain poll
-            await asyncio.sleep(0.05)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._settled.wait(), max(0.0, deadline - time.monotonic()))
         if self._queues:
             log.warning("shutdown.drain_timeout", unfinished=self._buffered())
 
-    async def _fetch(self, room: int) -> dict[TopicPartition, list[Any]]:
+    async def _fetch(self, room: int) -> Mapping[TopicPartition, Sequence[ConsumerMessage]]:
         """One fetch; a failing consumer is reported and tried again, never the end of us."""
         try:
-            batches: dict[TopicPartition, list[Any]] = await self._consumer.getmany(
+            batches = await self._consumer.getmany(
                 timeout_ms=FETCH_TIMEOUT_MS, max_records=max(1, room)
             )
         except KafkaError as exc:
@@ -269,19 +321,21 @@ class CommandRunner:
             or held_bytes >= self._max_buffered_bytes
             or self._health.problem("store") is not None  # a lost store takes nothing new
         )
+        held = {tp for tp, _ in self._faulted}
         for tp, progress in self._progress.items():
             over = len(progress) >= share or progress.bytes >= byte_share
             below = len(progress) <= share // 2 and progress.bytes <= byte_share // 2
-            if tp not in self._paused and (full or over or tp in self._faulted):
+            if tp not in self._paused and (full or over or tp in held):
                 self._consumer.pause(tp)
                 self._paused.add(tp)
-            elif tp in self._paused and not full and below and tp not in self._faulted:
+            elif tp in self._paused and not full and below and tp not in held:
                 self._consumer.resume(tp)
                 self._paused.discard(tp)
         self._metrics.paused.set(len(self._paused))
         return min(self._max_poll_records, self._max_buffered - buffered)
 
-    def _accept(self, tp: TopicPartition, message: Any) -> None:
+    def _accept(self, tp: TopicPartition, message: ConsumerMessage) -> None:
+        """Buffer one fetched record behind the earlier records of its key."""
         progress = self._progress.get(tp)
         if progress is None or tp in self._revoked:
             return  # a fetch that raced a revocation: the new owner reads it
@@ -305,6 +359,7 @@ class CommandRunner:
         queue = self._queues.get(key)
         if queue is None:
             self._queues[key] = deque([_Pending(record, time.perf_counter())])
+            self._settled.clear()
             self._make_ready(key)
         else:
             queue.append(_Pending(record, time.perf_counter()))
@@ -315,23 +370,44 @@ class CommandRunner:
 
     # -- dispatching --------------------------------------------------------------------
 
-    async def _dispatch(self) -> None:
-        while True:
-            while not self._ready:
-                self._wake.clear()
-                await self._wake.wait()
-            await self._slots.acquire()
-            if not self._ready:
-                self._slots.release()
-                continue
-            key = self._ready.popleft()
-            tp = key[0]
-            if key not in self._queues or tp in self._revoked:
-                self._slots.release()
-                continue
-            task = asyncio.create_task(self._run_one(key))
-            self._running.setdefault(tp, set()).add(task)
-            task.add_done_callback(functools.partial(self._task_done, tp))
+    async def dispatch(self) -> None:
+        """Start each ready key's first record, ``max_in_flight`` at most, until ``run`` ends."""
+        self._dispatching = True
+        try:
+            while not self._closed:
+                if not self._ready:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                await self._slots.acquire()
+                key = self._take_ready()
+                if key is None:
+                    self._slots.release()
+                    continue
+                self._start(key)
+        finally:
+            self._dispatching = False
+            self._settled.set()  # what is still buffered will not finish now
+
+    def _take_ready(self) -> Key | None:
+        """The next key to start, or None (nothing ready, its records gone, or closing)."""
+        if self._closed or not self._ready:
+            return None
+        key = self._ready.popleft()
+        if key not in self._queues or key[0] in self._revoked:
+            return None
+        return key
+
+    def _start(self, key: Key) -> None:
+        tp = key[0]
+        task = asyncio.create_task(self._run_one(key), name=f"record {tp.topic}/{tp.partition}")
+        self._running.setdefault(tp, set()).add(task)
+        task.add_done_callback(functools.partial(self._task_done, tp))
+
+    def _close_dispatcher(self) -> None:
+        """Start nothing more; the dispatcher returns at its next step."""
+        self._closed = True
+        self._wake.set()
 
     def _task_done(self, tp: TopicPartition, task: asyncio.Task[None]) -> None:
         self._slots.release()
@@ -340,16 +416,41 @@ class CommandRunner:
             running.discard(task)
             if not running:
                 del self._running[tp]
-        if not task.cancelled() and task.exception() is not None and self._failure is None:
-            self._failure = task.exception()
-            log.error("processing.crashed", error=repr(self._failure))
-            self._stop.set()
+        if not task.cancelled() and task.exception() is not None:
+            self._crashed(task.exception())
+
+    def _crashed(self, exc: BaseException | None) -> None:
+        """Something we must not retry: stop the runner; ``run`` raises it at the end."""
+        if exc is None or self._failure is not None:
+            return
+        self._failure = exc
+        log.error("processing.crashed", error=repr(exc))
+        self._settled.set()
+        self._stop.set()
 
     async def _run_one(self, key: Key) -> None:
-        tp = key[0]
+        """Try ``key``'s first record once, with its log context bound."""
         queue = self._queues[key]
-        progress = self._progress[tp]
+        progress = self._progress[key[0]]
         pending = queue[0]
+        with structlog.contextvars.bound_contextvars(**log_context(pending.record)):
+            try:
+                decided = await self._try(key, pending)
+            except Exception as exc:  # any fault: this record waits, the service goes on
+                self._fault(key, pending, exc)
+                return
+            except asyncio.CancelledError:
+                raise  # the drain ran out of time: the record is re-read by the next owner
+            except BaseException as exc:  # kept, and raised by ``run`` once drained
+                # Not retried, and not raised here either: asyncio would let a SystemExit out
+                # of the event loop at once, past the drain and the commit.
+                self._crashed(exc)
+                return
+            if decided:
+                self._finished(key, queue, progress)
+
+    async def _try(self, key: Key, pending: _Pending) -> bool:
+        """Decide (unless decided already) and deliver; False when handed back for later."""
         self._metrics.in_flight.inc()
         try:
             if pending.decision is None:
@@ -358,15 +459,18 @@ class CommandRunner:
                     pending.attempt = decision.attempt
                     self._metrics.retries.labels(decision.kind).inc()
                     self._later(key, decision.after_s)
-                    return
+                    return False
                 pending.decision = decision
             await self._deliver(pending)
-        except Exception as exc:  # any fault: this record waits, the service goes on
-            self._fault(key, pending, exc)
-            return
         finally:
             self._metrics.in_flight.dec()
-        self._passed(tp, pending)
+        return True
+
+    def _finished(self, key: Key, queue: deque[_Pending], progress: PartitionProgress) -> None:
+        """``key``'s first record went through: move the commit point, start its next one."""
+        tp = key[0]
+        pending = queue[0]
+        self._passed(key, pending)
         self._metrics.processing.observe(time.perf_counter() - pending.fetched_at)
         if self._progress.get(tp) is not progress:
             return  # the partition was revoked meanwhile
@@ -374,8 +478,10 @@ class CommandRunner:
         queue.popleft()
         if queue:
             self._make_ready(key)
-        else:
-            del self._queues[key]
+            return
+        del self._queues[key]
+        if not self._queues:
+            self._settled.set()
 
     def _later(self, key: Key, after_s: float) -> None:
         """Hand ``key``'s first record back in ``after_s`` seconds (unless revoked)."""
@@ -385,19 +491,12 @@ class CommandRunner:
 
     def _fault(self, key: Key, pending: _Pending, exc: Exception) -> None:
         """A fault of our infrastructure held this record up: pause, report, try later."""
-        tp = key[0]
         part = fault_part(exc)
-        record = pending.record
         self._metrics.faults.labels(part).inc()
         if isinstance(exc, OwnershipLostError):
             # Another worker took the claim over (our lease ran out): start this record
             # again from its claim, which tells what the other worker did with it.
-            log.warning(
-                "idempotency.claim_lost",
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-            )
+            log.warning("idempotency.claim_lost")
             pending.decision = None
             pending.delivered = False
             self._later(key, CLAIM_LOST_PAUSE_S)
@@ -406,7 +505,7 @@ class CommandRunner:
         ceiling = min(FAULT_FIRST_PAUSE_S * 2 ** (pending.faults - 1), self._fault_backoff_max_s)
         pause = random.uniform(ceiling / 2, ceiling)
         stage = "deliver" if pending.decision is not None else "process"
-        self._faulted[tp] = part
+        self._faulted[key] = part
         self._health.report(f"records.{part}", f"{stage} failing: {describe(exc)}")
         if pending.faults & (pending.faults - 1):
             self._later(key, pause)  # logged at the 1st, 2nd, 4th, 8th... fault only
@@ -416,9 +515,6 @@ class CommandRunner:
             "record.fault",
             part=part,
             stage=stage,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
             faults=pending.faults,
             retry_in_s=round(pause, 2),
             error=describe(exc),
@@ -426,18 +522,16 @@ class CommandRunner:
         )
         self._later(key, pause)
 
-    def _passed(self, tp: TopicPartition, pending: _Pending) -> None:
-        """A record went through: its partition is no longer held up by a fault."""
+    def _passed(self, key: Key, pending: _Pending) -> None:
+        """A record went through: its key no longer holds its partition up."""
         if pending.faults:
-            log.info(
-                "record.recovered",
-                topic=pending.record.topic,
-                partition=pending.record.partition,
-                offset=pending.record.offset,
-                faults=pending.faults,
-            )
-        part = self._faulted.pop(tp, None)
-        if part is not None and part not in self._faulted.values():
+            log.info("record.recovered", faults=pending.faults)
+        self._unfault([key])
+
+    def _unfault(self, keys: Collection[Key]) -> None:
+        """``keys`` are no longer held up; clear each part no other key is held up by."""
+        parts = {self._faulted.pop(key) for key in keys if key in self._faulted}
+        for part in parts - set(self._faulted.values()):
             self._health.clear(f"records.{part}")
 
     def _wake_later(self, key: Key) -> None:
@@ -455,7 +549,7 @@ class CommandRunner:
         record = pending.record
         dead = decision.dead_letter
         if not pending.delivered:
-            deliveries: list[asyncio.Future[Any]] = []
+            deliveries: list[Awaitable[object]] = []
             if isinstance(decision, Publish):
                 deliveries.append(await self._publisher.send(decision))
             if dead is not None:
@@ -476,7 +570,7 @@ class CommandRunner:
 
     async def _send_dead_letter(
         self, dead: DeadLetterRequest, record: InboundRecord
-    ) -> asyncio.Future[Any]:
+    ) -> Awaitable[object]:
         return await self._dead_letters.send(
             topic=record.topic,
             partition=record.partition,
@@ -567,13 +661,13 @@ class CommandRunner:
         for tp in revoked:
             self._progress.pop(tp, None)
             self._paused.discard(tp)
-            part = self._faulted.pop(tp, None)
-            if part is not None and part not in self._faulted.values():
-                self._health.clear(f"records.{part}")
+        self._unfault([key for key in self._faulted if key[0] in revoked])
         for key in [key for key in self._queues if key[0] in revoked]:
             for pending in self._queues.pop(key):
                 if pending.decision is not None:
                     self._processor.abandon(pending.decision)  # its new owner decides again
+        if not self._queues:
+            self._settled.set()
         self._revoked -= revoked
         self._metrics.assigned_partitions.set(len(self._progress))
 
@@ -587,15 +681,13 @@ class CommandRunner:
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Hands the consumer's rebalances to the runner (aiokafka wants this base class)."""
+
     def __init__(self, runner: CommandRunner) -> None:
         self._runner = runner
 
-    async def on_partitions_revoked(
-        self, revoked: Sequence[TopicPartition] | Mapping[Any, Any]
-    ) -> None:
+    async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
         await self._runner.on_revoked(set(revoked))
 
-    async def on_partitions_assigned(
-        self, assigned: Sequence[TopicPartition] | Mapping[Any, Any]
-    ) -> None:
+    async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
         self._runner.on_assigned(set(assigned))

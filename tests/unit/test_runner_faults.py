@@ -12,92 +12,28 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from aiokafka import TopicPartition
-from aiokafka.errors import KafkaTimeoutError
 
 from service.app import command_decoder
 from service.codec.avro import COMMAND, AvroCodec
-from service.domain.decisions import Publish
+from service.domain.processor import Processor
 from service.health import Health
 from service.idempotency.base import OwnershipLostError, State
 from service.idempotency.memory import MemoryStore
 from service.kafka import runner as runner_module
-from service.kafka.deadletter import DeadLetterPublisher
 from service.kafka.runner import CommandRunner
 from service.metrics import Metrics
-from service.settings import KafkaSettings
 from tests.fakes import ScriptedPas
+from tests.unit.runner_fakes import (
+    TOPIC,
+    TP,
+    FakeConsumer,
+    FakeDeadLetters,
+    FakeOutcomes,
+    Message,
+    serve,
+    wait_until,
+)
 from tests.unit.test_processor import APPLIED, CONFIG, completed_elsewhere, raw_command
-
-TOPIC = "commands"
-TP = TopicPartition(TOPIC, 0)
-
-
-@dataclass
-class Message:
-    offset: int
-    value: bytes | None
-    key: bytes | None = b"k"
-    timestamp: int = 1_700_000_000_000
-    headers: tuple[tuple[str, bytes], ...] = ()
-
-
-@dataclass
-class FakeConsumer:
-    """Hands out queued messages of unpaused partitions; records pauses and commits."""
-
-    messages: list[Message]
-    paused: set[TopicPartition] = field(default_factory=set)
-    ever_paused: set[TopicPartition] = field(default_factory=set)
-    commits: list[dict[TopicPartition, int]] = field(default_factory=list)
-    listener: Any = None
-    assigned: bool = False
-
-    def subscribe(self, topics: list[str], listener: Any) -> None:
-        self.listener = listener
-
-    async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, Any]:
-        if not self.assigned:
-            self.assigned = True
-            await self.listener.on_partitions_assigned([TP])
-        if TP in self.paused or not self.messages:
-            await asyncio.sleep(timeout_ms / 1000)
-            return {}
-        taken, self.messages = self.messages[:max_records], self.messages[max_records:]
-        return {TP: taken}
-
-    def pause(self, tp: TopicPartition) -> None:
-        self.paused.add(tp)
-        self.ever_paused.add(tp)
-
-    def resume(self, tp: TopicPartition) -> None:
-        self.paused.discard(tp)
-
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        self.commits.append(dict(offsets))
-
-
-class FlakyPublisher:
-    """An outcome publisher whose first ``failures`` deliveries fail like a broker outage."""
-
-    def __init__(self, failures: int) -> None:
-        self.failures = failures
-        self.sent: list[Publish] = []
-
-    async def send(self, decision: Publish) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if self.failures:
-            self.failures -= 1
-            future.set_exception(KafkaTimeoutError("batch expired: the broker did not answer"))
-        else:
-            self.sent.append(decision)
-            future.set_result(None)
-        return future
-
-
-class NoProducer:
-    async def send(self, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
-        raise AssertionError("no dead letter expected")
 
 
 class FailingStore(MemoryStore):
@@ -137,7 +73,8 @@ def quick_faults(monkeypatch: pytest.MonkeyPatch) -> None:
 class Rig:
     runner: CommandRunner
     consumer: FakeConsumer
-    publisher: FlakyPublisher
+    publisher: FakeOutcomes
+    dead_letters: FakeDeadLetters
     pas: ScriptedPas
     store: MemoryStore
     health: Health
@@ -147,8 +84,6 @@ class Rig:
 
 
 def rig(store: MemoryStore, publish_failures: int = 0, commands: int = 1) -> Rig:
-    from service.domain.processor import Processor
-
     codec = AvroCodec.from_directory()
     pas = ScriptedPas()
     processor = Processor(
@@ -170,39 +105,40 @@ def rig(store: MemoryStore, publish_failures: int = 0, commands: int = 1) -> Rig
         for offset in range(commands)
     ]
     consumer = FakeConsumer(messages)
-    publisher = FlakyPublisher(publish_failures)
+    publisher = FakeOutcomes(publish_failures)
+    dead_letters = FakeDeadLetters()
     metrics = Metrics()
     seen: list[bool] = []
     health = Health(on_change=seen.append)
     stop = asyncio.Event()
     runner = CommandRunner(
-        consumer=consumer,  # type: ignore[arg-type]
+        consumer=consumer,
         topic=TOPIC,
         processor=processor,
-        publisher=publisher,  # type: ignore[arg-type]
-        dead_letters=DeadLetterPublisher(NoProducer(), KafkaSettings(), "group", "test"),
+        publisher=publisher,
+        dead_letters=dead_letters,
         metrics=metrics,
         stop=stop,
         drain_timeout_s=2.0,
+        commit_interval_s=0.05,
         health=health,
     )
-    return Rig(runner, consumer, publisher, pas, store, health, metrics, stop, seen)
+    return Rig(runner, consumer, publisher, dead_letters, pas, store, health, metrics, stop, seen)
 
 
 async def run_until(r: Rig, done: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    task = asyncio.create_task(r.runner.run())
+    """Run the runner until ``done()`` holds, then stop it; no dead letter was expected."""
+    task = asyncio.create_task(serve(r.runner))
     try:
-        async with asyncio.timeout(timeout_s):
-            while not done():
-                assert not task.done(), "the runner ended by itself"
-                await asyncio.sleep(0.01)
+        await wait_until(done, while_running=task, timeout_s=timeout_s)
     finally:
         r.stop.set()
         await asyncio.wait_for(task, 10)
+    assert r.dead_letters.sent == []
 
 
 def committed(r: Rig) -> int | None:
-    return r.consumer.commits[-1][TP] if r.consumer.commits else None
+    return r.consumer.committed(TP)
 
 
 async def test_a_publish_failing_like_a_broker_outage_pauses_and_goes_out_once_it_passes() -> None:

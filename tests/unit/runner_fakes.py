@@ -1,0 +1,226 @@
+"""Fakes of the command runner's ports (service/kafka/ports.py), for tests without a broker.
+
+``FakeConsumer`` is a consumer group of one: it hands out the messages fed to it for its
+unpaused partitions, runs rebalances when asked, and records pauses, resumes and commits.
+``FakeOutcomes`` and ``FakeDeadLetters`` acknowledge (or refuse) what is sent to them.
+``serve`` runs a runner as the service does: ``run`` and ``dispatch`` in one task group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaTimeoutError
+
+from service.app import run_tasks
+from service.domain.decisions import Publish
+from service.kafka.deadletter import Failure
+from service.kafka.ports import RebalanceListener
+from service.kafka.runner import CommandRunner
+
+TOPIC = "commands"
+TP = TopicPartition(TOPIC, 0)
+
+
+@dataclass(frozen=True)
+class Message:
+    """A fetched record (the fields of aiokafka's ``ConsumerRecord`` the runner reads)."""
+
+    offset: int
+    value: bytes | None
+    key: bytes | None = b"k"
+    timestamp: int = 1_700_000_000_000
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+class FakeConsumer:
+    """Hands out the messages of its unpaused partitions; records pauses and commits.
+
+    The partitions are assigned at the first fetch. ``revoke`` takes partitions away at the
+    next fetch (inside ``getmany``, as aiokafka runs its rebalance callbacks).
+    """
+
+    def __init__(
+        self,
+        messages: Sequence[Message] = (),
+        partitions: Sequence[TopicPartition] = (TP,),
+    ) -> None:
+        self.partitions = list(partitions)
+        self.backlog: dict[TopicPartition, deque[Message]] = {tp: deque() for tp in partitions}
+        self.backlog[self.partitions[0]].extend(messages)
+        self.paused: set[TopicPartition] = set()
+        self.ever_paused: set[TopicPartition] = set()
+        self.events: list[tuple[str, TopicPartition]] = []
+        """``("pause", tp)`` and ``("resume", tp)`` in the order they came."""
+        self.commits: list[dict[TopicPartition, int]] = []
+        self.fetched: dict[TopicPartition, int] = dict.fromkeys(partitions, 0)
+        """How many messages of each partition were handed out."""
+        self.fetches = 0
+        self.listener: RebalanceListener | None = None
+        self.assigned = False
+        self.revoking: set[TopicPartition] = set()
+        self.commit_hangs = False
+        """Commits never answer, like a broker gone (the runner's timeout must end them)."""
+        self._to_revoke: set[TopicPartition] = set()
+        self._news = asyncio.Event()
+
+    # -- the test's side ----------------------------------------------------------------
+
+    def feed(self, tp: TopicPartition, *values: bytes | None) -> list[int]:
+        """Append messages with ``values`` to ``tp``; return their offsets."""
+        backlog = self.backlog[tp]
+        start = self._next_offset(tp)
+        offsets = list(range(start, start + len(values)))
+        backlog.extend(Message(at, value) for at, value in zip(offsets, values, strict=True))
+        self._news.set()
+        return offsets
+
+    def revoke(self, *partitions: TopicPartition) -> None:
+        """Take ``partitions`` away at the next fetch."""
+        self._to_revoke.update(partitions)
+        self._news.set()
+
+    def committed(self, tp: TopicPartition = TP) -> int | None:
+        """The last offset committed for ``tp``."""
+        for offsets in reversed(self.commits):
+            offset: int | None = offsets.get(tp)
+            if offset is not None:
+                return offset
+        return None
+
+    def _next_offset(self, tp: TopicPartition) -> int:
+        backlog = self.backlog[tp]
+        return backlog[-1].offset + 1 if backlog else self.fetched.get(tp, 0)
+
+    # -- the runner's side (service.kafka.ports.CommandConsumer) ----------------------
+
+    def subscribe(self, topics: Sequence[str], *, listener: RebalanceListener) -> None:
+        self.listener = listener
+
+    async def getmany(
+        self, *, timeout_ms: int, max_records: int
+    ) -> Mapping[TopicPartition, Sequence[Message]]:
+        self.fetches += 1
+        assert self.listener is not None, "getmany before subscribe"
+        if not self.assigned:
+            self.assigned = True
+            await self.listener.on_partitions_assigned(set(self.partitions))
+        if self._to_revoke:
+            await self._rebalance(self.listener)
+        batch = self._take(max_records)
+        if not batch:
+            self._news.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._news.wait(), timeout_ms / 1000)
+        return batch
+
+    async def _rebalance(self, listener: RebalanceListener) -> None:
+        revoked, self._to_revoke = self._to_revoke, set()
+        self.revoking = revoked
+        try:
+            await listener.on_partitions_revoked(revoked)
+        finally:
+            self.revoking = set()
+        self.partitions = [tp for tp in self.partitions if tp not in revoked]
+
+    def _take(self, max_records: int) -> dict[TopicPartition, list[Message]]:
+        batch: dict[TopicPartition, list[Message]] = {}
+        room = max_records
+        for tp in self.partitions:
+            backlog = self.backlog[tp]
+            while room and backlog and tp not in self.paused:
+                batch.setdefault(tp, []).append(backlog.popleft())
+                self.fetched[tp] += 1
+                room -= 1
+        return batch
+
+    def pause(self, partition: TopicPartition, /) -> None:
+        self.paused.add(partition)
+        self.ever_paused.add(partition)
+        self.events.append(("pause", partition))
+
+    def resume(self, partition: TopicPartition, /) -> None:
+        self.paused.discard(partition)
+        self.events.append(("resume", partition))
+        self._news.set()
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        if self.commit_hangs:
+            await asyncio.Event().wait()
+        self.commits.append(dict(offsets))
+
+
+def _acknowledged(error: Exception | None = None) -> asyncio.Future[None]:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+    return future
+
+
+class FakeOutcomes:
+    """An outcome publisher whose first ``failures`` deliveries fail like a broker outage."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.sent: list[Publish] = []
+
+    async def send(self, decision: Publish) -> asyncio.Future[None]:
+        if self.failures:
+            self.failures -= 1
+            return _acknowledged(KafkaTimeoutError("batch expired: the broker did not answer"))
+        self.sent.append(decision)
+        return _acknowledged()
+
+
+class FakeDeadLetters:
+    """A dead-letter publisher that acknowledges every copy and keeps it."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, Failure, str]] = []
+
+    async def send(
+        self,
+        *,
+        topic: str,
+        partition: int,
+        offset: int,
+        timestamp_ms: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] | None,
+        failure: Failure,
+        target: Literal["dlt", "review"],
+    ) -> asyncio.Future[None]:
+        self.sent.append((offset, failure, target))
+        return _acknowledged()
+
+
+async def serve(runner: CommandRunner) -> None:
+    """Run ``runner`` as the service does (``run`` and ``dispatch`` in one task group)."""
+    await run_tasks(runner, {})
+
+
+async def wait_until(
+    done: Callable[[], bool],
+    *,
+    while_running: asyncio.Task[Any] | None = None,
+    timeout_s: float = 10.0,
+) -> None:
+    """Wait until ``done()`` holds (checked every few milliseconds), ``timeout_s`` at most.
+
+    With ``while_running``, fail at once when that task ends first.
+    """
+    async with asyncio.timeout(timeout_s):
+        while not done():
+            if while_running is not None and while_running.done():
+                while_running.result()  # its error, if it failed
+                raise AssertionError("the runner ended by itself")
+            await asyncio.sleep(0.005)
