@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from pa_devkit.sandbox import (
     ApiError,
@@ -22,6 +23,7 @@ from pa_devkit.sandbox import (
     run_sandbox,
     serve_forever,
 )
+from service.domain.command import mask_account
 
 ACCOUNT = "1234567890123456000"
 UNKNOWN_ACCOUNT = "9999999999999999000"
@@ -86,6 +88,20 @@ async def test_valid_adjustment_is_applied_and_answered_with_points(
         -120,
     )
     assert sandbox.ledger.balance(ACCOUNT) == -120
+
+
+async def test_the_applied_adjustment_is_logged_with_the_products_account_mask(
+    client: httpx.AsyncClient,
+) -> None:
+    """The sandbox's log of an applied adjustment shows the account as the product masks it
+    (``mask_account``), never in full."""
+    with capture_logs() as logs:
+        response = await post_adjustment(client, adjustment())
+
+    assert response.status_code == 200
+    [applied] = [event for event in logs if event["event"] == "sandbox.adjustment.applied"]
+    assert applied["account"] == mask_account(ACCOUNT)
+    assert ACCOUNT not in repr(logs)
 
 
 async def test_invalid_fields_get_a_400_envelope_with_one_error_per_problem(
