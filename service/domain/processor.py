@@ -138,6 +138,7 @@ class Processor:
         return decoded.bank_account_number if isinstance(decoded, DecodedCommand) else None
 
     async def handle(self, record: InboundRecord, attempt: Attempt | None = None) -> Decision:
+        """Decide for ``record``, given what happened to it so far (``attempt``)."""
         attempt = attempt or Attempt()
         received_at = attempt.received_at or self._clock()
         attempt = replace(attempt, received_at=received_at)
