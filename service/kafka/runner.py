@@ -47,6 +47,7 @@ import structlog
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
+from service.domain.command import safe_text
 from service.domain.decisions import (
     Attempt,
     DeadLetterOnly,
@@ -56,6 +57,7 @@ from service.domain.decisions import (
     Retry,
 )
 from service.domain.inbound import DecodedCommand
+from service.domain.limits import TEXT_LIMITS
 from service.health import Health
 from service.idempotency.base import OwnershipLostError
 from service.kafka.deadletter import Failure
@@ -153,7 +155,10 @@ def log_context(record: InboundRecord) -> dict[str, Any]:
         "offset": record.offset,
     }
     if isinstance(record.payload, DecodedCommand):
-        context["idempotency_key"] = record.payload.idempotency_key
+        # A safe copy: a hostile key (600 KB, control characters) must not reach every line.
+        context["idempotency_key"] = safe_text(
+            record.payload.idempotency_key, TEXT_LIMITS["idempotency_key"]
+        )
     return context
 
 

@@ -613,3 +613,26 @@ def test_the_real_consumer_takes_every_call_the_port_makes() -> None:
         inspect.signature(getattr(AIOKafkaConsumer, name)).bind(None, *args, **kwargs)
     assert inspect.iscoroutinefunction(AIOKafkaConsumer.getmany)
     assert inspect.iscoroutinefunction(AIOKafkaConsumer.commit)
+
+
+def test_the_log_context_carries_a_safe_copy_of_a_hostile_key() -> None:
+    """A 600 KB idempotency key with control characters is bound cut to 128 characters, the
+    control characters replaced, so it never floods every log line of its record."""
+    from service.domain.decisions import InboundRecord
+    from service.kafka.runner import log_context
+
+    hostile = DecodedCommand(
+        idempotency_key="k\n" * 300_000,
+        bank_account_number=ACCOUNT,
+        points_to_adjust=10,
+        adjustment_type_code="GOODWILL",
+        adjustment_reason="r",
+        adjusted_by="a",
+        correlation_id="c",
+        requested_by="t",
+        occurred_at=NOW,
+    )
+    record = InboundRecord(TOPIC, 0, 5, None, b"v", 0, (), hostile)
+    key = log_context(record)["idempotency_key"]
+    assert len(key) <= 128
+    assert "\n" not in key
