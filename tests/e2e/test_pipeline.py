@@ -78,7 +78,7 @@ async def test_every_command_gets_exactly_one_outcome_and_is_applied_once(
             order = sent_order.setdefault(command["bank_account_number"], [])
             if command["correlation_id"] not in order:
                 order.append(command["correlation_id"])
-    applied_order: dict[str, list[str]] = {}
+    applied_order: dict[str, list[str | None]] = {}
     for entry in ledger:
         applied_order.setdefault(entry.bank_account_number, []).append(entry.correlation_id)
     assert applied_order == sent_order

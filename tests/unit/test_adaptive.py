@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -22,9 +23,9 @@ READ_TIMEOUT = PasReply(Observation(transport=Transport.READ_TIMEOUT), 10.0, pro
 CIRCUIT_OPEN = PasReply(Observation(transport=Transport.CIRCUIT_OPEN), 0.0, retry_after_s=1.0)
 
 
-def full(max_limit: int, clock: FakeClock, **kwargs: float) -> AdaptiveLimit:
+def full(max_limit: int, clock: FakeClock, **kwargs: Any) -> AdaptiveLimit:
     """A limit that starts at its maximum (past slow start)."""
-    return AdaptiveLimit(max_limit, clock, initial_limit=max_limit, **kwargs)  # type: ignore[arg-type]
+    return AdaptiveLimit(max_limit, clock, initial_limit=max_limit, **kwargs)
 
 
 # -- the limit ---------------------------------------------------------------------------------

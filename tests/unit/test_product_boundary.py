@@ -41,11 +41,13 @@ def test_no_product_module_names_the_devkit_in_an_import() -> None:
     for path in sorted(SERVICE.rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         for node in ast.walk(tree):
-            names: list[str] = []
+            names: list[str]
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
+            else:
+                continue
             offenders += [
                 f"{path.relative_to(SERVICE.parent)}:{node.lineno} {name}"
                 for name in names
