@@ -40,10 +40,10 @@ test: setup kafka-jars lint  ## the whole suite with coverage: lint, unit, integ
 unit: setup  ## unit tests only (no broker)
 	$(BIN)/pytest tests/unit
 
-bench: setup kafka-jars  ## end-to-end sweep, baseline, paced latency, memory (issue 5; about 25 min)
+bench: setup kafka-jars  ## end-to-end sweep, baseline, paced latency, memory (about 20 min)
 	$(BIN)/python benchmarks/bench_throughput.py --json .cache/bench-throughput.json
 
-bench-quick: setup kafka-jars  ## the reduced end-to-end sweep (about 6 min)
+bench-quick: setup kafka-jars  ## the reduced end-to-end sweep (about 4 min)
 	$(BIN)/python benchmarks/bench_throughput.py --quick
 
 bench-transport: setup  ## client CPU per PAS call: httpx's transport vs aiohttp's

@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox = commands.add_parser(
         "sandbox",
         help="serve the local PAS sandbox over HTTP",
-        description="A stand-in for PAS that follows the contract in pas-api.md: OAuth1 "
+        description="A stand-in for PAS that follows the contract in docs/pas.md: OAuth1 "
         "verification and JWE with --keys-dir, an in-memory ledger, fault injection, and "
         "admin endpoints under /_sandbox/ for tests.",
     )

@@ -1,6 +1,6 @@
 """The points-adjustment command, its validation and the safe copies made of it.
 
-Docs: pas-api.md for the PAS fields; :mod:`service.domain.limits` for the limit of every
+Docs: docs/pas.md for the PAS fields; :mod:`service.domain.limits` for the limit of every
 field the service copies. A valid command is inside every limit. An invalid one may hold
 anything; what the service copies of it into its failed outcome comes from :func:`identify`
 and :func:`safe_metadata`, which return *safe copies*: cut to the field's limit (ending in

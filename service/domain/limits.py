@@ -1,7 +1,7 @@
 """The size limits of a command: what the service accepts, and what it ever copies.
 
 Every field the service copies into an outcome event or a header has a limit, so a hostile or
-broken producer cannot make an outcome too large to publish (docs: pas-api.md for the PAS
+broken producer cannot make an outcome too large to publish (docs/pas.md for the PAS
 fields; ours for the rest). A command past any limit fails validation, and the copies made of
 an invalid command (``identify``, ``safe_metadata``) are cut to the same limits.
 
@@ -9,9 +9,9 @@ an invalid command (``identify``, ``safe_metadata``) are cut to the same limits.
 field                  limit                                        where it comes from
 =====================  ===========================================  ============================
 idempotency_key        1-128 printable ASCII characters, no space   ours (record key, store key)
-bank_account_number    1-30 ASCII digits                            pas-api.md
-adjustment_reason      1-256 characters, not blank                  pas-api.md
-adjusted_by            1-64 characters, not blank                   pas-api.md
+bank_account_number    1-30 ASCII digits                            docs/pas.md
+adjustment_reason      1-256 characters, not blank                  docs/pas.md
+adjusted_by            1-64 characters, not blank                   docs/pas.md
 correlation_id         1-128 characters                             ours (Correlation-Id header)
 requested_by           1-128 characters                             ours
 metadata               at most 32 entries                           ours

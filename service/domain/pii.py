@@ -5,7 +5,7 @@ A *run* is a sequence of ASCII digit groups joined by single spaces or dashes
 run, or a stretch of consecutive groups of a run, holding 13 to 19 digits that pass the Luhn
 check. Looking at stretches of groups catches a card written beside another number
 (``order 12 4111 1111 1111 1111``). The platform's bank account number, a 16-digit card
-number followed by ``000`` (docs: pas-api.md), counts as a card number too: its 19 digits
+number followed by ``000`` (docs/pas.md), counts as a card number too: its 19 digits
 usually fail the Luhn check, its first 16 pass it.
 
 Masking replaces each card number by ``*`` for all its digits but the last four, separators

@@ -1,1 +1,1 @@
-"""The PAS client: one pooled httpx client speaking the contract in pas-api.md."""
+"""The PAS client: one pooled httpx client speaking the contract in docs/pas.md."""

@@ -1,4 +1,4 @@
-"""The request/response body codec of PAS: JWE-encrypted JSON (pas-api.md, "Payload encryption")."""
+"""The request/response body codec of PAS: JWE-encrypted JSON (docs/pas.md, encryption)."""
 
 from __future__ import annotations
 

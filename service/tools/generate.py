@@ -10,7 +10,7 @@ from typing import Any
 
 TYPE_CODES = ("GOODWILL", "CORRECTION", "PROMO")
 
-# Ways of making a command invalid, each breaking one rule of pas-api.md.
+# Ways of making a command invalid, each breaking one rule of docs/pas.md.
 INVALID_MUTATIONS: tuple[tuple[str, Any], ...] = (
     ("points_to_adjust", 0),
     ("points_to_adjust", 5_000_000),

@@ -23,14 +23,13 @@ from service.kafka.deadletter import (
     Failure,
     ReplayInfo,
     dead_letter_headers,
-    headers_size,
     parse_headers,
     replay_count,
     replay_info,
     replayed_headers,
     sanitize,
 )
-from service.kafka.sizing import record_size
+from service.kafka.sizing import headers_size, record_size
 from service.settings import KafkaSettings
 from service.tools.dlq.cli import add_dlq_arguments, selection_from_arguments
 from service.tools.dlq.render import (

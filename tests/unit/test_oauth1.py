@@ -27,7 +27,7 @@ NONCE = "abcdEFGH12345678"
 T0 = 1_700_000_000
 URL = "https://Sandbox.API.Mastercard.com:443/loyalty/points-adjustments?b=2&a=1&a=0"
 BODY = b'{"x":1}'
-# Derived by hand from the rules in docs/pas-api.md, not by running the code under test.
+# Derived by hand from the rules in docs/pas.md, not by running the code under test.
 EXPECTED_BASE_STRING = (
     "POST"
     "&https%3A%2F%2Fsandbox.api.mastercard.com%2Floyalty%2Fpoints-adjustments"

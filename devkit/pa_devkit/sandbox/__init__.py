@@ -1,6 +1,6 @@
 """A local HTTP sandbox of Mastercard's Points Activity Service (PAS).
 
-It implements the contract in ``docs/pas-api.md`` for tests, the demo and benchmarks:
+It implements the contract in ``docs/pas.md`` for tests, the demo and benchmarks:
 ``run_sandbox`` serves it on a real socket, ``serve_forever`` runs it for the CLI, and the
 ``/_sandbox/`` admin routes (not part of PAS) expose its ledger as a test oracle and its
 fault injection as a remote control.

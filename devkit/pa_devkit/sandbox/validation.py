@@ -1,6 +1,6 @@
 """The sandbox's own check of a plaintext points-adjustment request.
 
-The rules are the contract's table (docs/pas-api.md): all five fields mandatory, nothing
+The rules are the contract's table (docs/pas.md): all five fields mandatory, nothing
 else allowed. Every problem becomes one :class:`FieldError`, so a request with three bad
 fields is answered with three entries in the error envelope, each naming its field in
 ``Details``. A field sent as JSON ``null`` counts as missing.
