@@ -34,6 +34,16 @@ class KafkaSettings(BaseModel):
         "127.0.0.1:9092", description="Comma-separated host:port list of Kafka brokers."
     )
     group_id: str = Field("points-adjuster", description="Consumer group of the service.")
+    group_instance_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=249,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="Static membership of the service's consumer in its group (KIP-345): a"
+        " member restarting under the same id within the session timeout gets its partitions"
+        " back without a rebalance. Unique per running instance (the Helm chart sets the pod"
+        " name); a second consumer with the same id fences the first. Unset: dynamic membership.",
+    )
     client_id: str = Field("points-adjuster", description="Kafka client id (broker logs, quotas).")
     command_topic: str = Field(
         "points-adjustments.requested.v1", description="Topic the commands are read from."
@@ -157,6 +167,9 @@ class PasSettings(BaseModel):
     )
     decryption_key_password: SecretStr | None = Field(
         None, description="Password of the decryption key file, if it has one."
+    )
+    decryption_key_password_file: Path | None = Field(
+        None, description="File holding that password (a mounted secret); wins over the value."
     )
     encrypted_field: Literal["encryptedValue", "encryptedData", "encryptedPayload"] = Field(
         "encryptedValue", description="JSON field that carries the JWE in requests."

@@ -70,11 +70,19 @@ async def open_producer(settings: KafkaSettings) -> AsyncIterator[AIOKafkaProduc
 async def open_consumer(
     settings: KafkaSettings, *, group_id: str | None = None, **extra: Any
 ) -> AsyncIterator[AIOKafkaConsumer]:
-    """A manual-commit consumer of the command topic's group (not yet subscribed)."""
+    """A manual-commit consumer of the command topic's group (not yet subscribed).
+
+    The service's own group (no ``group_id`` given) joins as the static member
+    ``PA_KAFKA__GROUP_INSTANCE_ID`` when it is set. A tool reading with a group of its own
+    (``dlq replay``) always joins as a dynamic member: run beside the service, in the same pod
+    and so with the same setting, it must not share the service's instance id, and two runs of
+    it must not fence each other.
+    """
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers,
         client_id=f"{settings.client_id}-consumer",
         group_id=group_id or settings.group_id,
+        group_instance_id=settings.group_instance_id if group_id is None else None,
         enable_auto_commit=False,
         auto_offset_reset=settings.auto_offset_reset,
         max_poll_records=settings.max_poll_records,

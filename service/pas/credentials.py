@@ -176,17 +176,25 @@ def load_credentials(settings: PasSettings, *, now: datetime) -> Credentials:
             setting="PA_PAS__ENCRYPTION_CERTIFICATE_PATH",
         ) from exc
 
+    decryption_password_setting = (
+        "PA_PAS__DECRYPTION_KEY_PASSWORD_FILE"
+        if settings.decryption_key_password_file
+        else "PA_PAS__DECRYPTION_KEY_PASSWORD"
+    )
     decryption_password = (
-        settings.decryption_key_password.get_secret_value()
-        if settings.decryption_key_password
-        else None
+        _secret(
+            settings.decryption_key_password,
+            settings.decryption_key_password_file,
+            decryption_password_setting,
+        )
+        or None  # an empty value or file: the key has no password
     )
     decryption = _load_key(
         "PAS decryption key",
         settings.decryption_key_path,
         decryption_password,
         path_setting="PA_PAS__DECRYPTION_KEY_PATH",
-        password_setting="PA_PAS__DECRYPTION_KEY_PASSWORD",  # noqa: S106 - a setting name
+        password_setting=decryption_password_setting,
     )
     registered = decryption.certificate
     if settings.decryption_certificate_path is not None:

@@ -62,6 +62,68 @@ def test_consumer_key_can_come_from_a_file(dev_keyset: DevKeySet, tmp_path: Path
     assert load_credentials(settings, now=NOW).signer.consumer_key == "from-file"
 
 
+def encrypted_decryption_key(keyset: DevKeySet, path: Path, password: str) -> Path:
+    """The dev key set's decryption key written again as a password-protected PEM file."""
+    key = serialization.load_pem_private_key(keyset.client_decryption_key.read_bytes(), None)
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(password.encode()),
+        )
+    )
+    return path
+
+
+def test_decryption_key_password_can_come_from_a_file(
+    dev_keyset: DevKeySet, tmp_path: Path
+) -> None:
+    """A mounted password file opens an encrypted decryption key and wins over the value."""
+    key = encrypted_decryption_key(dev_keyset, tmp_path / "decryption.key.pem", "pem-pass")
+    secret = tmp_path / "decryption-key-password"
+    secret.write_text("pem-pass\n")
+    settings = settings_for(
+        dev_keyset,
+        decryption_key_path=key,
+        decryption_key_password="not-this-one",
+        decryption_key_password_file=secret,
+    )
+    assert load_credentials(settings, now=NOW).warnings == []
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [("wrong-pass\n", "wrong password"), ("\n", "no password is set")],
+)
+def test_a_bad_decryption_password_file_names_the_file_setting(
+    dev_keyset: DevKeySet, tmp_path: Path, content: str, words: str
+) -> None:
+    """A wrong or empty password in the file is reported against the _FILE setting."""
+    key = encrypted_decryption_key(dev_keyset, tmp_path / "decryption.key.pem", "pem-pass")
+    secret = tmp_path / "decryption-key-password"
+    secret.write_text(content)
+    settings = settings_for(
+        dev_keyset, decryption_key_path=key, decryption_key_password_file=secret
+    )
+    with pytest.raises(StartupError) as caught:
+        load_credentials(settings, now=NOW)
+    assert caught.value.setting == "PA_PAS__DECRYPTION_KEY_PASSWORD_FILE"
+    assert words in str(caught.value)
+    assert "wrong-pass" not in str(caught.value)
+
+
+def test_a_missing_decryption_password_file_names_its_setting(
+    dev_keyset: DevKeySet, tmp_path: Path
+) -> None:
+    """A password file that cannot be read stops start-up naming the file and its setting."""
+    missing = tmp_path / "not-mounted"
+    settings = settings_for(dev_keyset, decryption_key_password_file=missing)
+    with pytest.raises(StartupError) as caught:
+        load_credentials(settings, now=NOW)
+    assert caught.value.setting == "PA_PAS__DECRYPTION_KEY_PASSWORD_FILE"
+    assert str(missing) in str(caught.value)
+
+
 @pytest.mark.parametrize(
     ("changes", "setting", "words"),
     [

@@ -136,6 +136,34 @@ def test_new_groups_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatc
     assert settings.idempotency.prune_interval_s == 60.0
 
 
+def test_the_group_instance_id_is_read_and_unset_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Static membership is off unless PA_KAFKA__GROUP_INSTANCE_ID names the instance."""
+    assert load_settings().kafka.group_instance_id is None
+    monkeypatch.setenv("PA_KAFKA__GROUP_INSTANCE_ID", "points-adjuster-0")
+    assert load_settings().kafka.group_instance_id == "points-adjuster-0"
+
+
+@pytest.mark.parametrize("value", ["", "pod 0", "pod/0", "x" * 250])
+def test_a_group_instance_id_kafka_would_refuse_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """An empty, too long or ill-charactered instance id is refused at start-up, naming it."""
+    monkeypatch.setenv("PA_KAFKA__GROUP_INSTANCE_ID", value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert caught.value.setting == "PA_KAFKA__GROUP_INSTANCE_ID"
+
+
+def test_the_decryption_key_password_file_is_read(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """PA_PAS__DECRYPTION_KEY_PASSWORD_FILE is a setting of its own, beside the value."""
+    monkeypatch.setenv("PA_PAS__DECRYPTION_KEY_PASSWORD_FILE", str(tmp_path / "password"))
+    assert load_settings().pas.decryption_key_password_file == tmp_path / "password"
+
+
 def test_removed_pas_retry_variables_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
     """The former PA_PAS__UNAVAILABLE_* variables no longer exist: they change nothing."""
     monkeypatch.setenv("PA_PAS__UNAVAILABLE_ATTEMPTS", "0")
