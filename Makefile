@@ -26,6 +26,7 @@ lint: setup  ## ruff (lint and format check) and mypy --strict on service/, the 
 	$(BIN)/ruff check service devkit tests benchmarks
 	$(BIN)/ruff format --check service devkit tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile
 
 # Branch coverage of the product, the service's child processes included ([tool.coverage.run]
 # in pyproject.toml). The floor sits a few points under what the whole suite measures

@@ -1,24 +1,32 @@
 """The product as a platform team installs it: the wheel built from this repository, installed
 into a fresh virtual environment outside the repository, run from an empty folder against the
-real broker and the PAS sandbox. The same steps the container image takes."""
+real broker and the PAS sandbox. The same steps the container image takes (Dockerfile): the
+environment belongs to root and the service runs as another, unprivileged user who owns only
+its working folder and its copy of the keys. tests/deploy/test_dockerfile.py holds the
+Dockerfile to the choices made here (SERVICE_UID, SERVICE_GID, IMAGE_ENV)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from pa_devkit.keys import DevKeySet
+from pa_devkit.keys import DEV_P12_PASSWORD, DevKeySet
 from pa_devkit.localinfra.broker_config import free_port
 from pa_devkit.sandbox.app import run_sandbox
 from service.codec.avro import AvroCodec
-from tests.conftest import pas_key_env
+from tests.conftest import CONSUMER_KEY
 from tests.e2e.harness import (
     STARTED_PIDS,
     Topology,
@@ -32,6 +40,17 @@ pytestmark = [pytest.mark.kafka, pytest.mark.e2e, pytest.mark.timeout(600)]
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = sorted(path.name for path in (REPO / "schemas").glob("*.avsc"))
 COMMANDS = 12
+
+SERVICE_UID = 10001
+SERVICE_GID = 10001
+"""The numeric user and group the service runs as, here and in the image (USER)."""
+
+IMAGE_ENV = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
+"""The interpreter's environment the image sets (ENV), set here too."""
+
+PASSWORD_FILE = "signing-key.password"
+"""The file beside the keys holding the PKCS#12 password (PA_PAS__SIGNING_KEY_PASSWORD_FILE),
+as the compose stack's key job writes it."""
 
 
 def build_wheel(out: Path) -> Path:
@@ -47,9 +66,29 @@ def build_wheel(out: Path) -> Path:
     return wheel
 
 
-def install(wheel: Path, venv: Path) -> Path:
-    """A fresh virtual environment holding the wheel and its dependencies; its bin folder."""
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+def runnable_by_others(path: Path) -> bool:
+    """Whether a user without rights of its own can run ``path``: the file and every folder
+    above it open to others."""
+    resolved = path.resolve()
+    if not resolved.is_file():
+        return False
+    return all(entry.stat().st_mode & stat.S_IXOTH for entry in (resolved, *resolved.parents))
+
+
+def base_interpreter() -> Path | None:
+    """A Python of this version that the service user can run, as the image's
+    /usr/local/bin/python: this interpreter's own when others may run it (a Python under
+    root's home may not be), else one on the system's paths; None without one."""
+    name = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    candidates = [Path(sys.base_prefix, "bin", name)]
+    candidates += [Path(folder, name) for folder in ("/usr/local/bin", "/usr/bin")]
+    return next((path for path in candidates if runnable_by_others(path)), None)
+
+
+def install(wheel: Path, venv: Path, python: Path) -> Path:
+    """A fresh virtual environment of ``python`` holding the wheel and its dependencies; its
+    bin folder."""
+    subprocess.run([str(python), "-m", "venv", str(venv)], check=True, timeout=120)
     subprocess.run(
         [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(wheel)],
         check=True,
@@ -61,9 +100,18 @@ def install(wheel: Path, venv: Path) -> Path:
 def run_tool(
     tool: str, *args: str, env: dict[str, str], cwd: Path
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run the installed command line once (blocking; call it in a thread)."""
+    """Run the installed command line once as the service's user (blocking; call it in a
+    thread)."""
     return subprocess.run(
-        [tool, *args], env=env, cwd=cwd, capture_output=True, timeout=120, check=False
+        [tool, *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        timeout=120,
+        check=False,
+        user=SERVICE_UID,
+        group=SERVICE_GID,
+        extra_groups=[],
     )
 
 
@@ -78,6 +126,85 @@ def clean_env(**settings: str) -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Where the installed service lives: root's folders and the service user's."""
+
+    root: Path
+    dist: Path
+    venv: Path
+    workdir: Path
+    keys: Path
+
+
+@pytest.fixture
+def layout() -> Iterator[Layout]:
+    """Folders outside pytest's private temporary tree (which only root may enter): the
+    distribution and environment folders root's, the working folder and the keys folder the
+    service user's, both empty."""
+    if os.geteuid() != 0:
+        pytest.skip("running the service as another user needs root")
+    if base_interpreter() is None:
+        pytest.skip("no Python of this version that an unprivileged user may run")
+    root = Path(tempfile.mkdtemp(prefix="pa-wheel-"))
+    try:
+        root.chmod(0o755)
+        found = Layout(root, root / "dist", root / "venv", root / "app", root / "keys")
+        found.dist.mkdir()
+        for folder in (found.workdir, found.keys):
+            folder.mkdir(mode=0o700)
+            os.chown(folder, SERVICE_UID, SERVICE_GID)
+        yield found
+    finally:
+        shutil.rmtree(root)
+
+
+def copy_keys(keyset: DevKeySet, folder: Path) -> DevKeySet:
+    """The files the service reads, copied into ``folder`` for the service user (the private
+    ones mode 0600, as generated), with the PKCS#12 password in a file beside them."""
+    copied = DevKeySet.in_directory(folder)
+    for source, target in (
+        (keyset.client_signing_p12, copied.client_signing_p12),
+        (keyset.client_decryption_key, copied.client_decryption_key),
+        (keyset.pas_encryption_certificate, copied.pas_encryption_certificate),
+    ):
+        shutil.copyfile(source, target)
+        target.chmod(source.stat().st_mode & 0o777)
+        os.chown(target, SERVICE_UID, SERVICE_GID)
+    password = folder / PASSWORD_FILE
+    password.write_text(DEV_P12_PASSWORD + "\n", encoding="utf-8")
+    password.chmod(0o600)
+    os.chown(password, SERVICE_UID, SERVICE_GID)
+    return copied
+
+
+def tree_state(root: Path) -> dict[str, tuple[int, int, int, int]]:
+    """Every entry under ``root`` (symbolic links not followed) with its owner, mode, size and
+    modification time."""
+    state: dict[str, tuple[int, int, int, int]] = {}
+    for folder, names, files in os.walk(root):
+        for name in (*names, *files):
+            path = Path(folder, name)
+            info = path.lstat()
+            state[str(path.relative_to(root))] = (
+                info.st_uid,
+                info.st_mode,
+                info.st_size,
+                info.st_mtime_ns,
+            )
+    return state
+
+
+def process_ids(pid: int) -> dict[str, list[int]]:
+    """The Uid, Gid and Groups lines of a running process, from /proc."""
+    ids: dict[str, list[int]] = {}
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
+        key, _, value = line.partition(":")
+        if key in {"Uid", "Gid", "Groups"}:
+            ids[key] = [int(number) for number in value.split()]
+    return ids
+
+
 def test_the_wheel_carries_the_schemas_and_no_devkit(tmp_path: Path) -> None:
     """The built wheel holds every .avsc of schemas/ as package data, the product package,
     and no dev-kit, test or benchmark module."""
@@ -90,20 +217,34 @@ def test_the_wheel_carries_the_schemas_and_no_devkit(tmp_path: Path) -> None:
 
 
 async def test_the_installed_wheel_runs_the_service_end_to_end(
-    kafka_bootstrap: str, tmp_path: Path, dev_keyset: DevKeySet
+    kafka_bootstrap: str, layout: Layout, dev_keyset: DevKeySet
 ) -> None:
-    """Installed from its wheel into a fresh environment and started in an empty folder,
-    the service creates its topics, takes generated commands and publishes one completed
-    outcome for each, every adjustment applied once by the sandbox."""
-    dist, venv, workdir = tmp_path / "dist", tmp_path / "venv", tmp_path / "empty"
-    for folder in (dist, workdir):
-        folder.mkdir()
-    bin_dir = await asyncio.to_thread(install, await asyncio.to_thread(build_wheel, dist), venv)
+    """Installed from its wheel into a fresh, root-owned environment and started as an
+    unprivileged user in an empty folder of that user's, with its keys copied for it, the
+    service creates its topics, takes generated commands and publishes one completed outcome
+    for each, every adjustment applied once by the sandbox, and leaves its environment exactly
+    as installed."""
+    python = base_interpreter()
+    assert python is not None  # the layout fixture skips otherwise
+    wheel = await asyncio.to_thread(build_wheel, layout.dist)
+    bin_dir = await asyncio.to_thread(install, wheel, layout.venv, python)
+    installed = tree_state(layout.venv)
+    assert {owner for owner, *_ in installed.values()} == {0}
+    writable = [
+        name
+        for name, (_, mode, *_) in installed.items()
+        if not stat.S_ISLNK(mode) and mode & (stat.S_IWGRP | stat.S_IWOTH)
+    ]
+    assert writable == []  # only root may write there (a link's own mode means nothing)
+    keys = copy_keys(dev_keyset, layout.keys)
+    workdir = layout.workdir
     topology = Topology(kafka_bootstrap)
     k = topology.kafka
     metrics_port = free_port()
     async with run_sandbox(secure_sandbox(dev_keyset, latency_ms=5)) as sandbox:
         env = clean_env(
+            HOME=str(workdir),
+            **IMAGE_ENV,
             PA_KAFKA__BOOTSTRAP_SERVERS=k.bootstrap_servers,
             PA_KAFKA__GROUP_ID=k.group_id,
             PA_KAFKA__COMMAND_TOPIC=k.command_topic,
@@ -114,17 +255,29 @@ async def test_the_installed_wheel_runs_the_service_end_to_end(
             PA_PAS__BASE_URL=sandbox.base_url,
             PA_METRICS__PORT=str(metrics_port),
             PA_LOG__LEVEL="INFO",
-            **pas_key_env(dev_keyset),
+            PA_PAS__CONSUMER_KEY=CONSUMER_KEY,
+            PA_PAS__SIGNING_KEY_PATH=str(keys.client_signing_p12),
+            PA_PAS__SIGNING_KEY_PASSWORD_FILE=str(layout.keys / PASSWORD_FILE),
+            PA_PAS__ENCRYPTION_CERTIFICATE_PATH=str(keys.pas_encryption_certificate),
+            PA_PAS__DECRYPTION_KEY_PATH=str(keys.client_decryption_key),
         )
         tool = str(bin_dir / "points-adjuster")
         topics = await asyncio.to_thread(
             run_tool, tool, "topics", "--partitions", "2", env=env, cwd=workdir
         )
         assert topics.returncode == 0, topics.stderr.decode()
-        log_path = tmp_path / "service.log"
+        log_path = layout.root / "service.log"
         with log_path.open("wb") as log:
             service = await asyncio.create_subprocess_exec(
-                tool, "run", env=env, cwd=workdir, stdout=log, stderr=log
+                tool,
+                "run",
+                env=env,
+                cwd=workdir,
+                stdout=log,
+                stderr=log,
+                user=SERVICE_UID,
+                group=SERVICE_GID,
+                extra_groups=[],
             )
         STARTED_PIDS.add(service.pid)
         try:
@@ -139,6 +292,7 @@ async def test_the_installed_wheel_runs_the_service_end_to_end(
             started = time.monotonic()
             outcomes = await wait_for_originals(k, AvroCodec.from_directory(), COMMANDS, 90)
             assert service.returncode is None, log_path.read_text()
+            ids = process_ids(service.pid)
         finally:
             if service.returncode is None:
                 service.terminate()
@@ -146,12 +300,15 @@ async def test_the_installed_wheel_runs_the_service_end_to_end(
             STARTED_PIDS.discard(service.pid)
         assert code == 0, log_path.read_text()[-3000:]
         ledger = sandbox.ledger.entries()
+    assert ids == {"Uid": [SERVICE_UID] * 4, "Gid": [SERVICE_GID] * 4, "Groups": []}
     per_key = originals_per_key(outcomes)
     assert len(per_key) == COMMANDS, log_path.read_text()[-3000:]
     assert {event["duplicate"] for event in outcomes.originals()} == {False}
     assert len(outcomes.completed) == COMMANDS
     assert len(ledger) == COMMANDS
     assert list(workdir.iterdir()) in ([], [workdir / "var"])  # only the store, if anything
+    assert all(path.stat().st_uid == SERVICE_UID for path in workdir.rglob("*"))
+    assert tree_state(layout.venv) == installed  # no file added, changed or removed
     print(
         f"\nwheel: {COMMANDS} commands completed {time.monotonic() - started:.1f} s after sending"
     )
