@@ -4,6 +4,8 @@
 unpaused partitions, runs rebalances when asked, and records pauses, resumes and commits.
 ``FakeOutcomes`` and ``FakeDeadLetters`` acknowledge (or refuse) what is sent to them.
 ``serve`` runs a runner as the service does: ``run`` and ``dispatch`` in one task group.
+``wire`` builds a runner around given fakes (tests/unit/conftest.py's ``quick_faults``
+shortens its fault pauses).
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from aiokafka.errors import KafkaTimeoutError
 
 from service.app import run_tasks
 from service.domain.decisions import Publish
+from service.health import Health
 from service.kafka.deadletter import Failure
-from service.kafka.ports import RebalanceListener
+from service.kafka.ports import RebalanceListener, RecordProcessor
 from service.kafka.runner import CommandRunner
+from service.metrics import Metrics
 
 TOPIC = "commands"
 TP = TopicPartition(TOPIC, 0)
@@ -201,6 +205,50 @@ class FakeDeadLetters:
     ) -> asyncio.Future[None]:
         self.sent.append((offset, failure, target))
         return _acknowledged()
+
+
+@dataclass
+class Wiring:
+    """A runner built around fakes, with what the tests read of it."""
+
+    runner: CommandRunner
+    dead_letters: FakeDeadLetters
+    metrics: Metrics
+    health: Health
+    stop: asyncio.Event
+    readiness: list[bool]
+
+
+def wire(
+    consumer: FakeConsumer,
+    processor: RecordProcessor,
+    outcomes: FakeOutcomes,
+    *,
+    drain_timeout_s: float,
+    commit_interval_s: float,
+    **options: Any,
+) -> Wiring:
+    """A runner over ``consumer``, ``processor`` and ``outcomes``, with fresh metrics and
+    health (every readiness flip recorded) and its own stop event."""
+    dead_letters = FakeDeadLetters()
+    metrics = Metrics()
+    readiness: list[bool] = []
+    health = Health(on_change=readiness.append)
+    stop = asyncio.Event()
+    runner = CommandRunner(
+        consumer=consumer,
+        topic=TOPIC,
+        processor=processor,
+        publisher=outcomes,
+        dead_letters=dead_letters,
+        metrics=metrics,
+        stop=stop,
+        drain_timeout_s=drain_timeout_s,
+        commit_interval_s=commit_interval_s,
+        health=health,
+        **options,
+    )
+    return Wiring(runner, dead_letters, metrics, health, stop, readiness)
 
 
 async def serve(runner: CommandRunner) -> None:

@@ -39,6 +39,7 @@ from tests.unit.runner_fakes import (
     FakeOutcomes,
     serve,
     wait_until,
+    wire,
 )
 
 TP1 = TopicPartition(TOPIC, 1)
@@ -220,26 +221,24 @@ def rig(
     consumer = FakeConsumer(partitions=partitions)
     processor = ScriptedProcessor(decode=decode)
     outcomes = FakeOutcomes(publish_failures)
-    dead_letters = FakeDeadLetters()
-    metrics = Metrics()
-    readiness: list[bool] = []
-    health = Health(on_change=readiness.append)
-    stop = asyncio.Event()
-    runner = CommandRunner(
-        consumer=consumer,
-        topic=TOPIC,
-        processor=processor,
-        publisher=outcomes,
-        dead_letters=dead_letters,
-        metrics=metrics,
-        stop=stop,
+    w = wire(
+        consumer,
+        processor,
+        outcomes,
         drain_timeout_s=drain_timeout_s,
         commit_interval_s=0.0,
-        health=health,
         **options,
     )
     return Rig(
-        runner, consumer, processor, outcomes, dead_letters, metrics, health, stop, readiness
+        w.runner,
+        consumer,
+        processor,
+        outcomes,
+        w.dead_letters,
+        w.metrics,
+        w.health,
+        w.stop,
+        w.readiness,
     )
 
 
@@ -255,10 +254,7 @@ async def running(r: Rig) -> AsyncIterator[asyncio.Task[None]]:
     assert asyncio.all_tasks() == {asyncio.current_task()}, "a task outlived the runner"
 
 
-@pytest.fixture(autouse=True)
-def quick_faults(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fault pauses of a few milliseconds, so the tests do not wait out real backoffs."""
-    monkeypatch.setattr(runner_module, "FAULT_FIRST_PAUSE_S", 0.01)
+pytestmark = pytest.mark.usefixtures("quick_faults")
 
 
 # -- commits -----------------------------------------------------------------------------

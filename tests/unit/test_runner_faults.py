@@ -19,12 +19,10 @@ from service.domain.processor import Processor
 from service.health import Health
 from service.idempotency.base import OwnershipLostError, State
 from service.idempotency.memory import MemoryStore
-from service.kafka import runner as runner_module
 from service.kafka.runner import CommandRunner
 from service.metrics import Metrics
 from tests.fakes import ScriptedPas
 from tests.unit.runner_fakes import (
-    TOPIC,
     TP,
     FakeConsumer,
     FakeDeadLetters,
@@ -32,6 +30,7 @@ from tests.unit.runner_fakes import (
     Message,
     serve,
     wait_until,
+    wire,
 )
 from tests.unit.test_processor import APPLIED, CONFIG, completed_elsewhere, raw_command
 
@@ -62,11 +61,7 @@ class FailingStore(MemoryStore):
         await super().finish(key, **kwargs)
 
 
-@pytest.fixture(autouse=True)
-def quick_faults(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fault pauses of a few milliseconds, so the tests do not wait out real backoffs."""
-    monkeypatch.setattr(runner_module, "FAULT_FIRST_PAUSE_S", 0.01)
-    monkeypatch.setattr(runner_module, "CLAIM_LOST_PAUSE_S", 0.01)
+pytestmark = pytest.mark.usefixtures("quick_faults")
 
 
 @dataclass
@@ -106,24 +101,19 @@ def rig(store: MemoryStore, publish_failures: int = 0, commands: int = 1) -> Rig
     ]
     consumer = FakeConsumer(messages)
     publisher = FakeOutcomes(publish_failures)
-    dead_letters = FakeDeadLetters()
-    metrics = Metrics()
-    seen: list[bool] = []
-    health = Health(on_change=seen.append)
-    stop = asyncio.Event()
-    runner = CommandRunner(
-        consumer=consumer,
-        topic=TOPIC,
-        processor=processor,
-        publisher=publisher,
-        dead_letters=dead_letters,
-        metrics=metrics,
-        stop=stop,
-        drain_timeout_s=2.0,
-        commit_interval_s=0.05,
-        health=health,
+    w = wire(consumer, processor, publisher, drain_timeout_s=2.0, commit_interval_s=0.05)
+    return Rig(
+        w.runner,
+        consumer,
+        publisher,
+        w.dead_letters,
+        pas,
+        store,
+        w.health,
+        w.metrics,
+        w.stop,
+        w.readiness,
     )
-    return Rig(runner, consumer, publisher, dead_letters, pas, store, health, metrics, stop, seen)
 
 
 async def run_until(r: Rig, done: Callable[[], bool], timeout_s: float = 10.0) -> None:
