@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup kafka-jars demo test unit lint format bench bench-quick bench-transport bench-security chaos clean help
+.PHONY: setup kafka-jars helm-tools demo test unit lint format bench bench-quick bench-transport bench-security chaos clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -18,6 +18,24 @@ setup: $(BIN)/.installed  ## create .venv and install the product (with its dev 
 
 kafka-jars: setup  ## download Apache Kafka's jars once (cached in .cache/, git-ignored)
 	$(BIN)/python -m pa_devkit.localinfra.kafka fetch
+
+# Helm, built from source by the Go toolchain into .cache/bin (git-ignored) once, for the chart's
+# tests (tests/deploy/test_helm.py). Without Go the chart's tests are skipped, saying why; with
+# CI=true a missing Go fails here and a missing helm fails the tests.
+HELM_VERSION := v3.22.0
+HELM := .cache/bin/helm
+
+helm-tools: $(HELM)  ## build helm (v3.22.0) once into .cache/bin for the Helm chart's tests (about a minute; needs Go)
+
+$(HELM):
+	@if command -v go >/dev/null 2>&1; then \
+		echo "building helm $(HELM_VERSION) into .cache/bin (about a minute)"; \
+		GOBIN=$(CURDIR)/.cache/bin go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION); \
+	elif [ "$$CI" = "true" ]; then \
+		echo "helm-tools: no Go toolchain to build helm with" >&2; exit 1; \
+	else \
+		echo "helm-tools: no Go toolchain: the Helm chart's tests will be skipped"; \
+	fi
 
 demo: setup kafka-jars  ## local broker + sandbox + service, a few hundred commands, a summary
 	$(BIN)/points-adjuster-devkit demo
@@ -35,7 +53,7 @@ COVERAGE_FLOOR := 92
 COVERAGE := --cov=service --cov-branch --cov-report=term-missing:skip-covered \
 	--cov-fail-under=$(COVERAGE_FLOOR)
 
-test: setup kafka-jars lint  ## the whole suite with coverage: lint, unit, integration, end-to-end (starts its own broker)
+test: setup kafka-jars helm-tools lint  ## the whole suite with coverage: lint, unit, integration, end-to-end (starts its own broker)
 	$(BIN)/pytest $(COVERAGE)
 
 unit: setup  ## unit tests only (no broker)

@@ -1,0 +1,189 @@
+{{/*
+Names. The full name is cut to 52 characters: a StatefulSet's pods carry the label
+controller-revision-hash "<name>-<hash>", which must stay within 63.
+*/}}
+{{- define "points-adjuster.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 52 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "points-adjuster.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 52 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "points-adjuster.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "points-adjuster.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "points-adjuster.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "points-adjuster.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: points-adjuster
+{{- end -}}
+
+{{- define "points-adjuster.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "points-adjuster.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "points-adjuster.image" -}}
+{{- $image := .Values.image -}}
+{{- if $image.digest -}}
+{{- printf "%s@%s" $image.repository $image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $image.repository (default .Chart.AppVersion $image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+A setting as the service reads it from its environment: lists as JSON, whole numbers without
+a decimal point or an exponent (values files give every number as a float: 67108864 would
+otherwise read 6.7108864e+07).
+*/}}
+{{- define "points-adjuster.settingValue" -}}
+{{- if kindIs "slice" . -}}
+{{- toJson . -}}
+{{- else if and (kindIs "float64" .) (eq . (floor .)) -}}
+{{- int64 . -}}
+{{- else -}}
+{{- . -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+A number of seconds from a setting of the `settings` map, or the service's default.
+Arguments: (list $ "PA_NAME" default).
+*/}}
+{{- define "points-adjuster.secondsSetting" -}}
+{{- $root := index . 0 -}}
+{{- $value := index $root.Values.settings (index . 1) -}}
+{{- if kindIs "invalid" $value -}}
+{{- index . 2 -}}
+{{- else -}}
+{{- float64 $value -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The broker-gone margin of the drain (docs/operations.md): after PA_SHUTDOWN_TIMEOUT_S the
+final commit and stopping the Kafka clients take at most 9 s more, and a commit already under
+way when the signal came 3 s more.
+*/}}
+{{- define "points-adjuster.drainMarginSeconds" -}}12{{- end -}}
+
+{{/*
+terminationGracePeriodSeconds: the drain budget rounded up, plus the broker-gone margin, plus
+slack, so the kubelet's SIGKILL never cuts a drain that the service itself would end in time.
+*/}}
+{{- define "points-adjuster.terminationGracePeriodSeconds" -}}
+{{- $drain := include "points-adjuster.secondsSetting" (list . "PA_SHUTDOWN_TIMEOUT_S" 20.0) | float64 | ceil -}}
+{{- $margin := include "points-adjuster.drainMarginSeconds" . | int -}}
+{{- add (int $drain) $margin (int .Values.terminationGrace.slackSeconds) -}}
+{{- end -}}
+
+{{/*
+The startupProbe's failureThreshold: its window covers four Kafka client start-ups (the
+continuity check's admin client, the producer, the topic limits' admin client, the consumer)
+of PA_KAFKA__STARTUP_TIMEOUT_S each, plus 30 s for the credentials, the store and the topic
+check. A broker that stays unreachable ends the process with exit code 2 before that.
+*/}}
+{{- define "points-adjuster.startupFailureThreshold" -}}
+{{- $startup := include "points-adjuster.secondsSetting" (list . "PA_KAFKA__STARTUP_TIMEOUT_S" 20.0) | float64 -}}
+{{- $window := addf (mulf 4 $startup) 30 -}}
+{{- divf $window .Values.probes.startup.periodSeconds | ceil | int -}}
+{{- end -}}
+
+{{/* Where the credential files are mounted (one projected volume, read-only). */}}
+{{- define "points-adjuster.credentialsDir" -}}/var/run/secrets/points-adjuster{{- end -}}
+
+{{/*
+The credential files: value name, file name in the mount, the setting that points at it, and
+whether it is always mounted (the service cannot start without it).
+*/}}
+{{- define "points-adjuster.credentialFiles" -}}
+- {value: consumerKey, file: consumer-key, setting: PA_PAS__CONSUMER_KEY_FILE, required: true}
+- {value: signingKey, file: signing-key, setting: PA_PAS__SIGNING_KEY_PATH, required: true}
+- {value: signingKeyPassword, file: signing-key-password, setting: PA_PAS__SIGNING_KEY_PASSWORD_FILE, required: false}
+- {value: decryptionKey, file: decryption-key, setting: PA_PAS__DECRYPTION_KEY_PATH, required: true}
+- {value: decryptionKeyPassword, file: decryption-key-password, setting: PA_PAS__DECRYPTION_KEY_PASSWORD_FILE, required: false}
+- {value: encryptionCertificate, file: encryption-certificate, setting: PA_PAS__ENCRYPTION_CERTIFICATE_PATH, required: true}
+- {value: decryptionCertificate, file: decryption-certificate, setting: PA_PAS__DECRYPTION_CERTIFICATE_PATH, required: false}
+{{- end -}}
+
+{{/* The credential files this release mounts, as a list of the entries above. */}}
+{{- define "points-adjuster.mountedCredentials" -}}
+{{- $mounted := list -}}
+{{- range (include "points-adjuster.credentialFiles" . | fromYamlArray) -}}
+{{- $entry := index $.Values.credentials .value -}}
+{{- if or .required $entry.enabled -}}
+{{- $secret := default $.Values.credentials.existingSecret $entry.secretName -}}
+{{- $mounted = append $mounted (dict "file" .file "setting" .setting "secret" $secret "key" $entry.key) -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $mounted -}}
+{{- end -}}
+
+{{/* The SQLite database file on the store's volume. */}}
+{{- define "points-adjuster.sqlitePath" -}}
+{{- printf "%s/%s" (trimSuffix "/" .Values.idempotency.sqlite.mountPath) .Values.idempotency.sqlite.fileName -}}
+{{- end -}}
+
+{{/*
+The settings the chart computes itself (from structured values), beside the `settings` map.
+The group instance id is not here: it comes from the pod's name (the downward API).
+*/}}
+{{- define "points-adjuster.computedSettings" -}}
+PA_METRICS__ENABLED: "true"
+PA_METRICS__HOST: {{ .Values.metrics.host | quote }}
+PA_METRICS__PORT: {{ .Values.metrics.port | int | quote }}
+PA_IDEMPOTENCY__BACKEND: {{ .Values.idempotency.backend | quote }}
+{{- if eq .Values.idempotency.backend "sqlite" }}
+PA_IDEMPOTENCY__SQLITE_PATH: {{ include "points-adjuster.sqlitePath" . | quote }}
+{{- end }}
+{{- range (include "points-adjuster.mountedCredentials" . | fromYamlArray) }}
+{{ .setting }}: {{ printf "%s/%s" (include "points-adjuster.credentialsDir" $) .file | quote }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Refusals with their reasons, included by the StatefulSet (so by every install and template).
+*/}}
+{{- define "points-adjuster.validate" -}}
+{{- if and (eq .Values.idempotency.backend "sqlite") (gt (int .Values.replicaCount) 1) -}}
+{{- fail (printf "replicaCount: %d is refused with idempotency.backend sqlite: each replica keeps its own SQLite store on its own volume, so a partition moving to another replica in a rebalance would meet a store that knows none of its claims, and a re-delivered command would be applied twice. Run one replica until a shared store exists (docs/helm.md)." (int .Values.replicaCount)) -}}
+{{- end -}}
+{{- $secrets := list "PA_PAS__CONSUMER_KEY" "PA_PAS__SIGNING_KEY_PASSWORD" "PA_PAS__DECRYPTION_KEY_PASSWORD" -}}
+{{- $computed := dict
+    "PA_KAFKA__GROUP_INSTANCE_ID" "the pod's name"
+    "PA_METRICS__ENABLED" "the probes (always true)"
+    "PA_METRICS__HOST" "metrics.host"
+    "PA_METRICS__PORT" "metrics.port"
+    "PA_IDEMPOTENCY__BACKEND" "idempotency.backend"
+    "PA_IDEMPOTENCY__SQLITE_PATH" "idempotency.sqlite.mountPath and fileName"
+-}}
+{{- range (include "points-adjuster.credentialFiles" . | fromYamlArray) -}}
+{{- $_ := set $computed .setting (printf "credentials.%s" .value) -}}
+{{- end -}}
+{{- range $name, $_ := .Values.settings -}}
+{{- if has $name $secrets -}}
+{{- fail (printf "settings.%s is refused: it is a secret, and a value in the chart's values would be stored in a ConfigMap and in Helm's release record. Put it in the Secret credentials.existingSecret names; the chart mounts it as a file (docs/helm.md)." $name) -}}
+{{- end -}}
+{{- if hasKey $computed $name -}}
+{{- fail (printf "settings.%s is refused: the chart sets it from %s." $name (get $computed $name)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,766 @@
+"""The Helm chart (helm/points-adjuster), checked without a cluster.
+
+Helm is built from source into .cache/bin (`make helm-tools`, a prerequisite of `make test`).
+Every values file (the defaults and those of ci/) is linted with `helm lint --strict` and
+rendered with `helm template`; every rendered manifest is validated offline against the
+Kubernetes JSON schemas that kubernetes-validate ships, except the Prometheus Operator's
+resources, which those schemas do not know: they are checked here for the shape the operator
+reads. With CI=true a missing helm fails the run; elsewhere the tests are skipped, saying why.
+"""
+
+from __future__ import annotations
+
+import importlib
+import ipaddress
+import math
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import kubernetes_validate  # type: ignore[import-untyped]  # ships no type information
+import pytest
+from pydantic import BaseModel, SecretStr
+
+from service.metrics import Metrics
+from service.settings import Settings, env_name
+
+# PyPI's PyYAML comes with kubernetes-validate; its type stubs are no dependency of the
+# project, so it is loaded as a plain module (its functions typed Any).
+yaml = importlib.import_module("yaml")
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "points-adjuster"
+LOCAL_HELM = ROOT / ".cache" / "bin" / "helm"
+OPERATIONS_PAGE = ROOT / "docs" / "operations.md"
+KUBERNETES_VERSION = "1.30.0"
+RELEASE, NAMESPACE = "pa", "loyalty"
+CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
+VALUES_FILES: list[Path | None] = [None, *CI_VALUES]
+VALUES_IDS = ["defaults", *(path.stem for path in CI_VALUES)]
+OPERATOR_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+}
+
+BROKER_GONE_MARGIN_S = 12
+"""What the drain may take beyond PA_SHUTDOWN_TIMEOUT_S with the broker gone, as
+docs/operations.md states it (a test below keeps the two in step)."""
+
+SECRETS_MOUNT = PurePosixPath("/var/run/secrets/points-adjuster")
+DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
+
+Manifest = dict[str, Any]
+
+
+# -- helm ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    """The helm binary of `make helm-tools`, else one on PATH; none fails under CI=true."""
+    if LOCAL_HELM.exists():
+        return LOCAL_HELM
+    found = shutil.which("helm")
+    if found:
+        return Path(found)
+    reason = (
+        f"no helm: {LOCAL_HELM.relative_to(ROOT)} is missing and none is on PATH"
+        " (`make helm-tools` builds it; it needs Go)"
+    )
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(helm), *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def values_args(values: Path | None, overrides: dict[str, str] | None) -> list[str]:
+    args = ["-f", str(values)] if values is not None else []
+    for name, value in (overrides or {}).items():
+        args += ["--set-json", f"{name}={value}"]
+    return args
+
+
+def template(
+    helm: Path, values: Path | None = None, overrides: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`helm template` of the chart; ``overrides`` are --set-json pairs (JSON values)."""
+    return run_helm(
+        helm,
+        "template",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        NAMESPACE,
+        "--kube-version",
+        KUBERNETES_VERSION,
+        *values_args(values, overrides),
+    )
+
+
+@cache
+def _rendered(helm: Path, values: Path | None, overrides: tuple[tuple[str, str], ...]) -> str:
+    result = template(helm, values, dict(overrides))
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def render(
+    helm: Path, values: Path | None = None, overrides: dict[str, str] | None = None
+) -> list[Manifest]:
+    """The manifests the chart renders (empty documents left out)."""
+    text = _rendered(helm, values, tuple(sorted((overrides or {}).items())))
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def refusal(helm: Path, values: Path | None = None, overrides: dict[str, str] | None = None) -> str:
+    """The error of a rendering that must fail."""
+    result = template(helm, values, overrides)
+    assert result.returncode != 0, "rendered, but should have been refused"
+    return " ".join(result.stderr.split())
+
+
+def one(manifests: list[Manifest], kind: str) -> Manifest:
+    (found,) = [m for m in manifests if m["kind"] == kind]
+    return found
+
+
+def container(manifests: list[Manifest]) -> Manifest:
+    (main,) = one(manifests, "StatefulSet")["spec"]["template"]["spec"]["containers"]
+    assert isinstance(main, dict)
+    return main
+
+
+def settings_passed(manifests: list[Manifest]) -> dict[str, Any]:
+    """Every PA_* variable the pod gets: the ConfigMap's entries and the container's env."""
+    passed: dict[str, Any] = dict(one(manifests, "ConfigMap")["data"])
+    for entry in container(manifests).get("env", []):
+        passed[entry["name"]] = entry.get("value", entry.get("valueFrom"))
+    return {name: value for name, value in passed.items() if name.startswith("PA_")}
+
+
+def setting_names(
+    model: type[BaseModel] = Settings, prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[str, Any]]:
+    """Each environment variable of the settings tree, with its field's annotation."""
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from setting_names(annotation, (*prefix, name))
+        else:
+            yield env_name((*prefix, name)), annotation
+
+
+ALL_SETTINGS = {name for name, _ in setting_names()}
+SECRET_SETTINGS = {
+    name for name, annotation in setting_names() if SecretStr in getattr(annotation, "__args__", ())
+}
+
+
+# -- lint and schema validation --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", VALUES_FILES, ids=VALUES_IDS)
+def test_the_chart_lints_strictly(helm: Path, values: Path | None) -> None:
+    """`helm lint --strict` finds nothing to warn about with each values file."""
+    result = run_helm(
+        helm,
+        "lint",
+        "--strict",
+        "--kube-version",
+        KUBERNETES_VERSION,
+        str(CHART),
+        *values_args(values, None),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[WARNING]" not in result.stdout
+    assert "[ERROR]" not in result.stdout
+
+
+@pytest.mark.parametrize("values", VALUES_FILES, ids=VALUES_IDS)
+def test_every_rendered_manifest_is_valid_for_kubernetes(helm: Path, values: Path | None) -> None:
+    """Each manifest of Kubernetes' own kinds passes the Kubernetes schemas offline, strictly
+    (an unknown field is an error); only the Prometheus Operator's kinds are left to the
+    structural checks below."""
+    manifests = render(helm, values)
+    assert {m["kind"] for m in manifests} >= {"StatefulSet", "ConfigMap", "Service"}
+    for manifest in manifests:
+        if (manifest["apiVersion"], manifest["kind"]) in OPERATOR_KINDS:
+            continue
+        kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+        assert manifest["metadata"]["namespace"] == NAMESPACE
+
+
+def test_the_validator_refuses_what_kubernetes_would() -> None:
+    """The offline validation is no rubber stamp: a misspelt securityContext field fails it."""
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "c", "securityContext": {"runAsUsr": 10001}}]},
+    }
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        ({"replicaCount": '"one"'}, "/replicaCount"),
+        ({"idempotency.backend": '"postgres"'}, "/idempotency/backend"),
+        ({"idempotency.backend": '"memory"'}, "/idempotency/backend"),
+        ({"credentials.existingSecret": '""'}, "/credentials/existingSecret"),
+        ({"credentials.decryptionKeyPassword.key": '""'}, "/credentials/decryptionKeyPassword"),
+        ({"settings.PA_KAFKA__BOOTSTRAP_SERVER": '"kafka:9092"'}, "PA_KAFKA__BOOTSTRAP_SERVER"),
+        ({"settings.PA_SHUTDOWN_TIMEOUT_S": '"twenty"'}, "/settings/PA_SHUTDOWN_TIMEOUT_S"),
+        ({"settings.PA_SHUTDOWN_TIMEOUT_S": "0"}, "/settings/PA_SHUTDOWN_TIMEOUT_S"),
+        ({"metrics.port": "70000"}, "/metrics/port"),
+        ({"terminationGrace.slackSeconds": "0"}, "/terminationGrace/slackSeconds"),
+        ({"networkPolicy.kafka.ports": "[]"}, "/networkPolicy/kafka/ports"),
+        ({"serviceMonitor.interval": '"often"'}, "/serviceMonitor/interval"),
+        ({"replicas": "1"}, "replicas"),
+    ],
+)
+def test_a_wrong_value_is_refused_by_the_schema(
+    helm: Path, overrides: dict[str, str], words: str
+) -> None:
+    """values.schema.json refuses wrong types, enums, empty Secret names and keys, unknown
+    settings and unknown keys at template time, naming the value at fault."""
+    error = refusal(helm, overrides=overrides)
+    assert "values don't meet the specifications of the schema" in error
+    assert words in error
+
+
+def test_the_schema_knows_every_setting_and_nothing_else() -> None:
+    """The settings map accepts exactly the variables the service reads, so a misspelt one is
+    refused instead of silently ignored, and a new setting must be added to the schema."""
+    schema = yaml.safe_load((CHART / "values.schema.json").read_text(encoding="utf-8"))
+    names = schema["properties"]["settings"]["propertyNames"]["enum"]
+    assert len(names) == len(set(names))
+    assert set(names) == ALL_SETTINGS
+
+
+def test_the_chart_version_follows_the_product() -> None:
+    """Chart.yaml is apiVersion v2 and its appVersion is the product's version."""
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))
+    product = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert chart["apiVersion"] == "v2"
+    assert chart["appVersion"] == product["project"]["version"]
+
+
+# -- the refusal of a second replica on SQLite -----------------------------------------------
+
+
+@pytest.mark.parametrize("replicas", [2, 3])
+def test_more_than_one_replica_on_sqlite_is_refused_with_the_reason(
+    helm: Path, replicas: int
+) -> None:
+    """replicaCount above 1 with the SQLite store fails, saying that a moved partition would
+    meet a store without its claims and a re-delivered command would be applied twice."""
+    error = refusal(helm, overrides={"replicaCount": str(replicas)})
+    assert f"replicaCount: {replicas} is refused with idempotency.backend sqlite" in error
+    assert "a store that knows none of its claims" in error
+    assert "applied twice" in error
+
+
+@pytest.mark.parametrize("replicas", [0, 1])
+def test_zero_or_one_replica_renders(helm: Path, replicas: int) -> None:
+    """One replica, or none (stopped), is what SQLite allows."""
+    statefulset = one(render(helm, overrides={"replicaCount": str(replicas)}), "StatefulSet")
+    assert statefulset["spec"]["replicas"] == replicas
+
+
+# -- settings --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", VALUES_FILES, ids=VALUES_IDS)
+def test_every_variable_the_chart_passes_is_a_real_setting(helm: Path, values: Path | None) -> None:
+    """Each PA_* variable of the ConfigMap and the container is a field of
+    service.settings.Settings, and the ConfigMap alone feeds the container's envFrom."""
+    manifests = render(helm, values)
+    passed = settings_passed(manifests)
+    assert set(passed) - ALL_SETTINGS == set()
+    name = one(manifests, "ConfigMap")["metadata"]["name"]
+    assert container(manifests)["envFrom"] == [{"configMapRef": {"name": name}}]
+
+
+@pytest.mark.parametrize("values", VALUES_FILES, ids=VALUES_IDS)
+def test_the_settings_the_pod_needs_are_set_by_the_chart(helm: Path, values: Path | None) -> None:
+    """The metrics endpoint listens beyond loopback on the probed port, the group instance id
+    is the pod's name, and the SQLite file lies on the store's volume."""
+    manifests = render(helm, values)
+    passed = settings_passed(manifests)
+    main = container(manifests)
+    assert passed["PA_METRICS__ENABLED"] == "true"
+    assert ipaddress.ip_address(passed["PA_METRICS__HOST"]).is_unspecified
+    (port,) = main["ports"]
+    assert (port["name"], str(port["containerPort"])) == ("metrics", passed["PA_METRICS__PORT"])
+    assert passed["PA_KAFKA__GROUP_INSTANCE_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert passed["PA_IDEMPOTENCY__BACKEND"] == "sqlite"
+    mounts = {mount["name"]: mount for mount in main["volumeMounts"]}
+    sqlite = PurePosixPath(passed["PA_IDEMPOTENCY__SQLITE_PATH"])
+    assert sqlite.parent == PurePosixPath(mounts["store"]["mountPath"])
+    assert not mounts["store"].get("readOnly", False)
+    statefulset = one(manifests, "StatefulSet")
+    (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "store"
+
+
+def test_numbers_and_lists_reach_the_service_as_it_reads_them(helm: Path) -> None:
+    """Whole numbers keep all their digits (no 6.7108864e+07), fractions stay fractions and
+    lists are JSON, as pydantic-settings parses them."""
+    data = one(render(helm, CHART / "ci" / "sqlite-single.yaml"), "ConfigMap")["data"]
+    assert data["PA_PROCESSING__MAX_BUFFERED_BYTES"] == "67108864"
+    assert data["PA_RECONCILIATION__SETTLE_S"] == "45.5"
+    assert data["PA_PAS__ALLOWED_TYPE_CODES"] == '["GOODWILL","CORRECTION"]'
+    assert data["PA_PROCESSING__ADAPTIVE_CONCURRENCY"] == "true"
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("PA_METRICS__PORT", "the chart sets it from metrics.port"),
+        ("PA_METRICS__HOST", "the chart sets it from metrics.host"),
+        ("PA_KAFKA__GROUP_INSTANCE_ID", "the chart sets it from the pod's name"),
+        ("PA_IDEMPOTENCY__SQLITE_PATH", "the chart sets it from idempotency.sqlite"),
+        ("PA_PAS__SIGNING_KEY_PATH", "the chart sets it from credentials.signingKey"),
+        ("PA_PAS__CONSUMER_KEY_FILE", "the chart sets it from credentials.consumerKey"),
+    ],
+)
+def test_a_setting_the_chart_computes_is_refused_in_the_settings_map(
+    helm: Path, name: str, words: str
+) -> None:
+    """A variable the chart sets itself cannot be set twice: the refusal names the value to
+    change instead."""
+    error = refusal(helm, overrides={f"settings.{name}": '"x"'})
+    assert f"settings.{name} is refused" in error
+    assert words in error
+
+
+# -- secrets ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(SECRET_SETTINGS))
+def test_a_secret_setting_is_refused_in_the_values(helm: Path, name: str) -> None:
+    """A secret given as a setting is refused before it could reach a ConfigMap or the
+    release record, with where it belongs instead."""
+    assert name in {
+        "PA_PAS__CONSUMER_KEY",
+        "PA_PAS__SIGNING_KEY_PASSWORD",
+        "PA_PAS__DECRYPTION_KEY_PASSWORD",
+    }
+    error = refusal(helm, overrides={f"settings.{name}": '"s3cret-value"'})
+    assert f"settings.{name} is refused: it is a secret" in error
+    assert "s3cret-value" not in error
+
+
+@pytest.mark.parametrize("values", VALUES_FILES, ids=VALUES_IDS)
+def test_no_rendered_manifest_holds_a_secret_value(helm: Path, values: Path | None) -> None:
+    """The chart renders no Secret, no key material and no secret setting: every credential is
+    a file of a Secret the values name, mounted read-only, and its setting points at it."""
+    text = _rendered(helm, values, ())
+    assert "-----BEGIN" not in text
+    assert "PRIVATE KEY" not in text
+    manifests = render(helm, values)
+    assert "Secret" not in {m["kind"] for m in manifests}
+    passed = settings_passed(manifests)
+    assert set(passed) & SECRET_SETTINGS == set()
+    main = container(manifests)
+    credentials = next(m for m in main["volumeMounts"] if m["name"] == "credentials")
+    assert credentials["readOnly"] is True
+    assert PurePosixPath(credentials["mountPath"]) == SECRETS_MOUNT
+    volumes = one(manifests, "StatefulSet")["spec"]["template"]["spec"]["volumes"]
+    (projected,) = [v["projected"] for v in volumes if v["name"] == "credentials"]
+    files = {}
+    for source in projected["sources"]:
+        assert set(source) == {"secret"}, "only Secrets feed the credentials volume"
+        (item,) = source["secret"]["items"]
+        files[item["path"]] = source["secret"]["name"]
+    pointing = {
+        name: PurePosixPath(value)
+        for name, value in passed.items()
+        if name.startswith("PA_PAS__") and name.endswith(("_FILE", "_PATH"))
+    }
+    assert {path.parent for path in pointing.values()} == {SECRETS_MOUNT}
+    assert {path.name for path in pointing.values()} == set(files)
+    for required in (
+        "PA_PAS__CONSUMER_KEY_FILE",
+        "PA_PAS__SIGNING_KEY_PATH",
+        "PA_PAS__DECRYPTION_KEY_PATH",
+        "PA_PAS__ENCRYPTION_CERTIFICATE_PATH",
+    ):
+        assert required in pointing
+
+
+def test_each_credential_comes_from_the_secret_its_entry_names(helm: Path) -> None:
+    """An entry with a secretName reads that Secret; the others read existingSecret; optional
+    files are mounted only when enabled."""
+
+    def sources(manifests: list[Manifest]) -> dict[str, tuple[str, str]]:
+        volumes = one(manifests, "StatefulSet")["spec"]["template"]["spec"]["volumes"]
+        (projected,) = [v["projected"] for v in volumes if v["name"] == "credentials"]
+        return {
+            s["secret"]["items"][0]["path"]: (s["secret"]["name"], s["secret"]["items"][0]["key"])
+            for s in projected["sources"]
+        }
+
+    assert sources(render(helm)) == {
+        "consumer-key": ("points-adjuster-pas", "consumer-key"),
+        "signing-key": ("points-adjuster-pas", "signing-key.p12"),
+        "signing-key-password": ("points-adjuster-pas", "signing-key-password"),
+        "decryption-key": ("points-adjuster-pas", "decryption-key.pem"),
+        "encryption-certificate": ("points-adjuster-pas", "encryption-certificate.pem"),
+    }
+    spelled_out = sources(render(helm, CHART / "ci" / "sqlite-single.yaml"))
+    assert spelled_out["signing-key-password"] == ("points-adjuster-signing-password", "password")
+    assert spelled_out["decryption-key-password"] == (
+        "points-adjuster-decryption-password",
+        "password",
+    )
+    assert spelled_out["decryption-key"] == ("points-adjuster-pas", "client-decryption.p12")
+    assert spelled_out["decryption-certificate"] == (
+        "points-adjuster-pas",
+        "decryption-certificate.pem",
+    )
+
+
+# -- the pod ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", VALUES_FILES, ids=VALUES_IDS)
+def test_the_pod_runs_restricted(helm: Path, values: Path | None) -> None:
+    """Non-root as the image's user 10001, read-only root with an emptyDir as TMPDIR, no
+    privilege escalation, no capabilities, the runtime's seccomp profile, no API token."""
+    manifests = render(helm, values)
+    pod = one(manifests, "StatefulSet")["spec"]["template"]["spec"]
+    main = container(manifests)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["fsGroup"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    context = main["securityContext"]
+    assert context["runAsNonRoot"] is True
+    assert context["runAsUser"] == 10001
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"] == {"drop": ["ALL"]}
+    assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+    (tmpdir,) = [entry["value"] for entry in main["env"] if entry["name"] == "TMPDIR"]
+    (tmp,) = [m for m in main["volumeMounts"] if m["mountPath"] == tmpdir]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == tmp["name"]]
+    assert "emptyDir" in volume
+
+
+@pytest.mark.parametrize("values", VALUES_FILES, ids=VALUES_IDS)
+def test_the_probes_ask_the_service_on_its_metrics_port(helm: Path, values: Path | None) -> None:
+    """Liveness and start-up ask /healthz, readiness asks /readyz, all on the metrics port."""
+    main = container(render(helm, values))
+    for probe, path in (
+        ("startupProbe", "/healthz"),
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+    ):
+        assert main[probe]["httpGet"] == {"path": path, "port": "metrics"}
+
+
+def test_a_stable_pod_name_is_the_static_membership(helm: Path) -> None:
+    """The workload is a StatefulSet (stable pod names, one pod at a time on update) whose
+    volume claims outlive the release."""
+    statefulset = one(render(helm), "StatefulSet")
+    assert statefulset["spec"]["podManagementPolicy"] == "OrderedReady"
+    assert statefulset["spec"]["updateStrategy"] == {"type": "RollingUpdate"}
+    assert statefulset["spec"]["persistentVolumeClaimRetentionPolicy"] == {
+        "whenDeleted": "Retain",
+        "whenScaled": "Retain",
+    }
+    service = one(render(helm), "Service")
+    assert statefulset["spec"]["serviceName"] == service["metadata"]["name"]
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True
+
+
+def test_the_operations_page_still_gives_the_drain_margin() -> None:
+    """The broker-gone margin the grace period adds is the one docs/operations.md states."""
+    text = " ".join(OPERATIONS_PAGE.read_text(encoding="utf-8").split())
+    assert f"about {BROKER_GONE_MARGIN_S} s after that budget at most" in text
+
+
+def grace_seconds(helm: Path, overrides: dict[str, str]) -> int:
+    pod = one(render(helm, overrides=overrides), "StatefulSet")["spec"]["template"]["spec"]
+    grace = pod["terminationGracePeriodSeconds"]
+    assert isinstance(grace, int)
+    return grace
+
+
+@pytest.mark.parametrize("timeout", ["0.5", "1", "19.99", "20", "20.01", "45.5", '"75"', "600"])
+@pytest.mark.parametrize("slack", [1, 8])
+def test_the_grace_period_always_exceeds_the_drain_and_its_margin(
+    helm: Path, timeout: str, slack: int
+) -> None:
+    """terminationGracePeriodSeconds is above PA_SHUTDOWN_TIMEOUT_S plus the broker-gone
+    margin, whatever the timeout (fractions, strings) and the slack, so the kubelet's SIGKILL
+    never cuts a drain short."""
+    grace = grace_seconds(
+        helm,
+        {"settings.PA_SHUTDOWN_TIMEOUT_S": timeout, "terminationGrace.slackSeconds": str(slack)},
+    )
+    budget = float(timeout.strip('"'))
+    assert grace > budget + BROKER_GONE_MARGIN_S
+    assert grace == math.ceil(budget) + BROKER_GONE_MARGIN_S + slack
+
+
+def test_the_default_grace_period_covers_the_default_drain(helm: Path) -> None:
+    """With the defaults (20 s of drain, no setting given at all) the pod gets 40 s."""
+    assert grace_seconds(helm, {}) == 40
+    assert grace_seconds(helm, {"settings.PA_SHUTDOWN_TIMEOUT_S": "null"}) == 40
+
+
+@pytest.mark.parametrize("startup", ["5", "20", "30.5", '"60"'])
+def test_the_startup_window_covers_the_kafka_startups(helm: Path, startup: str) -> None:
+    """The startupProbe lets four Kafka client start-ups of PA_KAFKA__STARTUP_TIMEOUT_S each,
+    plus 30 s, pass before liveness takes over."""
+    probe = container(render(helm, overrides={"settings.PA_KAFKA__STARTUP_TIMEOUT_S": startup}))[
+        "startupProbe"
+    ]
+    window = probe["periodSeconds"] * probe["failureThreshold"]
+    assert window >= 4 * float(startup.strip('"')) + 30
+
+
+def test_the_resources_fit_the_measured_footprint(helm: Path) -> None:
+    """The memory request covers the measured peak RSS (110 MB) and the limit leaves room for
+    the fetched-record budget on top of it."""
+    resources = container(render(helm))["resources"]
+    mebibytes = {"Mi": 1, "Gi": 1024}
+
+    def size(quantity: str) -> float:
+        return float(quantity[:-2]) * mebibytes[quantity[-2:]]
+
+    assert size(resources["requests"]["memory"]) * 1.048576 >= 110
+    assert size(resources["limits"]["memory"]) >= size(resources["requests"]["memory"]) + 192
+
+
+def test_the_disruption_budget_lets_a_drain_move_the_one_pod(helm: Path) -> None:
+    """With one replica the budget allows its eviction (minAvailable 1 would block drains)."""
+    budget = one(render(helm), "PodDisruptionBudget")["spec"]
+    assert budget["maxUnavailable"] == 1
+    assert "minAvailable" not in budget
+
+
+def test_the_network_policy_allows_only_dns_kafka_pas_and_the_metrics_port(helm: Path) -> None:
+    """By default ingress reaches only the metrics port and egress only DNS, the Kafka and
+    the PAS ports; narrowed values add their peers to the same rules."""
+    policy = one(render(helm), "NetworkPolicy")["spec"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}]}]
+    egress_ports = [
+        sorted((port["port"], port["protocol"]) for port in rule["ports"])
+        for rule in policy["egress"]
+    ]
+    assert egress_ports == [[(53, "TCP"), (53, "UDP")], [(9092, "TCP")], [(443, "TCP")]]
+    narrowed = one(render(helm, CHART / "ci" / "sqlite-single.yaml"), "NetworkPolicy")["spec"]
+    assert all("to" in rule for rule in narrowed["egress"])
+    assert "from" in narrowed["ingress"][0]
+    assert "NetworkPolicy" not in {m["kind"] for m in render(helm, CHART / "ci" / "minimal.yaml")}
+
+
+def test_there_is_no_autoscaler_while_one_replica_is_allowed(helm: Path) -> None:
+    """Neither an HPA nor a KEDA ScaledObject is rendered, whatever the values file."""
+    for values in VALUES_FILES:
+        kinds = {m["kind"] for m in render(helm, values)}
+        assert kinds & {"HorizontalPodAutoscaler", "ScaledObject"} == set()
+
+
+# -- Prometheus Operator resources -----------------------------------------------------------
+
+
+def exported_metric_names() -> set[str]:
+    """Every series name the service exports (counters with _total, histograms' parts)."""
+    names: set[str] = set()
+    for family in Metrics().registry.collect():
+        names.add(family.name)
+        names.update(sample.name for sample in family.samples)
+        if family.type == "counter":
+            names.add(family.name + "_total")
+        if family.type == "histogram":
+            names.update(family.name + part for part in ("_bucket", "_sum", "_count"))
+    return names
+
+
+def test_monitoring_is_off_by_default(helm: Path) -> None:
+    """Without the Prometheus Operator's CRDs the defaults install: no ServiceMonitor, no rule."""
+    kinds = {(m["apiVersion"], m["kind"]) for m in render(helm)}
+    assert kinds & OPERATOR_KINDS == set()
+
+
+def test_the_service_monitor_scrapes_the_metrics_port_of_this_release(helm: Path) -> None:
+    """The ServiceMonitor selects the chart's Service by labels it carries, in its namespace,
+    on the named metrics port, with valid durations and the labels Prometheus selects by."""
+    manifests = render(helm, CHART / "ci" / "monitoring.yaml")
+    monitor = one(manifests, "ServiceMonitor")
+    service = one(manifests, "Service")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    spec = monitor["spec"]
+    assert set(spec) == {"namespaceSelector", "selector", "endpoints"}
+    assert spec["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert spec["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    (endpoint,) = spec["endpoints"]
+    assert endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
+    for duration in (endpoint["interval"], endpoint["scrapeTimeout"]):
+        assert DURATION.match(duration)
+
+
+def test_the_alert_rules_are_well_formed_and_use_exported_metrics(helm: Path) -> None:
+    """Each rule has an alert name, an expression on metrics the service exports (scoped to
+    this release's job and namespace), a valid `for`, a severity and a description."""
+    manifests = render(helm, CHART / "ci" / "monitoring.yaml")
+    rule = one(manifests, "PrometheusRule")
+    service = one(manifests, "Service")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    (group,) = rule["spec"]["groups"]
+    alerts = {entry["alert"]: entry for entry in group["rules"]}
+    assert set(alerts) >= {
+        "PointsAdjusterNotReady",
+        "PointsAdjusterFaults",
+        "PointsAdjusterDeadLetters",
+    }
+    exported = exported_metric_names()
+    scope = f'job="{service["metadata"]["name"]}", namespace="{NAMESPACE}"'
+    for name, entry in alerts.items():
+        assert set(entry) <= {"alert", "expr", "for", "labels", "annotations"}, name
+        assert scope in entry["expr"], name
+        assert set(re.findall(r"points_adjuster_\w+", entry["expr"])) <= exported, name
+        assert DURATION.match(entry.get("for", "0s")), name
+        assert entry["labels"]["severity"] in {"critical", "warning"}, name
+        assert {"summary", "description"} <= set(entry["annotations"]), name
+    assert "points_adjuster_ready" in alerts["PointsAdjusterNotReady"]["expr"]
+    assert alerts["PointsAdjusterNotReady"]["for"] == "5m"
+    assert "points_adjuster_faults_total" in alerts["PointsAdjusterFaults"]["expr"]
+    assert "points_adjuster_dead_letters_total" in alerts["PointsAdjusterDeadLetters"]["expr"]
+
+
+def expected_alert(rule: Manifest, labels: dict[str, str]) -> dict[str, Any]:
+    """What promtool should see of ``rule`` firing for a series with ``labels``: its labels,
+    and its annotations with each {{ $labels.name }} filled in."""
+
+    def fill(text: str) -> str:
+        return re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels[m.group(1)], text)
+
+    return {
+        "exp_labels": {**labels, **rule["labels"]},
+        "exp_annotations": {name: fill(text) for name, text in rule["annotations"].items()},
+    }
+
+
+def test_the_alert_rules_pass_promtool(helm: Path, tmp_path: Path) -> None:
+    """Where Prometheus' promtool is installed, the rules parse, and on sample series the
+    not-ready alert fires after its 5 minutes (not before) and a dead letter alerts."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian's prometheus package brings it)")
+    manifests = render(helm, CHART / "ci" / "monitoring.yaml")
+    groups = one(manifests, "PrometheusRule")["spec"]["groups"]
+    rules = {rule["alert"]: rule for rule in groups[0]["rules"]}
+    job = one(manifests, "Service")["metadata"]["name"]
+    pod = {"namespace": NAMESPACE, "pod": f"{job}-0"}
+    dead_letter = {**pod, "target": "dlt", "reason": "CORRUPT_AVRO"}
+
+    def series(name: str, labels: dict[str, str]) -> str:
+        pairs = ", ".join(f'{key}="{value}"' for key, value in {"job": job, **labels}.items())
+        return f"{name}{{{pairs}}}"
+
+    tests = {
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": series("points_adjuster_ready", pod), "values": "1 0x10"},
+                    {
+                        "series": series("points_adjuster_dead_letters_total", dead_letter),
+                        "values": "0 0 1 1 1 1 1 1 1 1 1",
+                    },
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "5m", "alertname": "PointsAdjusterNotReady", "exp_alerts": []},
+                    {
+                        "eval_time": "7m",
+                        "alertname": "PointsAdjusterNotReady",
+                        "exp_alerts": [expected_alert(rules["PointsAdjusterNotReady"], pod)],
+                    },
+                    {
+                        "eval_time": "3m",
+                        "alertname": "PointsAdjusterDeadLetters",
+                        "exp_alerts": [
+                            expected_alert(rules["PointsAdjusterDeadLetters"], dead_letter)
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}), encoding="utf-8")
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests), encoding="utf-8")
+    for args in (["check", "rules", "rules.yaml"], ["test", "rules", "tests.yaml"]):
+        result = subprocess.run(
+            [promtool, *args], capture_output=True, text=True, cwd=tmp_path, timeout=60, check=False
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- NOTES -----------------------------------------------------------------------------------
+
+
+def test_the_notes_say_what_to_check_after_installing(helm: Path, tmp_path: Path) -> None:
+    """NOTES.txt names the pod, how to watch it become ready, how to read /readyz's reasons,
+    how to check and create the topics, and where the logs are."""
+    # `helm template` leaves NOTES.txt out, and `helm install --dry-run` wants a cluster: a
+    # copy of the chart renders it as the value of a ConfigMap instead.
+    chart = tmp_path / "points-adjuster"
+    shutil.copytree(CHART, chart)
+    notes = (chart / "templates" / "NOTES.txt").read_text(encoding="utf-8")
+    (chart / "templates" / "NOTES.txt").unlink()
+    (chart / "templates" / "_notes.tpl").write_text(
+        '{{- define "notes" -}}' + notes + "{{- end -}}", encoding="utf-8"
+    )
+    (chart / "templates" / "notes.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\n"
+        'data:\n  notes: {{ include "notes" . | toJson }}\n',
+        encoding="utf-8",
+    )
+    result = run_helm(
+        helm,
+        "template",
+        RELEASE,
+        str(chart),
+        "--namespace",
+        NAMESPACE,
+        "--show-only",
+        "templates/notes.yaml",
+    )
+    assert result.returncode == 0, result.stderr
+    text = yaml.safe_load(result.stdout)["data"]["notes"]
+    for needed in (
+        f"kubectl -n {NAMESPACE} rollout status statefulset/pa-points-adjuster",
+        f"kubectl -n {NAMESPACE} port-forward pod/pa-points-adjuster-0 9464:9464",
+        "/readyz",
+        "points-adjuster check",
+        '"args":["topics","--partitions","12"]',
+        f"kubectl -n {NAMESPACE} logs -f pa-points-adjuster-0",
+        "Never scale past 1 replica on SQLite",
+        "no autoscaler",
+    ):
+        assert needed in text, needed
