@@ -74,9 +74,8 @@ async def open_consumer(
 
     The service's own group (no ``group_id`` given) joins as the static member
     ``PA_KAFKA__GROUP_INSTANCE_ID`` when it is set. A tool reading with a group of its own
-    (``dlq replay``) always joins as a dynamic member: run beside the service, in the same pod
-    and so with the same setting, it must not share the service's instance id, and two runs of
-    it must not fence each other.
+    (``dlq replay``) always joins as a dynamic member: run in the service's pod it sees the
+    same setting, and two runs of it sharing one instance id would fence each other.
     """
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers,
