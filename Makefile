@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup kafka-jars helm-tools demo test unit lint format bench bench-quick bench-transport bench-security chaos clean help
+.PHONY: setup kafka-jars helm-tools prometheus-tools demo test unit lint format bench bench-quick bench-transport bench-security chaos clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -37,6 +37,17 @@ $(HELM):
 		echo "helm-tools: no Go toolchain: the Helm chart's tests will be skipped"; \
 	fi
 
+prometheus-tools:  ## install Debian's prometheus package once for promtool (the alert rules' tests; root)
+	@if command -v promtool >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's prometheus package for promtool"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	elif [ "$$CI" = "true" ]; then \
+		echo "prometheus-tools: cannot install promtool (not root, or no apt-get)" >&2; exit 1; \
+	else \
+		echo "prometheus-tools: promtool is not installed: the alert rules' promtool test will be skipped"; \
+	fi
+
 demo: setup kafka-jars  ## local broker + sandbox + service, a few hundred commands, a summary
 	$(BIN)/points-adjuster-devkit demo
 
@@ -53,7 +64,7 @@ COVERAGE_FLOOR := 92
 COVERAGE := --cov=service --cov-branch --cov-report=term-missing:skip-covered \
 	--cov-fail-under=$(COVERAGE_FLOOR)
 
-test: setup kafka-jars helm-tools lint  ## the whole suite with coverage: lint, unit, integration, end-to-end (starts its own broker)
+test: setup kafka-jars helm-tools prometheus-tools lint  ## the whole suite with coverage: lint, unit, integration, end-to-end (starts its own broker)
 	$(BIN)/pytest $(COVERAGE)
 
 unit: setup  ## unit tests only (no broker)
