@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import cached_property
 from typing import Literal
 
 from service.domain.inbound import Decoded
 from service.domain.outcome import Failed, Outcome, SourceRef, event_id
+from service.tracing import Span, Trace, trace_of
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,11 @@ class InboundRecord:
     @property
     def source(self) -> SourceRef:
         return SourceRef(self.topic, self.partition, self.offset)
+
+    @cached_property
+    def trace(self) -> Trace:
+        """The trace the record's ``traceparent`` header continues, or a new one (read once)."""
+        return trace_of(self.headers)
 
     @property
     def size(self) -> int:
@@ -104,6 +111,9 @@ class Publish:
     stored_key: str | None
     duplicate_kind: str | None = None
     dead_letter: DeadLetterRequest | None = None
+    trace: Span | None = field(default=None, compare=False)
+    """The span that decided it: the event's ``traceparent`` names it (set by the processor).
+    Not part of the decision's identity (the same outcome, whichever try decided it)."""
 
     @classmethod
     def original(cls, outcome: Outcome) -> Publish:

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 from typing import Protocol
 
 from service.domain.classification import Observation, Rule, classify
 from service.domain.outcome import ErrorDetail
+from service.tracing import Span
 
 
 @dataclass(frozen=True)
 class PasRequest:
-    """The five PAS fields of one adjustment, plus the correlation id header."""
+    """The five PAS fields of one adjustment, plus the correlation id and trace headers."""
 
     bank_account_number: str
     points_to_adjust: int
@@ -22,6 +23,9 @@ class PasRequest:
     adjustment_reason: str
     adjusted_by: str
     correlation_id: str
+    trace: Span | None = field(default=None, compare=False)
+    """The span handling the command: the call is a child of it (``traceparent``). Not part
+    of the request's identity: the same adjustment is the same request in any span."""
 
     def body(self) -> dict[str, object]:
         return {

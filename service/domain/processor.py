@@ -11,8 +11,11 @@ claim on it, and a claim whose call may have gone out is never simply called aga
 either looked up in PAS's history (:mod:`service.domain.reconciler`) or ends as
 OUTCOME_UNKNOWN. What each outcome holds is :mod:`service.domain.outcome_builder`'s to say.
 
-Logs name no record: the runner binds the record's topic, partition, offset and
-idempotency key to every log line of its handling.
+Logs name no record: the runner binds the record's topic, partition, offset, idempotency
+key and trace id to every log line of its handling.
+
+Each try at a record is a span of the record's trace (``InboundRecord.trace``): the PAS call
+is made as its child (``PasRequest.trace``), and the outcome event names it (``Publish.trace``).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from service.domain.ports import Clock, PasPort, PasRequest
 from service.domain.reconcile import HistoryPort, reason_with_reference, reference_for
 from service.domain.reconciler import Reconciler, ReconcileSettings, Resend
 from service.idempotency.base import Claim, ClaimStatus, IdempotencyRecord, IdempotencyStore, State
+from service.tracing import NO_SPANS, Span, SpanSink
 
 log = structlog.get_logger("service.processor")
 
@@ -97,8 +101,10 @@ class Processor:
         config: ProcessorConfig,
         clock: Clock = lambda: datetime.now(UTC),
         monotonic: Callable[[], float] = time.monotonic,
+        spans: SpanSink = NO_SPANS,
     ) -> None:
         self._decode = decode
+        self._spans = spans
         self._pas = pas
         self._config = config
         self._clock = clock
@@ -138,7 +144,30 @@ class Processor:
         return decoded.bank_account_number if isinstance(decoded, DecodedCommand) else None
 
     async def handle(self, record: InboundRecord, attempt: Attempt | None = None) -> Decision:
-        """Decide for ``record``, given what happened to it so far (``attempt``)."""
+        """Decide for ``record``, given what happened to it so far (``attempt``).
+
+        The try is a span of the record's trace; an outcome to publish carries it.
+        """
+        span = record.trace.span()
+        started_ns = time.time_ns()
+        decision = await self._handle(record, attempt, span)
+        if isinstance(decision, Publish):
+            decision = replace(decision, trace=span)
+        self._spans.finished(
+            span,
+            "points-adjuster handle",
+            started_ns,
+            time.time_ns(),
+            {
+                "messaging.destination.name": record.topic,
+                "messaging.destination.partition.id": str(record.partition),
+                "messaging.kafka.offset": record.offset,
+                "points_adjuster.decision": _decision_name(decision),
+            },
+        )
+        return decision
+
+    async def _handle(self, record: InboundRecord, attempt: Attempt | None, span: Span) -> Decision:
         attempt = attempt or Attempt()
         received_at = attempt.received_at or self._clock()
         attempt = replace(attempt, received_at=received_at)
@@ -169,7 +198,7 @@ class Processor:
             if isinstance(checked, list):
                 decision = await self._invalid(record, decoded, checked, received_at, attempt)
             else:
-                decision = await self._valid(record, checked, received_at, attempt)
+                decision = await self._valid(record, checked, received_at, attempt, span)
         except BaseException:
             self._release(key, record.source)
             raise
@@ -232,6 +261,7 @@ class Processor:
         command: AdjustmentCommand,
         received_at: datetime,
         attempt: Attempt,
+        span: Span,
     ) -> Decision:
         key = command.idempotency_key
         info = command_info(command, record.source, received_at)
@@ -239,7 +269,7 @@ class Processor:
         claim = await self._claims.claim(key, command.fingerprint())
         status = claim.status
         if status is ClaimStatus.CLAIMED:
-            return await self._call(command, info, attempt, lease_from)
+            return await self._call(command, info, attempt, lease_from, span)
         if status is ClaimStatus.BUSY:
             return self._busy(claim, attempt)
         if status is ClaimStatus.TAKEN_OVER:
@@ -249,7 +279,7 @@ class Processor:
         if status is ClaimStatus.RECONCILE:
             step = await self._reconciler.reconcile(command, info, attempt, claim.record)
             if isinstance(step, Resend):
-                return await self._call(command, info, step.attempt, step.lease_from)
+                return await self._call(command, info, step.attempt, step.lease_from, span)
             return step
         return self._not_claimed(claim, info, key, record)
 
@@ -278,7 +308,7 @@ class Processor:
 
     # -- calling PAS --------------------------------------------------------------------
 
-    def _request(self, command: AdjustmentCommand) -> PasRequest:
+    def _request(self, command: AdjustmentCommand, span: Span) -> PasRequest:
         reason = command.adjustment_reason
         if self._config.reference_in_reason:
             reason = reason_with_reference(reason, reference_for(command.idempotency_key))
@@ -289,6 +319,7 @@ class Processor:
             adjustment_reason=reason,
             adjusted_by=command.adjusted_by,
             correlation_id=command.correlation_id,
+            trace=span,
         )
 
     def _deadline(self, lease_from: float) -> float:
@@ -298,7 +329,12 @@ class Processor:
         return min(self._monotonic() + config.call_timeout_s, lease_end)
 
     async def _call(
-        self, command: AdjustmentCommand, info: CommandInfo, attempt: Attempt, lease_from: float
+        self,
+        command: AdjustmentCommand,
+        info: CommandInfo,
+        attempt: Attempt,
+        lease_from: float,
+        span: Span,
     ) -> Decision:
         key = command.idempotency_key
         now = self._clock()
@@ -307,7 +343,8 @@ class Processor:
             log.warning("command.expired", attempts=attempt.calls)
             expired = self._outcomes.expired(info, ttl_s, attempt, now)
             return await self._claims.finish(expired, State.FAILED)
-        reply = await self._pas.adjust(self._request(command), deadline=self._deadline(lease_from))
+        request = self._request(command, span)
+        reply = await self._pas.adjust(request, deadline=self._deadline(lease_from))
         rule = reply.rule
         circuit_open = reply.observation.transport is Transport.CIRCUIT_OPEN
         now = self._clock()
@@ -353,3 +390,12 @@ class Processor:
             attempt, "dlt", error_class, failure.reason_code, reply.problem, self._clock()
         )
         return Publish.unstored(failure, dead_letter=letter)
+
+
+def _decision_name(decision: Decision) -> str:
+    """A bounded word for a span attribute: what the try decided."""
+    if isinstance(decision, Publish):
+        return decision.kind
+    if isinstance(decision, DeadLetterOnly):
+        return "dead_letter"
+    return "retry"

@@ -29,6 +29,9 @@ still refuses an event as too large, the minimal form is sent once
 The ``correlation_id`` header repeats the event's correlation id, capped at
 ``CORRELATION_HEADER_BYTES`` (cut on a UTF-8 boundary, ending in ``…``); capping it alone
 does not make an event cut down.
+
+The ``traceparent`` header (and ``tracestate``, when the command had a valid one) names the
+span that decided the outcome (``Publish.trace``): the command's trace, a span of our own.
 """
 
 from __future__ import annotations
@@ -205,6 +208,10 @@ class _Event:
             ("event_type", self.decision.kind.encode("utf-8")),
             ("correlation_id", cut(correlation, CORRELATION_HEADER_BYTES)),
         ]
+        if self.decision.trace is not None:
+            headers += [
+                (name, value.encode("ascii")) for name, value in self.decision.trace.headers()
+            ]
         if names:
             listed = ",".join(name for name in _NAME_ORDER if name in names)
             headers.append((TRUNCATED, listed.encode("utf-8")))

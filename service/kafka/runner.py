@@ -26,8 +26,8 @@ resumes. Nothing is skipped: a partition stays behind its faulted record, never 
 The runner sees the consumer, the publishers and the processor only through the protocols
 of ``service.kafka.ports``; the service runs its two coroutines (``run`` and ``dispatch``)
 in its one task group (``service.app.run_tasks``). The log lines of one record's handling,
-the deeper layers' included, carry its topic, partition, offset and idempotency key, bound
-once here; never its account.
+the deeper layers' included, carry its topic, partition, offset, idempotency key and trace
+id, bound once here; never its account.
 """
 
 from __future__ import annotations
@@ -145,7 +145,8 @@ class PartitionProgress:
 
 
 def log_context(record: InboundRecord) -> dict[str, Any]:
-    """What every log line about ``record`` carries: where it is, and its idempotency key.
+    """What every log line about ``record`` carries: where it is, its idempotency key and the
+    id of its trace (``InboundRecord.trace``).
 
     Never the account (the ordering key): logs hold no account number.
     """
@@ -153,6 +154,7 @@ def log_context(record: InboundRecord) -> dict[str, Any]:
         "topic": record.topic,
         "partition": record.partition,
         "offset": record.offset,
+        "trace_id": record.trace.trace_id,
     }
     if isinstance(record.payload, DecodedCommand):
         # A safe copy: a hostile key (600 KB, control characters) must not reach every line.

@@ -9,6 +9,9 @@ A call is bounded (``service.pas.bounded``): it ends by its deadline, reads at m
 deadline is not sent (``POOL_TIMEOUT``); one that runs out of time once its request may
 have left is a ``READ_TIMEOUT``; an answer too long or compressed cannot be read (for a 200,
 ``UNREADABLE_ANSWER``; for an error status, an answer without an envelope).
+
+A request whose ``PasRequest.trace`` is set goes out as a child span of it: its own
+``traceparent`` (same trace, a new span id) and the ``tracestate`` carried through.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from service.pas.envelope import parse_envelope
 from service.pas.jwe_codec import JweBodyCodec
 from service.security.oauth1 import MastercardOAuth1Auth
 from service.settings import PasSettings
+from service.tracing import NO_SPANS, Span, SpanSink
 
 log = structlog.get_logger("service.pas")
 
@@ -106,9 +110,15 @@ class PasClient:
     """
 
     def __init__(
-        self, http: httpx.AsyncClient, settings: PasSettings, credentials: Credentials
+        self,
+        http: httpx.AsyncClient,
+        settings: PasSettings,
+        credentials: Credentials,
+        *,
+        spans: SpanSink = NO_SPANS,
     ) -> None:
         self._http = http
+        self._spans = spans
         self._url = settings.base_url + settings.adjustment_path
         self._method = settings.method
         self._codec: BodyCodec = JweBodyCodec(
@@ -119,6 +129,21 @@ class PasClient:
         self._max_bytes = settings.max_response_bytes
 
     async def adjust(self, request: PasRequest, *, deadline: float) -> PasReply:
+        if request.trace is None:
+            return await self._adjust(request, deadline, None)
+        span = request.trace.child()
+        started_ns = time.time_ns()
+        reply = await self._adjust(request, deadline, span)
+        observation = reply.observation
+        attributes: dict[str, str | int | bool] = {"http.request.method": self._method}
+        if observation.status is not None:
+            attributes["http.response.status_code"] = observation.status
+        if observation.transport is not None:
+            attributes["error.type"] = observation.transport.name
+        self._spans.finished(span, "PAS adjust", started_ns, time.time_ns(), attributes)
+        return reply
+
+    async def _adjust(self, request: PasRequest, deadline: float, span: Span | None) -> PasReply:
         started = time.monotonic()
         remaining = min(deadline, started + self._call_timeout_s) - started
         if remaining < MIN_CALL_S:
@@ -136,7 +161,7 @@ class PasClient:
         try:
             answer = await exchange(
                 self._http,
-                self._build(request, remaining),
+                self._build(request, remaining, span),
                 max_bytes=self._max_bytes,
                 timeout_s=remaining,
                 auth=self._auth,
@@ -160,7 +185,7 @@ class PasClient:
             )
         return self._read(answer, time.monotonic() - started, request.correlation_id)
 
-    def _build(self, request: PasRequest, remaining: float) -> httpx.Request:
+    def _build(self, request: PasRequest, remaining: float, span: Span | None) -> httpx.Request:
         """The encrypted request, its pool and connect timeouts cut to fit in ``remaining``.
 
         Waiting for a connection and connecting fail as "not sent" (safe to retry): they are
@@ -169,15 +194,18 @@ class PasClient:
         """
         before_deadline = max(remaining - NOT_SENT_MARGIN_S, remaining / 2)
         timeout = self._http.timeout
+        headers = {
+            "Content-Type": self._codec.content_type,
+            "Accept": "application/json",
+            CORRELATION_HEADER: request.correlation_id,
+        }
+        if span is not None:
+            headers.update(span.headers())
         return self._http.build_request(
             self._method,
             self._url,
             content=self._codec.encode(request.body()),
-            headers={
-                "Content-Type": self._codec.content_type,
-                "Accept": "application/json",
-                CORRELATION_HEADER: request.correlation_id,
-            },
+            headers=headers,
             timeout=httpx.Timeout(
                 connect=_at_most(timeout.connect, before_deadline),
                 read=timeout.read,

@@ -580,7 +580,7 @@ async def test_a_records_log_lines_carry_its_place_and_idempotency_key_but_not_t
     None
 ):
     """Every log line while a record is handled (the processor's, the runner's) carries its
-    topic, partition, offset and idempotency key, bound once; never the account."""
+    topic, partition, offset, idempotency key and trace id, bound once; never the account."""
     r = rig(decode=True)
     r.consumer.feed(TP, value(ACCOUNT) + b"7")
     r.processor.steps[0].append(fail(RuntimeError("once")))
@@ -589,7 +589,10 @@ async def test_a_records_log_lines_carry_its_place_and_idempotency_key_but_not_t
     ) as logs:
         async with running(r) as task:
             await wait_until(lambda: r.consumer.committed() == 1, while_running=task)
+    trace_id = r.processor.contexts[0]["trace_id"]
+    assert len(trace_id) == 32  # the record had no traceparent: a trace of its own, kept
     place = {"topic": TOPIC, "partition": 0, "offset": 0, "idempotency_key": "idem-7"}
+    place["trace_id"] = trace_id
     assert r.processor.contexts == [place, place]
     (fault,) = [line for line in logs if line["event"] == "record.fault"]
     assert place.items() <= fault.items()
