@@ -33,6 +33,7 @@ from service.health import Health
 from service.idempotency.base import IdempotencyStore
 from service.idempotency.continuity import verify_continuity
 from service.idempotency.memory import MemoryStore
+from service.idempotency.metered import MeteredStore
 from service.idempotency.sqlite import SqliteStore
 from service.kafka.clients import open_consumer, open_producer, topic_message_limits
 from service.kafka.deadletter import DeadLetterPublisher
@@ -155,7 +156,7 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
         store=settings.idempotency.backend,
     )
     async with AsyncExitStack() as stack:
-        store = await open_store(settings.idempotency)
+        store: IdempotencyStore = MeteredStore(await open_store(settings.idempotency), metrics)
         stack.push_async_callback(store.close)
         override = await verify_continuity(store, settings.idempotency, settings.kafka)
         if override is not None:

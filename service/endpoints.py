@@ -1,5 +1,6 @@
-"""The operational HTTP endpoint: /metrics, /healthz (alive) and /readyz (consuming, with
-the reasons when not)."""
+"""The operational HTTP endpoint: /metrics, /livez (the event loop answers; /healthz is the
+same, kept for the probes and users that ask it) and /readyz (consuming, with the reasons
+when not). The listener binds to ``PA_METRICS__HOST`` (loopback unless told otherwise)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ def build_endpoints(metrics: Metrics, health: Health) -> web.Application:
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+    async def livez(_: web.Request) -> web.Response:
+        # Answering at all is the proof: the event loop runs this handler.
+        return web.json_response({"status": "alive"})
 
     async def readyz(_: web.Request) -> web.Response:
         if health.ready:
@@ -28,7 +30,8 @@ def build_endpoints(metrics: Metrics, health: Health) -> web.Application:
 
     app = web.Application()
     app.router.add_get("/metrics", scrape)
-    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/healthz", livez)  # the older name, kept as an alias
     app.router.add_get("/readyz", readyz)
     return app
 

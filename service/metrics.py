@@ -2,11 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
+import platform
+from importlib.metadata import PackageNotFoundError, version
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from service import __version__
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+"""The idempotency store answers in well under a millisecond when healthy (SQLite, WAL)."""
+
+SERVICE_NAME = "points-adjuster"
+
+
+def _distribution_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def build_labels() -> dict[str, str]:
+    """What ``points_adjuster_build_info`` carries: the service, its version and the versions
+    of Python and aiokafka it runs on."""
+    return {
+        "service": SERVICE_NAME,
+        "version": __version__,
+        "python": platform.python_version(),
+        "aiokafka": _distribution_version("aiokafka"),
+    }
 
 
 class Metrics:
@@ -15,9 +41,11 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        Info("points_adjuster_build", "Version of the running service.", registry=r).info(
-            {"version": __version__}
-        )
+        Info(
+            "points_adjuster_build",
+            "The running service: its name and version, and those of Python and aiokafka.",
+            registry=r,
+        ).info(build_labels())
         self.records_consumed = Counter(
             "points_adjuster_records_consumed_total",
             "Command records read from Kafka.",
@@ -154,6 +182,59 @@ class Metrics:
             " PA_PROCESSING__MAX_BUFFERED_BYTES).",
             registry=r,
         )
+
+        self.lag_records = Gauge(
+            "points_adjuster_consumer_lag_records",
+            "Records of a command partition not yet done: from its first unfinished record (or"
+            " the next to fetch) to its last stable offset (read_committed's end).",
+            ["partition"],
+            registry=r,
+        )
+        self.lag_seconds = Gauge(
+            "points_adjuster_consumer_lag_seconds",
+            "Age of the oldest fetched record of a command partition not yet done (now minus"
+            " its record timestamp); 0 when none is in hand.",
+            ["partition"],
+            registry=r,
+        )
+        self.commit_gap = Gauge(
+            "points_adjuster_commit_gap_records",
+            "Records of a command partition finished but not yet committed.",
+            ["partition"],
+            registry=r,
+        )
+        self.store_latency = Histogram(
+            "points_adjuster_store_operation_duration_seconds",
+            "Duration of idempotency store calls, by operation, failed calls included.",
+            ["operation"],
+            buckets=STORE_BUCKETS,
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "points_adjuster_store_errors_total",
+            "Idempotency store calls that failed, by operation (a claim lost to another"
+            " worker is not counted: it is no fault of the store).",
+            ["operation"],
+            registry=r,
+        )
+        self.unknown_outcomes = Counter(
+            "points_adjuster_unknown_outcomes_total",
+            "Outcome events published with reason OUTCOME_UNKNOWN (duplicates not counted):"
+            " PAS may or may not have applied the adjustment.",
+            registry=r,
+        )
+        self.review_copies = Counter(
+            "points_adjuster_review_copies_total",
+            "Records copied to the review topic (unknown outcomes for a person to settle).",
+            registry=r,
+        )
+
+    def forget_partition(self, partition: int) -> None:
+        """Drop the per-partition series of a partition no longer assigned here."""
+        label = str(partition)
+        for gauge in (self.lag_records, self.lag_seconds, self.commit_gap):
+            with contextlib.suppress(KeyError):  # never observed here
+                gauge.remove(label)
 
     def set_ready(self, ready: bool) -> None:
         self._ready.set(1 if ready else 0)

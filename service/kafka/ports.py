@@ -92,6 +92,22 @@ class CommandConsumer(Protocol):
         """Commit, for each partition, the offset of the next record to read."""
         ...
 
+    async def position(self, partition: TopicPartition, /) -> int:
+        """The offset of the next record ``getmany`` will hand out of ``partition`` (it may
+        wait while the consumer looks up where to start)."""
+        ...
+
+    def highwater(self, partition: TopicPartition, /) -> int | None:
+        """The offset after the last record of ``partition`` as the last fetch answer had it
+        (None until the partition was fetched)."""
+        ...
+
+    def last_stable_offset(self, partition: TopicPartition, /) -> int | None:
+        """The offset up to which every transaction of ``partition`` is decided, from the last
+        fetch answer: the end a ``read_committed`` consumer can read to (-1 under
+        ``read_uncommitted``, None until the partition was fetched)."""
+        ...
+
 
 class OutcomeSender(Protocol):
     """Publishes the outcome event of a decision."""

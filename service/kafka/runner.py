@@ -39,7 +39,7 @@ import random
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Awaitable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -75,6 +75,9 @@ log = structlog.get_logger("service.runner")
 FETCH_TIMEOUT_MS = 100
 COMMIT_INTERVAL_S = 1.0
 COMMIT_TIMEOUT_S = 3.0  # aiokafka waits for a coordinator indefinitely when the broker is gone
+POSITION_TIMEOUT_S = 0.01
+"""How long the lag observation waits for a partition's position (known at once, except
+while the consumer looks up where to start: then the next round asks again)."""
 FAULT_FIRST_PAUSE_S = 0.5
 CLAIM_LOST_PAUSE_S = 0.5
 
@@ -117,7 +120,13 @@ def describe(exc: BaseException) -> str:
 
 
 class PartitionProgress:
-    """Offsets fetched and finished in one partition; the commit point is their done prefix."""
+    """Offsets fetched and finished in one partition; the commit point is their done prefix.
+
+    It also knows what the lag metrics need: where the partition's unfinished part starts
+    (its first unfinished record, or the next offset to fetch), the timestamp of that first
+    unfinished record, and the offset last committed (before the first commit: where
+    reading started, which is the group's committed offset).
+    """
 
     def __init__(self) -> None:
         self.pending: deque[int] = deque()
@@ -126,10 +135,21 @@ class PartitionProgress:
         self.dirty = False
         self.bytes = 0
         """Bytes of this partition's records fetched and not finished."""
+        self.next_offset: int | None = None
+        """The offset after the last record taken (None: none taken, position not known)."""
+        self.committed: int | None = None
+        """The offset last committed, or where reading started (None: not known yet)."""
+        self._timestamps: dict[int, int] = {}
+        """Record timestamps (ms) of the pending offsets."""
 
-    def add(self, offset: int, size: int = 0) -> None:
+    def add(self, offset: int, size: int = 0, timestamp_ms: int | None = None) -> None:
+        if self.committed is None:
+            self.committed = offset
         self.pending.append(offset)
         self.bytes += size
+        self.next_offset = offset + 1
+        if timestamp_ms is not None:
+            self._timestamps[offset] = timestamp_ms
 
     def finish(self, offset: int, size: int = 0) -> None:
         self.bytes -= size
@@ -137,8 +157,41 @@ class PartitionProgress:
         while self.pending and self.pending[0] in self.done:
             first = self.pending.popleft()
             self.done.discard(first)
+            self._timestamps.pop(first, None)
             self.commit_at = first + 1
             self.dirty = True
+
+    def starts_at(self, position: int) -> None:
+        """Reading starts at ``position`` (the consumer's, before any record was taken)."""
+        if self.next_offset is None:
+            self.next_offset = position
+        if self.committed is None:
+            self.committed = position
+
+    def committed_to(self, offset: int) -> None:
+        self.committed = offset if self.committed is None else max(self.committed, offset)
+
+    @property
+    def unfinished_from(self) -> int | None:
+        """The first offset not done: the first unfinished record, else the next to fetch."""
+        return self.pending[0] if self.pending else self.next_offset
+
+    def lag(self, end: int) -> int | None:
+        """Offsets from the first not done to ``end`` (the partition's readable end)."""
+        start = self.unfinished_from
+        return None if start is None else max(0, end - start)
+
+    def commit_gap(self) -> int:
+        """Records finished but not committed: the finished prefix past the last commit, and
+        those finished ahead of an unfinished one (committed only once it finishes)."""
+        ready = 0
+        if self.commit_at is not None and self.committed is not None:
+            ready = max(0, self.commit_at - self.committed)
+        return ready + len(self.done)
+
+    def oldest_timestamp_ms(self) -> int | None:
+        """The record timestamp of the first unfinished record (None: none in hand)."""
+        return self._timestamps.get(self.pending[0]) if self.pending else None
 
     def __len__(self) -> int:
         return len(self.pending)
@@ -202,8 +255,11 @@ class CommandRunner:
         fault_backoff_max_s: float = 30.0,
         commit_interval_s: float = COMMIT_INTERVAL_S,
         health: Health | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._consumer = consumer
+        self._clock = clock
+        """Wall-clock seconds, compared with record timestamps for the lag in seconds."""
         self._topic = topic
         self._processor = processor
         self._publisher = publisher
@@ -256,6 +312,7 @@ class CommandRunner:
                         self._accept(tp, message)
                 if time.monotonic() - self._last_commit >= self._commit_interval_s:
                     await self.commit()
+                await self.observe_lag()
         finally:
             await self._wind_down()
         if self._failure is not None:
@@ -273,6 +330,8 @@ class CommandRunner:
         self._timers.clear()
         await self._drain(set(self._running), max(0.0, deadline - time.monotonic()))
         await self.commit()
+        with contextlib.suppress(Exception):  # the last figures, best effort on the way out
+            await self.observe_lag()
         log.info("consumer.stopped")
 
     async def _finish_buffered(self, deadline: float) -> None:
@@ -358,7 +417,7 @@ class CommandRunner:
             self._processor.payload_of(message.value) if keyed else None,
         )
         self._metrics.records_consumed.labels(tp.topic).inc()
-        progress.add(record.offset, record.size)
+        progress.add(record.offset, record.size, record.timestamp_ms)
         ordering = ""  # ordering=partition: one key per partition, the slow baseline
         if keyed:
             ordering = self._processor.ordering_key(record) or f"@{record.offset}"
@@ -570,6 +629,8 @@ class CommandRunner:
                 self._count(decision)
             if dead is not None:
                 self._metrics.dead_letters.labels(dead.target, dead.reason).inc()
+                if dead.target == "review":
+                    self._metrics.review_copies.inc()
                 if isinstance(decision, DeadLetterOnly):
                     self._metrics.undecodable.labels(dead.reason).inc()
         if isinstance(decision, Publish):
@@ -604,6 +665,59 @@ class CommandRunner:
             self._metrics.duplicates.labels(decision.duplicate_kind).inc()
         if reason == "VALIDATION_FAILED" and not decision.duplicate:
             self._metrics.invalid.inc()
+        if reason == "OUTCOME_UNKNOWN" and not decision.duplicate:
+            self._metrics.unknown_outcomes.inc()
+
+    # -- lag ------------------------------------------------------------------------------
+
+    async def observe_lag(self) -> None:
+        """Set each assigned partition's lag (records, seconds) and commit gap.
+
+        - lag in records: from the first offset not done (the first unfinished record, else
+          the next to fetch) to the partition's readable end, the last stable offset under
+          ``read_committed`` (records of open transactions cannot be read yet), else its
+          high watermark. It needs one fetch answer of the partition; until then it is not
+          set. A paused partition keeps the end of its last fetch answer.
+        - lag in seconds: now minus the record timestamp of the first unfinished record: it
+          keeps growing while that record is stuck; 0 when no record of the partition is in
+          hand (records not fetched yet, a paused partition's among them, show in records).
+        - commit gap: ``PartitionProgress.commit_gap``.
+        """
+        now = self._clock()
+        for tp, progress in list(self._progress.items()):
+            if progress.next_offset is None and not await self._learn_position(tp, progress):
+                continue
+            label = str(tp.partition)
+            self._metrics.commit_gap.labels(label).set(progress.commit_gap())
+            oldest = progress.oldest_timestamp_ms()
+            age = 0.0 if oldest is None else max(0.0, now - oldest / 1000)
+            self._metrics.lag_seconds.labels(label).set(age)
+            end = self._readable_end(tp)
+            lag = None if end is None else progress.lag(end)
+            if lag is not None:
+                self._metrics.lag_records.labels(label).set(lag)
+
+    async def _learn_position(self, tp: TopicPartition, progress: PartitionProgress) -> bool:
+        """Ask the consumer where ``tp`` starts (nothing taken of it yet); False: not known."""
+        try:
+            async with asyncio.timeout(POSITION_TIMEOUT_S):
+                position = await self._consumer.position(tp)
+        except (TimeoutError, KafkaError):
+            return False  # still looking up where to start (IllegalStateError: not assigned)
+        if self._progress.get(tp) is not progress:
+            return False  # revoked meanwhile
+        progress.starts_at(position)
+        return True
+
+    def _readable_end(self, tp: TopicPartition) -> int | None:
+        """The offset after the last record a ``read_committed`` consumer may read of ``tp``."""
+        try:
+            stable = self._consumer.last_stable_offset(tp)
+            if stable is not None and stable >= 0:
+                return stable
+            return self._consumer.highwater(tp)
+        except AssertionError:  # aiokafka asserts the partition is assigned
+            return None
 
     # -- commits, rebalances, shutdown ----------------------------------------------------
 
@@ -634,7 +748,10 @@ class CommandRunner:
         self._health.clear("offsets")
         for tp, offset in offsets.items():
             progress = self._progress.get(tp)
-            if progress is not None and progress.commit_at == offset:
+            if progress is None:
+                continue
+            progress.committed_to(offset)
+            if progress.commit_at == offset:
                 progress.dirty = False
 
     async def _drain(self, partitions: set[TopicPartition], timeout_s: float) -> None:
@@ -668,6 +785,7 @@ class CommandRunner:
         for tp in revoked:
             self._progress.pop(tp, None)
             self._paused.discard(tp)
+            self._metrics.forget_partition(tp.partition)
         self._unfault([key for key in self._faulted if key[0] in revoked])
         for key in [key for key in self._queues if key[0] in revoked]:
             for pending in self._queues.pop(key):

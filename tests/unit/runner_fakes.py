@@ -1,7 +1,9 @@
 """Fakes of the command runner's ports (service/kafka/ports.py), for tests without a broker.
 
 ``FakeConsumer`` is a consumer group of one: it hands out the messages fed to it for its
-unpaused partitions, runs rebalances when asked, and records pauses, resumes and commits.
+unpaused partitions, runs rebalances when asked, records pauses, resumes and commits, and
+tells each partition's position and ends (high watermark, last stable offset) as a fetch
+answer would.
 ``FakeOutcomes`` and ``FakeDeadLetters`` acknowledge (or refuse) what is sent to them.
 ``serve`` runs a runner as the service does: ``run`` and ``dispatch`` in one task group.
 ``wire`` builds a runner around given fakes (tests/unit/conftest.py's ``quick_faults``
@@ -71,6 +73,13 @@ class FakeConsumer:
         self.revoking: set[TopicPartition] = set()
         self.commit_hangs = False
         """Commits never answer, like a broker gone (the runner's timeout must end them)."""
+        self.open_transactions: dict[TopicPartition, int] = {}
+        """Records at the end of a partition in transactions not yet decided: the last stable
+        offset is that many below the high watermark."""
+        self.answered: set[TopicPartition] = set()
+        """Partitions a fetch has answered for (their ends are known from then on)."""
+        self.position_unknown = False
+        """``position`` waits, like a consumer still looking up where to start."""
         self._to_revoke: set[TopicPartition] = set()
         self._news = asyncio.Event()
 
@@ -117,6 +126,7 @@ class FakeConsumer:
             await self.listener.on_partitions_assigned(set(self.partitions))
         if self._to_revoke:
             await self._rebalance(self.listener)
+        self.answered.update(tp for tp in self.partitions if tp not in self.paused)
         batch = self._take(max_records)
         if not batch:
             self._news.clear()
@@ -158,6 +168,20 @@ class FakeConsumer:
         if self.commit_hangs:
             await asyncio.Event().wait()
         self.commits.append(dict(offsets))
+
+    async def position(self, partition: TopicPartition, /) -> int:
+        if self.position_unknown:
+            await asyncio.Event().wait()
+        return self.fetched[partition]
+
+    def highwater(self, partition: TopicPartition, /) -> int | None:
+        if partition not in self.answered:
+            return None
+        return self._next_offset(partition)
+
+    def last_stable_offset(self, partition: TopicPartition, /) -> int | None:
+        end = self.highwater(partition)
+        return None if end is None else end - self.open_transactions.get(partition, 0)
 
 
 def _acknowledged(error: Exception | None = None) -> asyncio.Future[None]:

@@ -27,6 +27,9 @@ DOCS = ROOT / "docs"
 PAGES = [README, *sorted(DOCS.glob("*.md"))]
 SETTINGS_PAGE = DOCS / "settings.md"
 OPERATIONS_PAGE = DOCS / "operations.md"
+METRICS_PAGE = DOCS / "metrics.md"
+ALERT_RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
+METRIC_NAME = re.compile(r"\bpoints_adjuster_\w+")
 
 FENCE = re.compile(r"^\s*(```|~~~)")
 HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
@@ -138,29 +141,77 @@ def _metric_labels(metrics: Metrics) -> dict[str, tuple[str, ...]]:
     return labels
 
 
-def test_every_metric_is_documented_with_its_type_and_labels() -> None:
-    """Each metric family the service exports has a row in docs/operations.md's metrics
-    table, with its type and every label it carries."""
+def _catalogue() -> dict[str, list[str]]:
+    """docs/metrics.md's rows: metric name -> its cells (type, labels, meaning, alerts)."""
+    rows: dict[str, list[str]] = {}
+    for _, line in _prose_lines(METRICS_PAGE):
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("|") and re.fullmatch(r"`points_adjuster_\w+`", cells[0]):
+            rows[cells[0].strip("`")] = cells[1:]
+    return rows
+
+
+def _exported() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Each metric the service exports, as a query names it: its type and label names."""
     metrics = Metrics()
     labels = _metric_labels(metrics)
-    rows = _table(OPERATIONS_PAGE)
-    families = list(metrics.registry.collect())
-    assert families
-    problems: list[str] = []
-    for family in families:
+    exported: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for family in metrics.registry.collect():
         suffix = {"counter": "_total", "info": "_info"}.get(family.type, "")
-        name = family.name + suffix
+        exported[family.name + suffix] = (family.type, labels[family.name])
+    return exported
+
+
+def test_every_metric_is_catalogued_with_its_type_and_labels() -> None:
+    """docs/metrics.md has one row per metric the service exports, with its type and every
+    label it carries in the labels column, and no row for a metric that is not exported."""
+    exported = _exported()
+    rows = _catalogue()
+    assert exported
+    problems = [f"{name}: no row" for name in exported if name not in rows]
+    problems += [f"{name}: no such metric" for name in rows if name not in exported]
+    for name, (kind, labels) in exported.items():
         if name not in rows:
-            problems.append(f"{name}: no row")
             continue
-        kind, documented = rows[name]
-        if kind != family.type:
-            problems.append(f"{name}: documented as {kind}, is a {family.type}")
+        documented_kind, documented_labels = rows[name][0], rows[name][1]
+        if documented_kind != kind:
+            problems.append(f"{name}: documented as {documented_kind}, is a {kind}")
         problems.extend(
             f"{name}: label {label} not documented"
-            for label in labels[family.name]
-            if f"`{label}`" not in documented
+            for label in labels
+            if f"`{label}`" not in documented_labels
         )
+        documented = set(re.findall(r"`(\w+)`", documented_labels))
+        problems.extend(f"{name}: label {extra} not exported" for extra in documented - set(labels))
+    assert problems == []
+
+
+def test_the_catalogue_names_the_alerts_that_read_each_metric() -> None:
+    """Each metric's alert column names exactly the alert rules of deploy/prometheus/alerts.yml
+    whose expression reads it (when the rules are there)."""
+    if not ALERT_RULES.exists():
+        pytest.skip("no alert rules at deploy/prometheus/alerts.yml")
+    import yaml
+
+    reading: dict[str, set[str]] = {}
+    for group in yaml.safe_load(ALERT_RULES.read_text(encoding="utf-8"))["groups"]:
+        for rule in group["rules"]:
+            if "alert" in rule:
+                for metric in METRIC_NAME.findall(str(rule["expr"])):
+                    reading.setdefault(metric, set()).add(rule["alert"])
+    rows = _catalogue()
+    problems = [
+        f"{name}: read by {sorted(alerts)}, not catalogued"
+        for name, alerts in reading.items()
+        if name not in rows
+    ]
+    for name, cells in rows.items():
+        named = {alert.strip() for alert in cells[3].split(",") if alert.strip()}
+        if named != reading.get(name, set()):
+            problems.append(
+                f"{name}: column says {sorted(named)}, rules read it in "
+                f"{sorted(reading.get(name, set()))}"
+            )
     assert problems == []
 
 
