@@ -501,3 +501,57 @@ def test_every_variable_of_the_file_has_a_default_and_is_documented() -> None:
     assert found
     assert [name for name, has_default in found if not has_default] == []
     assert [name for name, _ in found if f"`{name}`" not in page] == []
+
+
+def the_grafana() -> str:
+    (name,) = [n for n in services() if str(services()[n].get("image", "")).startswith("grafana/")]
+    return name
+
+
+def test_prometheus_loads_the_alert_rules_mounted_beside_its_configuration() -> None:
+    """Each rule file prometheus.yml lists is mounted read-only at that path, from
+    deploy/prometheus/alerts.yml: the rules the unit tests and the chart use."""
+    name, config = prometheus_config()
+    (given,) = [w.partition("=")[2] for w in command(name) if w.startswith("--config.file=")]
+    rule_files = config["rule_files"]
+    assert rule_files
+    for rule_file in rule_files:
+        path = PurePosixPath(given).parent / rule_file
+        mount = mount_under(name, path)
+        assert mount is not None, rule_file
+        assert mount.target == path
+        assert mount.read_only
+        assert (COMPOSE.parent / mount.source).resolve() == ROOT / "deploy/prometheus/alerts.yml"
+
+
+def test_grafana_shows_the_dashboard_over_the_stacks_prometheus() -> None:
+    """Grafana (a pinned grafana-oss image) gets its provisioning folder from
+    deploy/grafana/provisioning: a data source on the Prometheus service and the port it
+    listens on, and a dashboard provider reading the folder where the dashboard is mounted."""
+    grafana = the_grafana()
+    assert str(services()[grafana]["image"]).startswith("grafana/grafana-oss:")
+    provisioning = mount_under(grafana, PurePosixPath("/etc/grafana/provisioning"))
+    assert provisioning is not None
+    assert provisioning.read_only
+    folder = (COMPOSE.parent / provisioning.source).resolve()
+    assert folder == ROOT / "deploy/grafana/provisioning"
+    (datasource,) = yaml.safe_load((folder / "datasources/prometheus.yml").read_text("utf-8"))[
+        "datasources"
+    ]
+    prometheus, _ = prometheus_config()
+    listen = [w.partition("=")[2] for w in command(prometheus) if w.startswith("--web.listen")]
+    port = int((listen or [":9090"])[0].rpartition(":")[2])
+    url = urlsplit(datasource["url"])
+    assert datasource["type"] == "prometheus"
+    assert (url.hostname, url.port) == (prometheus, port)
+    assert prometheus in depends_on(grafana)
+    (provider,) = yaml.safe_load((folder / "dashboards/points-adjuster.yml").read_text("utf-8"))[
+        "providers"
+    ]
+    dashboards = PurePosixPath(provider["options"]["path"])
+    board = mount_under(grafana, dashboards / "points-adjuster.json")
+    assert board is not None
+    assert board.target.parent == dashboards
+    assert (COMPOSE.parent / board.source).resolve() == ROOT / "deploy/grafana/points-adjuster.json"
+    home = environment(grafana).get("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH")
+    assert home == str(board.target)

@@ -27,8 +27,8 @@ import kubernetes_validate  # type: ignore[import-untyped]  # ships no type info
 import pytest
 from pydantic import BaseModel, SecretStr
 
-from service.metrics import Metrics
 from service.settings import Settings, env_name
+from tests.deploy import test_observability as observability
 
 # PyPI's PyYAML comes with kubernetes-validate; its type stubs are no dependency of the
 # project, so it is loaded as a plain module (its functions typed Any).
@@ -584,19 +584,6 @@ def test_there_is_no_autoscaler_while_one_replica_is_allowed(helm: Path) -> None
 # -- Prometheus Operator resources -----------------------------------------------------------
 
 
-def exported_metric_names() -> set[str]:
-    """Every series name the service exports (counters with _total, histograms' parts)."""
-    names: set[str] = set()
-    for family in Metrics().registry.collect():
-        names.add(family.name)
-        names.update(sample.name for sample in family.samples)
-        if family.type == "counter":
-            names.add(family.name + "_total")
-        if family.type == "histogram":
-            names.update(family.name + part for part in ("_bucket", "_sum", "_count"))
-    return names
-
-
 def test_monitoring_is_off_by_default(helm: Path) -> None:
     """Without the Prometheus Operator's CRDs the defaults install: no ServiceMonitor, no rule."""
     kinds = {(m["apiVersion"], m["kind"]) for m in render(helm)}
@@ -622,51 +609,62 @@ def test_the_service_monitor_scrapes_the_metrics_port_of_this_release(helm: Path
         assert DURATION.match(duration)
 
 
-def test_the_alert_rules_are_well_formed_and_use_exported_metrics(helm: Path) -> None:
-    """Each rule has an alert name, an expression on metrics the service exports (scoped to
-    this release's job and namespace), a valid `for`, a severity and a description."""
+def test_the_alert_rules_are_the_repositorys_scoped_to_this_release(helm: Path) -> None:
+    """The PrometheusRule holds exactly the rules of deploy/prometheus/alerts.yml, each
+    selector scoped to this release's job and namespace instead of the compose job, each
+    runbook_url made absolute by runbookBaseUrl; everything else unchanged."""
     manifests = render(helm, CHART / "ci" / "monitoring.yaml")
     rule = one(manifests, "PrometheusRule")
     service = one(manifests, "Service")
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
-    (group,) = rule["spec"]["groups"]
-    alerts = {entry["alert"]: entry for entry in group["rules"]}
-    assert set(alerts) >= {
-        "PointsAdjusterNotReady",
-        "PointsAdjusterFaults",
-        "PointsAdjusterDeadLetters",
-    }
-    exported = exported_metric_names()
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    base = yaml.safe_load((CHART / "ci" / "monitoring.yaml").read_text("utf-8"))["prometheusRule"][
+        "runbookBaseUrl"
+    ].rstrip("/")
     scope = f'job="{service["metadata"]["name"]}", namespace="{NAMESPACE}"'
-    for name, entry in alerts.items():
-        assert set(entry) <= {"alert", "expr", "for", "labels", "annotations"}, name
-        assert scope in entry["expr"], name
+    source = yaml.safe_load(observability.RULES.read_text("utf-8"))
+    (group,) = rule["spec"]["groups"]
+    (source_group,) = source["groups"]
+    assert group["name"] == source_group["name"]
+    rendered = {entry["alert"]: entry for entry in group["rules"]}
+    expected = {entry["alert"]: entry for entry in source_group["rules"]}
+    assert set(rendered) == set(expected)
+    exported = observability.exported_metric_names() | {"up"}
+    for name, entry in rendered.items():
+        original = expected[name]
+        compose_job = observability.SCRAPE_JOB
+        assert entry["expr"].count(scope) == original["expr"].count(compose_job) > 0, name
+        assert entry["expr"] == original["expr"].replace(compose_job, scope), name
         assert set(re.findall(r"points_adjuster_\w+", entry["expr"])) <= exported, name
+        assert entry.get("for") == original.get("for"), name
         assert DURATION.match(entry.get("for", "0s")), name
-        assert entry["labels"]["severity"] in {"critical", "warning"}, name
-        assert {"summary", "description"} <= set(entry["annotations"]), name
-    assert "points_adjuster_ready" in alerts["PointsAdjusterNotReady"]["expr"]
-    assert alerts["PointsAdjusterNotReady"]["for"] == "5m"
-    assert "points_adjuster_faults_total" in alerts["PointsAdjusterFaults"]["expr"]
-    assert "points_adjuster_dead_letters_total" in alerts["PointsAdjusterDeadLetters"]["expr"]
+        assert entry["labels"] == original["labels"], name
+        annotations = dict(original["annotations"])
+        annotations["runbook_url"] = f"{base}/{annotations['runbook_url']}"
+        assert entry["annotations"] == annotations, name
+    assert rendered["ServiceNotReady"]["for"] == "5m"
 
 
-def expected_alert(rule: Manifest, labels: dict[str, str]) -> dict[str, Any]:
-    """What promtool should see of ``rule`` firing for a series with ``labels``: its labels,
-    and its annotations with each {{ $labels.name }} filled in."""
-
-    def fill(text: str) -> str:
-        return re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels[m.group(1)], text)
-
-    return {
-        "exp_labels": {**labels, **rule["labels"]},
-        "exp_annotations": {name: fill(text) for name, text in rule["annotations"].items()},
-    }
+def test_without_a_base_url_the_runbook_links_stay_repository_paths(helm: Path) -> None:
+    """With runbookBaseUrl empty (the default) each runbook_url is docs/runbooks.md#<alert>."""
+    manifests = render(helm, overrides={"prometheusRule.enabled": "true"})
+    (group,) = one(manifests, "PrometheusRule")["spec"]["groups"]
+    for entry in group["rules"]:
+        assert entry["annotations"]["runbook_url"] == f"docs/runbooks.md#{entry['alert'].lower()}"
 
 
-def test_the_alert_rules_pass_promtool(helm: Path, tmp_path: Path) -> None:
-    """Where Prometheus' promtool is installed, the rules parse, and on sample series the
-    not-ready alert fires after its 5 minutes (not before) and a dead letter alerts."""
+def release_series(text: str, job: str) -> str:
+    """A promtool series written for the compose job, moved to this release's job and
+    namespace."""
+    return text.replace(observability.SCRAPE_JOB, f'job="{job}", namespace="{NAMESPACE}"')
+
+
+def test_the_rendered_rules_pass_promtool_and_the_repositorys_unit_tests(
+    helm: Path, tmp_path: Path
+) -> None:
+    """Where Prometheus' promtool is installed, the rendered rules parse and pass every unit
+    test of deploy/prometheus/alerts_test.yml, moved to this release's job and namespace: each
+    alert fires and resolves in the cluster exactly as in the compose stack."""
     promtool = shutil.which("promtool")
     if promtool is None:
         reason = "promtool is not installed (make prometheus-tools installs Debian's prometheus)"
@@ -675,46 +673,20 @@ def test_the_alert_rules_pass_promtool(helm: Path, tmp_path: Path) -> None:
         pytest.skip(reason)
     manifests = render(helm, CHART / "ci" / "monitoring.yaml")
     groups = one(manifests, "PrometheusRule")["spec"]["groups"]
-    rules = {rule["alert"]: rule for rule in groups[0]["rules"]}
     job = one(manifests, "Service")["metadata"]["name"]
-    pod = {"namespace": NAMESPACE, "pod": f"{job}-0"}
-    dead_letter = {**pod, "target": "dlt", "reason": "CORRUPT_AVRO"}
-
-    def series(name: str, labels: dict[str, str]) -> str:
-        pairs = ", ".join(f'{key}="{value}"' for key, value in {"job": job, **labels}.items())
-        return f"{name}{{{pairs}}}"
-
-    tests = {
-        "rule_files": ["rules.yaml"],
-        "evaluation_interval": "1m",
-        "tests": [
-            {
-                "interval": "1m",
-                "input_series": [
-                    {"series": series("points_adjuster_ready", pod), "values": "1 0x10"},
-                    {
-                        "series": series("points_adjuster_dead_letters_total", dead_letter),
-                        "values": "0 0 1 1 1 1 1 1 1 1 1",
-                    },
-                ],
-                "alert_rule_test": [
-                    {"eval_time": "5m", "alertname": "PointsAdjusterNotReady", "exp_alerts": []},
-                    {
-                        "eval_time": "7m",
-                        "alertname": "PointsAdjusterNotReady",
-                        "exp_alerts": [expected_alert(rules["PointsAdjusterNotReady"], pod)],
-                    },
-                    {
-                        "eval_time": "3m",
-                        "alertname": "PointsAdjusterDeadLetters",
-                        "exp_alerts": [
-                            expected_alert(rules["PointsAdjusterDeadLetters"], dead_letter)
-                        ],
-                    },
-                ],
-            }
-        ],
-    }
+    rules = {entry["alert"]: entry for entry in groups[0]["rules"]}
+    tests = yaml.safe_load(observability.RULE_TESTS.read_text("utf-8"))
+    tests["rule_files"] = ["rules.yaml"]
+    for test in tests["tests"]:
+        for series in test["input_series"]:
+            series["series"] = release_series(series["series"], job)
+        for case in test["alert_rule_test"]:
+            for alert in case["exp_alerts"]:
+                labels = alert["exp_labels"]
+                assert labels["job"] == "points-adjuster"
+                labels.update(job=job, namespace=NAMESPACE)
+                url = rules[case["alertname"]]["annotations"]["runbook_url"]
+                alert["exp_annotations"]["runbook_url"] = url
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}), encoding="utf-8")
     (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests), encoding="utf-8")
     for args in (["check", "rules", "rules.yaml"], ["test", "rules", "tests.yaml"]):
