@@ -10,6 +10,10 @@ deadline is not sent (``POOL_TIMEOUT``); one that runs out of time once its requ
 have left is a ``READ_TIMEOUT``; an answer too long or compressed cannot be read (for a 200,
 ``UNREADABLE_ANSWER``; for an error status, an answer without an envelope).
 
+PAS's answer is not trusted to leave the account number out: the texts of its error
+envelope and every problem text are masked (the request's account number wherever it appears,
+and any card number, ``service.domain.pii``) before they reach a log line or an outcome.
+
 A request whose ``PasRequest.trace`` is set goes out as a child span of it: its own
 ``traceparent`` (same trace, a new span id) and the ``tracestate`` carried through.
 """
@@ -26,6 +30,9 @@ import httpx
 import structlog
 
 from service.domain.classification import Observation, Transport
+from service.domain.command import mask_account
+from service.domain.outcome import ErrorDetail
+from service.domain.pii import mask_card_numbers
 from service.domain.ports import PasReply, PasRequest
 from service.pas.bounded import (
     CORRELATION_HEADER,
@@ -175,15 +182,15 @@ class PasClient:
             return PasReply(
                 Observation(transport=Transport.READ_TIMEOUT),
                 time.monotonic() - started,
-                problem=describe(exc),
+                problem=_masked(describe(exc), request.bank_account_number),
             )
         except httpx.RequestError as exc:
             return PasReply(
                 Observation(transport=transport_failure(exc)),
                 time.monotonic() - started,
-                problem=describe(exc),
+                problem=_masked(describe(exc), request.bank_account_number),
             )
-        return self._read(answer, time.monotonic() - started, request.correlation_id)
+        return self._read(answer, time.monotonic() - started, request)
 
     def _build(self, request: PasRequest, remaining: float, span: Span | None) -> httpx.Request:
         """The encrypted request, its pool and connect timeouts cut to fit in ``remaining``.
@@ -214,19 +221,19 @@ class PasClient:
             ),
         )
 
-    def _read(self, answer: Answer, elapsed: float, correlation_id: str) -> PasReply:
+    def _read(self, answer: Answer, elapsed: float, request: PasRequest) -> PasReply:
         their_id = answer.headers.get(RESPONSE_CORRELATION_HEADER)
         if answer.refused:
             log.warning(
                 "pas.answer_refused",
                 status=answer.status,
                 problem=answer.refused,
-                correlation_id=correlation_id,
+                correlation_id=request.correlation_id,
                 pas_correlation_id=their_id,
             )
         if answer.status == 200:
             return self._applied(answer, elapsed, their_id)
-        return self._error(answer, elapsed, their_id)
+        return self._error(answer, elapsed, their_id, request.bank_account_number)
 
     def _applied(self, answer: Answer, elapsed: float, their_id: str | None) -> PasReply:
         points = None if answer.body is None else self._points_adjusted(answer.body)
@@ -240,9 +247,12 @@ class PasClient:
             )
         return PasReply(Observation(status=200), elapsed, points, pas_correlation_id=their_id)
 
-    def _error(self, answer: Answer, elapsed: float, their_id: str | None) -> PasReply:
+    def _error(
+        self, answer: Answer, elapsed: float, their_id: str | None, account_number: str
+    ) -> PasReply:
         status = answer.status
         errors = () if answer.body is None else parse_envelope(answer.body)
+        errors = tuple(_masked_error(error, account_number) for error in errors)
         recoverable = any(error.recoverable for error in errors)
         log.info(
             "pas.error_response",
@@ -273,6 +283,24 @@ class PasClient:
         if isinstance(points, int) and not isinstance(points, bool):
             return points
         return None
+
+
+def _masked(text: str, account_number: str) -> str:
+    """``text`` with the account number (wherever it is) and any card number masked."""
+    if account_number:
+        text = text.replace(account_number, mask_account(account_number))
+    return mask_card_numbers(text)
+
+
+def _masked_error(error: ErrorDetail, account_number: str) -> ErrorDetail:
+    """An envelope entry with each of its texts masked (``_masked``)."""
+    return ErrorDetail(
+        _masked(error.source, account_number),
+        _masked(error.reason_code, account_number),
+        _masked(error.description, account_number),
+        error.recoverable,
+        None if error.field is None else _masked(error.field, account_number),
+    )
 
 
 def _at_most(timeout_s: float | None, limit_s: float) -> float:
