@@ -49,6 +49,7 @@ from service.pas.metered import MeteredHistory, MeteredPas
 from service.redact import redact_url
 from service.settings import LEASE_MARGIN_S, IdempotencySettings, KafkaSettings, Settings
 from service.tools.topics import service_topics
+from service.tracing import open_span_sink
 from service.watchdog import Check, kafka_check, watch
 
 log = structlog.get_logger("service.app")
@@ -156,6 +157,8 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
         store=settings.idempotency.backend,
     )
     async with AsyncExitStack() as stack:
+        # First in, so last out: the spans of the drain are exported too.
+        spans = stack.enter_context(open_span_sink(settings.tracing.otlp_endpoint))
         store: IdempotencyStore = MeteredStore(await open_store(settings.idempotency), metrics)
         stack.push_async_callback(store.close)
         override = await verify_continuity(store, settings.idempotency, settings.kafka)
@@ -167,7 +170,7 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
             settings.circuit, time.monotonic, on_change=circuit_observer(metrics)
         )
         pas: PasPort = GuardedPas(
-            MeteredPas(PasClient(http, settings.pas, credentials), metrics), breaker
+            MeteredPas(PasClient(http, settings.pas, credentials, spans=spans), metrics), breaker
         )
         processing = settings.processing
         metrics.pas_concurrency_limit.set(processing.max_in_flight)
@@ -199,6 +202,7 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
             store=store,
             pas=pas,
             history=history,
+            spans=spans,
             config=ProcessorConfig(
                 rules=CommandRules(
                     settings.pas.max_points,

@@ -310,6 +310,19 @@ class LogSettings(BaseModel):
     format: Literal["json", "console"] = Field("json", description="json lines or console text.")
 
 
+class TracingSettings(BaseModel):
+    """Trace export. The W3C trace context of each command is always carried through."""
+
+    otlp_endpoint: str | None = Field(
+        None,
+        min_length=1,
+        description="OTLP/HTTP traces endpoint (for instance"
+        " http://otel-collector:4318/v1/traces) the spans of each record's handling and of each"
+        " PAS call are exported to. Needs the otel extra (pip install 'points-adjuster[otel]')."
+        " Unset: nothing is exported and no OpenTelemetry package is loaded.",
+    )
+
+
 class Settings(BaseSettings):
     """Everything the service reads from its environment."""
 
@@ -330,6 +343,7 @@ class Settings(BaseSettings):
     idempotency: IdempotencySettings = IdempotencySettings()
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
+    tracing: TracingSettings = TracingSettings()
     shutdown_timeout_s: float = Field(
         20.0,
         gt=0,

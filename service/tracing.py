@@ -11,19 +11,24 @@ Each span we make (the handling of a record, a PAS call) is a :class:`Span`: the
 a new random span id, and its parent's. ``Span.traceparent`` is what goes out in a header, so
 whoever receives it continues the same trace under that span.
 
-Spans are exported only when a :class:`SpanSink` is given (``service.otel``, behind the
-``otel`` extra); by default nothing is recorded and no third-party package is loaded.
+Spans are exported only when a :class:`SpanSink` is given: :func:`open_span_sink` opens the
+OTLP one (``service.otel``, behind the ``otel`` extra) when ``PA_TRACING__OTLP_ENDPOINT`` is
+set; otherwise nothing is recorded and no OpenTelemetry package is loaded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
+
+from service.errors import StartupError
+from service.redact import redact_url
 
 log = structlog.get_logger("service.tracing")
 
@@ -196,3 +201,32 @@ class NoSpans:
 
 
 NO_SPANS = NoSpans()
+
+
+ENDPOINT_SETTING = "PA_TRACING__OTLP_ENDPOINT"
+
+
+@contextlib.contextmanager
+def open_span_sink(otlp_endpoint: str | None) -> Iterator[SpanSink]:
+    """The sink spans go to: none without an endpoint; with one, OTLP export (flushed on exit).
+
+    Raises ``StartupError`` naming the setting and the extra when OpenTelemetry is missing.
+    """
+    if otlp_endpoint is None:
+        yield NO_SPANS
+        return
+    try:
+        from service.otel import OtlpSpans  # only when export is configured
+    except ImportError as exc:
+        raise StartupError(
+            "tracing",
+            f"{ENDPOINT_SETTING} is set but OpenTelemetry is not installed ({exc.name or exc}):"
+            " install the otel extra (pip install 'points-adjuster[otel]'), or unset it",
+            setting=ENDPOINT_SETTING,
+        ) from exc
+    sink = OtlpSpans.to(otlp_endpoint)
+    log.info("tracing.export_enabled", endpoint=redact_url(otlp_endpoint))
+    try:
+        yield sink
+    finally:
+        sink.close()
