@@ -126,6 +126,12 @@ class RatePacer:
         """Calls per second while pacing, None while not."""
         return self._rate
 
+    def wait_s(self) -> float:
+        """Seconds the next call would wait now, without booking its moment."""
+        if self._rate is None or self._clock() - self._last_throttle >= self._release_s:
+            return 0.0
+        return max(self._next_at - self._clock(), 0.0)
+
     def delay(self) -> float:
         """Seconds the next call should wait before it is sent (and book its moment)."""
         if self._rate is None:

@@ -8,7 +8,7 @@ match wins, and returns what the processor does next:
 observation                                    action       failure reason
 =============================================  ===========  =====================
 connect refused / connect timeout / pool full  RETRY        PAS_UNAVAILABLE
-circuit breaker open (nothing sent)            RETRY        PAS_UNAVAILABLE
+held back: circuit open, no slot or turn (*)   RETRY        PAS_UNAVAILABLE
 read/write timeout, reset, protocol error      UNKNOWN      OUTCOME_UNKNOWN
 200 with an unreadable body                    UNKNOWN      OUTCOME_UNKNOWN
 200                                            APPLIED      -
@@ -27,6 +27,10 @@ then the dead-letter topic when attempts run out). PERMANENT means nothing was a
 trying again cannot help: a failed outcome. UNKNOWN means PAS may have applied it: never a
 blind retry, reconciliation decides. DEAD_LETTER means nothing was applied but an operator
 must act (fix the credentials) before a replay.
+
+(*) Held back: the circuit breaker is open, or our own limiter found no slot or, after a
+429, no paced turn before the call's deadline. PAS never saw the call, so it is retried
+without counting as an attempt (the same for a held-back history lookup).
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ class Transport(enum.StrEnum):
     CONNECT_TIMEOUT = "connect_timeout"
     POOL_TIMEOUT = "pool_timeout"
     CIRCUIT_OPEN = "circuit_open"
+    DEFERRED = "deferred"
+    """Our own limiter held the call back (no slot or no paced turn before its deadline)."""
     READ_TIMEOUT = "read_timeout"
     WRITE_TIMEOUT = "write_timeout"
     RESET = "reset"
@@ -96,6 +102,9 @@ class Rule:
 
 
 NOT_SENT = frozenset({Transport.CONNECT, Transport.CONNECT_TIMEOUT, Transport.POOL_TIMEOUT})
+HELD_BACK = frozenset({Transport.CIRCUIT_OPEN, Transport.DEFERRED})
+"""Calls we did not send on our own account (the circuit breaker, the limiter): retried
+without counting as an attempt, since PAS never saw them."""
 ANSWER_LOST = frozenset(
     {Transport.READ_TIMEOUT, Transport.WRITE_TIMEOUT, Transport.RESET, Transport.PROTOCOL}
 )
@@ -103,10 +112,10 @@ ANSWER_LOST = frozenset(
 RULES: tuple[Rule, ...] = (
     Rule("the connection was never made", Action.RETRY, Reason.PAS_UNAVAILABLE, NOT_SENT),
     Rule(
-        "the circuit breaker is open: nothing was sent",
+        "held back by the circuit breaker or the limiter: nothing was sent",
         Action.RETRY,
         Reason.PAS_UNAVAILABLE,
-        frozenset({Transport.CIRCUIT_OPEN}),
+        HELD_BACK,
     ),
     Rule(
         "the request left, the answer was lost", Action.UNKNOWN, Reason.OUTCOME_UNKNOWN, ANSWER_LOST

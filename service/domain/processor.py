@@ -29,7 +29,7 @@ import structlog
 
 from service.domain.backoff import BackoffPolicy, deadline_passed
 from service.domain.claims import Claims
-from service.domain.classification import Action, Transport
+from service.domain.classification import HELD_BACK, Action
 from service.domain.command import (
     IDEMPOTENCY_KEY_PATTERN,
     AdjustmentCommand,
@@ -346,10 +346,10 @@ class Processor:
         request = self._request(command, span)
         reply = await self._pas.adjust(request, deadline=self._deadline(lease_from))
         rule = reply.rule
-        circuit_open = reply.observation.transport is Transport.CIRCUIT_OPEN
+        held_back = reply.observation.transport in HELD_BACK  # PAS never saw it
         now = self._clock()
         attempt = (
-            attempt if circuit_open else replace(attempt, calls=attempt.calls + 1, last_call_at=now)
+            attempt if held_back else replace(attempt, calls=attempt.calls + 1, last_call_at=now)
         )
         if rule.action is Action.APPLIED:
             completed = self._outcomes.applied(command, info, reply, attempt, now)
@@ -365,9 +365,7 @@ class Processor:
         # RETRY or DEAD_LETTER: nothing was applied; let go of the claim.
         await self._claims.release(key)
         attempt = attempt.failed(now)
-        if rule.action is Action.RETRY and (
-            circuit_open or attempt.calls < self._config.max_attempts
-        ):
+        if rule.action is Action.RETRY and (held_back or attempt.calls < self._config.max_attempts):
             pause = self._config.backoff.delay(max(attempt.calls, 1), reply.retry_after_s)
             log.warning(
                 "pas.retry_scheduled",

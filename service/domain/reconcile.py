@@ -107,6 +107,9 @@ class HistoryFailed:
 
     problem: str
     status: int | None
+    retry_in_s: float | None = None
+    """Set when the lookup was held back before it was sent (our own limiter): not a failed
+    lookup; try again in this many seconds."""
 
 
 HistoryLookup = HistoryFound | HistoryFailed
@@ -159,6 +162,11 @@ def judge(
 ) -> ReconcileVerdict:
     """The verdict on one lookup (see the table in the module docstring)."""
     if isinstance(lookup_result, HistoryFailed):
+        if lookup_result.retry_in_s is not None:  # held back, never sent: not a failure
+            return ReconcileUnknown(
+                f"history lookup held back: {lookup_result.problem}",
+                retry_in_s=max(lookup_result.retry_in_s, 0.1),
+            )
         status = f" (HTTP {lookup_result.status})" if lookup_result.status is not None else ""
         return ReconcileUnknown(f"history lookup failed{status}: {lookup_result.problem}")
     entry = find_applied(lookup_result.entries, reference)

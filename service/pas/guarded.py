@@ -53,8 +53,8 @@ class GuardedHistory:
         self._breaker = breaker
 
     async def lookup(self, account_number: str, **options: Unpack[LookupOptions]) -> HistoryLookup:
-        if not self._breaker.allow():
-            return HistoryFailed(CIRCUIT_OPEN, None)
+        if not self._breaker.allow():  # held back, never sent: not a failed lookup
+            return HistoryFailed(CIRCUIT_OPEN, None, retry_in_s=max(self._breaker.retry_in(), 0.05))
         try:
             found = await self._inner.lookup(account_number, **options)
         except asyncio.CancelledError:

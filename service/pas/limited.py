@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Unpack
 
 from service.domain.adaptive import AdaptiveLimit, RatePacer
-from service.domain.classification import UNHEALTHY, Observation, Transport
+from service.domain.classification import HELD_BACK, UNHEALTHY, Observation, Transport
 from service.domain.ports import PasPort, PasReply, PasRequest
 from service.domain.reconcile import HistoryFailed, HistoryLookup
 from service.pas.history import LookupOptions, TimedHistoryPort
@@ -22,9 +23,23 @@ from service.pas.history import LookupOptions, TimedHistoryPort
 RATE_LIMITED = 429
 
 
-def not_sent(problem: str) -> PasReply:
-    """A call that ended before its request could leave (classified: retry)."""
-    return PasReply(Observation(transport=Transport.POOL_TIMEOUT), 0.0, problem=problem)
+@dataclass(frozen=True, slots=True)
+class Deferral:
+    """No slot, or no paced turn, came before the deadline: nothing was sent; try again in
+    ``retry_after_s`` seconds (the paced turn's distance, when that is what was missing)."""
+
+    problem: str
+    retry_after_s: float
+
+
+def held_back(deferral: Deferral) -> PasReply:
+    """A call our own limiter held back (classified: retry, not counted as an attempt)."""
+    return PasReply(
+        Observation(transport=Transport.DEFERRED),
+        0.0,
+        retry_after_s=deferral.retry_after_s,
+        problem=deferral.problem,
+    )
 
 
 class CallSlots:
@@ -41,11 +56,12 @@ class CallSlots:
     def in_flight(self) -> int:
         return self._in_flight
 
-    async def take(self, deadline: float) -> str | None:
+    async def take(self, deadline: float) -> Deferral | None:
         """Wait for a slot and a turn, but never past ``deadline``.
 
         ``None`` once the slot is taken (hand it back with :meth:`give_back` when the request
-        is over); else why no slot came in time (nothing is held then).
+        is over); else a :class:`Deferral` (nothing is held then, and no paced turn booked:
+        a turn booked and left unused would push every later call's turn further out).
         """
         if self._in_flight >= self.limit.limit:
             self._waiting += 1
@@ -54,16 +70,18 @@ class CallSlots:
                     async with self._room:
                         await self._room.wait_for(lambda: self._in_flight < self.limit.limit)
             except TimeoutError:
-                return "no PAS call slot came free before the call's deadline"
+                return Deferral("no PAS call slot came free before the call's deadline", 0.5)
             finally:
                 self._waiting -= 1
         self._in_flight += 1
         try:
-            if self.pacer is not None and (pause := self.pacer.delay()) > 0:
-                if time.monotonic() + pause >= deadline:
+            if self.pacer is not None:
+                wait = self.pacer.wait_s()
+                if wait > 0 and time.monotonic() + wait >= deadline:
                     await self.give_back()
-                    return "paced after a 429: no turn before the call's deadline"
-                await asyncio.sleep(pause)
+                    return Deferral("paced after a 429: no turn before the call's deadline", wait)
+                if (pause := self.pacer.delay()) > 0:
+                    await asyncio.sleep(pause)
         except asyncio.CancelledError:
             await self.give_back()
             raise
@@ -95,9 +113,9 @@ class LimitedPas:
     async def adjust(self, request: PasRequest, *, deadline: float) -> PasReply:
         """Wait for a slot and a turn, but never past ``deadline``: a call that could not
         start in time is reported as not sent, so its claim never outlives its lease."""
-        problem = await self.slots.take(deadline)
-        if problem is not None:
-            return not_sent(problem)
+        deferral = await self.slots.take(deadline)
+        if deferral is not None:
+            return held_back(deferral)
         try:
             reply = await self._inner.adjust(request, deadline=deadline)
             self._learn(reply)
@@ -106,7 +124,7 @@ class LimitedPas:
             await self.slots.give_back()
 
     def _learn(self, reply: PasReply) -> None:
-        if reply.observation.transport is Transport.CIRCUIT_OPEN:
+        if reply.observation.transport in HELD_BACK:
             return  # nothing was sent: it says nothing about PAS's load
         limit, pacer = self.slots.limit, self.slots.pacer
         if reply.rule.action in UNHEALTHY:
@@ -133,9 +151,9 @@ class LimitedHistory:
         deadline = options.get("deadline")
         if deadline is None:
             deadline = options["deadline"] = time.monotonic() + self._call_timeout_s
-        problem = await self._slots.take(deadline)
-        if problem is not None:
-            return HistoryFailed(problem, None)
+        deferral = await self._slots.take(deadline)
+        if deferral is not None:
+            return HistoryFailed(deferral.problem, None, retry_in_s=deferral.retry_after_s)
         try:
             return await self._inner.lookup(account_number, **options)
         finally:

@@ -300,3 +300,26 @@ async def test_limited_pas_paces_after_a_429_and_not_before() -> None:
     await limited.adjust(REQUEST, deadline=FAR)
     assert pacer.rate is not None
     assert pacer.delay() > 0.0
+
+
+async def test_a_paced_turn_past_the_deadline_is_deferred_and_books_nothing() -> None:
+    """After a 429 at 1 call/s, a call whose deadline comes before its turn is held back
+    (DEFERRED, Retry-After the turn's distance), PAS is not called, and no turn is booked:
+    three such calls in a row leave the next turn where it was."""
+    import time
+
+    class Never:
+        async def adjust(self, request: PasRequest, *, deadline: float) -> PasReply:
+            raise AssertionError("PAS must not be called")
+
+    clock = FakeClock()
+    pacer = RatePacer(clock, decrease=0.5, min_rate=1.0)
+    accept(pacer, clock, 2, 1.0)
+    pacer.on_throttled()
+    assert pacer.wait_s() == pytest.approx(1.0)
+    limited = LimitedPas(Never(), full(10, clock), pacer)
+    replies = [await limited.adjust(REQUEST, deadline=time.monotonic() + 0.2) for _ in range(3)]
+    assert {reply.observation.transport for reply in replies} == {Transport.DEFERRED}
+    assert [reply.retry_after_s for reply in replies] == pytest.approx([1.0, 1.0, 1.0])
+    assert pacer.wait_s() == pytest.approx(1.0)
+    assert limited.in_flight == 0

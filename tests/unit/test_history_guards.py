@@ -73,7 +73,8 @@ def test_a_lookup_is_unhealthy_as_the_classification_reads_a_call(
 
 
 async def test_an_open_circuit_fails_a_lookup_fast_without_sending_it() -> None:
-    """While the circuit is open a lookup is HistoryFailed("circuit open"), nothing sent."""
+    """While the circuit is open a lookup is HistoryFailed("circuit open") held back for the
+    breaker's remaining open time (so it is not counted as a failed lookup), nothing sent."""
     clock = FakeClock()
     guard = breaker(clock)
     for _ in range(THRESHOLD):
@@ -82,7 +83,7 @@ async def test_an_open_circuit_fails_a_lookup_fast_without_sending_it() -> None:
 
     result = await look(GuardedHistory(inner, guard))
 
-    assert result == HistoryFailed("circuit open", None)
+    assert result == HistoryFailed("circuit open", None, retry_in_s=guard.retry_in())
     assert inner.accounts == []
 
 
@@ -98,7 +99,7 @@ async def test_failing_lookups_open_the_circuit_and_answers_keep_it_closed() -> 
 
     assert results == [NO_ANSWER, UNAVAILABLE, NOT_FOUND, THROTTLED, NO_ANSWER, UNAVAILABLE]
     assert guard.state is CircuitState.OPEN
-    assert await look(history) == HistoryFailed("circuit open", None)
+    assert await look(history) == HistoryFailed("circuit open", None, retry_in_s=OPEN_S)
     assert len(inner.accounts) == 6
 
 
@@ -113,7 +114,7 @@ async def test_adjustment_failures_and_lookups_share_one_breaker() -> None:
     for _ in range(THRESHOLD):
         await pas.adjust(REQUEST, deadline=FAR)
 
-    assert await look(history) == HistoryFailed("circuit open", None)
+    assert await look(history) == HistoryFailed("circuit open", None, retry_in_s=OPEN_S)
     clock.advance(OPEN_S)
     assert await look(history) == FOUND
     assert guard.state is CircuitState.CLOSED
@@ -198,7 +199,9 @@ async def test_no_slot_before_the_call_deadline_fails_the_lookup_unsent() -> Non
     result = await look(history)
 
     assert time.monotonic() - started < 1.0
-    assert result == HistoryFailed("no PAS call slot came free before the call's deadline", None)
+    assert result == HistoryFailed(
+        "no PAS call slot came free before the call's deadline", None, retry_in_s=0.5
+    )
     assert inner.accounts == []
     inner_pas.gate.set()
     await call

@@ -711,6 +711,24 @@ async def test_an_open_circuit_is_not_an_attempt(h: Harness) -> None:
     assert decision.outcome.attempts == 1
 
 
+async def test_a_call_our_limiter_held_back_is_not_an_attempt(h: Harness) -> None:
+    """DEFERRED replies (no slot or paced turn before the deadline: PAS never saw the call)
+    are retried after their Retry-After and never use up attempts."""
+    deferred = PasReply(
+        Observation(transport=Transport.DEFERRED),
+        0.0,
+        retry_after_s=2.0,
+        problem="paced after a 429: no turn before the call's deadline",
+    )
+    h.pas.then(*[deferred] * 5, APPLIED)
+    decision, retries = await h.drive(h.record())
+    assert len(retries) == 5 > CONFIG.max_attempts
+    assert {r.attempt.calls for r in retries} == {0}
+    assert isinstance(decision, Publish)
+    assert decision.kind == "completed"
+    assert decision.outcome.attempts == 1
+
+
 async def test_an_open_circuit_after_a_real_failure_keeps_the_count(h: Harness) -> None:
     """A circuit-open reply after one failed call leaves calls at 1; the next failures count."""
     h.pas.then(CONNECT_FAILED, CIRCUIT_OPEN, CONNECT_FAILED, CONNECT_FAILED)

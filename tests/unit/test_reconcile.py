@@ -208,6 +208,17 @@ def test_unknown_after_a_failed_lookup_names_the_failure() -> None:
     assert verdict == ReconcileUnknown("history lookup failed (HTTP 503): HTTP 503")
 
 
+def test_a_lookup_held_back_before_it_was_sent_is_not_a_failed_lookup() -> None:
+    """A lookup our own limiter or breaker held back (never sent) is UNDECIDED with a retry
+    hint, so it does not count towards the failed lookups that end in OUTCOME_UNKNOWN."""
+    held = HistoryFailed("circuit open", None, retry_in_s=3.0)
+    verdict = judge(held, REF, elapsed_since_last_attempt_s=100.0, settle_s=30.0)
+
+    assert isinstance(verdict, ReconcileUnknown)
+    assert verdict.retry_in_s == pytest.approx(3.0)
+    assert "held back" in verdict.problem
+
+
 def test_a_zero_settle_time_trusts_the_first_good_lookup() -> None:
     """With settle_s 0 a successful lookup without the reference is ABSENT at once."""
     verdict = judge(EMPTY_HISTORY, REF, elapsed_since_last_attempt_s=0.0, settle_s=0.0)
