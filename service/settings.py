@@ -183,6 +183,13 @@ class PasSettings(BaseModel):
     def _http_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        if "@" in value.split("://", 1)[1].split("/", 1)[0]:
+            # httpx will not send such a request beside the OAuth1 Authorization header, so
+            # every call would fail: refuse it here, with the password never echoed.
+            raise ValueError(
+                "must not carry credentials (user:password@): PAS authenticates every request"
+                " with its OAuth1 signature"
+            )
         return value.rstrip("/")
 
 
@@ -388,4 +395,5 @@ def load_settings(**overrides: object) -> Settings:
         if isinstance(given, str) and "://" in given:
             given = redact_url(given)  # a URL may carry a password: never print it
         shown = f" (got {given!r})" if isinstance(given, str | int | float) else ""
-        raise ConfigError(env_name(location), f"{first['msg']}{shown}") from exc
+        problem = str(first["msg"]).removeprefix("Value error, ")  # pydantic's, not ours
+        raise ConfigError(env_name(location), f"{problem}{shown}") from exc

@@ -466,3 +466,14 @@ def test_a_refused_url_is_quoted_without_its_password(monkeypatch: pytest.Monkey
         load_settings()
     assert "hunter2secret" not in str(caught.value)
     assert "svc:***@pas.example" in str(caught.value)
+
+
+def test_a_pas_url_with_credentials_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """https://user:password@host is refused naming the setting (PAS authenticates with
+    OAuth1; httpx would not send such a request), the password never in the message."""
+    monkeypatch.setenv("PA_PAS__BASE_URL", "https://svc:hunter2secret@pas.example/loyalty")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert caught.value.setting == "PA_PAS__BASE_URL"
+    assert "must not carry credentials" in str(caught.value)
+    assert "hunter2secret" not in str(caught.value)
