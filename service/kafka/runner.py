@@ -198,8 +198,8 @@ class PartitionProgress:
 
 
 def log_context(record: InboundRecord) -> dict[str, Any]:
-    """What every log line about ``record`` carries: where it is, its idempotency key and the
-    id of its trace (``InboundRecord.trace``).
+    """What every log line about ``record`` carries: where it is, its idempotency key and
+    correlation id, and the id of its trace (``InboundRecord.trace``).
 
     Never the account (the ordering key): logs hold no account number.
     """
@@ -210,9 +210,12 @@ def log_context(record: InboundRecord) -> dict[str, Any]:
         "trace_id": record.trace.trace_id,
     }
     if isinstance(record.payload, DecodedCommand):
-        # A safe copy: a hostile key (600 KB, control characters) must not reach every line.
+        # Safe copies: a hostile key (600 KB, control characters) must not reach every line.
         context["idempotency_key"] = safe_text(
             record.payload.idempotency_key, TEXT_LIMITS["idempotency_key"]
+        )
+        context["correlation_id"] = safe_text(
+            record.payload.correlation_id, TEXT_LIMITS["correlation_id"]
         )
     return context
 
@@ -300,6 +303,7 @@ class CommandRunner:
 
     async def run(self) -> None:
         """Fetch and commit until ``stop``; then finish what was fetched, drain, commit."""
+        self._health.report("group", "joining the consumer group")  # cleared once assigned
         self._consumer.subscribe([self._topic], listener=_Rebalance(self))
         self._health.started()
         log.info("consumer.started", topic=self._topic, ordering=self._ordering)
@@ -797,6 +801,7 @@ class CommandRunner:
         self._metrics.assigned_partitions.set(len(self._progress))
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._health.clear("group")  # joined (an empty assignment is a join too)
         log.info(
             "partitions.assigned", partitions=sorted(f"{t.topic}/{t.partition}" for t in assigned)
         )

@@ -592,7 +592,7 @@ async def test_a_records_log_lines_carry_its_place_and_idempotency_key_but_not_t
     trace_id = r.processor.contexts[0]["trace_id"]
     assert len(trace_id) == 32  # the record had no traceparent: a trace of its own, kept
     place = {"topic": TOPIC, "partition": 0, "offset": 0, "idempotency_key": "idem-7"}
-    place["trace_id"] = trace_id
+    place.update(correlation_id="corr", trace_id=trace_id)
     assert r.processor.contexts == [place, place]
     (fault,) = [line for line in logs if line["event"] == "record.fault"]
     assert place.items() <= fault.items()
@@ -635,3 +635,13 @@ def test_the_log_context_carries_a_safe_copy_of_a_hostile_key() -> None:
     key = log_context(record)["idempotency_key"]
     assert len(key) <= 128
     assert "\n" not in key
+
+
+def test_joining_is_a_readiness_problem_until_the_assignment_comes() -> None:
+    """Before subscribe's assignment arrives the runner reports 'joining the consumer
+    group'; on_assigned (even of no partition) clears it."""
+    r = rig()
+    r.runner._health.report("group", "joining the consumer group")
+    assert not r.health.ready
+    r.runner.on_assigned(set())
+    assert r.health.problem("group") is None
