@@ -298,7 +298,7 @@ class IdempotencySettings(BaseModel):
 
 
 class MetricsSettings(BaseModel):
-    """The HTTP endpoint serving /metrics, /healthz and /readyz."""
+    """The HTTP endpoint serving /metrics, /livez (alias /healthz) and /readyz."""
 
     enabled: bool = Field(True, description="Serve the endpoint.")
     host: str = Field(
