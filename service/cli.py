@@ -21,7 +21,7 @@ DESCRIPTION = """\
 Applies points-adjustment commands from Kafka exactly once through Mastercard's Points
 Activity Service (PAS), and publishes a completed or failed event for every command.
 
-Settings come from PA_* environment variables (see README.md, "Settings"), e.g.
+Settings come from PA_* environment variables (every one in docs/settings.md), e.g.
 PA_KAFKA__BOOTSTRAP_SERVERS=broker:9092 PA_PAS__BASE_URL=https://api.mastercard.com/loyalty
 
 The PAS sandbox, development keys, a local broker and the demo are in the dev kit:
