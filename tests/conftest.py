@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import structlog
 
 from pa_devkit.keys import DEV_P12_PASSWORD, DevKeySet, generate_dev_keyset
 
@@ -62,3 +66,22 @@ def pas_keys_in_env(dev_keyset: DevKeySet, monkeypatch: pytest.MonkeyPatch) -> D
     for name, value in pas_key_env(dev_keyset).items():
         monkeypatch.setenv(name, value)
     return dev_keyset
+
+
+@pytest.fixture
+def cli_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """For tests that call the command line: no PA_* variable of the caller's shell and no
+    .env file reach the settings, and the logging that ``main`` configures is undone after."""
+    for name in list(os.environ):
+        if name.startswith("PA_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    levels = {name: logging.getLogger(name).level for name in ("aiokafka", "kafka", "httpx")}
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, old in levels.items():
+        logging.getLogger(name).setLevel(old)
+    structlog.reset_defaults()

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
 from service.cli import main
 from service.errors import ConfigError
@@ -22,26 +18,9 @@ DEVKIT_SUBCOMMANDS = ("sandbox", "keys", "demo")
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No PA_* variable of the caller's shell and no .env file reach the settings."""
-    for name in list(os.environ):
-        if name.startswith("PA_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """Undo configure_logging (called by main) so later tests log as before."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    levels = {name: logging.getLogger(name).level for name in ("aiokafka", "kafka", "httpx")}
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for name, old in levels.items():
-        logging.getLogger(name).setLevel(old)
-    structlog.reset_defaults()
+def _cli_environment(cli_environment: None) -> None:
+    """Every test here runs in tests/conftest.py's clean command-line environment (autouse,
+    so it is set up before the fixtures that put settings into the environment)."""
 
 
 def error_lines(err: str) -> list[str]:
