@@ -7,10 +7,16 @@ The fakes of the command runner's Kafka ports live in ``tests/unit/runner_fakes.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
+
+from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 
 from service.domain.ports import PasReply, PasRequest
 from service.domain.reconcile import HistoryLookup
+from service.kafka.sizing import record_size
 
 
 class FakeClock:
@@ -122,3 +128,52 @@ class FakeHistory(Gated):
         await self.come_in()
         assert self.script, "the history was looked up more often than the test scripted"
         return self.script.pop(0)
+
+
+@dataclass
+class Sent:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+    @property
+    def size(self) -> int:
+        return record_size(self.key, self.value, self.headers)
+
+    @property
+    def header(self) -> dict[str, bytes]:
+        return dict(self.headers)
+
+
+@dataclass
+class RecordingProducer:
+    """Records every send; answers each with the next scripted outcome: ``ack``, ``broker``
+    (the delivery future fails as too large), ``producer`` (``send`` itself raises as too
+    large) or ``timeout`` (the delivery fails for another reason). Acks once the script ends."""
+
+    script: list[str] = field(default_factory=list)
+    sent: list[Sent] = field(default_factory=list)
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> asyncio.Future[Any]:
+        assert not (key is None and value is None), "aiokafka refuses a record with neither"
+        action = self.script.pop(0) if self.script else "ack"
+        if action == "producer":
+            raise MessageSizeTooLargeError("over max_request_size")
+        self.sent.append(Sent(topic, key, value, list(headers or [])))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if action == "broker":
+            future.set_exception(MessageSizeTooLargeError())
+        elif action == "timeout":
+            future.set_exception(KafkaTimeoutError())
+        else:
+            future.set_result(len(self.sent) - 1)
+        return future

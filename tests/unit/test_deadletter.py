@@ -4,7 +4,6 @@ selection logic of ``points-adjuster dlq`` (no broker)."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import io
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ from service.kafka.deadletter import (
     replayed_headers,
     sanitize,
 )
-from service.kafka.sizing import headers_size, record_size
+from service.kafka.sizing import headers_size
 from service.settings import KafkaSettings
 from service.tools.dlq.cli import add_dlq_arguments, selection_from_arguments
 from service.tools.dlq.render import (
@@ -49,7 +48,7 @@ from service.tools.dlq.selection import (
     read_dead_letter,
 )
 from service.tools.progress import Pacer, ProgressBar, render_bar
-from tests.fakes import FakeClock
+from tests.fakes import FakeClock, RecordingProducer, Sent
 
 ACCOUNT = "5123456789012345"
 T0 = 1_735_725_600_000  # 2025-01-01T10:00:00Z
@@ -349,39 +348,8 @@ def test_replayed_headers_count_up_and_keep_only_foreign_headers() -> None:
 # --- the publisher ---------------------------------------------------------------------------
 
 
-class FakeProducer:
-    """Records what is sent. Each send gets the next scripted outcome: ``ack``, ``broker``
-    (the delivery future fails as too large) or ``producer`` (``send`` itself raises as too
-    large); every send is acknowledged at once when the script is over."""
-
-    def __init__(self, script: Sequence[str] = ()) -> None:
-        self.sent: list[dict[str, Any]] = []
-        self.script = list(script)
-
-    async def send(
-        self,
-        topic: str,
-        value: bytes | None = None,
-        key: bytes | None = None,
-        partition: int | None = None,
-        timestamp_ms: int | None = None,
-        headers: Sequence[tuple[str, bytes]] | None = None,
-    ) -> asyncio.Future[Any]:
-        assert not (key is None and value is None), "aiokafka refuses a record with neither"
-        action = self.script.pop(0) if self.script else "ack"
-        if action == "producer":
-            raise MessageSizeTooLargeError("over max_request_size")
-        self.sent.append({"topic": topic, "value": value, "key": key, "headers": headers})
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if action == "broker":
-            future.set_exception(MessageSizeTooLargeError())
-        else:
-            future.set_result(len(self.sent) - 1)
-        return future
-
-
 async def _publish(
-    producer: FakeProducer, headers: Sequence[tuple[str, bytes]], **extra: Any
+    producer: RecordingProducer, headers: Sequence[tuple[str, bytes]], **extra: Any
 ) -> None:
     publisher = DeadLetterPublisher(producer, KafkaSettings(), "points-adjuster", "0.1.0")
     future = await publisher.send(
@@ -400,14 +368,14 @@ async def _publish(
 
 async def test_publisher_sends_the_original_bytes_with_metadata_to_the_dlt() -> None:
     """The dead letter is the original key and value on the DLT, foreign headers first."""
-    producer = FakeProducer()
+    producer = RecordingProducer()
     await _publish(producer, [("traceparent", b"00-abc")])
     [sent] = producer.sent
-    assert sent["topic"] == KafkaSettings().dead_letter_topic
-    assert (sent["key"], sent["value"]) == (b"acct-1", b"\xc3\x01original")
-    names = [name for name, _ in sent["headers"]]
+    assert sent.topic == KafkaSettings().dead_letter_topic
+    assert (sent.key, sent.value) == (b"acct-1", b"\xc3\x01original")
+    names = [name for name, _ in sent.headers]
     assert names == ["traceparent", *ALL_NAMES]
-    meta = parse_headers(sent["headers"])
+    meta = parse_headers(sent.headers)
     assert (meta.original_topic, meta.original_partition, meta.original_offset) == (
         "commands",
         1,
@@ -418,7 +386,7 @@ async def test_publisher_sends_the_original_bytes_with_metadata_to_the_dlt() -> 
 async def test_publisher_carries_a_replayed_records_count_onto_the_new_dead_letter() -> None:
     """A replayed record that fails again keeps its replay id and count; stale pa.error
     headers of the incoming record are replaced by this failure's."""
-    producer = FakeProducer()
+    producer = RecordingProducer()
     incoming = [
         ("pa.replay.id", b"run-7"),
         ("pa.replay.count", b"2"),
@@ -426,17 +394,17 @@ async def test_publisher_carries_a_replayed_records_count_onto_the_new_dead_lett
     ]
     await _publish(producer, incoming, target="review")
     [sent] = producer.sent
-    assert sent["topic"] == KafkaSettings().review_topic
-    meta = parse_headers(sent["headers"])
+    assert sent.topic == KafkaSettings().review_topic
+    meta = parse_headers(sent.headers)
     assert (meta.replay_id, meta.replay_count) == ("run-7", 2)
     assert meta.reason == "PAS_UNAVAILABLE"
-    assert [n for n, _ in sent["headers"]].count("pa.error.reason") == 1
+    assert [n for n, _ in sent.headers].count("pa.error.reason") == 1
 
 
 async def test_publisher_shortens_the_detail_when_carried_headers_are_large() -> None:
     """Large carried headers leave less room for pa.* metadata: the detail is cut, the
     rest stays whole, and the record's headers stay within the total cap."""
-    producer = FakeProducer()
+    producer = RecordingProducer()
     publisher = DeadLetterPublisher(producer, KafkaSettings(), "g" * 400, "0.1.0")
     failure = Failure("E", "R", "x" * 500, 1, T0, T0)
     await publisher.send(
@@ -450,8 +418,8 @@ async def test_publisher_shortens_the_detail_when_carried_headers_are_large() ->
         failure=failure,
     )
     [sent] = producer.sent
-    assert headers_size(sent["headers"]) <= dl.TOTAL_CAP_BYTES
-    meta = parse_headers(sent["headers"])
+    assert headers_size(sent.headers) <= dl.TOTAL_CAP_BYTES
+    meta = parse_headers(sent.headers)
     assert meta.detail is not None
     assert 100 < len(meta.detail) < 500
     assert meta.detail.endswith("…")
@@ -462,9 +430,9 @@ async def test_publisher_shortens_the_detail_when_carried_headers_are_large() ->
 async def test_metadata_keeps_a_minimum_room_whatever_was_carried() -> None:
     """A carried header too large for its share is dropped and counted: the pa.* metadata
     stays whole and all headers stay within the total cap."""
-    producer = FakeProducer()
+    producer = RecordingProducer()
     await _publish(producer, [("baggage", b"b" * 5000)])
-    headers = producer.sent[0]["headers"]
+    headers = producer.sent[0].headers
     meta = parse_headers(headers)
     assert meta.detail == "PAS answered 503 six times"
     assert meta.reason == "PAS_UNAVAILABLE"
@@ -485,9 +453,9 @@ async def _letter_sent(
     script: Sequence[str] = (),
     target: Literal["dlt", "review"] = "dlt",
     topic_limits: dict[str, int] | None = None,
-) -> tuple[FakeProducer, Any]:
+) -> tuple[RecordingProducer, Any]:
     """Dead-letter one record; return the producer and what the awaited future gave."""
-    producer = FakeProducer(script)
+    producer = RecordingProducer(list(script))
     settings = KafkaSettings(max_message_bytes=limit)
     publisher = DeadLetterPublisher(
         producer, settings, "points-adjuster", "0.1.0", topic_limits=topic_limits
@@ -506,8 +474,8 @@ async def _letter_sent(
     return producer, await delivery
 
 
-def _size(sent: dict[str, Any]) -> int:
-    return record_size(sent["key"], sent["value"], sent["headers"])
+def _size(sent: Sent) -> int:
+    return sent.size
 
 
 async def test_a_dead_letter_exactly_at_the_limit_is_sent_whole() -> None:
@@ -517,8 +485,8 @@ async def test_a_dead_letter_exactly_at_the_limit_is_sent_whole() -> None:
     size = _size(measured.sent[0])
     producer, _ = await _letter_sent(value=value, limit=size)
     [sent] = producer.sent
-    assert (sent["key"], sent["value"]) == (b"acct-1", value)
-    assert parse_headers(sent["headers"]).truncated == ()
+    assert (sent.key, sent.value) == (b"acct-1", value)
+    assert parse_headers(sent.headers).truncated == ()
 
 
 async def test_a_dead_letter_one_byte_over_the_limit_loses_its_value() -> None:
@@ -529,8 +497,8 @@ async def test_a_dead_letter_one_byte_over_the_limit_loses_its_value() -> None:
     producer, _ = await _letter_sent(value=value, limit=size - 1)
     [sent] = producer.sent
     assert _size(sent) <= size - 1
-    assert (sent["key"], sent["value"]) == (b"acct-1", None)
-    meta = parse_headers(sent["headers"])
+    assert (sent.key, sent.value) == (b"acct-1", None)
+    meta = parse_headers(sent.headers)
     assert meta.truncated == ("value",)
     assert meta.original_value_bytes == 50_000
 
@@ -548,9 +516,9 @@ async def test_a_999_000_byte_value_with_3_kb_of_headers_is_described_not_copied
     [sent] = producer.sent
     assert acked == 0
     assert _size(sent) <= 1_000_000
-    assert (sent["key"], sent["value"]) == (b"acct-1", None)
-    assert headers_size(sent["headers"]) <= dl.TOTAL_CAP_BYTES
-    meta = parse_headers(sent["headers"])
+    assert (sent.key, sent.value) == (b"acct-1", None)
+    assert headers_size(sent.headers) <= dl.TOTAL_CAP_BYTES
+    meta = parse_headers(sent.headers)
     assert meta.foreign == tuple(carried)
     assert meta.truncated == ("value",)
     assert meta.value_cut
@@ -566,11 +534,11 @@ async def test_carried_headers_over_their_share_are_dropped_and_counted() -> Non
     carried = [(f"h{i}", bytes([65 + i]) * 1000) for i in range(5)] + [("small", b"s")]
     producer, _ = await _letter_sent(headers=carried)
     [sent] = producer.sent
-    meta = parse_headers(sent["headers"])
+    meta = parse_headers(sent.headers)
     assert meta.foreign == tuple(carried[:3])
     assert meta.truncated == ("headers:3",)
-    assert headers_size(sent["headers"]) <= dl.TOTAL_CAP_BYTES
-    assert sent["value"] == b"\xc3\x01original"
+    assert headers_size(sent.headers) <= dl.TOTAL_CAP_BYTES
+    assert sent.value == b"\xc3\x01original"
     assert meta.detail == "PAS answered 503 six times"
 
 
@@ -579,8 +547,8 @@ async def test_a_huge_key_is_cut_and_the_value_kept() -> None:
     key = b"k" * 999_500
     producer, _ = await _letter_sent(key=key)
     [sent] = producer.sent
-    assert (sent["key"], sent["value"]) == (None, b"\xc3\x01original")
-    meta = parse_headers(sent["headers"])
+    assert (sent.key, sent.value) == (None, b"\xc3\x01original")
+    meta = parse_headers(sent.headers)
     assert meta.truncated == ("key",)
     assert (meta.original_key_bytes, meta.original_key_sha256) == (
         999_500,
@@ -593,8 +561,8 @@ async def test_a_huge_key_and_value_are_both_cut_into_an_empty_record() -> None:
     neither key nor value."""
     producer, _ = await _letter_sent(key=b"k" * 999_800, value=b"v" * 999_800)
     [sent] = producer.sent
-    assert (sent["key"], sent["value"]) == (None, b"")
-    assert parse_headers(sent["headers"]).truncated == ("value", "key")
+    assert (sent.key, sent.value) == (None, b"")
+    assert parse_headers(sent.headers).truncated == ("value", "key")
 
 
 async def test_a_record_with_neither_key_nor_value_is_dead_lettered() -> None:
@@ -602,8 +570,8 @@ async def test_a_record_with_neither_key_nor_value_is_dead_lettered() -> None:
     value instead of being refused by the producer."""
     producer, _ = await _letter_sent(key=None, value=None)
     [sent] = producer.sent
-    assert (sent["key"], sent["value"]) == (None, b"")
-    assert parse_headers(sent["headers"]).truncated == ()
+    assert (sent.key, sent.value) == (None, b"")
+    assert parse_headers(sent.headers).truncated == ()
 
 
 async def test_a_broker_refusal_sends_the_minimal_dead_letter() -> None:
@@ -614,10 +582,10 @@ async def test_a_broker_refusal_sends_the_minimal_dead_letter() -> None:
         value=value, headers=[("traceparent", b"00-abc")], script=["broker"]
     )
     first, second = producer.sent
-    assert first["value"] == value
+    assert first.value == value
     assert acked == 1
-    assert (second["key"], second["value"]) == (None, b"")
-    meta = parse_headers(second["headers"])
+    assert (second.key, second.value) == (None, b"")
+    meta = parse_headers(second.headers)
     assert meta.truncated == ("value", "key", "headers:1")
     assert meta.original_value_bytes == 300_000
     assert meta.foreign == ()
@@ -629,7 +597,7 @@ async def test_a_producer_refusal_sends_the_minimal_dead_letter() -> None:
     producer, acked = await _letter_sent(value=b"v" * 300_000, script=["producer"])
     [sent] = producer.sent
     assert acked == 0
-    assert parse_headers(sent["headers"]).truncated == ("value", "key")
+    assert parse_headers(sent.headers).truncated == ("value", "key")
 
 
 async def test_a_refused_minimal_dead_letter_propagates() -> None:
@@ -642,8 +610,8 @@ async def test_review_copies_are_cut_down_the_same_way() -> None:
     """A review copy over the limit goes to the review topic with its value described."""
     producer, _ = await _letter_sent(value=b"v" * 1_000_000, target="review")
     [sent] = producer.sent
-    assert sent["topic"] == KafkaSettings().review_topic
-    assert parse_headers(sent["headers"]).value_cut
+    assert sent.topic == KafkaSettings().review_topic
+    assert parse_headers(sent.headers).value_cut
 
 
 async def test_a_smaller_topic_limit_wins_for_dead_letters() -> None:
@@ -652,7 +620,7 @@ async def test_a_smaller_topic_limit_wins_for_dead_letters() -> None:
     producer, _ = await _letter_sent(value=b"v" * 70_000, topic_limits={dlt: 65_536})
     [sent] = producer.sent
     assert _size(sent) <= 65_536
-    assert parse_headers(sent["headers"]).value_cut
+    assert parse_headers(sent.headers).value_cut
 
 
 def test_parse_reads_garbled_cut_descriptions_as_missing() -> None:

@@ -35,10 +35,9 @@ from service.tracing import (
     valid_tracestate,
 )
 from tests.conftest import CONSUMER_KEY
-from tests.fakes import FakeWallClock, ScriptedPas
+from tests.fakes import FakeWallClock, RecordingProducer, ScriptedPas
 from tests.http_support import Recorder, streamed
 from tests.unit.test_processor import APPLIED, CONFIG, T0, raw_command
-from tests.unit.test_publisher_sizing import RecordingProducer
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
