@@ -97,6 +97,25 @@ def local_kafka(kafka_under_test: KafkaUnderTest) -> LocalKafka | None:
     return kafka_under_test.local
 
 
+@contextlib.contextmanager
+def own_broker(**options: Any) -> Iterator[LocalKafka]:
+    """A local broker of the caller's own (one a test may stop, start again or configure),
+    on a free port, stopped at the end; when it cannot start, the test fails under CI and
+    is skipped with the reason elsewhere."""
+    broker = LocalKafka(port=0, **options)
+    failure: LocalKafkaError | None = None
+    try:
+        broker.start()
+    except LocalKafkaError as exc:
+        failure = exc
+    if failure is not None:  # outside the except block: no chained traceback in the report
+        _unavailable([f"local broker (make kafka-jars fetches it): {failure}"])
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
 def _unavailable(reasons: list[str]) -> NoReturn:
     header = f"no Kafka broker for the tests (set {BOOTSTRAP_ENV}=host:port to use a running one):"
     message = "\n- ".join([header, *reasons])

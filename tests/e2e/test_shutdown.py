@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from pa_devkit.keys import DevKeySet
-from pa_devkit.localinfra.errors import LocalKafkaError
 from pa_devkit.localinfra.kafka import LocalKafka
 from pa_devkit.sandbox.app import run_sandbox
 from service.codec.avro import AvroCodec
@@ -25,7 +23,7 @@ from tests.e2e.harness import (
     secure_sandbox,
     wait_for_originals,
 )
-from tests.kafka_support import create_topics
+from tests.kafka_support import create_topics, own_broker
 
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -34,27 +32,20 @@ MARGIN_S = 15.0  # the final commit (5 s at most), two client stops (3 s each), 
 
 
 @pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[LocalKafka]:
+def private_broker(tmp_path: Path) -> Iterator[LocalKafka]:
     """A broker of this test's own, since the test takes it away (and brings it back)."""
-    broker = LocalKafka(port=0, data_dir=tmp_path / "kafka")
-    try:
-        broker.start()
-    except LocalKafkaError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"cannot start a local broker: {exc}", pytrace=False)
-        pytest.skip(f"cannot start a local broker (make kafka-jars fetches it): {exc}")
-    yield broker
-    broker.stop()
+    with own_broker(data_dir=tmp_path / "kafka") as broker:
+        yield broker
 
 
 async def test_sigterm_with_the_broker_gone_exits_in_time_and_loses_nothing(
-    own_broker: LocalKafka, tmp_path: Path, dev_keyset: DevKeySet
+    private_broker: LocalKafka, tmp_path: Path, dev_keyset: DevKeySet
 ) -> None:
     """Exit 0 within PA_SHUTDOWN_TIMEOUT_S plus a margin; after a restart every command has
     an outcome and PAS applied each exactly once; the log is not flooded meanwhile."""
     codec = AvroCodec.from_directory()
-    topology = Topology(own_broker.bootstrap_servers)
-    await create_topics(own_broker.bootstrap_servers, topology.topics(2))
+    topology = Topology(private_broker.bootstrap_servers)
+    await create_topics(private_broker.bootstrap_servers, topology.topics(2))
     batch = generate_commands(60, accounts=12, seed=3)
     async with run_sandbox(secure_sandbox(dev_keyset, latency_ms=250)) as sandbox:
         first = ServiceProcess(
@@ -68,7 +59,7 @@ async def test_sigterm_with_the_broker_gone_exits_in_time_and_loses_nothing(
         try:
             await send_commands(topology.kafka, batch.commands, codec=codec)
             await wait_for_originals(topology.kafka, codec, 5, 60)  # mid-stream
-            await asyncio.to_thread(own_broker.stop)
+            await asyncio.to_thread(private_broker.stop)
             await asyncio.sleep(0.5)
             started = time.monotonic()
             code = await first.terminate(timeout_s=SHUTDOWN_TIMEOUT_S + MARGIN_S + 30)
@@ -84,7 +75,7 @@ async def test_sigterm_with_the_broker_gone_exits_in_time_and_loses_nothing(
         # aiokafka retries a dead broker every 100 ms and logs each try; repeats are held back.
         assert log.count('"logger": "aiokafka') < 100, "the log drowns in aiokafka's retries"
 
-        await asyncio.to_thread(own_broker.start)  # same data dir and port
+        await asyncio.to_thread(private_broker.start)  # same data dir and port
         second = ServiceProcess(topology, sandbox.base_url, tmp_path, dev_keyset)
         await second.start()
         try:

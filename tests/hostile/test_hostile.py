@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 import uuid
 from collections import Counter
@@ -26,7 +25,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from pa_devkit.keys import DevKeySet
-from pa_devkit.localinfra.errors import LocalKafkaError
 from pa_devkit.localinfra.kafka import LocalKafka
 from pa_devkit.sandbox.app import RunningSandbox, run_sandbox
 from pa_devkit.sandbox.faults import FaultConfig
@@ -41,7 +39,7 @@ from tests.e2e.harness import (
     secure_sandbox,
     wait_for_originals,
 )
-from tests.kafka_support import create_topics
+from tests.kafka_support import create_topics, own_broker
 
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e, pytest.mark.timeout(420)]
 
@@ -58,19 +56,11 @@ BIG_RECORD_PRODUCER_BYTES = 2_000_000
 def strict_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
     """A broker of this module's own that never creates a topic on demand (production-like),
     with a data dir of its own so that it can be stopped and started again."""
-    broker = LocalKafka(
-        port=0,
+    with own_broker(
         data_dir=tmp_path_factory.mktemp("hostile-kafka"),
         extra_properties={"auto.create.topics.enable": "false"},
-    )
-    try:
-        broker.start()
-    except LocalKafkaError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"cannot start a local broker: {exc}", pytrace=False)
-        pytest.skip(f"cannot start a local broker (make kafka-jars fetches it): {exc}")
-    yield broker
-    broker.stop()
+    ) as broker:
+        yield broker
 
 
 @pytest.fixture
