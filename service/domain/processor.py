@@ -362,7 +362,8 @@ class Processor:
         if rule.action is Action.UNKNOWN:
             log.error("pas.outcome_unknown", problem=reply.problem, status=reply.observation.status)
             return await self._reconciler.unknown(info, attempt, reply.problem)
-        # RETRY or DEAD_LETTER: nothing was applied; let go of the claim.
+        # RETRY or DEAD_LETTER: nothing was applied; let go of the claim (the key keeps its
+        # fingerprint: only this command takes it again, on a retry or a replay).
         await self._claims.release(key)
         attempt = attempt.failed(now)
         if rule.action is Action.RETRY and (held_back or attempt.calls < self._config.max_attempts):

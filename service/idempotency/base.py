@@ -14,13 +14,23 @@ Semantics every backend implements:
 - A key RECONCILING (an unknown outcome waiting for a history lookup) returns ``RECONCILE``
   to its owner, or to anyone once its lease expired (the caller becomes owner); ``BUSY`` to
   others before that.
-- ``finish`` stores the terminal state and the outcome; ``release`` deletes a claim whose
-  request provably never left, so that the command may be tried again later; ``park``
+- A key RELEASED (its claim was let go of: its request provably never left, or PAS refused it
+  retryably and the command was scheduled for a retry or dead-lettered) is claimed again by
+  a command with the same fingerprint (``CLAIMED``: a retry, a replay of the dead letter) and
+  refused to any other (``CONFLICT``): the first command written under a key wins.
+- Fencing: every record carries a ``token`` that the store sets to 1 on the first claim and
+  increments whenever the record changes hands (``TAKEN_OVER``, ``RECONCILE``, a released key
+  claimed again). Every write after a claim (``finish``, ``release``, ``park``, ``resume``)
+  names the owner and the token it was given and changes nothing unless both still match,
+  raising ``OwnershipLostError`` (``release`` is silently a no-op): a worker whose lease was
+  taken over can never overwrite what its successor wrote, even if the key came back to it.
+- ``finish`` stores the terminal state and the outcome; ``release`` marks an IN_FLIGHT claim
+  RELEASED (the key keeps its fingerprint), so that the command may be tried again later; ``park``
   moves an owned claim to RECONCILING, noting from when a lookup may prove absence
   (``settle_until``), which survives restarts and rebalances; ``resume`` moves it back to
   IN_FLIGHT when the lookup proved the request absent (so it may be sent again);
   ``mark_published`` records that the outcome event was acknowledged by Kafka; ``prune``
-  deletes terminal records last changed before a cut-off.
+  deletes terminal and released records last changed before a cut-off.
 
 Every write that precedes a PAS call is durable before it returns.
 
@@ -63,9 +73,12 @@ class State(enum.StrEnum):
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     UNKNOWN = "UNKNOWN"
+    RELEASED = "RELEASED"
 
 
 TERMINAL = frozenset({State.COMPLETED, State.FAILED, State.UNKNOWN})
+PRUNABLE = TERMINAL | {State.RELEASED}
+"""What ``prune`` deletes once old enough: no live claim, nothing left to do."""
 
 
 class ClaimStatus(enum.StrEnum):
@@ -92,6 +105,8 @@ class IdempotencyRecord:
     published: bool = False
     settle_until: datetime | None = None
     """RECONCILING: a history lookup proves absence only from this moment on."""
+    token: int = 1
+    """The fencing token: 1 at the first claim, incremented whenever the record changes hands."""
 
 
 @dataclass(frozen=True)
@@ -110,20 +125,28 @@ class IdempotencyStore(Protocol):
         key: str,
         *,
         owner: str,
+        token: int,
         state: State,
         outcome: Outcome,
         attempts: int,
         now: datetime,
     ) -> None: ...
 
-    async def release(self, key: str, *, owner: str) -> None: ...
+    async def release(self, key: str, *, owner: str, token: int, now: datetime) -> None: ...
 
     async def park(
-        self, key: str, *, owner: str, now: datetime, settle_until: datetime, lease_until: datetime
+        self,
+        key: str,
+        *,
+        owner: str,
+        token: int,
+        now: datetime,
+        settle_until: datetime,
+        lease_until: datetime,
     ) -> None: ...
 
     async def resume(
-        self, key: str, *, owner: str, lease_until: datetime, now: datetime
+        self, key: str, *, owner: str, token: int, lease_until: datetime, now: datetime
     ) -> None: ...
 
     async def prune(self, *, older_than: datetime) -> int: ...
@@ -173,6 +196,8 @@ def decide_claim(
         return ClaimStatus.CLAIMED
     if existing.fingerprint != fingerprint:
         return ClaimStatus.CONFLICT
+    if existing.state is State.RELEASED:
+        return ClaimStatus.CLAIMED
     if existing.state in TERMINAL:
         return ClaimStatus.DUPLICATE
     if existing.state is State.RECONCILING:
@@ -182,6 +207,11 @@ def decide_claim(
     if existing.lease_until <= now:
         return ClaimStatus.TAKEN_OVER
     return ClaimStatus.BUSY
+
+
+def next_token(existing: IdempotencyRecord | None) -> int:
+    """The token of a claim that (re)takes a key whose stored record is ``existing``."""
+    return 1 if existing is None else existing.token + 1
 
 
 class OwnershipLostError(RuntimeError):

@@ -8,13 +8,14 @@ from datetime import datetime, timedelta
 
 from service.domain.outcome import Outcome
 from service.idempotency.base import (
-    TERMINAL,
+    PRUNABLE,
     Claim,
     ClaimStatus,
     IdempotencyRecord,
     OwnershipLostError,
     State,
     decide_claim,
+    next_token,
 )
 
 
@@ -52,22 +53,33 @@ class MemoryStore:
         existing = self.records.get(key)
         status = decide_claim(existing, fingerprint, owner, now)
         lease_until = now + timedelta(seconds=lease_s)
+        token = next_token(existing)
         if status is ClaimStatus.CLAIMED:
             record = IdempotencyRecord(
-                key, fingerprint, State.IN_FLIGHT, owner, lease_until, 0, now, now
+                key,
+                fingerprint,
+                State.IN_FLIGHT,
+                owner,
+                lease_until,
+                0,
+                existing.created_at if existing else now,
+                now,
+                token=token,
             )
             self.records[key] = record
             return Claim(status, record)
         assert existing is not None
         if status is ClaimStatus.TAKEN_OVER or status is ClaimStatus.RECONCILE:
-            existing = replace(existing, owner=owner, lease_until=lease_until, updated_at=now)
+            existing = replace(
+                existing, owner=owner, lease_until=lease_until, updated_at=now, token=token
+            )
             self.records[key] = existing
         return Claim(status, existing)
 
-    def _owned(self, key: str, owner: str) -> IdempotencyRecord:
+    def _owned(self, key: str, owner: str, token: int) -> IdempotencyRecord:
         record = self.records.get(key)
-        if record is None or record.owner != owner:
-            raise OwnershipLostError(f"idempotency key is not held by {owner}")
+        if record is None or record.owner != owner or record.token != token:
+            raise OwnershipLostError(f"idempotency key is not held by {owner} under {token}")
         return record
 
     async def finish(
@@ -75,12 +87,13 @@ class MemoryStore:
         key: str,
         *,
         owner: str,
+        token: int,
         state: State,
         outcome: Outcome,
         attempts: int,
         now: datetime,
     ) -> None:
-        record = self._owned(key, owner)
+        record = self._owned(key, owner, token)
         self.records[key] = replace(
             record,
             state=state,
@@ -89,15 +102,27 @@ class MemoryStore:
             updated_at=now,
         )
 
-    async def release(self, key: str, *, owner: str) -> None:
+    async def release(self, key: str, *, owner: str, token: int, now: datetime) -> None:
         record = self.records.get(key)
-        if record is not None and record.owner == owner and record.state is State.IN_FLIGHT:
-            del self.records[key]
+        if (
+            record is not None
+            and record.owner == owner
+            and record.token == token
+            and record.state is State.IN_FLIGHT
+        ):
+            self.records[key] = replace(record, state=State.RELEASED, updated_at=now)
 
     async def park(
-        self, key: str, *, owner: str, now: datetime, settle_until: datetime, lease_until: datetime
+        self,
+        key: str,
+        *,
+        owner: str,
+        token: int,
+        now: datetime,
+        settle_until: datetime,
+        lease_until: datetime,
     ) -> None:
-        record = self._owned(key, owner)
+        record = self._owned(key, owner, token)
         self.records[key] = replace(
             record,
             state=State.RECONCILING,
@@ -106,8 +131,10 @@ class MemoryStore:
             updated_at=now,
         )
 
-    async def resume(self, key: str, *, owner: str, lease_until: datetime, now: datetime) -> None:
-        record = self._owned(key, owner)
+    async def resume(
+        self, key: str, *, owner: str, token: int, lease_until: datetime, now: datetime
+    ) -> None:
+        record = self._owned(key, owner, token)
         self.records[key] = replace(
             record, state=State.IN_FLIGHT, lease_until=lease_until, updated_at=now
         )
@@ -116,7 +143,7 @@ class MemoryStore:
         old = [
             key
             for key, record in self.records.items()
-            if record.state in TERMINAL and record.updated_at < older_than
+            if record.state in PRUNABLE and record.updated_at < older_than
         ]
         for key in old:
             del self.records[key]

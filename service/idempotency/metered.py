@@ -91,6 +91,7 @@ class MeteredStore:
         key: str,
         *,
         owner: str,
+        token: int,
         state: State,
         outcome: Outcome,
         attempts: int,
@@ -99,26 +100,47 @@ class MeteredStore:
         await self._call(
             "finish",
             self._inner.finish(
-                key, owner=owner, state=state, outcome=outcome, attempts=attempts, now=now
+                key,
+                owner=owner,
+                token=token,
+                state=state,
+                outcome=outcome,
+                attempts=attempts,
+                now=now,
             ),
         )
 
-    async def release(self, key: str, *, owner: str) -> None:
-        await self._call("release", self._inner.release(key, owner=owner))
+    async def release(self, key: str, *, owner: str, token: int, now: datetime) -> None:
+        await self._call("release", self._inner.release(key, owner=owner, token=token, now=now))
 
     async def park(
-        self, key: str, *, owner: str, now: datetime, settle_until: datetime, lease_until: datetime
+        self,
+        key: str,
+        *,
+        owner: str,
+        token: int,
+        now: datetime,
+        settle_until: datetime,
+        lease_until: datetime,
     ) -> None:
         await self._call(
             "park",
             self._inner.park(
-                key, owner=owner, now=now, settle_until=settle_until, lease_until=lease_until
+                key,
+                owner=owner,
+                token=token,
+                now=now,
+                settle_until=settle_until,
+                lease_until=lease_until,
             ),
         )
 
-    async def resume(self, key: str, *, owner: str, lease_until: datetime, now: datetime) -> None:
+    async def resume(
+        self, key: str, *, owner: str, token: int, lease_until: datetime, now: datetime
+    ) -> None:
         await self._call(
-            "resume", self._inner.resume(key, owner=owner, lease_until=lease_until, now=now)
+            "resume",
+            self._inner.resume(key, owner=owner, token=token, lease_until=lease_until, now=now),
         )
 
     async def prune(self, *, older_than: datetime) -> int:

@@ -68,7 +68,7 @@ from service.codec.outcome import outcome_from_record, stored_record
 from service.domain.outcome import Outcome
 from service.errors import StartupError
 from service.idempotency.base import (
-    TERMINAL,
+    PRUNABLE,
     Claim,
     ClaimStatus,
     IdempotencyRecord,
@@ -78,14 +78,16 @@ from service.idempotency.base import (
     StoreLostError,
     StoreUnavailableError,
     decide_claim,
+    next_token,
 )
 
 T = TypeVar("T")
 
 log = structlog.get_logger("service.idempotency")
 
-SCHEMA_VERSION = 2
-"""1: the idempotency table alone (``settle_until`` added in 0.2); 2: the ``meta`` table."""
+SCHEMA_VERSION = 3
+"""1: the idempotency table alone (``settle_until`` added in 0.2); 2: the ``meta`` table;
+3: the fencing ``token`` column (rows of earlier versions read as token 0)."""
 
 SCHEMA = (
     """
@@ -101,7 +103,8 @@ SCHEMA = (
         outcome_kind TEXT,
         outcome      TEXT,
         published    INTEGER NOT NULL DEFAULT 0,
-        settle_until REAL
+        settle_until REAL,
+        token        INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID
     """,
     "CREATE INDEX IF NOT EXISTS idempotency_updated_at ON idempotency (updated_at)",
@@ -118,7 +121,7 @@ SCHEMA = (
 
 COLUMNS = (
     "key, fingerprint, state, owner, lease_until, attempts, created_at, updated_at, "
-    "outcome_kind, outcome, published, settle_until"
+    "outcome_kind, outcome, published, settle_until, token"
 )
 
 
@@ -143,6 +146,7 @@ def _row_to_record(row: tuple[Any, ...], store: str) -> IdempotencyRecord:
         outcome=_read_outcome(row[8], row[9], store) if row[9] else None,
         published=bool(row[10]),
         settle_until=_dt(row[11]) if row[11] is not None else None,
+        token=row[12],
     )
 
 
@@ -203,6 +207,8 @@ def _prepare(db: sqlite3.Connection) -> tuple[str, bool]:
     columns = {row[1] for row in db.execute("PRAGMA table_info(idempotency)")}
     if "settle_until" not in columns:  # a database of version 0.1
         db.execute("ALTER TABLE idempotency ADD COLUMN settle_until REAL")
+    if "token" not in columns:  # a database of schema version 2 or earlier
+        db.execute("ALTER TABLE idempotency ADD COLUMN token INTEGER NOT NULL DEFAULT 0")
     has_records = bool(db.execute("SELECT EXISTS (SELECT 1 FROM idempotency)").fetchone()[0])
     row = db.execute("SELECT store_id, adopted_at FROM meta WHERE id = 1").fetchone()
     if row is None:
@@ -569,10 +575,12 @@ class SqliteStore:
         def work() -> Claim:  # inside the batch's transaction: no BEGIN or COMMIT of its own
             existing = self._select(key)
             status = decide_claim(existing, fingerprint, owner, now)
-            if status is ClaimStatus.CLAIMED:
+            token = next_token(existing)
+            if status is ClaimStatus.CLAIMED and existing is None:
                 self._db.execute(
                     "INSERT INTO idempotency (key, fingerprint, state, owner, lease_until,"
-                    " attempts, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 0, ?, ?)",
+                    " attempts, created_at, updated_at, token)"
+                    " VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?)",
                     (
                         key,
                         fingerprint,
@@ -581,13 +589,21 @@ class SqliteStore:
                         _ts(lease_until),
                         _ts(now),
                         _ts(now),
+                        token,
                     ),
+                )
+            elif status is ClaimStatus.CLAIMED:  # a released key, taken again by its command
+                self._db.execute(
+                    "UPDATE idempotency SET state = ?, owner = ?, lease_until = ?, attempts = 0,"
+                    " updated_at = ?, outcome_kind = NULL, outcome = NULL, published = 0,"
+                    " settle_until = NULL, token = ? WHERE key = ?",
+                    (State.IN_FLIGHT.value, owner, _ts(lease_until), _ts(now), token, key),
                 )
             elif status is ClaimStatus.TAKEN_OVER or status is ClaimStatus.RECONCILE:
                 self._db.execute(
-                    "UPDATE idempotency SET owner = ?, lease_until = ?, updated_at = ?"
+                    "UPDATE idempotency SET owner = ?, lease_until = ?, updated_at = ?, token = ?"
                     " WHERE key = ?",
-                    (owner, _ts(lease_until), _ts(now), key),
+                    (owner, _ts(lease_until), _ts(now), token, key),
                 )
             else:
                 assert existing is not None
@@ -599,13 +615,21 @@ class SqliteStore:
         return await self._run(work, durable=True)
 
     async def _update_owned(
-        self, assignments: str, values: tuple[Any, ...], key: str, owner: str, *, durable: bool
+        self,
+        assignments: str,
+        values: tuple[Any, ...],
+        key: str,
+        owner: str,
+        token: int,
+        *,
+        durable: bool,
     ) -> None:
-        """``UPDATE ... SET <assignments>`` on ``key`` while ``owner`` holds it; else raise."""
-        sql = f"UPDATE idempotency SET {assignments} WHERE key = ? AND owner = ?"
+        """``UPDATE ... SET <assignments>`` on ``key`` while ``owner`` holds it under ``token``;
+        else raise."""
+        sql = f"UPDATE idempotency SET {assignments} WHERE key = ? AND owner = ? AND token = ?"
 
         def work() -> None:
-            if self._db.execute(sql, (*values, key, owner)).rowcount != 1:
+            if self._db.execute(sql, (*values, key, owner, token)).rowcount != 1:
                 raise OwnershipLostError("idempotency record is no longer owned by this worker")
 
         await self._run(work, durable=durable)
@@ -615,6 +639,7 @@ class SqliteStore:
         key: str,
         *,
         owner: str,
+        token: int,
         state: State,
         outcome: Outcome,
         attempts: int,
@@ -625,46 +650,60 @@ class SqliteStore:
             (state.value, outcome.kind, _write_outcome(outcome), attempts, _ts(now)),
             key,
             owner,
+            token,
             durable=False,
         )
 
     async def park(
-        self, key: str, *, owner: str, now: datetime, settle_until: datetime, lease_until: datetime
+        self,
+        key: str,
+        *,
+        owner: str,
+        token: int,
+        now: datetime,
+        settle_until: datetime,
+        lease_until: datetime,
     ) -> None:
         await self._update_owned(
             "state = ?, lease_until = ?, settle_until = ?, updated_at = ?",
             (State.RECONCILING.value, _ts(lease_until), _ts(settle_until), _ts(now)),
             key,
             owner,
+            token,
             durable=False,
         )
 
-    async def resume(self, key: str, *, owner: str, lease_until: datetime, now: datetime) -> None:
+    async def resume(
+        self, key: str, *, owner: str, token: int, lease_until: datetime, now: datetime
+    ) -> None:
         await self._update_owned(
             "state = ?, lease_until = ?, updated_at = ?",
             (State.IN_FLIGHT.value, _ts(lease_until), _ts(now)),
             key,
             owner,
+            token,
             durable=True,
         )
 
     async def prune(self, *, older_than: datetime) -> int:
-        terminal = tuple(state.value for state in TERMINAL)
+        prunable = tuple(state.value for state in PRUNABLE)
+        marks = ", ".join("?" for _ in prunable)
 
         def work() -> int:
             cursor = self._db.execute(
-                "DELETE FROM idempotency WHERE updated_at < ? AND state IN (?, ?, ?)",
-                (_ts(older_than), *terminal),
+                f"DELETE FROM idempotency WHERE updated_at < ? AND state IN ({marks})",
+                (_ts(older_than), *prunable),
             )
             return int(cursor.rowcount)
 
         return await self._run(work)
 
-    async def release(self, key: str, *, owner: str) -> None:
+    async def release(self, key: str, *, owner: str, token: int, now: datetime) -> None:
         def work() -> None:
             self._db.execute(
-                "DELETE FROM idempotency WHERE key = ? AND owner = ? AND state = ?",
-                (key, owner, State.IN_FLIGHT.value),
+                "UPDATE idempotency SET state = ?, updated_at = ?"
+                " WHERE key = ? AND owner = ? AND token = ? AND state = ?",
+                (State.RELEASED.value, _ts(now), key, owner, token, State.IN_FLIGHT.value),
             )
 
         await self._run(work)

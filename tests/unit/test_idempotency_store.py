@@ -114,6 +114,13 @@ async def claim(
     return await store.claim(key, fingerprint, owner=owner, now=now, lease_s=LEASE_S)
 
 
+async def held(store: IdempotencyStore, key: str = KEY) -> int:
+    """The fencing token the key's record carries now (1 when there is none): what its
+    holder was given, so a write naming it fails only for a wrong owner."""
+    record = await store.get(key)
+    return 1 if record is None else record.token
+
+
 async def finish(
     store: IdempotencyStore,
     *,
@@ -121,10 +128,12 @@ async def finish(
     state: State = State.COMPLETED,
     now: datetime = T0 + timedelta(seconds=2),
     attempts: int = 1,
+    token: int | None = None,
 ) -> None:
     await store.finish(
         KEY,
         owner=owner,
+        token=await held(store) if token is None else token,
         state=state,
         outcome=OUTCOME,
         attempts=attempts,
@@ -257,21 +266,101 @@ async def test_finish_by_a_non_owner_raises(store: IdempotencyStore) -> None:
     assert await store.get(KEY) == before
 
 
-async def test_release_deletes_the_in_flight_claim_of_its_owner(store: IdempotencyStore) -> None:
-    """release by the owner deletes an IN_FLIGHT claim, so the key can be claimed afresh."""
+async def test_release_marks_the_claim_released_and_keeps_its_fingerprint(
+    backend: Backend,
+) -> None:
+    """release by the owner turns an IN_FLIGHT claim RELEASED (durably): the same command
+    takes the key again, CLAIMED under the next token, with nothing of the earlier try left."""
+    store = backend.store
     await claim(store)
-    await store.release(KEY, owner=ME)
-    assert await store.get(KEY) is None
-    again = await claim(store, owner=OTHER, now=T0 + timedelta(seconds=1))
+    await store.release(KEY, owner=ME, token=1, now=T0 + timedelta(seconds=3))
+    reopened = await backend.reopen()
+    released = await reopened.get(KEY)
+    assert released is not None
+    assert (released.state, released.fingerprint, released.token) == (State.RELEASED, FP, 1)
+    assert released.updated_at == T0 + timedelta(seconds=3)
+    again = await claim(reopened, owner=OTHER, now=T0 + timedelta(seconds=4))
     assert again.status is ClaimStatus.CLAIMED
-    assert again.record.owner == OTHER
+    assert (again.record.state, again.record.owner, again.record.token) == (
+        State.IN_FLIGHT,
+        OTHER,
+        2,
+    )
+    assert again.record.lease_until == T0 + timedelta(seconds=4 + LEASE_S)
+    assert (again.record.outcome, again.record.published, again.record.settle_until) == (
+        None,
+        False,
+        None,
+    )
+    assert again.record.created_at == T0
+
+
+async def test_a_released_key_refuses_another_command_the_first_written_wins(
+    store: IdempotencyStore,
+) -> None:
+    """Another fingerprint under a released key is CONFLICT, and the record stays the first
+    command's: a later command never takes the key of one waiting for a retry or a replay."""
+    await claim(store)
+    await store.release(KEY, owner=ME, token=1, now=T0)
+    before = await store.get(KEY)
+    conflict = await claim(store, fingerprint=OTHER_FP, owner=OTHER, now=T0 + timedelta(hours=2))
+    assert conflict.status is ClaimStatus.CONFLICT
+    assert await store.get(KEY) == before
+    replay = await claim(store, now=T0 + timedelta(hours=3))
+    assert replay.status is ClaimStatus.CLAIMED
+
+
+async def test_a_stale_token_of_the_same_owner_cannot_write(store: IdempotencyStore) -> None:
+    """The fence is the token, not only the owner: a key that came back to the same owner
+    under a newer token refuses a write that names the older one."""
+    await claim(store)
+    taken = await claim(store, now=T0 + timedelta(seconds=LEASE_S))  # its own lapsed lease
+    assert (taken.status, taken.record.token) == (ClaimStatus.TAKEN_OVER, 2)
+    before = await store.get(KEY)
+    with pytest.raises(OwnershipLostError):
+        await finish(store, token=1)
+    with pytest.raises(OwnershipLostError):
+        await park(store, token=1)
+    with pytest.raises(OwnershipLostError):
+        await store.resume(KEY, owner=ME, token=1, lease_until=T0, now=T0)
+    await store.release(KEY, owner=ME, token=1, now=T0)
+    assert await store.get(KEY) == before
+    await finish(store, token=2)
+    finished = await store.get(KEY)
+    assert finished is not None
+    assert finished.state is State.COMPLETED
+
+
+async def test_every_change_of_hands_increments_the_token(store: IdempotencyStore) -> None:
+    """1 at the first claim; +1 at a takeover, at a RECONCILE claim and at a released key
+    claimed again; a BUSY, DUPLICATE or CONFLICT answer changes nothing."""
+    first = await claim(store)
+    assert first.record.token == 1
+    busy = await claim(store, owner=OTHER, now=T0 + timedelta(seconds=1))
+    assert (busy.status, busy.record.token) == (ClaimStatus.BUSY, 1)
+    taken = await claim(store, owner=OTHER, now=T0 + timedelta(seconds=LEASE_S))
+    assert (taken.status, taken.record.token) == (ClaimStatus.TAKEN_OVER, 2)
+    await park(store, owner=OTHER, lease_until=T0 + timedelta(seconds=200))
+    reconcile = await claim(store, owner=OTHER, now=T0 + timedelta(seconds=100))
+    assert (reconcile.status, reconcile.record.token) == (ClaimStatus.RECONCILE, 3)
+    await store.resume(KEY, owner=OTHER, token=3, lease_until=T0 + timedelta(seconds=300), now=T0)
+    await store.release(KEY, owner=OTHER, token=3, now=T0)
+    again = await claim(store, now=T0 + timedelta(seconds=101))
+    assert (again.status, again.record.token) == (ClaimStatus.CLAIMED, 4)
+    await finish(store, token=4)
+    duplicate = await claim(store, owner=OTHER, now=T0 + timedelta(seconds=102))
+    conflict = await claim(
+        store, fingerprint=OTHER_FP, owner=OTHER, now=T0 + timedelta(seconds=103)
+    )
+    assert (duplicate.status, duplicate.record.token) == (ClaimStatus.DUPLICATE, 4)
+    assert (conflict.status, conflict.record.token) == (ClaimStatus.CONFLICT, 4)
 
 
 async def test_release_by_another_owner_keeps_the_claim(store: IdempotencyStore) -> None:
     """release by a worker that does not own the claim deletes nothing."""
     await claim(store)
     before = await store.get(KEY)
-    await store.release(KEY, owner=OTHER)
+    await store.release(KEY, owner=OTHER, token=await held(store, KEY), now=T0)
     assert await store.get(KEY) == before
 
 
@@ -280,13 +369,13 @@ async def test_release_keeps_a_finished_record(store: IdempotencyStore) -> None:
     await claim(store)
     await finish(store)
     before = await store.get(KEY)
-    await store.release(KEY, owner=ME)
+    await store.release(KEY, owner=ME, token=await held(store, KEY), now=T0)
     assert await store.get(KEY) == before
 
 
 async def test_release_of_an_unknown_key_is_harmless(store: IdempotencyStore) -> None:
     """release of a key that does not exist does nothing and does not raise."""
-    await store.release("never-seen", owner=ME)
+    await store.release("never-seen", owner=ME, token=await held(store, "never-seen"), now=T0)
     assert await store.get("never-seen") is None
 
 
@@ -344,8 +433,16 @@ async def park(
     settle_until: datetime = T0 + timedelta(seconds=30),
     now: datetime = T0 + timedelta(seconds=1),
     key: str = KEY,
+    token: int | None = None,
 ) -> None:
-    await store.park(key, owner=owner, now=now, settle_until=settle_until, lease_until=lease_until)
+    await store.park(
+        key,
+        owner=owner,
+        token=await held(store, key) if token is None else token,
+        now=now,
+        settle_until=settle_until,
+        lease_until=lease_until,
+    )
 
 
 async def test_own_live_in_flight_claim_is_busy(store: IdempotencyStore) -> None:
@@ -485,7 +582,11 @@ async def test_resume_moves_a_parked_claim_back_in_flight(backend: Backend) -> N
     await park(backend.store)
     lease_until = T0 + timedelta(seconds=300)
     await backend.store.resume(
-        KEY, owner=ME, lease_until=lease_until, now=T0 + timedelta(seconds=240)
+        KEY,
+        owner=ME,
+        token=await held(backend.store, KEY),
+        lease_until=lease_until,
+        now=T0 + timedelta(seconds=240),
     )
     reopened = await backend.reopen()
     record = await reopened.get(KEY)
@@ -500,12 +601,18 @@ async def test_a_resumed_claim_can_be_finished_or_released(store: IdempotencySto
     """After resume the owner may finish the record, or release it when nothing was sent."""
     await claim(store)
     await park(store)
-    await store.resume(KEY, owner=ME, lease_until=T0 + timedelta(seconds=300), now=T0)
-    await store.release(KEY, owner=ME)
-    assert await store.get(KEY) is None
+    await store.resume(
+        KEY, owner=ME, token=await held(store, KEY), lease_until=T0 + timedelta(seconds=300), now=T0
+    )
+    await store.release(KEY, owner=ME, token=await held(store, KEY), now=T0)
+    released = await store.get(KEY)
+    assert released is not None
+    assert released.state is State.RELEASED
     await claim(store, now=T0 + timedelta(seconds=5))
     await park(store, now=T0 + timedelta(seconds=6))
-    await store.resume(KEY, owner=ME, lease_until=T0 + timedelta(seconds=300), now=T0)
+    await store.resume(
+        KEY, owner=ME, token=await held(store, KEY), lease_until=T0 + timedelta(seconds=300), now=T0
+    )
     await finish(store)
     record = await store.get(KEY)
     assert record is not None
@@ -517,7 +624,7 @@ async def test_release_keeps_a_parked_record(store: IdempotencyStore) -> None:
     await claim(store)
     await park(store)
     before = await store.get(KEY)
-    await store.release(KEY, owner=ME)
+    await store.release(KEY, owner=ME, token=await held(store, KEY), now=T0)
     assert await store.get(KEY) == before
 
 
@@ -558,7 +665,13 @@ async def test_resume_by_a_non_owner_raises_and_changes_nothing(store: Idempoten
     await park(store)
     before = await store.get(KEY)
     with pytest.raises(OwnershipLostError):
-        await store.resume(KEY, owner=OTHER, lease_until=T0 + timedelta(seconds=500), now=T0)
+        await store.resume(
+            KEY,
+            owner=OTHER,
+            token=await held(store, KEY),
+            lease_until=T0 + timedelta(seconds=500),
+            now=T0,
+        )
     assert await store.get(KEY) == before
 
 
@@ -571,7 +684,13 @@ async def test_the_previous_owner_of_a_parked_record_cannot_touch_it(
     await claim(store, owner=OTHER, now=T0 + timedelta(seconds=91))
     later = T0 + timedelta(seconds=92)
     with pytest.raises(OwnershipLostError):
-        await store.resume(KEY, owner=ME, lease_until=later + timedelta(seconds=60), now=later)
+        await store.resume(
+            KEY,
+            owner=ME,
+            token=await held(store, KEY),
+            lease_until=later + timedelta(seconds=60),
+            now=later,
+        )
     with pytest.raises(OwnershipLostError):
         await park(store, owner=ME, now=later)
     with pytest.raises(OwnershipLostError):
@@ -590,7 +709,7 @@ async def test_writes_to_an_unknown_key_raise_ownership_lost(
         "finish": lambda: finish(store),
         "park": lambda: park(store),
         "resume": lambda: store.resume(
-            KEY, owner=ME, lease_until=T0 + timedelta(seconds=60), now=T0
+            KEY, owner=ME, token=1, lease_until=T0 + timedelta(seconds=60), now=T0
         ),
     }
     with pytest.raises(OwnershipLostError):
@@ -613,12 +732,18 @@ async def stored_in(
     await store.claim(key, FP, owner=ME, now=at, lease_s=LEASE_S)
     if state is State.RECONCILING:
         await store.park(
-            key, owner=ME, now=at, settle_until=at, lease_until=at + timedelta(seconds=LEASE_S)
+            key,
+            owner=ME,
+            token=1,
+            now=at,
+            settle_until=at,
+            lease_until=at + timedelta(seconds=LEASE_S),
         )
     elif state is not None and state is not State.IN_FLIGHT:
         await store.finish(
             key,
             owner=ME,
+            token=1,
             state=state,
             outcome=OUTCOME,
             attempts=1,
@@ -806,7 +931,7 @@ async def test_an_outcome_written_by_an_earlier_version_reads_back_and_is_writte
     try:
         await claim(store)
         await store.finish(
-            KEY, owner=ME, state=State.COMPLETED, outcome=outcome, attempts=1, now=T0
+            KEY, owner=ME, token=1, state=State.COMPLETED, outcome=outcome, attempts=1, now=T0
         )
         assert outcome_column(path) == (kind, text)
         with contextlib.closing(sqlite3.connect(path)) as db, db:

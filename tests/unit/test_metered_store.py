@@ -58,6 +58,7 @@ class FullDisk(MemoryStore):
         key: str,
         *,
         owner: str,
+        token: int,
         state: State,
         outcome: Outcome,
         attempts: int,
@@ -74,11 +75,12 @@ async def test_every_operation_is_timed_under_its_own_name() -> None:
     claim = await store.claim(KEY, "fp", owner="w1", now=NOW, lease_s=30)
     assert claim.status is ClaimStatus.CLAIMED
     later = NOW + timedelta(seconds=60)
-    await store.park(KEY, owner="w1", now=NOW, settle_until=NOW, lease_until=later)
-    await store.resume(KEY, owner="w1", lease_until=later, now=NOW)
+    await store.park(KEY, owner="w1", token=1, now=NOW, settle_until=NOW, lease_until=later)
+    await store.resume(KEY, owner="w1", token=1, lease_until=later, now=NOW)
     await store.finish(
         KEY,
         owner="w1",
+        token=1,
         state=State.COMPLETED,
         outcome=completed_outcome(),
         attempts=1,
@@ -89,8 +91,8 @@ async def test_every_operation_is_timed_under_its_own_name() -> None:
     assert record is not None
     assert record.published
     await store.claim("key-1", "fp", owner="w1", now=NOW, lease_s=30)
-    await store.release("key-1", owner="w1")
-    assert await store.prune(older_than=later) == 1
+    await store.release("key-1", owner="w1", token=1, now=NOW)
+    assert await store.prune(older_than=later) == 2  # the finished key and the released one
     await store.probe()
     for operation in OPERATIONS:
         expected = 2 if operation == "claim" else 1
@@ -116,6 +118,7 @@ async def test_a_failing_call_is_counted_and_raised_unchanged() -> None:
         await store.finish(
             KEY,
             owner="w1",
+            token=1,
             state=State.COMPLETED,
             outcome=completed_outcome(),
             attempts=1,
@@ -131,7 +134,9 @@ async def test_a_claim_lost_to_another_worker_is_not_a_store_error() -> None:
     store = MeteredStore(MemoryStore(), metrics)
     await store.claim(KEY, "fp", owner="w1", now=NOW, lease_s=30)
     with pytest.raises(OwnershipLostError):
-        await store.park(KEY, owner="somebody-else", now=NOW, settle_until=NOW, lease_until=NOW)
+        await store.park(
+            KEY, owner="somebody-else", token=1, now=NOW, settle_until=NOW, lease_until=NOW
+        )
     assert (errors(metrics, "park"), count(metrics, "park")) == (0, 1)
 
 

@@ -576,7 +576,7 @@ async def test_connect_failure_releases_the_claim_and_retries_after_the_backoff(
     tried = retry.attempt
     assert (tried.calls, tried.lookups, tried.last_call_at) == (1, 0, T0)
     assert (tried.first_failure_at, tried.last_failure_at) == (T0, T0)
-    assert await h.store.get(KEY) is None
+    assert (await h.stored()).state is State.RELEASED  # the key keeps its fingerprint
     assert len(h.pas.requests) == 1
 
 
@@ -620,8 +620,30 @@ async def test_backoff_grows_until_the_attempts_run_out(h: Harness) -> None:
         T0,
         T0 + timedelta(seconds=1.5),
     )
-    assert await h.store.get(KEY) is None
+    assert (await h.stored()).state is State.RELEASED  # the key keeps its fingerprint
     fits_schema(h.codec, decision)
+
+
+async def test_the_first_command_written_under_a_key_wins_over_a_later_one(h: Harness) -> None:
+    """A command dead-lettered after its retries keeps its key: a later command with other
+    business fields under that key is refused as IDEMPOTENCY_CONFLICT without a call, and the
+    dead-lettered original, replayed, is applied."""
+    h.pas.then(CONNECT_FAILED, CONNECT_FAILED, CONNECT_FAILED, APPLIED)
+    original = raw_command()
+    dead, _ = await h.drive(h.record(original))
+    assert isinstance(dead, Publish)
+    assert dead.dead_letter is not None
+    later = raw_command(points_to_adjust=999)
+    refused, _ = await h.drive(h.record(later))
+    assert isinstance(refused, Publish)
+    assert refused.reason_code == "IDEMPOTENCY_CONFLICT"
+    assert len(h.pas.requests) == 3
+    replayed, _ = await h.drive(h.record(original))
+    assert isinstance(replayed, Publish)
+    assert replayed.kind == "completed"
+    assert len(h.pas.requests) == 4
+    stored = await h.stored()
+    assert (stored.state, stored.fingerprint) == (State.COMPLETED, fingerprint(original))
 
 
 async def test_received_at_is_when_the_command_was_first_taken(h: Harness) -> None:
@@ -678,7 +700,7 @@ async def test_recoverable_refusals_until_the_end_carry_the_status(h: Harness) -
     assert failed_of(decision).errors[0].reason_code == "SERVICE_UNAVAILABLE"
     assert decision.dead_letter is not None
     assert decision.dead_letter.error_class == "RetriesExhausted"
-    assert await h.store.get(KEY) is None
+    assert (await h.stored()).state is State.RELEASED  # the key keeps its fingerprint
 
 
 async def test_retry_after_is_honoured_over_a_shorter_backoff(h: Harness) -> None:
@@ -761,7 +783,7 @@ async def test_unauthorized_is_dead_lettered_released_and_not_retried(
     assert decision.dead_letter == DeadLetterRequest(
         "dlt", "Unauthorized", "UNAUTHORIZED", refused.problem, 1, T0, T0
     )
-    assert await h.store.get(KEY) is None
+    assert (await h.stored()).state is State.RELEASED  # the key keeps its fingerprint
     fits_schema(h.codec, decision)
     h.pas.then(APPLIED)
     assert (await h.publish()).kind == "completed"
@@ -1059,6 +1081,7 @@ async def test_live_claim_of_another_owner_is_busy_then_a_duplicate(h: Harness) 
     await h.store.finish(
         KEY,
         owner=OTHER,
+        token=1,
         state=State.COMPLETED,
         outcome=theirs,
         attempts=1,
@@ -1134,6 +1157,7 @@ async def test_a_parked_record_of_another_owner_is_busy_while_its_lease_lives(
     await h.store.park(
         KEY,
         owner=OTHER,
+        token=1,
         now=T0,
         settle_until=T0 + timedelta(seconds=SETTLE_S),
         lease_until=T0 + timedelta(seconds=SETTLE_S + LEASE_S),
@@ -1155,6 +1179,7 @@ async def test_a_parked_record_of_another_owner_is_reconciled_here_after_its_lea
     await h.store.park(
         KEY,
         owner=OTHER,
+        token=1,
         now=T0 - timedelta(seconds=100),
         settle_until=T0 - timedelta(seconds=70),
         lease_until=T0 - timedelta(seconds=10),
