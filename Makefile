@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup kafka-jars helm-tools prometheus-tools demo test unit lint format bench bench-quick bench-transport bench-security chaos clean help
+.PHONY: setup kafka-jars helm-tools prometheus-tools store-tools demo test unit lint format bench bench-quick bench-transport bench-security chaos clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -48,6 +48,24 @@ prometheus-tools:  ## install Debian's prometheus package once for promtool (the
 		echo "prometheus-tools: promtool is not installed: the alert rules' promtool test will be skipped"; \
 	fi
 
+# PostgreSQL and Redis for the store tests, which start their own servers as plain processes on
+# free loopback ports (devkit/pa_devkit/localinfra/postgres.py and redis.py; tests/store_support.py).
+# Debian keeps postgres off PATH (/usr/lib/postgresql/<major>/bin), so both places are looked at.
+# Debian's packages may start a system service (policy-rc.d permitting); no test uses it.
+store-tools:  ## install Debian's postgresql and redis-server packages once for the store tests' own servers (root)
+	@missing=""; \
+	if ! command -v postgres >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then missing=" postgresql"; fi; \
+	if ! command -v redis-server >/dev/null 2>&1; then missing="$$missing redis-server"; fi; \
+	if [ -z "$$missing" ]; then :; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's$$missing package(s) for the store tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	elif [ "$$CI" = "true" ]; then \
+		echo "store-tools: cannot install$$missing (not root, or no apt-get)" >&2; exit 1; \
+	else \
+		echo "store-tools: not installed:$$missing; the PostgreSQL and Redis store tests will be skipped"; \
+	fi
+
 demo: setup kafka-jars  ## local broker + sandbox + service, a few hundred commands, a summary
 	$(BIN)/points-adjuster-devkit demo
 
@@ -64,16 +82,16 @@ COVERAGE_FLOOR := 92
 COVERAGE := --cov=service --cov-branch --cov-report=term-missing:skip-covered \
 	--cov-fail-under=$(COVERAGE_FLOOR)
 
-test: setup kafka-jars helm-tools prometheus-tools lint  ## the whole suite with coverage: lint, unit, integration, end-to-end (starts its own broker)
+test: setup kafka-jars helm-tools prometheus-tools store-tools lint  ## the whole suite with coverage: lint, unit, integration, end-to-end (starts its own broker)
 	$(BIN)/pytest $(COVERAGE)
 
 unit: setup  ## unit tests only (no broker)
 	$(BIN)/pytest tests/unit
 
-bench: setup kafka-jars  ## end-to-end sweep, baseline, paced latency, memory (about 20 min)
+bench: setup kafka-jars store-tools  ## end-to-end sweep, baseline, paced latency, memory (about 20 min)
 	$(BIN)/python benchmarks/bench_throughput.py --json .cache/bench-throughput.json
 
-bench-quick: setup kafka-jars  ## the reduced end-to-end sweep (about 4 min)
+bench-quick: setup kafka-jars store-tools  ## the reduced end-to-end sweep (about 4 min)
 	$(BIN)/python benchmarks/bench_throughput.py --quick
 
 bench-transport: setup  ## client CPU per PAS call: httpx's transport vs aiohttp's
@@ -82,7 +100,7 @@ bench-transport: setup  ## client CPU per PAS call: httpx's transport vs aiohttp
 bench-security: setup  ## per-request signing/encryption cost next to the raw RSA/AES floor
 	$(BIN)/python benchmarks/bench_security.py -n 2000 -r 3
 
-chaos: setup kafka-jars  ## the chaos suite (5,000 commands, faults, SIGKILLs, a broker restart) and the hostile-input suite, full size
+chaos: setup kafka-jars store-tools  ## the chaos suite (5,000 commands, faults, SIGKILLs, a broker restart) and the hostile-input suite, full size
 	$(BIN)/pytest tests/chaos tests/hostile --chaos-full -s -p no:cacheprovider
 
 format: setup  ## apply ruff's formatting and fixes

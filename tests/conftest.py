@@ -1,4 +1,5 @@
-"""Shared test configuration: real-broker fixtures (tests/kafka_support.py) and dev keys."""
+"""Shared test configuration: real-broker and store-server fixtures (tests/kafka_support.py,
+tests/store_support.py) and dev keys."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import structlog
 
 from pa_devkit.keys import DEV_P12_PASSWORD, DevKeySet, generate_dev_keyset
 
-pytest_plugins = ["tests.kafka_support"]
+pytest_plugins = ["tests.kafka_support", "tests.store_support"]
 
 CONSUMER_KEY = "points-adjuster-test"
 CHAOS_SMALL = 600
