@@ -32,9 +32,8 @@ from service.errors import StartupError
 from service.health import Health
 from service.idempotency.base import IdempotencyStore
 from service.idempotency.continuity import verify_continuity
-from service.idempotency.memory import MemoryStore
+from service.idempotency.factory import open_store
 from service.idempotency.metered import MeteredStore
-from service.idempotency.sqlite import SqliteStore
 from service.kafka.clients import open_consumer, open_producer, topic_message_limits
 from service.kafka.deadletter import DeadLetterPublisher
 from service.kafka.publisher import OutcomePublisher
@@ -53,12 +52,6 @@ from service.tracing import open_span_sink
 from service.watchdog import Check, kafka_check, watch
 
 log = structlog.get_logger("service.app")
-
-
-async def open_store(settings: IdempotencySettings) -> IdempotencyStore:
-    if settings.backend == "memory":
-        return MemoryStore()
-    return await SqliteStore.open(settings.sqlite_path)
 
 
 def command_decoder(codec: AvroCodec) -> Decode:
@@ -154,12 +147,14 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
         bootstrap_servers=settings.kafka.bootstrap_servers,
         command_topic=settings.kafka.command_topic,
         pas=redact_url(settings.pas.base_url),
-        store=settings.idempotency.backend,
+        store=settings.idempotency.where,
     )
     async with AsyncExitStack() as stack:
         # First in, so last out: the spans of the drain are exported too.
         spans = stack.enter_context(open_span_sink(settings.tracing.otlp_endpoint))
-        store: IdempotencyStore = MeteredStore(await open_store(settings.idempotency), metrics)
+        store: IdempotencyStore = MeteredStore(
+            await open_store(settings.idempotency, exclusive=True), metrics
+        )
         stack.push_async_callback(store.close)
         override = await verify_continuity(store, settings.idempotency, settings.kafka)
         if override is not None:

@@ -271,14 +271,65 @@ class CircuitSettings(BaseModel):
     open_s: float = Field(5.0, gt=0, description="How long the circuit stays open before a probe.")
 
 
+StoreKind = Literal["sqlite", "memory", "postgresql", "redis"]
+
+STORE_SCHEMES: dict[str, StoreKind] = {
+    "sqlite": "sqlite",
+    "memory": "memory",
+    "postgresql": "postgresql",
+    "postgres": "postgresql",
+    "redis": "redis",
+    "rediss": "redis",
+}
+"""The DSN schemes of ``PA_IDEMPOTENCY__DSN`` and the store each names."""
+
+
 class IdempotencySettings(BaseModel):
     """Where the idempotency records live."""
 
+    dsn: str | None = Field(
+        None,
+        description="The store, by URL: sqlite:///<path> (one node), postgresql://<user>@<host>"
+        ":<port>/<database> (shared by many replicas), redis://<host>:<port>/<db> (rediss:// for"
+        " TLS; shared) or memory:// (tests only). Without a password: see password_file. Unset:"
+        " backend and sqlite_path decide.",
+    )
     backend: Literal["sqlite", "memory"] = Field(
-        "sqlite", description="sqlite (durable, one node) or memory (tests only: lost on exit)."
+        "sqlite",
+        description="When dsn is unset: sqlite (durable, one node) or memory (tests only: lost"
+        " on exit).",
     )
     sqlite_path: Path = Field(
-        Path("var/idempotency.sqlite3"), description="SQLite database file (created if missing)."
+        Path("var/idempotency.sqlite3"),
+        description="When dsn is unset: the SQLite database file (created if missing).",
+    )
+    password_file: Path | None = Field(
+        None,
+        description="A file holding the password of the PostgreSQL or Redis store (a mounted"
+        " secret); the DSN itself never carries one.",
+    )
+    pool_size: int = Field(
+        10, ge=1, le=200, description="PostgreSQL/Redis: connections per process."
+    )
+    timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="PostgreSQL/Redis: the longest one store call (or connecting) may take"
+        " before it fails as unavailable.",
+    )
+    redis_prefix: str = Field(
+        "pa",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="Redis: the prefix of every key the store writes (one per service).",
+    )
+    redis_require_durable: bool = Field(
+        True,
+        description="Redis: refuse to start unless the server runs appendonly yes with"
+        " appendfsync always (a Redis that loses an acknowledged claim lets a credit be"
+        " applied twice). false: start anyway, with a loud warning.",
     )
     lease_s: float = Field(
         60.0,
@@ -295,6 +346,69 @@ class IdempotencySettings(BaseModel):
         " committed offsets (the store was lost or replaced, so re-read commands could be"
         " applied twice). For a deliberate reset only; logged loudly.",
     )
+
+    @field_validator("dsn")
+    @classmethod
+    def _store_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme, sep, rest = value.partition("://")
+        if not sep or scheme.lower() not in STORE_SCHEMES:
+            raise ValueError(
+                "must start with sqlite:///, postgresql://, redis://, rediss:// or memory://"
+            )
+        userinfo = rest.split("/", 1)[0].rpartition("@")[0]
+        if ":" in userinfo:
+            raise ValueError(
+                "must not carry a password (user:password@): put it in a file named by"
+                " PA_IDEMPOTENCY__PASSWORD_FILE"
+            )
+        if STORE_SCHEMES[scheme.lower()] == "sqlite" and not rest.lstrip("/"):
+            raise ValueError("sqlite:/// needs a file path (sqlite:///var/idempotency.sqlite3)")
+        return value
+
+    @property
+    def kind(self) -> StoreKind:
+        """Which store: the DSN's scheme, or ``backend`` when there is no DSN."""
+        if self.dsn is None:
+            return self.backend
+        return STORE_SCHEMES[self.dsn.partition("://")[0].lower()]
+
+    @property
+    def sqlite_file(self) -> Path:
+        """The SQLite database file: the DSN's path (``sqlite:///rel`` or ``sqlite:////abs``),
+        or ``sqlite_path``."""
+        if self.dsn is None or self.kind != "sqlite":
+            return self.sqlite_path
+        return Path(self.dsn.partition("://")[2][1:])
+
+    @property
+    def where(self) -> str:
+        """The store for a log line or a message: its kind and place, never a password."""
+        if self.kind == "sqlite":
+            return f"sqlite:{self.sqlite_file}"
+        if self.kind == "memory":
+            return "memory"
+        assert self.dsn is not None
+        return redact_url(self.dsn)
+
+    @property
+    def setting(self) -> str:
+        """The setting an operator changes to point at another store."""
+        return "PA_IDEMPOTENCY__DSN" if self.dsn is not None else "PA_IDEMPOTENCY__SQLITE_PATH"
+
+    def password(self) -> str | None:
+        """The store's password from ``password_file`` (trailing newline stripped), or None;
+        raise ``ConfigError`` naming the setting when the file cannot be read."""
+        if self.password_file is None:
+            return None
+        try:
+            return self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                "PA_IDEMPOTENCY__PASSWORD_FILE",
+                f"cannot read {self.password_file}: {getattr(exc, 'strerror', None) or exc}",
+            ) from None
 
 
 class MetricsSettings(BaseModel):

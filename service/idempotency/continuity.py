@@ -39,12 +39,14 @@ def check_continuity(
     identity: str,
     group: str,
     topic: str,
+    setting: str = PATH_SETTING,
 ) -> str | None:
     """None when the store may be used as it is; a warning when only the override lets the
     start go on; ``StartupError`` when the store is new but the group has committed offsets.
 
     ``store`` says where the store is (its path), ``identity`` is its UUID, ``group`` and
-    ``topic`` the consumer group and the command topic ``committed`` was read for.
+    ``topic`` the consumer group and the command topic ``committed`` was read for; ``setting``
+    names where the store is configured.
     """
     if not store_created or not committed:
         return None
@@ -58,7 +60,7 @@ def check_continuity(
             "idempotency store",
             f"{facts}: the store was lost or replaced, and re-read commands could be applied"
             f" twice. Restore the store, or set {OVERRIDE_SETTING}=true for a deliberate reset",
-            setting=PATH_SETTING,
+            setting=setting,
         )
     return (
         f"{facts}: starting anyway because {OVERRIDE_SETTING}=true. Commands re-read from"
@@ -80,7 +82,7 @@ async def verify_continuity(
     and never for the memory backend, which is new by design on every start. When the start
     may go on, the store is adopted.
     """
-    if idempotency.backend == "memory":
+    if idempotency.kind == "memory":
         return None
     warning: str | None = None
     if store.created:
@@ -88,7 +90,8 @@ async def verify_continuity(
             True,
             await read_offsets(kafka),
             idempotency.allow_empty_store,
-            store=str(idempotency.sqlite_path),
+            store=idempotency.where,
+            setting=idempotency.setting,
             identity=store.identity,
             group=kafka.group_id,
             topic=kafka.command_topic,
@@ -97,6 +100,8 @@ async def verify_continuity(
         await store.adopt()
     except StoreError as exc:
         raise StartupError(
-            "idempotency store", f"cannot record that it was adopted: {exc}", setting=PATH_SETTING
+            "idempotency store",
+            f"cannot record that it was adopted: {exc}",
+            setting=idempotency.setting,
         ) from exc
     return warning

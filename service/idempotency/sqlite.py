@@ -41,6 +41,14 @@ Outcomes: the ``outcome`` column keeps the JSON of an outcome's event record, ep
 milliseconds for instants (``service.codec.outcome``), as every version has; a row whose
 outcome cannot be read back fails the call that read it with ``StoreError``.
 
+One owner: the service opens its store ``exclusive``: it holds an exclusive ``flock`` on a
+file beside the database (``<path>.lock``, holding the owner's pid) for as long as the store is
+open, and a second ``run`` on the same file is refused at start-up, naming the pid that holds
+it; the kernel lets go of the lock when the process ends, however it ends. Two processes
+writing one SQLite file would each take the other's claims for their own (SQLite serialises
+their writes, but nothing else about them agrees), and several replicas must share a networked
+store instead. Tools that only read (``check``, ``dlq``) open it without the lock.
+
 I/O failures: a batch that fails on the database (disk full, locked past ``busy_timeout``, an
 I/O error) fails its calls with ``StoreUnavailableError`` (the ``sqlite3`` error chained); the
 connection stays open and later batches try again.
@@ -50,6 +58,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import queue
@@ -265,6 +274,40 @@ def _connect(path: Path) -> _Opened:
     return _Opened(db, store_id, created, (stat.st_dev, stat.st_ino))
 
 
+def _lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def _hold_exclusive(path: Path) -> int:
+    """Take the owner's lock of the store at ``path``: the descriptor that holds it; raise
+    ``StartupError`` when another process holds it (naming its pid) or it cannot be taken."""
+    lock = _lock_path(path)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StartupError(
+            "idempotency store",
+            f"cannot open the lock file {lock}: {exc.strerror or exc}",
+            setting="PA_IDEMPOTENCY__SQLITE_PATH",
+        ) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise StartupError(
+            "idempotency store",
+            f"SQLite database {path} is already in use by another process (pid {holder}, per"
+            f" {lock}): one `run` per SQLite file. Stop the other one, or give several replicas"
+            " a shared store (PA_IDEMPOTENCY__DSN=postgresql://... or redis://...)",
+            setting="PA_IDEMPOTENCY__SQLITE_PATH",
+        ) from exc
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return fd
+
+
 def _is_io_failure(exc: BaseException) -> bool:
     """A failure of the database file rather than of our SQL: disk full, locked, I/O, corrupt."""
     return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
@@ -323,10 +366,30 @@ class SqliteStore:
         self._transactions = 0
         self._thread = threading.Thread(target=self._serve, name="idempotency-sqlite", daemon=False)
         self._ready: asyncio.Future[None] | None = None
+        self._lock: int | None = None
+        """The descriptor holding the owner's flock (``open(exclusive=True)``)."""
 
     @classmethod
-    async def open(cls, path: Path) -> SqliteStore:
+    async def open(cls, path: Path, *, exclusive: bool = False) -> SqliteStore:
+        """Open (or create) the store at ``path``; ``exclusive``: as its one owner (see the
+        module doc), else raise ``StartupError``."""
         store = cls(path)
+        if exclusive:
+            store._lock = _hold_exclusive(store._path)
+        try:
+            return await store._start()
+        except BaseException:
+            store._unlock()
+            raise
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # closing the descriptor lets go of the flock
+            self._lock = None
+
+    async def _start(self) -> SqliteStore:
+        store = self
+        path = self._path
         store._ready = asyncio.get_running_loop().create_future()
         store._thread.start()
         try:
@@ -739,3 +802,4 @@ class SqliteStore:
         self._queue.put(_Op(_close_marker, done, False))
         await done
         self._thread.join()  # it has closed the connection and is returning
+        self._unlock()

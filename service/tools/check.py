@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 
 import httpx
 
-from service.app import open_store
 from service.errors import PointsAdjusterError
+from service.idempotency.factory import open_store
 from service.kafka.clients import list_topics
 from service.pas.client import http_timeout
 from service.pas.credentials import load_credentials
@@ -77,22 +77,28 @@ async def run_checks(settings: Settings) -> int:
 async def _check_store(settings: Settings) -> tuple[str, bool, str]:
     """The store opens and says whether it is new; a missing file is not created here."""
     idempotency = settings.idempotency
-    if idempotency.backend == "memory":
+    if idempotency.kind == "memory":
         return ("idempotency store", True, "memory: in memory (not durable, tests only)")
-    path = idempotency.sqlite_path
-    if not path.exists():
+    if idempotency.kind == "sqlite" and not idempotency.sqlite_file.exists():
         return (
             "idempotency store",
             True,
-            f"sqlite: {path} does not exist yet; the first start creates it (refused then if"
-            " the consumer group already has committed offsets)",
+            f"sqlite: {idempotency.sqlite_file} does not exist yet; the first start creates it"
+            " (refused then if the consumer group already has committed offsets)",
         )
     try:
-        store = await open_store(idempotency)
+        store = await open_store(idempotency, exclusive=False)
     except PointsAdjusterError as exc:
         return ("idempotency store", False, str(exc))
     try:
         state = "new, not yet used" if store.created else "in use"
-        return ("idempotency store", True, f"sqlite: {path} (identity {store.identity}, {state})")
+        await store.probe()
+        return (
+            "idempotency store",
+            True,
+            f"{idempotency.where} (identity {store.identity}, {state})",
+        )
+    except PointsAdjusterError as exc:
+        return ("idempotency store", False, str(exc))
     finally:
         await store.close()

@@ -35,17 +35,17 @@ class _StoreLookup:
 async def open_store_lookup(settings: Settings) -> tuple[TerminalLookup | None, str | None]:
     """The configured idempotency store, or ``None`` and why it is not consulted."""
     config = settings.idempotency
-    if config.backend == "memory":
+    if config.kind == "memory":
         return None, "the memory backend keeps nothing between processes"
-    if not config.sqlite_path.exists():  # do not create an empty store on an operator's box
-        return None, f"no store at {config.sqlite_path}"
+    if config.kind == "sqlite" and not config.sqlite_file.exists():
+        return None, f"no store at {config.sqlite_file}"  # never create one on an operator's box
     try:
-        from service.app import open_store
         from service.idempotency.base import TERMINAL
-    except Exception as exc:  # the composition root cannot be imported here
-        return None, f"service.app.open_store is not importable ({type(exc).__name__})"
+        from service.idempotency.factory import open_store
+    except Exception as exc:  # the store's modules cannot be imported here
+        return None, f"service.idempotency.factory is not importable ({type(exc).__name__})"
     try:
-        store = await open_store(config)
+        store = await open_store(config, exclusive=False)
     except Exception as exc:  # an unreadable store only costs the summary line
-        return None, f"cannot open {config.sqlite_path} ({type(exc).__name__})"
+        return None, f"cannot open {config.where} ({type(exc).__name__})"
     return _StoreLookup(store, frozenset(str(state) for state in TERMINAL)), None
