@@ -20,7 +20,7 @@ from service.idempotency.memory import MemoryStore
 from service.idempotency.sqlite import SqliteStore
 from tests.contract.cases import Backend
 
-KINDS = ["memory", "sqlite"]  # + "postgres", "redis" once their stores are written
+KINDS = ["memory", "sqlite", "redis"]  # + "postgres" once its store is written
 
 
 async def open_memory(stack: AsyncExitStack) -> Backend:
