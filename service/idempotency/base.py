@@ -231,8 +231,13 @@ class StoreError(PointsAdjusterError):
 
 
 class StoreUnavailableError(StoreError):
-    """An I/O failure of the store (disk full, locked past the busy timeout, I/O error): the
-    call changed nothing and may succeed later. The backend's error is the ``__cause__``."""
+    """An I/O failure of the store (disk full, locked past the busy timeout, I/O error, a
+    networked store unreachable or too slow): the call may succeed later. The backend's error
+    is the ``__cause__``. SQLite's failed call changed nothing; a networked store's call that
+    timed out may have been applied on the server all the same. That stays safe: a claim that
+    went through is this owner's under its lease (the next claim of the key is BUSY, then
+    TAKEN_OVER and reconciled, never called blindly), and the writes after a claim are fenced
+    and repeatable."""
 
 
 class StoreLostError(StoreError):

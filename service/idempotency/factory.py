@@ -56,6 +56,7 @@ async def open_store(settings: IdempotencySettings, *, exclusive: bool) -> Idemp
         settings.dsn,
         password=password,
         prefix=settings.redis_prefix,
+        pool_size=settings.pool_size,
         timeout_s=settings.timeout_s,
         require_durable=settings.redis_require_durable,
     )
