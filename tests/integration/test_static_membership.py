@@ -13,7 +13,7 @@ import asyncio
 import uuid
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from service.kafka.clients import open_consumer
@@ -105,3 +105,71 @@ async def test_a_tool_reading_with_its_own_group_is_a_dynamic_member(
     async with open_consumer(settings, group_id=tool_group) as consumer:
         assert sorted(await consume(consumer, topic, 2)) == [b"a", b"b"]
     assert await group_state(kafka_bootstrap, tool_group) == ("Empty", 0)
+
+
+class Revocations(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Counts what a member is told to give up, and what it is given."""
+
+    def __init__(self) -> None:
+        self.revoked: list[set[TopicPartition]] = []
+        self.assigned: list[set[TopicPartition]] = []
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        if revoked:
+            self.revoked.append(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.assigned.append(set(assigned))
+
+
+async def wait_assigned(consumer: AIOKafkaConsumer, timeout_s: float = 30.0) -> set[TopicPartition]:
+    async with asyncio.timeout(timeout_s):
+        while not consumer.assignment():
+            await consumer.getmany(timeout_ms=200)
+    return set(consumer.assignment())
+
+
+@pytest.mark.kafka
+async def test_a_restart_within_the_session_timeout_keeps_every_assignment(
+    kafka_bootstrap: str,
+) -> None:
+    """Two static members (pods 0 and 1) share four partitions. Pod 0 stops and a successor
+    under its name starts within the session timeout: it gets pod 0's partitions back, and
+    pod 1 is never asked to give up any of its own: a rolling restart is not a rebalance."""
+    topic = unique("static-restart")
+    await create_topics(kafka_bootstrap, {topic: 4})
+    group = unique("group")
+
+    def member(name: str) -> KafkaSettings:
+        return KafkaSettings(
+            bootstrap_servers=kafka_bootstrap,
+            command_topic=topic,
+            group_id=group,
+            group_instance_id=name,
+            session_timeout_ms=30_000,
+            startup_timeout_s=30.0,
+        )
+
+    steady = Revocations()
+    async with open_consumer(member("points-adjuster-1")) as pod1:
+        pod1.subscribe([topic], listener=steady)
+        async with open_consumer(member("points-adjuster-0")) as pod0:
+            pod0.subscribe([topic])
+            async with asyncio.timeout(60):
+                while True:  # both members in, the four partitions split between them
+                    await asyncio.gather(pod0.getmany(timeout_ms=200), pod1.getmany(timeout_ms=200))
+                    first, second = set(pod0.assignment()), set(pod1.assignment())
+                    if first and second and len(first | second) == 4:
+                        break
+        revoked_before_restart = len(steady.revoked)
+        async with open_consumer(member("points-adjuster-0")) as successor:
+            successor.subscribe([topic])
+            taken_back = await wait_assigned(successor)
+            for _ in range(10):  # give a rebalance, were there one, time to reach pod 1
+                await asyncio.gather(
+                    successor.getmany(timeout_ms=200), pod1.getmany(timeout_ms=200)
+                )
+            assert taken_back == first
+            assert set(pod1.assignment()) == second
+            assert len(steady.revoked) == revoked_before_restart
+        assert await group_state(kafka_bootstrap, group) == ("Stable", 2)
