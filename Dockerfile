@@ -53,11 +53,15 @@ RUN groupadd --gid 10001 points-adjuster \
         --shell /usr/sbin/nologin points-adjuster
 
 # The wheel from the builder (bind-mounted, so it leaves no layer) and its dependencies, into a
-# virtual environment owned by root: the service cannot change its own code.
+# virtual environment owned by root: the service cannot change its own code. With both store
+# drivers, the extras postgres (asyncpg) and redis (redis-py), so that one image serves every
+# idempotency store PA_IDEMPOTENCY__DSN can name. The extras are asked for by the project's
+# name beside the wheel's file (a glob cannot carry [extras]); pip takes the project from
+# that file, never from an index, and adds the extras' dependencies.
 RUN --mount=type=bind,from=builder,source=/dist,target=/tmp/wheels \
     python -m venv /opt/points-adjuster \
     && /opt/points-adjuster/bin/pip install --no-cache-dir --disable-pip-version-check \
-        /tmp/wheels/points_adjuster-*.whl
+        /tmp/wheels/points_adjuster-*.whl "points-adjuster[postgres,redis]"
 
 # The working folder: empty and the user's. The SQLite store defaults to var/ under it; var/
 # exists so that a volume mounted there starts owned by the user.

@@ -9,6 +9,8 @@ Dockerfile and .dockerignore to hold them to the same steps. hadolint lints the 
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import json
 import re
 import shlex
@@ -20,6 +22,8 @@ from functools import cache
 from pathlib import Path, PurePosixPath
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from service.cli import build_parser
 from service.settings import Settings
@@ -35,6 +39,9 @@ PRODUCT, DEVKIT, BUILDER = "product", "devkit", "builder"
 OCI_LABELS = {"source", "version", "licenses", "title", "description"}
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|CREDENTIAL|PRIVATE|(^|_)KEY($|_)", re.IGNORECASE)
 SECRET_PATH = re.compile(r"(^|/)(keys|\.env[^/]*|var)(/|$)|\.(pem|p12|pfx|key|jks)$")
+STORE_DRIVERS = {"postgres": ("asyncpg", "asyncpg"), "redis": ("redis", "redis.asyncio")}
+"""The extras of the shared idempotency stores: the distribution each brings and the module the
+store imports from it (service/idempotency/factory.py names the same extras)."""
 
 
 @dataclass(frozen=True)
@@ -349,6 +356,45 @@ def test_the_product_installs_only_that_wheel_into_a_root_owned_venv() -> None:
         for run in stage.all("RUN"):
             for match in re.finditer(r"(?:chown|install)\b[^&;]*", run.arguments):
                 assert str(venv) not in match.group(0), f"line {run.line}: {match.group(0)}"
+
+
+def product_install_words() -> list[str]:
+    """The words of the product stage's one `pip install`."""
+    (install,) = [r for r in stages()[PRODUCT].all("RUN") if "pip install" in r.arguments]
+    return shlex.split(install.arguments)
+
+
+def test_the_product_installs_both_store_drivers_with_the_wheel() -> None:
+    """Beside the wheel, the product's install asks for the project itself with the extras
+    postgres and redis (a glob cannot carry extras; pip takes the project from the wheel
+    file), so one image opens every store PA_IDEMPOTENCY__DSN can name."""
+    words = product_install_words()
+    project = _project(PYPROJECT)
+    asked = [Requirement(w) for w in words if w.startswith(str(project["name"]) + "[")]
+    assert len(asked) == 1, words
+    (requirement,) = asked
+    assert requirement.specifier == ""  # the version is the wheel's, not an index's
+    assert requirement.marker is None
+    assert requirement.url is None
+    assert requirement.extras == set(STORE_DRIVERS)
+    wheel = next(w for w in words if w.endswith("points_adjuster-*.whl"))
+    assert words.index(wheel) < words.index(str(requirement))
+
+
+@pytest.mark.parametrize("extra", sorted(STORE_DRIVERS))
+def test_each_store_extra_brings_its_driver_and_the_driver_imports(extra: str) -> None:
+    """pyproject.toml declares each extra the image installs, with the store's driver in it;
+    that driver, installed here through the same extra (the dev extra includes it), imports
+    the module the store uses, from that distribution."""
+    distribution, module = STORE_DRIVERS[extra]
+    extras = _project(PYPROJECT)["optional-dependencies"]
+    assert isinstance(extras, dict)
+    names = {canonicalize_name(Requirement(entry).name) for entry in extras[extra]}
+    assert distribution in names
+    importlib.import_module(module)
+    top = module.partition(".")[0]
+    providers = importlib.metadata.packages_distributions()[top]
+    assert distribution in {canonicalize_name(name) for name in providers}
 
 
 def test_the_service_runs_as_the_wheel_tests_user_in_an_empty_folder_of_its_own() -> None:

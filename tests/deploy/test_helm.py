@@ -5,7 +5,9 @@ Every values file (the defaults and those of ci/) is linted with `helm lint --st
 rendered with `helm template`; every rendered manifest is validated offline against the
 Kubernetes JSON schemas that kubernetes-validate ships, except the Prometheus Operator's
 resources, which those schemas do not know: they are checked here for the shape the operator
-reads. With CI=true a missing helm fails the run; elsewhere the tests are skipped, saying why.
+reads. The idempotency store is SQLite (one replica, its volume) by default; ci/postgres-three
+and ci/redis-two run several replicas on a shared store. With CI=true a missing helm fails the
+run; elsewhere the tests are skipped, saying why.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import kubernetes_validate  # type: ignore[import-untyped]  # ships no type info
 import pytest
 from pydantic import BaseModel, SecretStr
 
-from service.settings import Settings, env_name
+from service.settings import IdempotencySettings, Settings, env_name
 from tests.deploy import test_observability as observability
 
 # PyPI's PyYAML comes with kubernetes-validate; its type stubs are no dependency of the
@@ -53,6 +55,9 @@ BROKER_GONE_MARGIN_S = 12
 docs/operations.md states it (a test below keeps the two in step)."""
 
 SECRETS_MOUNT = PurePosixPath("/var/run/secrets/points-adjuster")
+STORE_PASSWORD_FILE = SECRETS_MOUNT / "idempotency-password"
+POSTGRES_THREE = CHART / "ci" / "postgres-three.yaml"
+REDIS_TWO = CHART / "ci" / "redis-two.yaml"
 DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
 
 Manifest = dict[str, Any]
@@ -128,6 +133,27 @@ def refusal(helm: Path, values: Path | None = None, overrides: dict[str, str] | 
     result = template(helm, values, overrides)
     assert result.returncode != 0, "rendered, but should have been refused"
     return " ".join(result.stderr.split())
+
+
+def values_of(values: Path | None) -> dict[str, Any]:
+    """What a values file says (empty for the defaults)."""
+    if values is None:
+        return {}
+    loaded = yaml.safe_load(values.read_text(encoding="utf-8"))
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def backend_of(values: Path | None) -> str:
+    """The idempotency backend a values file chooses (sqlite, the default, when it is silent)."""
+    backend = values_of(values).get("idempotency", {}).get("backend", "sqlite")
+    assert isinstance(backend, str)
+    return backend
+
+
+def shared_store(backend: str, dsn: str) -> dict[str, str]:
+    """--set-json overrides choosing a shared store."""
+    return {"idempotency.backend": f'"{backend}"', "idempotency.dsn": f'"{dsn}"'}
 
 
 def one(manifests: list[Manifest], kind: str) -> Manifest:
@@ -219,6 +245,10 @@ def test_the_validator_refuses_what_kubernetes_would() -> None:
         ({"replicaCount": '"one"'}, "/replicaCount"),
         ({"idempotency.backend": '"postgres"'}, "/idempotency/backend"),
         ({"idempotency.backend": '"memory"'}, "/idempotency/backend"),
+        ({"idempotency.dsn": "5432"}, "/idempotency/dsn"),
+        ({"idempotency.passwordSecret.name": '"Store_Password"'}, "/idempotency/passwordSecret"),
+        ({"idempotency.passwordSecret.key": '""'}, "/idempotency/passwordSecret/key"),
+        ({"networkPolicy.store.ports": "[0]"}, "/networkPolicy/store/ports"),
         ({"credentials.existingSecret": '""'}, "/credentials/existingSecret"),
         ({"credentials.decryptionKeyPassword.key": '""'}, "/credentials/decryptionKeyPassword"),
         ({"settings.PA_KAFKA__BOOTSTRAP_SERVER": '"kafka:9092"'}, "PA_KAFKA__BOOTSTRAP_SERVER"),
@@ -266,11 +296,14 @@ def test_more_than_one_replica_on_sqlite_is_refused_with_the_reason(
     helm: Path, replicas: int
 ) -> None:
     """replicaCount above 1 with the SQLite store fails, saying that a moved partition would
-    meet a store without its claims and a re-delivered command would be applied twice."""
+    meet a store without its claims and a re-delivered command would be applied twice, and
+    naming the shared stores that allow several replicas."""
     error = refusal(helm, overrides={"replicaCount": str(replicas)})
     assert f"replicaCount: {replicas} is refused with idempotency.backend sqlite" in error
     assert "a store that knows none of its claims" in error
     assert "applied twice" in error
+    assert "idempotency.backend postgresql (recommended) or redis" in error
+    assert "Several replicas on a shared store" in error
 
 
 @pytest.mark.parametrize("replicas", [0, 1])
@@ -278,6 +311,195 @@ def test_zero_or_one_replica_renders(helm: Path, replicas: int) -> None:
     """One replica, or none (stopped), is what SQLite allows."""
     statefulset = one(render(helm, overrides={"replicaCount": str(replicas)}), "StatefulSet")
     assert statefulset["spec"]["replicas"] == replicas
+
+
+# -- several replicas on a shared store ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "replicas", "port", "secret"),
+    [
+        (POSTGRES_THREE, 3, 5432, ("points-adjuster-store", "password")),
+        (REDIS_TWO, 2, 6380, ("points-adjuster-redis", "redis-password")),
+    ],
+    ids=["postgres-three", "redis-two"],
+)
+def test_a_shared_store_runs_several_replicas(
+    helm: Path, values: Path, replicas: int, port: int, secret: tuple[str, str]
+) -> None:
+    """On PostgreSQL or Redis the StatefulSet runs several replicas started in parallel, each
+    given the values' DSN and a password file from the Secret the values name, read-only in
+    the credentials volume; no volume claim, store volume or claim retention is rendered; the
+    NetworkPolicy lets the pods reach the store's port and the disruption budget evicts one
+    pod at a time."""
+    manifests = render(helm, values)
+    statefulset = one(manifests, "StatefulSet")["spec"]
+    assert statefulset["replicas"] == replicas
+    assert statefulset["podManagementPolicy"] == "Parallel"
+    assert statefulset["updateStrategy"] == {"type": "RollingUpdate"}
+    assert "volumeClaimTemplates" not in statefulset
+    assert "persistentVolumeClaimRetentionPolicy" not in statefulset
+    assert "PersistentVolumeClaim" not in {m["kind"] for m in manifests}
+    passed = settings_passed(manifests)
+    assert passed["PA_IDEMPOTENCY__DSN"] == values_of(values)["idempotency"]["dsn"]
+    assert PurePosixPath(passed["PA_IDEMPOTENCY__PASSWORD_FILE"]) == STORE_PASSWORD_FILE
+    main = container(manifests)
+    assert {m["name"] for m in main["volumeMounts"]} == {"tmp", "credentials"}
+    credentials = next(m for m in main["volumeMounts"] if m["name"] == "credentials")
+    assert credentials["readOnly"] is True
+    assert PurePosixPath(credentials["mountPath"]) == STORE_PASSWORD_FILE.parent
+    volumes = statefulset["template"]["spec"]["volumes"]
+    assert {v["name"] for v in volumes} == {"tmp", "credentials"}
+    (projected,) = [v["projected"] for v in volumes if v["name"] == "credentials"]
+    (store,) = [
+        s["secret"]
+        for s in projected["sources"]
+        if s["secret"]["items"][0]["path"] == STORE_PASSWORD_FILE.name
+    ]
+    assert (store["name"], store["items"][0]["key"]) == secret
+    egress = one(manifests, "NetworkPolicy")["spec"]["egress"]
+    store_rules = [r for r in egress if {"port": port, "protocol": "TCP"} in r["ports"]]
+    assert len(store_rules) == 1
+    assert store_rules[0]["ports"] == [{"port": port, "protocol": "TCP"}]
+    narrowed = values_of(values).get("networkPolicy", {}).get("store", {}).get("to", [])
+    assert store_rules[0].get("to", []) == narrowed
+    budget = one(manifests, "PodDisruptionBudget")["spec"]
+    assert budget["maxUnavailable"] == 1
+    assert "minAvailable" not in budget
+
+
+@pytest.mark.parametrize("values", VALUES_FILES, ids=VALUES_IDS)
+def test_the_store_settings_load_as_the_service_reads_them(helm: Path, values: Path | None) -> None:
+    """The PA_IDEMPOTENCY__* variables the pod gets load as the service's idempotency settings
+    and name the store the values chose: SQLite by backend and path, PostgreSQL or Redis by
+    the DSN's scheme, with the pool, timeout and Redis settings of the values file."""
+    passed = settings_passed(render(helm, values))
+    prefix = env_name(("idempotency", ""))
+    fields = {
+        name.removeprefix(prefix).lower(): value
+        for name, value in passed.items()
+        if name.startswith(prefix)
+    }
+    store = IdempotencySettings.model_validate(fields)
+    assert store.kind == backend_of(values)
+    given = {
+        name.removeprefix(prefix).lower(): value
+        for name, value in values_of(values).get("settings", {}).items()
+        if name.startswith(prefix)
+    }
+    expected = IdempotencySettings.model_validate(given).model_dump(include=set(given))
+    assert store.model_dump(include=set(given)) == expected
+
+
+@pytest.mark.parametrize(
+    ("overrides", "ports"),
+    [
+        (shared_store("postgresql", "postgresql://pa@db.loyalty.svc/pa"), [5432]),
+        (shared_store("postgresql", "postgres://pa@db-a:5433,db-b/pa"), [5433, 5432]),
+        (shared_store("redis", "redis://cache.loyalty.svc/0"), [6379]),
+        (shared_store("redis", "rediss://pa@[fd00::10]:6380/0"), [6380]),
+        (
+            {
+                **shared_store("redis", "redis://cache:6379/0"),
+                "networkPolicy.store.ports": "[7000, 7001]",
+            },
+            [7000, 7001],
+        ),
+    ],
+)
+def test_the_network_policy_opens_the_stores_port(
+    helm: Path, overrides: dict[str, str], ports: list[int]
+) -> None:
+    """The store's egress rule opens networkPolicy.store.ports, or else each port the DSN
+    names (every host of a PostgreSQL multi-host DSN), the store's default port for a host
+    without one; it comes after DNS, Kafka and PAS, which stay as they were."""
+    policy = one(render(helm, overrides={**overrides, "replicaCount": "4"}), "NetworkPolicy")
+    rules = policy["spec"]["egress"]
+    assert [r["ports"][0]["port"] for r in rules[:3]] == [53, 9092, 443]
+    assert len(rules) == 4
+    assert rules[3]["ports"] == [{"port": port, "protocol": "TCP"} for port in ports]
+
+
+def test_without_a_password_secret_no_password_file_is_mounted(helm: Path) -> None:
+    """A shared store whose Secret name is empty (a server that asks for no password) gets
+    its DSN and no password file."""
+    manifests = render(helm, overrides=shared_store("redis", "redis://cache:6379/0"))
+    passed = settings_passed(manifests)
+    assert "PA_IDEMPOTENCY__PASSWORD_FILE" not in passed
+    volumes = one(manifests, "StatefulSet")["spec"]["template"]["spec"]["volumes"]
+    (projected,) = [v["projected"] for v in volumes if v["name"] == "credentials"]
+    paths = {s["secret"]["items"][0]["path"] for s in projected["sources"]}
+    assert STORE_PASSWORD_FILE.name not in paths
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        (
+            {"idempotency.backend": '"postgresql"'},
+            "idempotency.dsn is required with idempotency.backend postgresql",
+        ),
+        (
+            {"idempotency.backend": '"redis"'},
+            "idempotency.dsn is required with idempotency.backend redis",
+        ),
+        (
+            shared_store("redis", "postgresql://pa@db:5432/pa"),
+            "it has the scheme postgresql://, but the DSN of the idempotency.backend redis"
+            " store starts with redis:// or rediss://",
+        ),
+        (
+            shared_store("postgresql", "rediss://cache:6380/0"),
+            "it has the scheme rediss://, but the DSN of the idempotency.backend postgresql"
+            " store starts with postgresql:// or postgres://",
+        ),
+        (
+            shared_store("postgresql", "sqlite:///var/idempotency.sqlite3"),
+            "it has the scheme sqlite://",
+        ),
+        (shared_store("postgresql", "db.loyalty.svc:5432"), "it has no scheme"),
+        (shared_store("postgresql", "postgresql://pa@/pa"), "it names no host"),
+        (
+            {"idempotency.dsn": '"postgresql://pa@db:5432/pa"'},
+            "idempotency.dsn is refused with idempotency.backend sqlite",
+        ),
+        (
+            {"idempotency.passwordSecret.name": '"points-adjuster-store"'},
+            "idempotency.passwordSecret.name is refused with idempotency.backend sqlite",
+        ),
+    ],
+)
+def test_a_store_that_contradicts_itself_is_refused(
+    helm: Path, overrides: dict[str, str], words: str
+) -> None:
+    """A shared store without a DSN, a DSN whose scheme names another store (or none) or no
+    host, and a DSN or password Secret given to SQLite are refused, saying what to write."""
+    error = refusal(helm, overrides=overrides)
+    assert words in error
+
+
+@pytest.mark.parametrize(
+    ("backend", "dsn"),
+    [
+        ("postgresql", "postgresql://pa:s3cret-value@db:5432/pa"),
+        ("postgresql", "postgres://pa:s3cret-value@db-a:5432,db-b:5432/pa"),
+        ("postgresql", "postgresql://pa@db:5432/pa?sslmode=require&password=s3cret-value"),
+        ("redis", "redis://:s3cret-value@cache:6379/0"),
+        ("redis", "rediss://pa:s3cret-value@cache:6380/0"),
+        ("redis", "redis://cache:6379/0?Password=s3cret-value"),
+    ],
+)
+def test_a_dsn_with_a_password_is_refused_without_repeating_it(
+    helm: Path, backend: str, dsn: str
+) -> None:
+    """A DSN carrying a password (user:password@ or a password parameter) is refused before
+    it could reach a ConfigMap or the release record, pointing at idempotency.passwordSecret,
+    and the message repeats neither the password nor the DSN."""
+    error = refusal(helm, overrides=shared_store(backend, dsn))
+    assert "idempotency.dsn is refused: it carries a password" in error
+    assert "idempotency.passwordSecret" in error
+    assert "PA_IDEMPOTENCY__PASSWORD_FILE" in error
+    assert "s3cret-value" not in error
 
 
 # -- settings --------------------------------------------------------------------------------
@@ -297,7 +519,8 @@ def test_every_variable_the_chart_passes_is_a_real_setting(helm: Path, values: P
 @pytest.mark.parametrize("values", VALUES_FILES, ids=VALUES_IDS)
 def test_the_settings_the_pod_needs_are_set_by_the_chart(helm: Path, values: Path | None) -> None:
     """The metrics endpoint listens beyond loopback on the probed port, the group instance id
-    is the pod's name, and the SQLite file lies on the store's volume."""
+    is the pod's name, and the SQLite file lies on the store's volume; a shared store is
+    named by its DSN alone, with no volume (test_a_shared_store_runs_several_replicas)."""
     manifests = render(helm, values)
     passed = settings_passed(manifests)
     main = container(manifests)
@@ -306,7 +529,13 @@ def test_the_settings_the_pod_needs_are_set_by_the_chart(helm: Path, values: Pat
     (port,) = main["ports"]
     assert (port["name"], str(port["containerPort"])) == ("metrics", passed["PA_METRICS__PORT"])
     assert passed["PA_KAFKA__GROUP_INSTANCE_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    if backend_of(values) != "sqlite":
+        assert passed["PA_IDEMPOTENCY__DSN"] == values_of(values)["idempotency"]["dsn"]
+        assert "PA_IDEMPOTENCY__BACKEND" not in passed
+        assert "PA_IDEMPOTENCY__SQLITE_PATH" not in passed
+        return
     assert passed["PA_IDEMPOTENCY__BACKEND"] == "sqlite"
+    assert "PA_IDEMPOTENCY__DSN" not in passed
     mounts = {mount["name"]: mount for mount in main["volumeMounts"]}
     sqlite = PurePosixPath(passed["PA_IDEMPOTENCY__SQLITE_PATH"])
     assert sqlite.parent == PurePosixPath(mounts["store"]["mountPath"])
@@ -333,6 +562,8 @@ def test_numbers_and_lists_reach_the_service_as_it_reads_them(helm: Path) -> Non
         ("PA_METRICS__HOST", "the chart sets it from metrics.host"),
         ("PA_KAFKA__GROUP_INSTANCE_ID", "the chart sets it from the pod's name"),
         ("PA_IDEMPOTENCY__SQLITE_PATH", "the chart sets it from idempotency.sqlite"),
+        ("PA_IDEMPOTENCY__DSN", "the chart sets it from idempotency.dsn"),
+        ("PA_IDEMPOTENCY__PASSWORD_FILE", "the chart sets it from idempotency.passwordSecret"),
         ("PA_PAS__SIGNING_KEY_PATH", "the chart sets it from credentials.signingKey"),
         ("PA_PAS__CONSUMER_KEY_FILE", "the chart sets it from credentials.consumerKey"),
     ],
@@ -389,7 +620,8 @@ def test_no_rendered_manifest_holds_a_secret_value(helm: Path, values: Path | No
     pointing = {
         name: PurePosixPath(value)
         for name, value in passed.items()
-        if name.startswith("PA_PAS__") and name.endswith(("_FILE", "_PATH"))
+        if (name.startswith("PA_PAS__") and name.endswith(("_FILE", "_PATH")))
+        or name == "PA_IDEMPOTENCY__PASSWORD_FILE"
     }
     assert {path.parent for path in pointing.values()} == {SECRETS_MOUNT}
     assert {path.name for path in pointing.values()} == set(files)
@@ -400,6 +632,8 @@ def test_no_rendered_manifest_holds_a_secret_value(helm: Path, values: Path | No
         "PA_PAS__ENCRYPTION_CERTIFICATE_PATH",
     ):
         assert required in pointing
+    if "PA_IDEMPOTENCY__DSN" in passed:  # the service refuses a DSN carrying a password
+        IdempotencySettings(dsn=passed["PA_IDEMPOTENCY__DSN"])
 
 
 def test_each_credential_comes_from_the_secret_its_entry_names(helm: Path) -> None:
@@ -574,8 +808,10 @@ def test_the_network_policy_allows_only_dns_kafka_pas_and_the_metrics_port(helm:
     assert "NetworkPolicy" not in {m["kind"] for m in render(helm, CHART / "ci" / "minimal.yaml")}
 
 
-def test_there_is_no_autoscaler_while_one_replica_is_allowed(helm: Path) -> None:
-    """Neither an HPA nor a KEDA ScaledObject is rendered, whatever the values file."""
+def test_there_is_no_autoscaler(helm: Path) -> None:
+    """Neither an HPA nor a KEDA ScaledObject is rendered, whatever the values file: SQLite
+    allows one replica, and on a shared store more replicas than the command topic has
+    partitions would stand idle, so the count is chosen, not scaled."""
     for values in VALUES_FILES:
         kinds = {m["kind"] for m in render(helm, values)}
         assert kinds & {"HorizontalPodAutoscaler", "ScaledObject"} == set()
@@ -699,17 +935,16 @@ def test_the_rendered_rules_pass_promtool_and_the_repositorys_unit_tests(
 # -- NOTES -----------------------------------------------------------------------------------
 
 
-def test_the_notes_say_what_to_check_after_installing(helm: Path, tmp_path: Path) -> None:
-    """NOTES.txt names the pod, how to watch it become ready, how to read /readyz's reasons,
-    how to check and create the topics, and where the logs are."""
+def notes(helm: Path, tmp_path: Path, values: Path | None = None) -> str:
+    """The NOTES text a release of the chart prints with ``values``."""
     # `helm template` leaves NOTES.txt out, and `helm install --dry-run` wants a cluster: a
     # copy of the chart renders it as the value of a ConfigMap instead.
     chart = tmp_path / "points-adjuster"
     shutil.copytree(CHART, chart)
-    notes = (chart / "templates" / "NOTES.txt").read_text(encoding="utf-8")
+    text = (chart / "templates" / "NOTES.txt").read_text(encoding="utf-8")
     (chart / "templates" / "NOTES.txt").unlink()
     (chart / "templates" / "_notes.tpl").write_text(
-        '{{- define "notes" -}}' + notes + "{{- end -}}", encoding="utf-8"
+        '{{- define "notes" -}}' + text + "{{- end -}}", encoding="utf-8"
     )
     (chart / "templates" / "notes.yaml").write_text(
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\n"
@@ -725,9 +960,18 @@ def test_the_notes_say_what_to_check_after_installing(helm: Path, tmp_path: Path
         NAMESPACE,
         "--show-only",
         "templates/notes.yaml",
+        *values_args(values, None),
     )
     assert result.returncode == 0, result.stderr
-    text = yaml.safe_load(result.stdout)["data"]["notes"]
+    rendered = yaml.safe_load(result.stdout)["data"]["notes"]
+    assert isinstance(rendered, str)
+    return rendered
+
+
+def test_the_notes_say_what_to_check_after_installing(helm: Path, tmp_path: Path) -> None:
+    """NOTES.txt names the pod, how to watch it become ready, how to read /readyz's reasons,
+    how to check and create the topics, and where the logs are."""
+    text = notes(helm, tmp_path)
     for needed in (
         f"kubectl -n {NAMESPACE} rollout status statefulset/pa-points-adjuster",
         f"kubectl -n {NAMESPACE} port-forward pod/pa-points-adjuster-0 9464:9464",
@@ -739,3 +983,20 @@ def test_the_notes_say_what_to_check_after_installing(helm: Path, tmp_path: Path
         "no autoscaler",
     ):
         assert needed in text, needed
+
+
+def test_the_notes_of_a_shared_store_name_it_and_the_replica_limit(
+    helm: Path, tmp_path: Path
+) -> None:
+    """With several replicas on PostgreSQL the NOTES name the replicas and the store, say that
+    replicas beyond the command topic's partitions stand idle, list the store's port among
+    the allowed egress, and say nothing of SQLite's volume."""
+    text = " ".join(notes(helm, tmp_path, POSTGRES_THREE).split())
+    for needed in (
+        "(3 replicas sharing the postgresql idempotency store of idempotency.dsn)",
+        "Replicas beyond the command topic's partition count stand idle",
+        "no autoscaler",
+        "the idempotency store (ports 5432)",
+    ):
+        assert needed in text, needed
+    assert "SQLite" not in text

@@ -124,7 +124,11 @@ whether it is always mounted (the service cannot start without it).
 - {value: decryptionCertificate, file: decryption-certificate, setting: PA_PAS__DECRYPTION_CERTIFICATE_PATH, required: false}
 {{- end -}}
 
-{{/* The credential files this release mounts, as a list of the entries above. */}}
+{{/*
+The credential files this release mounts, as a list of the entries above, then the shared
+store's password (idempotency.passwordSecret) when the store is PostgreSQL or Redis and the
+values name a Secret: one mechanism, one read-only volume for every secret file.
+*/}}
 {{- define "points-adjuster.mountedCredentials" -}}
 {{- $mounted := list -}}
 {{- range (include "points-adjuster.credentialFiles" . | fromYamlArray) -}}
@@ -134,7 +138,69 @@ whether it is always mounted (the service cannot start without it).
 {{- $mounted = append $mounted (dict "file" .file "setting" .setting "secret" $secret "key" $entry.key) -}}
 {{- end -}}
 {{- end -}}
+{{- $password := .Values.idempotency.passwordSecret -}}
+{{- if and (include "points-adjuster.sharedStore" .) $password.name -}}
+{{- $mounted = append $mounted (dict "file" "idempotency-password" "setting" "PA_IDEMPOTENCY__PASSWORD_FILE" "secret" $password.name "key" $password.key) -}}
+{{- end -}}
 {{- toYaml $mounted -}}
+{{- end -}}
+
+{{/* "true" when the idempotency store is shared by the replicas (PostgreSQL, Redis), else "". */}}
+{{- define "points-adjuster.sharedStore" -}}
+{{- if has .Values.idempotency.backend (list "postgresql" "redis") -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+The DSN schemes of each shared store (the service's own list: service/settings.py
+STORE_SCHEMES) and the port its clients use when the DSN names none.
+*/}}
+{{- define "points-adjuster.storeSchemes" -}}
+postgresql: {schemes: [postgresql, postgres], port: 5432, example: "postgresql://<user>@<host>:5432/<database>"}
+redis: {schemes: [redis, rediss], port: 6379, example: "redis://<host>:6379/<db> (rediss:// for TLS)"}
+{{- end -}}
+
+{{/*
+idempotency.dsn taken apart: scheme (lower case), userinfo (before the last "@" of the
+authority), hosts (what follows it: host[:port], comma-separated for several PostgreSQL hosts)
+and query. Nothing here is ever printed whole: a refused DSN may carry a password.
+*/}}
+{{- define "points-adjuster.storeDsn" -}}
+{{- $dsn := .Values.idempotency.dsn -}}
+{{- $scheme := "" -}}
+{{- $rest := $dsn -}}
+{{- if contains "://" $dsn -}}
+{{- $parts := splitn "://" 2 $dsn -}}
+{{- $scheme = lower $parts._0 -}}
+{{- $rest = $parts._1 -}}
+{{- end -}}
+{{- $authority := regexFind "^[^/?#]*" $rest -}}
+{{- $userinfo := "" -}}
+{{- $hosts := $authority -}}
+{{- if contains "@" $authority -}}
+{{- $userinfo = regexReplaceAll "@[^@]*$" $authority "" -}}
+{{- $hosts = regexReplaceAll "^.*@" $authority "" -}}
+{{- end -}}
+{{- toYaml (dict "scheme" $scheme "userinfo" $userinfo "hosts" $hosts "query" (regexFind "[?][^#]*" $rest)) -}}
+{{- end -}}
+
+{{/*
+The TCP ports of the shared store the NetworkPolicy opens: networkPolicy.store.ports, or,
+when that is empty, each port the DSN names (the store's default port for a host without one).
+*/}}
+{{- define "points-adjuster.storePorts" -}}
+{{- $ports := list -}}
+{{- range .Values.networkPolicy.store.ports -}}
+{{- $ports = append $ports (int .) -}}
+{{- end -}}
+{{- if not $ports -}}
+{{- $default := (get (include "points-adjuster.storeSchemes" . | fromYaml) .Values.idempotency.backend).port | int -}}
+{{- $dsn := include "points-adjuster.storeDsn" . | fromYaml -}}
+{{- range splitList "," $dsn.hosts -}}
+{{- $port := trimPrefix ":" (regexFind ":[0-9]+$" .) -}}
+{{- $ports = append $ports (ternary $default (int $port) (eq $port "")) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson ($ports | uniq) -}}
 {{- end -}}
 
 {{/* The SQLite database file on the store's volume. */}}
@@ -150,8 +216,11 @@ The group instance id is not here: it comes from the pod's name (the downward AP
 PA_METRICS__ENABLED: "true"
 PA_METRICS__HOST: {{ .Values.metrics.host | quote }}
 PA_METRICS__PORT: {{ .Values.metrics.port | int | quote }}
+{{- if include "points-adjuster.sharedStore" . }}
+{{- /* The DSN's scheme names the store; PA_IDEMPOTENCY__BACKEND only chooses without one. */}}
+PA_IDEMPOTENCY__DSN: {{ .Values.idempotency.dsn | quote }}
+{{- else }}
 PA_IDEMPOTENCY__BACKEND: {{ .Values.idempotency.backend | quote }}
-{{- if eq .Values.idempotency.backend "sqlite" }}
 PA_IDEMPOTENCY__SQLITE_PATH: {{ include "points-adjuster.sqlitePath" . | quote }}
 {{- end }}
 {{- range (include "points-adjuster.mountedCredentials" . | fromYamlArray) }}
@@ -164,8 +233,9 @@ Refusals with their reasons, included by the StatefulSet (so by every install an
 */}}
 {{- define "points-adjuster.validate" -}}
 {{- if and (eq .Values.idempotency.backend "sqlite") (gt (int .Values.replicaCount) 1) -}}
-{{- fail (printf "replicaCount: %d is refused with idempotency.backend sqlite: each replica keeps its own SQLite store on its own volume, so a partition moving to another replica in a rebalance would meet a store that knows none of its claims, and a re-delivered command would be applied twice. Run one replica until a shared store exists (docs/helm.md)." (int .Values.replicaCount)) -}}
+{{- fail (printf "replicaCount: %d is refused with idempotency.backend sqlite: each replica keeps its own SQLite store on its own volume, so a partition moving to another replica in a rebalance would meet a store that knows none of its claims, and a re-delivered command would be applied twice. Run one replica on SQLite, or several on a store they share: idempotency.backend postgresql (recommended) or redis, with idempotency.dsn (docs/helm.md, Several replicas on a shared store)." (int .Values.replicaCount)) -}}
 {{- end -}}
+{{- include "points-adjuster.validateStore" . -}}
 {{- $secrets := list "PA_PAS__CONSUMER_KEY" "PA_PAS__SIGNING_KEY_PASSWORD" "PA_PAS__DECRYPTION_KEY_PASSWORD" -}}
 {{- $computed := dict
     "PA_KAFKA__GROUP_INSTANCE_ID" "the pod's name"
@@ -174,6 +244,8 @@ Refusals with their reasons, included by the StatefulSet (so by every install an
     "PA_METRICS__PORT" "metrics.port"
     "PA_IDEMPOTENCY__BACKEND" "idempotency.backend"
     "PA_IDEMPOTENCY__SQLITE_PATH" "idempotency.sqlite.mountPath and fileName"
+    "PA_IDEMPOTENCY__DSN" "idempotency.dsn"
+    "PA_IDEMPOTENCY__PASSWORD_FILE" "idempotency.passwordSecret"
 -}}
 {{- range (include "points-adjuster.credentialFiles" . | fromYamlArray) -}}
 {{- $_ := set $computed .setting (printf "credentials.%s" .value) -}}
@@ -184,6 +256,40 @@ Refusals with their reasons, included by the StatefulSet (so by every install an
 {{- end -}}
 {{- if hasKey $computed $name -}}
 {{- fail (printf "settings.%s is refused: the chart sets it from %s." $name (get $computed $name)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The idempotency store's values: a shared store needs a DSN of its own scheme, with a host and
+without a password (a DSN lands in a ConfigMap and in Helm's release record; its password
+belongs in the Secret idempotency.passwordSecret names); SQLite takes neither. No message
+repeats the DSN, which may hold the very password it is refused for.
+*/}}
+{{- define "points-adjuster.validateStore" -}}
+{{- $store := .Values.idempotency -}}
+{{- if include "points-adjuster.sharedStore" . -}}
+{{- $known := get (include "points-adjuster.storeSchemes" . | fromYaml) $store.backend -}}
+{{- if not $store.dsn -}}
+{{- fail (printf "idempotency.dsn is required with idempotency.backend %s: the store's address, %s, without a password (that goes in the Secret idempotency.passwordSecret names; docs/helm.md)." $store.backend $known.example) -}}
+{{- end -}}
+{{- $dsn := include "points-adjuster.storeDsn" . | fromYaml -}}
+{{- if not (has $dsn.scheme $known.schemes) -}}
+{{- $has := ternary "no scheme" (printf "the scheme %s://" $dsn.scheme) (eq $dsn.scheme "") -}}
+{{- fail (printf "idempotency.dsn is refused: it has %s, but the DSN of the idempotency.backend %s store starts with %s://. Write it as %s." $has $store.backend (join ":// or " $known.schemes) $known.example) -}}
+{{- end -}}
+{{- if or (contains ":" $dsn.userinfo) (regexMatch "(?i)[?&]password=" $dsn.query) -}}
+{{- fail "idempotency.dsn is refused: it carries a password, which would be stored in a ConfigMap and in Helm's release record. Remove it from the DSN, put it in a Secret and name that Secret and its key in idempotency.passwordSecret: the chart mounts it as a file and points PA_IDEMPOTENCY__PASSWORD_FILE at it (docs/helm.md)." -}}
+{{- end -}}
+{{- if not $dsn.hosts -}}
+{{- fail (printf "idempotency.dsn is refused: it names no host. Write it as %s." $known.example) -}}
+{{- end -}}
+{{- else -}}
+{{- if $store.dsn -}}
+{{- fail "idempotency.dsn is refused with idempotency.backend sqlite: the SQLite file is idempotency.sqlite.mountPath and fileName. Set idempotency.backend to postgresql or redis to use the DSN." -}}
+{{- end -}}
+{{- if $store.passwordSecret.name -}}
+{{- fail "idempotency.passwordSecret.name is refused with idempotency.backend sqlite: SQLite has no password. It is for the postgresql and redis stores." -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
