@@ -358,9 +358,13 @@ class IdempotencySettings(BaseModel):
                 "must start with sqlite:///, postgresql://, redis://, rediss:// or memory://"
             )
         userinfo = rest.split("/", 1)[0].rpartition("@")[0]
-        if ":" in userinfo:
+        query = rest.partition("?")[2]
+        names = [part.partition("=")[0].lower() for part in query.replace(";", "&").split("&")]
+        secret = ("password", "passwd", "pass", "pwd", "secret", "token")
+        if ":" in userinfo or any(name.endswith(secret) for name in names):
             raise ValueError(
-                "must not carry a password (user:password@): put it in a file named by"
+                "must not carry a password (user:password@ or ?password=): put it in a file"
+                " named by"
                 " PA_IDEMPOTENCY__PASSWORD_FILE"
             )
         if STORE_SCHEMES[scheme.lower()] == "sqlite" and not rest.lstrip("/"):

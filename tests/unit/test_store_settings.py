@@ -66,6 +66,8 @@ def test_a_sqlite_dsn_carries_its_file(dsn: str, path: Path) -> None:
         ("sqlite:///", "needs a file path"),
         (f"postgresql://pa:{SECRET}@db/points", "PA_IDEMPOTENCY__PASSWORD_FILE"),
         (f"redis://:{SECRET}@cache:6379/0", "PA_IDEMPOTENCY__PASSWORD_FILE"),
+        (f"postgresql://pa@db/points?sslmode=require&password={SECRET}", "PASSWORD_FILE"),
+        (f"postgresql://pa@db/points?sslpassword={SECRET}", "PASSWORD_FILE"),
     ],
 )
 def test_a_wrong_dsn_is_refused_naming_the_setting_and_never_the_password(
@@ -80,7 +82,7 @@ def test_a_wrong_dsn_is_refused_naming_the_setting_and_never_the_password(
 
 
 def test_where_never_shows_a_password() -> None:
-    settings = IdempotencySettings(dsn="postgresql://pa@db.internal:5432/points?password=x1y2")
+    settings = IdempotencySettings(dsn="postgresql://pa@db.internal:5432/points?api_key=x1y2")
     assert "x1y2" not in settings.where
     assert settings.where.startswith("postgresql://")
 
