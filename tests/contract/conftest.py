@@ -20,7 +20,7 @@ from service.idempotency.memory import MemoryStore
 from service.idempotency.sqlite import SqliteStore
 from tests.contract.cases import Backend
 
-KINDS = ["memory", "sqlite", "redis"]  # + "postgres" once its store is written
+KINDS = ["memory", "sqlite", "postgres", "redis"]
 
 
 async def open_memory(stack: AsyncExitStack) -> Backend:
