@@ -51,13 +51,19 @@ async def test_a_paused_postgres_hangs_its_clients_until_resumed() -> None:
     """While paused, the server takes TCP connections but answers nothing; once resumed,
     it serves again."""
     with own_postgres() as server:
-        server.pause()
+        opened = await asyncpg.connect(server.dsn)  # its backend left the postmaster's group
         try:
-            with pytest.raises(TimeoutError):
-                await asyncpg.connect(server.dsn, timeout=0.5)
+            server.pause()
+            try:
+                with pytest.raises(TimeoutError):
+                    await asyncpg.connect(server.dsn, timeout=0.5)
+                with pytest.raises(TimeoutError):  # a connection opened before hangs too
+                    await opened.fetchval("SELECT 1", timeout=0.5)
+            finally:
+                server.resume()
+            assert await _rows(server.dsn, "SELECT 1") == [(1,)]
         finally:
-            server.resume()
-        assert await _rows(server.dsn, "SELECT 1") == [(1,)]
+            opened.terminate()
 
 
 @pytest.mark.postgres

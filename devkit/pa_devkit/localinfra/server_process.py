@@ -273,6 +273,7 @@ class LocalServer(abc.ABC):
         if self._process is None or self._process.poll() is not None:
             raise self.error(f"the {self.server_name} server is not running")
         os.killpg(self._process.pid, sig)  # the group of exactly the process we started
+        _signal_descendants(self._process.pid, sig)  # PostgreSQL's backends leave the group
 
     def _shut_down(self) -> None:
         process = self._process
@@ -291,6 +292,7 @@ class LocalServer(abc.ABC):
         process = self._process
         if process is None:
             return
+        _signal_descendants(process.pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=self._stop_timeout)
@@ -327,3 +329,32 @@ def _group_has_live_process(proc: Path, pgid: int) -> bool:
         if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
             return True
     return False
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (from /proc), children before grandchildren."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()
+        parents[int(entry.name)] = int(fields[1])
+    found: list[int] = []
+    frontier = [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def _signal_descendants(pid: int, sig: signal.Signals) -> None:
+    """``sig`` to every process below ``pid``, wherever its process group: PostgreSQL's
+    backends call setsid(), so a signal to the postmaster's group misses them."""
+    for child in _descendants(pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(child, sig)
