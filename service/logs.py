@@ -96,4 +96,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root.setLevel(level)
     for noisy in ("aiokafka", "kafka", "httpx", "httpcore", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # While PostgreSQL is down, asyncpg's pool warns with a traceback at every reconnect try
+    # (1 s to 60 s apart); the service already says the store is unavailable, once per fault.
+    logging.getLogger("asyncpg.pool").setLevel(max(logging.ERROR, logging.getLevelName(level)))
     handler.addFilter(RepeatFilter("aiokafka"))
