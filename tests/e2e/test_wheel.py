@@ -97,6 +97,22 @@ def install(wheel: Path, venv: Path, python: Path) -> Path:
     return venv / "bin"
 
 
+def install_extras(wheel: Path, venv: Path) -> None:
+    """The wheel's ``postgres`` and ``redis`` extras into ``venv``, as the image installs them."""
+    subprocess.run(
+        [
+            str(venv / "bin" / "pip"),
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            str(wheel),
+            "points-adjuster[postgres,redis]",
+        ],
+        check=True,
+        timeout=480,
+    )
+
+
 def run_tool(
     tool: str, *args: str, env: dict[str, str], cwd: Path
 ) -> subprocess.CompletedProcess[bytes]:
@@ -317,3 +333,20 @@ async def test_the_installed_wheel_runs_the_service_end_to_end(
     print(
         f"\nwheel: {COMMANDS} commands completed {time.monotonic() - started:.1f} s after sending"
     )
+
+    # Without its extra, a shared store is one clear line naming the extra to install; with
+    # the extras (as the image installs them) both drivers are there.
+    shared = clean_env(
+        PA_IDEMPOTENCY__DSN="postgresql://pa@127.0.0.1:1/points",
+        PA_KAFKA__BOOTSTRAP_SERVERS="127.0.0.1:1",
+        PA_KAFKA__STARTUP_TIMEOUT_S="1",
+    )
+    checked = await asyncio.to_thread(run_tool, tool, "check", env=shared, cwd=workdir)
+    assert b"install points-adjuster[postgres]" in checked.stdout, checked.stdout
+    await asyncio.to_thread(install_extras, wheel, layout.venv)
+    probe = "import asyncpg, redis.asyncio, service.idempotency.postgres"
+    probe += ", service.idempotency.redis_store"
+    imported = await asyncio.to_thread(
+        subprocess.run, [str(layout.venv / "bin" / "python"), "-c", probe], check=False
+    )
+    assert imported.returncode == 0
