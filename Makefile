@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup kafka-jars helm-tools prometheus-tools store-tools demo test unit lint format bench bench-quick bench-transport bench-security chaos clean help
+.PHONY: setup kafka-jars helm-tools prometheus-tools store-tools demo test unit lint format bench bench-quick bench-transport bench-security bench-stores chaos clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -88,8 +88,9 @@ test: setup kafka-jars helm-tools prometheus-tools store-tools lint  ## the whol
 unit: setup  ## unit tests only (no broker)
 	$(BIN)/pytest tests/unit
 
-bench: setup kafka-jars store-tools  ## end-to-end sweep, baseline, paced latency, memory (about 20 min)
+bench: setup kafka-jars store-tools  ## end-to-end sweep, baseline, paced latency, memory, then bench-stores (about 25 min)
 	$(BIN)/python benchmarks/bench_throughput.py --json .cache/bench-throughput.json
+	$(BIN)/python benchmarks/bench_stores.py --json .cache/bench-stores.json
 
 bench-quick: setup kafka-jars store-tools  ## the reduced end-to-end sweep (about 4 min)
 	$(BIN)/python benchmarks/bench_throughput.py --quick
@@ -99,6 +100,9 @@ bench-transport: setup  ## client CPU per PAS call: httpx's transport vs aiohttp
 
 bench-security: setup  ## per-request signing/encryption cost next to the raw RSA/AES floor
 	$(BIN)/python benchmarks/bench_security.py -n 2000 -r 3
+
+bench-stores: setup kafka-jars store-tools  ## each idempotency store's cost per adjustment vs memory; 1 vs 2 replicas on one PostgreSQL (about 3 min)
+	$(BIN)/python benchmarks/bench_stores.py --json .cache/bench-stores.json
 
 chaos: setup kafka-jars store-tools  ## the chaos suite (5,000 commands, faults, SIGKILLs, a broker restart) and the hostile-input suite, full size
 	$(BIN)/pytest tests/chaos tests/hostile --chaos-full -s -p no:cacheprovider

@@ -1,13 +1,14 @@
 """Shared pieces of the end-to-end benchmarks: child processes, /proc readings, the sandbox
 process, the raw crypto floor and Prometheus text parsing.
 
-Imported by ``bench_throughput.py`` and ``bench_transport.py`` (both run as scripts from the
-repository root, so this folder is on ``sys.path``). Linux only: CPU time and peak RSS come
-from ``/proc/<pid>``.
+Imported by ``bench_throughput.py``, ``bench_transport.py`` and ``bench_stores.py`` (all run
+as scripts from the repository root, so this folder is on ``sys.path``). Linux only: CPU time
+and peak RSS come from ``/proc/<pid>``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -49,6 +50,42 @@ def cpu_times(pid: int) -> tuple[float, float]:
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a live process (all its threads), in seconds."""
     return sum(cpu_times(pid))
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (its children, theirs, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:  # it ended meanwhile
+            continue
+        parent = int(text[text.rindex(")") + 2 :].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found.extend(below)
+        todo.extend(below)
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid``, of every live process below it, and of the children it
+    has already waited for (cutime + cstime): a server that forks, such as PostgreSQL's
+    postmaster and its backends. A child that ends between two readings moves from the
+    live sum into its parent's cutime, so it is counted once either way."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    # utime, stime, cutime, cstime: fields 14-17 of proc(5), 11-14 here.
+    total = sum(int(value) for value in fields[11:15]) / CLOCK_TICKS
+    for child in descendants(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(child)
+    return total
 
 
 def memory_mb(pid: int) -> tuple[float, float]:

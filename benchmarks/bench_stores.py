@@ -1,0 +1,1082 @@
+"""The idempotency store's cost per adjustment, by kind, and 1 vs 2 replicas on one store.
+
+Two parts in one invocation, each measured against a baseline run in the same invocation:
+
+* **stores**: the store calls of one adjustment, exactly as the service makes them
+  (``Claims`` over ``MeteredStore`` over the store ``open_store`` gives for a
+  ``PA_IDEMPOTENCY__DSN``: claim, finish, mark_published), for ``--keys`` fresh keys, at
+  concurrency 1 and 32 (asyncio tasks, as the service's commands in flight are), for each
+  kind: memory (the baseline: no I/O at all), SQLite (a file in the run's temporary folder),
+  PostgreSQL and Redis (servers this run starts on free loopback ports in temporary folders
+  and stops at the end; ``pa_devkit.localinfra``, durable as in production: fsync on every
+  commit, ``appendfsync always``). Per adjustment: this process's CPU (``process_time``: every
+  thread, so SQLite's writer thread is in it) and its event-loop thread's CPU
+  (``thread_time``: the thread that bounds one replica), in µs; the wall round trip of the
+  three calls (p50/p99/max) and the rate; calls that failed (``StoreError``, counted); and
+  the server's CPU (the server process, its children
+  such as PostgreSQL's backends, and the children it reaped: ``/proc/<pid>/stat``).
+* **replicas**: ``points-adjuster run`` as separate processes, with a local Kafka broker and
+  the PAS sandbox (50 ms, signing and encryption on) as ``bench_throughput.py`` runs them
+  (its helpers are reused, not copied): a pre-produced backlog of ``--backlog`` commands over
+  10,000 accounts on 12 partitions, run by 1 replica and by 2 replicas in one consumer group
+  sharing one PostgreSQL store (a fresh database each), and by 1 replica on SQLite as the
+  reference (a SQLite file refuses a second ``run``: its lock). The rate is taken over the
+  steady window: from the moment every replica holds its partitions (the
+  ``points_adjuster_assigned_partitions`` gauges add up to 12, each above 0: after the
+  start-up rebalance), and no sooner than 3 s after the first /readyz, to the last original
+  outcome's record timestamp. Over the same window: each replica's CPU per adjustment (its
+  utime+stime over the original outcomes its /metrics counted), the store server's, the
+  sandbox's, the broker's and this process's, and how busy the machine was, and how much of
+  it went to processes this run did not start. Exactly one original, completed outcome per
+  command is checked as ``bench_throughput.py`` checks it.
+
+Usage (from the repository root)::
+
+    .venv/bin/python benchmarks/bench_stores.py [--keys 5000] [--backlog 12000]
+        [--only stores|replicas] [--rows sqlite-1,postgresql-1,postgresql-2] [--json out.json]
+
+``--rows`` names other replicas rows, ``<store>-<replicas>``: ``redis-1,redis-2`` say.
+
+Exit code 0 when every row ran and its outcomes checked out, 1 otherwise, 130 when
+interrupted. Linux only; needs the servers of ``make store-tools`` and the jars of ``make
+kafka-jars``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from hashlib import sha256
+from pathlib import Path
+from typing import Any
+
+import httpx
+from bench_throughput import (
+    SERVICE_SHUTDOWN_S,
+    STOP_WAIT_S,
+    OutcomeRecord,
+    Result,
+    Topology,
+    analyse,
+    cpu_model,
+    create_topics,
+    delete_topics,
+    git_facts,
+    process_cpu,
+    produce_backlog,
+    read_outcome_records,
+    wait_ready,
+    warm_up_broker,
+)
+from benchkit import (
+    CLOCK_TICKS,
+    BenchError,
+    Child,
+    Children,
+    Sandbox,
+    cpu_seconds,
+    filesystem_of,
+    machine_busy_pct,
+    machine_busy_ticks,
+    metric_sum,
+    percentile,
+    raise_keyboard_interrupt_on_sigterm,
+    start_sandbox,
+    tree_cpu_seconds,
+)
+
+from pa_devkit.demo import DEMO_CONSUMER_KEY, service_env
+from pa_devkit.keys import DevKeySet, generate_dev_keyset
+from pa_devkit.localinfra.broker_config import free_port
+from pa_devkit.localinfra.postgres import LocalPostgres
+from pa_devkit.localinfra.redis import LocalRedis
+from service import __version__
+from service.codec.avro import AvroCodec
+from service.domain.claims import Claims
+from service.domain.outcome import CommandInfo, Completed, SourceRef
+from service.idempotency.base import ClaimStatus, State, StoreError
+from service.idempotency.factory import open_store
+from service.idempotency.metered import MeteredStore
+from service.metrics import Metrics
+from service.settings import IdempotencySettings
+from service.tools.generate import generate_commands
+
+STORE_KINDS = ("memory", "sqlite", "postgresql", "redis")
+BASELINE_KIND = "memory"
+CONCURRENCIES = (1, 32)
+WARM_UP_KEYS = 200
+LEASE_S = 60.0
+PARTITIONS = 12
+ACCOUNTS = 10_000
+OUTCOMES_METRIC = "points_adjuster_outcomes_total"
+DUPLICATES_METRIC = "points_adjuster_duplicates_total"
+ASSIGNED_METRIC = "points_adjuster_assigned_partitions"
+DEFAULT_ROWS = ("sqlite-1", "postgresql-1", "postgresql-2")
+STABLE_TIMEOUT_S = 60.0
+SETTLE_S = 3.0
+"""The window opens no sooner than this after the first /readyz, so that every row's window
+leaves out the same start-up (the adaptive concurrency limit's slow start)."""
+POLL_S = 0.5
+POLL_NEAR_S = 0.1
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    keys: int
+    backlog: int
+    cap_s: float
+    latency_ms: float
+    parts: tuple[str, ...]
+    rows: tuple[str, ...]
+    json_path: Path | None
+    seed: int
+    workdir: Path | None
+    keep_workdir: bool
+
+
+def parse_args(argv: Sequence[str] | None) -> Config:
+    parser = argparse.ArgumentParser(
+        description="The idempotency store's cost per adjustment by kind, and 1 vs 2 replicas"
+        " on one PostgreSQL store."
+    )
+    parser.add_argument(
+        "--keys", type=int, default=5000, help="adjustments per store and concurrency (5000)"
+    )
+    parser.add_argument(
+        "--backlog", type=int, default=12_000, help="commands per replicas row (12000)"
+    )
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=60.0,
+        help="stop a replicas row this long after its replicas hold their partitions (60)",
+    )
+    parser.add_argument("--latency-ms", type=float, default=50.0, help="sandbox latency (50)")
+    parser.add_argument(
+        "--only", choices=("stores", "replicas"), help="run one part (default: both)"
+    )
+    parser.add_argument(
+        "--rows",
+        default=",".join(DEFAULT_ROWS),
+        help="replicas rows, <store>-<replicas> comma-separated, store one of sqlite,"
+        f" postgresql, redis ({','.join(DEFAULT_ROWS)})",
+    )
+    parser.add_argument("--json", type=Path, dest="json_path", help="write every figure here")
+    parser.add_argument("--seed", type=int, default=7, help="data seed of the backlog (7)")
+    parser.add_argument("--workdir", type=Path, help="parent of the temporary folder")
+    parser.add_argument("--keep-workdir", action="store_true", help="keep logs and stores")
+    args = parser.parse_args(argv)
+    if args.keys < 100 or args.backlog < 1000:
+        parser.error("--keys takes at least 100 and --backlog at least 1000")
+    rows = tuple(part.strip() for part in args.rows.split(",") if part.strip())
+    for row in rows:
+        store, _, count = row.rpartition("-")
+        if store not in ("sqlite", "postgresql", "redis") or not count.isdigit():
+            parser.error(f"--rows: {row!r} is not <sqlite|postgresql|redis>-<replicas>")
+        if store == "sqlite" and count != "1":
+            parser.error("--rows: a SQLite file takes one replica (its lock refuses a second)")
+    return Config(
+        keys=args.keys,
+        backlog=args.backlog,
+        cap_s=args.max_seconds,
+        latency_ms=args.latency_ms,
+        parts=(args.only,) if args.only else ("stores", "replicas"),
+        rows=rows,
+        json_path=args.json_path,
+        seed=args.seed,
+        workdir=args.workdir,
+        keep_workdir=args.keep_workdir,
+    )
+
+
+def fmt(value: float, digits: int = 1) -> str:
+    return "-" if math.isnan(value) else f"{value:,.{digits}f}"
+
+
+# --- part 1: the store calls of one adjustment ---------------------------------------------
+
+
+@dataclass
+class StoreRun:
+    """One store kind at one concurrency."""
+
+    kind: str
+    concurrency: int
+    adjustments: int
+    seconds: float = 0.0
+    per_s: float = 0.0
+    p50_us: float = float("nan")
+    p99_us: float = float("nan")
+    max_us: float = float("nan")
+    errors: int = 0
+    """Adjustments whose store call failed (a ``StoreError``: a timeout, say)."""
+    error_sample: str = ""
+    process_cpu_us: float = float("nan")
+    """This process's CPU (every thread) per adjustment."""
+    loop_cpu_us: float = float("nan")
+    """The event-loop thread's CPU per adjustment."""
+    server_cpu_us: float = float("nan")
+    """The store server's CPU per adjustment (NaN: the store runs in this process)."""
+
+    @property
+    def total_cpu_us(self) -> float:
+        server = 0.0 if math.isnan(self.server_cpu_us) else self.server_cpu_us
+        return self.process_cpu_us + server
+
+
+@dataclass(frozen=True)
+class Work:
+    """What the adjustments write: prepared before the clock starts."""
+
+    keys: list[str]
+    fingerprints: list[str]
+    outcomes: list[Completed]
+
+
+def prepare_work(label: str, count: int) -> Work:
+    now = datetime.now(UTC)
+    keys = [f"bench-{label}-{uuid.uuid4().hex}" for _ in range(count)]
+    fingerprints = [sha256(key.encode()).hexdigest() for key in keys]
+    outcomes = [
+        Completed(
+            info=CommandInfo(
+                idempotency_key=key,
+                correlation_id=str(uuid.uuid4()),
+                requested_by="points-adjuster-bench",
+                account_ref="ref-0123456789ab",
+                account_masked="************2222",
+                command_occurred_at=now,
+                received_at=now,
+                source=SourceRef("bench-commands", index % PARTITIONS, index),
+                metadata={"channel": "bench"},
+            ),
+            adjustment_type_code="GOODWILL",
+            points_requested=250,
+            points_adjusted=250,
+            attempts=1,
+            completed_at=now,
+            pas_duration_ms=50,
+            pas_correlation_id=str(uuid.uuid4()),
+            service_version=__version__,
+        )
+        for index, key in enumerate(keys)
+    ]
+    return Work(keys, fingerprints, outcomes)
+
+
+async def one_adjustment(claims: Claims, key: str, fingerprint: str, outcome: Completed) -> float:
+    """The store calls of one adjustment that PAS applied; its wall time in seconds."""
+    started = time.perf_counter()
+    claim = await claims.claim(key, fingerprint)
+    if claim.status is not ClaimStatus.CLAIMED:
+        raise BenchError(f"a fresh key was not claimed: {claim.status}")
+    await claims.finish(outcome, State.COMPLETED)
+    await claims.mark_published(key)
+    return time.perf_counter() - started
+
+
+@dataclass
+class Driven:
+    seconds: float
+    latencies: list[float]
+    """Of the adjustments whose calls all succeeded."""
+    errors: list[str]
+
+
+async def drive(claims: Claims, work: Work, concurrency: int) -> Driven:
+    """Every adjustment of ``work`` by ``concurrency`` tasks. A call that fails as the store's
+    fault (``StoreError``, e.g. no answer within ``timeout_s``) is counted, not raised."""
+    indices = iter(range(len(work.keys)))
+    driven = Driven(0.0, [], [])
+
+    async def worker() -> None:
+        for index in indices:  # shared: each task takes the next key
+            try:
+                driven.latencies.append(
+                    await one_adjustment(
+                        claims, work.keys[index], work.fingerprints[index], work.outcomes[index]
+                    )
+                )
+            except StoreError as exc:
+                driven.errors.append(f"{type(exc).__name__}: {exc}")
+
+    started = time.perf_counter()
+    async with asyncio.TaskGroup() as group:
+        for _ in range(concurrency):
+            group.create_task(worker())
+    driven.seconds = time.perf_counter() - started
+    return driven
+
+
+async def measure_store(
+    kind: str,
+    claims: Claims,
+    concurrency: int,
+    keys: int,
+    server_cpu: Callable[[], float] | None,
+) -> StoreRun:
+    await drive(claims, prepare_work(f"{kind}-warm", WARM_UP_KEYS), concurrency)
+    work = prepare_work(f"{kind}-c{concurrency}", keys)
+    run = StoreRun(kind, concurrency, keys)
+    server0 = server_cpu() if server_cpu else float("nan")
+    process0, loop0 = time.process_time(), time.thread_time()
+    driven = await drive(claims, work, concurrency)
+    process1, loop1 = time.process_time(), time.thread_time()
+    server1 = server_cpu() if server_cpu else float("nan")
+    run.seconds = driven.seconds
+    run.per_s = len(driven.latencies) / driven.seconds
+    run.p50_us = percentile(driven.latencies, 0.50) * 1e6
+    run.p99_us = percentile(driven.latencies, 0.99) * 1e6
+    run.max_us = max(driven.latencies, default=float("nan")) * 1e6
+    run.errors = len(driven.errors)
+    if driven.errors:
+        run.error_sample = driven.errors[0]
+    run.process_cpu_us = (process1 - process0) * 1e6 / keys
+    run.loop_cpu_us = (loop1 - loop0) * 1e6 / keys
+    run.server_cpu_us = (server1 - server0) * 1e6 / keys
+    return run
+
+
+@dataclass
+class Servers:
+    """The PostgreSQL and Redis servers of this run (either may be absent)."""
+
+    postgres: LocalPostgres | None = None
+    redis: LocalRedis | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+def store_settings(kind: str, servers: Servers, workdir: Path) -> tuple[str, int | None]:
+    """(``PA_IDEMPOTENCY__DSN`` of a fresh store of ``kind``, its server's pid or None)."""
+    if kind == "memory":
+        return "memory://", None
+    if kind == "sqlite":
+        return f"sqlite:///{workdir / 'stores' / 'idempotency.sqlite3'}", None
+    if kind == "postgresql":
+        assert servers.postgres is not None
+        return servers.postgres.create_database("bench_stores"), servers.postgres.pid
+    assert servers.redis is not None
+    return servers.redis.url, servers.redis.pid
+
+
+async def run_store_kind(kind: str, servers: Servers, workdir: Path, keys: int) -> list[StoreRun]:
+    dsn, server_pid = store_settings(kind, servers, workdir)
+    if kind == "sqlite":
+        (workdir / "stores").mkdir(parents=True, exist_ok=True)
+    settings = IdempotencySettings(dsn=dsn, redis_prefix=f"bench{uuid.uuid4().hex[:6]}")
+    store = MeteredStore(await open_store(settings, exclusive=True), Metrics())
+    try:
+        claims = Claims(
+            store, owner="bench-worker", lease_s=LEASE_S, clock=lambda: datetime.now(UTC)
+        )
+        server_cpu = None if server_pid is None else (lambda: tree_cpu_seconds(server_pid))
+        return [
+            await measure_store(kind, claims, concurrency, keys, server_cpu)
+            for concurrency in CONCURRENCIES
+        ]
+    finally:
+        await store.close()
+
+
+def run_stores(cfg: Config, servers: Servers, workdir: Path) -> list[StoreRun]:
+    runs: list[StoreRun] = []
+    for kind in STORE_KINDS:
+        print(f"store {kind}: {cfg.keys:,} adjustments at concurrency 1, then 32...", flush=True)
+        for run in asyncio.run(run_store_kind(kind, servers, workdir, cfg.keys)):
+            runs.append(run)
+            print(
+                f"    c{run.concurrency}: {run.per_s:,.0f}/s, p50/p99/max"
+                f" {fmt(run.p50_us, 0)}/{fmt(run.p99_us, 0)}/{fmt(run.max_us, 0)} µs, CPU µs/adj:"
+                f" process {fmt(run.process_cpu_us, 0)}, loop {fmt(run.loop_cpu_us, 0)}, server"
+                f" {fmt(run.server_cpu_us, 0)}"
+                + (f"; {run.errors} FAILED ({run.error_sample})" if run.errors else ""),
+                flush=True,
+            )
+    return runs
+
+
+def print_stores(runs: list[StoreRun], cfg: Config) -> None:
+    print()
+    print(
+        f"The store calls of one adjustment (claim + finish + mark_published), {cfg.keys:,}"
+        " fresh keys per row"
+    )
+    header = (
+        f"{'store':<12}{'conc':>5}{'adj/s':>9}{'p50 µs':>9}{'p99 µs':>9}{'max µs':>11}"
+        f"{'failed':>7}{'process':>9}{'loop':>8}{'server':>8}{'total':>8}"
+    )
+    print(f"{'':<60}{'--- CPU µs per adjustment ---':>33}")
+    print(header)
+    print("-" * len(header))
+    for run in runs:
+        print(
+            f"{run.kind:<12}{run.concurrency:>5}{run.per_s:>9,.0f}{fmt(run.p50_us, 0):>9}"
+            f"{fmt(run.p99_us, 0):>9}{fmt(run.max_us, 0):>11}{run.errors:>7}"
+            f"{fmt(run.process_cpu_us, 0):>9}{fmt(run.loop_cpu_us, 0):>8}"
+            f"{fmt(run.server_cpu_us, 0):>8}{fmt(run.total_cpu_us, 0):>8}"
+        )
+    print("-" * len(header))
+    print(
+        "process: this process's CPU (every thread); loop: its event-loop thread's, the one"
+        " thread a replica's rate is bound by; server: the PostgreSQL/Redis server's"
+        " processes; total: process + server. p50/p99/max: wall time of the three calls of"
+        " one adjustment (at concurrency 32 it includes the wait for a pooled connection: the"
+        " stores' pools hold 10, PA_IDEMPOTENCY__POOL_SIZE); failed: adjustments whose store"
+        " call raised a StoreError (counted, not retried)."
+    )
+    base = {r.concurrency: r for r in runs if r.kind == BASELINE_KIND}
+    if not base:
+        return
+    print()
+    print(f"against the {BASELINE_KIND} store (the baseline, same run): ratio (added µs)")
+    header = (
+        f"{'store':<12}{'conc':>5}{'loop CPU':>18}{'total CPU':>18}{'p50 round trip':>20}"
+        f"{'adj/s':>10}"
+    )
+    print(header)
+    for run in runs:
+        ref = base.get(run.concurrency)
+        if ref is None or run.kind == BASELINE_KIND:
+            continue
+
+        def versus(value: float, baseline: float) -> str:
+            return f"{value / baseline:,.1f}x ({value - baseline:+,.0f})"
+
+        print(
+            f"{run.kind:<12}{run.concurrency:>5}{versus(run.loop_cpu_us, ref.loop_cpu_us):>18}"
+            f"{versus(run.total_cpu_us, ref.total_cpu_us):>18}"
+            f"{versus(run.p50_us, ref.p50_us):>20}{run.per_s / ref.per_s:>9.2f}x"
+        )
+
+
+# --- part 2: 1 vs 2 replicas on one store --------------------------------------------------
+
+
+@dataclass
+class ReplicaRow:
+    """One replicas scenario: ``replicas`` services on one ``store``."""
+
+    name: str
+    store: str
+    replicas: int
+    backlog: int
+    done: int = 0
+    capped: bool = False
+    stable_after_s: float = float("nan")
+    """From the first replica's /readyz to every replica holding its partitions."""
+    window_s: float = 0.0
+    per_s: float = 0.0
+    """Outcomes in the steady window / its length."""
+    from_ready_per_s: float = 0.0
+    """Every outcome / (the last one - the first replica ready): start-up included."""
+    outcomes_by_replica: list[int] = field(default_factory=list)
+    cpu_ms_by_replica: list[float] = field(default_factory=list)
+    services_cpu_ms: float = float("nan")
+    store_cpu_ms: float = float("nan")
+    sandbox_cpu_ms: float = float("nan")
+    broker_cpu_ms: float = float("nan")
+    bench_cpu_ms: float = float("nan")
+    machine_busy_pct: float = float("nan")
+    others_pct: float = float("nan")
+    """CPU of processes this run did not start, as a share of the machine over the window."""
+    duplicates: int = 0
+    """Outcomes published again for commands already done (re-deliveries after a rebalance)."""
+    ledger: int = 0
+    notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def replica_bound_per_s(self) -> float:
+        """What one replica's event loop could do alone: 1000 / its CPU ms per adjustment."""
+        worst = max(self.cpu_ms_by_replica, default=float("nan"))
+        return 1000 / worst if worst > 0 else float("nan")
+
+    @property
+    def all_cpu_ms(self) -> float:
+        parts = (
+            self.services_cpu_ms,
+            self.store_cpu_ms,
+            self.sandbox_cpu_ms,
+            self.broker_cpu_ms,
+            self.bench_cpu_ms,
+        )
+        return sum(p for p in parts if not math.isnan(p))
+
+
+@dataclass
+class Rig:
+    """What every replicas row shares: the broker, the sandbox, the keys, the servers."""
+
+    children: Children
+    bootstrap: str
+    broker_pid: int | None
+    sandbox: Sandbox
+    keyset: DevKeySet
+    codec: AvroCodec
+    servers: Servers
+    workdir: Path
+
+
+@dataclass(frozen=True)
+class Moment:
+    """CPU counters and outcome counts of everything involved, at one moment."""
+
+    at: float
+    services: list[float]
+    outcomes: list[int]
+    store: float
+    sandbox: float
+    broker: float
+    bench: float
+    busy_ticks: int
+    total_ticks: int
+
+
+async def take_moment(
+    rig: Rig, replicas: list[Child], https: list[httpx.AsyncClient], store_pid: int | None
+) -> Moment:
+    outcomes = [await originals(http) for http in https]
+    busy, total = machine_busy_ticks()
+    return Moment(
+        time.time(),
+        [cpu_seconds(child.pid) for child in replicas],
+        outcomes,
+        tree_cpu_seconds(store_pid) if store_pid is not None else float("nan"),
+        process_cpu(rig.sandbox.child.pid),
+        process_cpu(rig.broker_pid),
+        time.process_time(),
+        busy,
+        total,
+    )
+
+
+async def assigned(http: httpx.AsyncClient) -> int:
+    return int(metric_sum((await http.get("/metrics")).text, ASSIGNED_METRIC))
+
+
+async def originals(http: httpx.AsyncClient) -> int:
+    """Outcomes a replica published, less the duplicates it absorbed (re-deliveries after a
+    rebalance, answered from the store without a PAS call): the adjustments it made."""
+    text = (await http.get("/metrics")).text
+    return int(metric_sum(text, OUTCOMES_METRIC) - metric_sum(text, DUPLICATES_METRIC))
+
+
+async def wait_stable(replicas: list[Child], https: list[httpx.AsyncClient]) -> None:
+    """Until every replica holds partitions and they add up to all of them."""
+    deadline = time.monotonic() + STABLE_TIMEOUT_S
+    while True:
+        for child in replicas:
+            if not child.alive:
+                raise BenchError(f"{child.name} exited:\n{child.log_tail()}")
+        counts = [await assigned(http) for http in https]
+        if all(count > 0 for count in counts) and sum(counts) == PARTITIONS:
+            return
+        if time.monotonic() > deadline:
+            raise BenchError(f"partitions held {counts} after {STABLE_TIMEOUT_S:.0f} s")
+        await asyncio.sleep(POLL_NEAR_S)
+
+
+async def wait_done(
+    replicas: list[Child], https: list[httpx.AsyncClient], expected: int, deadline: float
+) -> bool:
+    """Until ``expected`` outcomes in all (False) or the wall-clock deadline (True: capped)."""
+    previous, previous_at = 0, time.time()
+    while True:
+        for child in replicas:
+            if not child.alive:
+                raise BenchError(f"{child.name} exited mid-run:\n{child.log_tail()}")
+        count = sum([await originals(http) for http in https])
+        now = time.time()
+        if count >= expected:
+            return False
+        if now >= deadline:
+            return True
+        rate = (count - previous) / max(now - previous_at, 1e-3)
+        previous, previous_at = count, now
+        near = rate > 0 and (expected - count) / rate < 2.0
+        await asyncio.sleep(min(POLL_NEAR_S if near else POLL_S, max(0.0, deadline - now)))
+
+
+def replica_env(
+    rig: Rig, topo: Topology, folder: Path, dsn: str | None
+) -> tuple[dict[str, str], int]:
+    port = free_port()
+    env = service_env(rig.bootstrap, rig.sandbox.base_url, folder, port, rig.keyset)
+    env.update(topo.env())
+    env.update(
+        PA_LOG__LEVEL="WARNING",
+        PA_SHUTDOWN_TIMEOUT_S=str(SERVICE_SHUTDOWN_S),
+        PA_PROCESSING__ORDERING="key",
+    )
+    if dsn is not None:
+        env["PA_IDEMPOTENCY__DSN"] = dsn
+        env["PA_IDEMPOTENCY__REDIS_PREFIX"] = topo.group  # a fresh store per row on Redis
+    return env, port
+
+
+async def run_replicas(rig: Rig, row: ReplicaRow, cfg: Config) -> None:
+    topo = Topology(rig.bootstrap, f"{row.name}-{uuid.uuid4().hex[:6]}")
+    names = topo.names
+    folder = rig.workdir / row.name
+    folder.mkdir(parents=True, exist_ok=True)
+    await create_topics(
+        rig.bootstrap,
+        {
+            names["command"]: PARTITIONS,
+            names["completed"]: PARTITIONS,
+            names["failed"]: PARTITIONS,
+            names["dead_letter"]: 1,
+            names["review"]: 1,
+        },
+    )
+    try:
+        batch = await asyncio.to_thread(
+            generate_commands,
+            row.backlog,
+            accounts=ACCOUNTS,
+            seed=cfg.seed,
+            requested_by="points-adjuster-bench",
+        )
+        commands = batch.commands
+        sent_at = await produce_backlog(rig.bootstrap, names["command"], commands, rig.codec)
+        dsn, store_pid = None, None
+        if row.store == "postgresql":
+            assert rig.servers.postgres is not None
+            database = f"replicas_{row.name.replace('-', '_')}_{uuid.uuid4().hex[:6]}"
+            dsn = await asyncio.to_thread(rig.servers.postgres.create_database, database)
+            store_pid = rig.servers.postgres.pid
+        elif row.store == "redis":
+            assert rig.servers.redis is not None
+            dsn, store_pid = rig.servers.redis.url, rig.servers.redis.pid
+        ready_at, end_at, before, after = await run_services(
+            rig, row, topo, folder, dsn, store_pid, cfg
+        )
+        records = await read_outcome_records(
+            rig.bootstrap, [names["completed"], names["failed"]], rig.codec
+        )
+        row.ledger = await asyncio.to_thread(rig.sandbox.ledger_count)
+        check(row, commands, sent_at, records, ready_at, end_at)
+        attribute(row, before, after, records)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(rig.sandbox.reset)
+        with contextlib.suppress(Exception):
+            await delete_topics(rig.bootstrap, list(names.values()))
+
+
+async def run_services(
+    rig: Rig,
+    row: ReplicaRow,
+    topo: Topology,
+    folder: Path,
+    dsn: str | None,
+    store_pid: int | None,
+    cfg: Config,
+) -> tuple[float, float, Moment, Moment]:
+    """Start the replicas together, wait for the steady assignment, run the backlog out.
+
+    Returns (first ready, end, the moment the window opened, the moment it closed)."""
+    replicas: list[Child] = []
+    try:
+        async with AsyncExitStack() as stack:
+            https: list[httpx.AsyncClient] = []
+            for index in range(row.replicas):
+                replica_dir = folder / f"replica-{index + 1}"
+                replica_dir.mkdir(exist_ok=True)
+                env, port = replica_env(rig, topo, replica_dir, dsn)
+                replicas.append(
+                    rig.children.start(
+                        f"service {row.name} #{index + 1}",
+                        [sys.executable, "-m", "service", "run"],
+                        env=env,
+                        cwd=replica_dir,
+                        log_path=replica_dir / "service.log",
+                    )
+                )
+                https.append(
+                    await stack.enter_async_context(
+                        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10)
+                    )
+                )
+            ready = [
+                await wait_ready(child, http) for child, http in zip(replicas, https, strict=True)
+            ]
+            ready_at = min(ready)
+            await wait_stable(replicas, https)
+            row.stable_after_s = time.time() - ready_at
+            await asyncio.sleep(max(0.0, ready_at + SETTLE_S - time.time()))
+            before = await take_moment(rig, replicas, https, store_pid)
+            row.capped = await wait_done(replicas, https, row.backlog, before.at + cfg.cap_s)
+            after = await take_moment(rig, replicas, https, store_pid)
+    finally:
+        codes = await asyncio.gather(
+            *(asyncio.to_thread(rig.children.stop, child, STOP_WAIT_S) for child in replicas)
+        )
+        for child, code in zip(replicas, codes, strict=True):
+            if code not in (0, None):
+                row.notes.append(f"{child.name} exit code {code} after SIGTERM")
+    return ready_at, after.at, before, after
+
+
+def check(
+    row: ReplicaRow,
+    commands: list[dict[str, Any]],
+    sent_at: dict[str, int],
+    records: list[OutcomeRecord],
+    ready_at: float,
+    end_at: float,
+) -> None:
+    """Exactly one original, completed outcome per command: ``bench_throughput``'s checks."""
+    result = Result(row.name, "sweep", "key", PARTITIONS, ACCOUNTS, row.backlog)
+    result.capped, result.ready_at, result.end_at, result.ledger = (
+        row.capped,
+        ready_at,
+        end_at,
+        row.ledger,
+    )
+    analyse(result, commands, sent_at, records)
+    row.done = len({r.key for r in records if not r.duplicate})
+    row.duplicates = sum(1 for r in records if r.duplicate)
+    row.from_ready_per_s = result.throughput
+    row.notes.extend(result.notes)
+    row.problems.extend(result.problems)
+
+
+def attribute(row: ReplicaRow, before: Moment, after: Moment, records: list[OutcomeRecord]) -> None:
+    """The steady window's rate, and CPU per adjustment of every process over it."""
+    opened_ms = before.at * 1000
+    stamps = sorted(
+        r.timestamp_ms for r in records if not r.duplicate and r.timestamp_ms >= opened_ms
+    )
+    if not stamps:
+        row.problems.append("no outcome in the steady window")
+        return
+    row.window_s = stamps[-1] / 1000 - before.at
+    row.per_s = len(stamps) / row.window_s if row.window_s > 0 else float("nan")
+    row.outcomes_by_replica = [b - a for a, b in zip(before.outcomes, after.outcomes, strict=True)]
+    row.cpu_ms_by_replica = [
+        (b - a) * 1000 / max(1, n)
+        for a, b, n in zip(before.services, after.services, row.outcomes_by_replica, strict=True)
+    ]
+    adjustments = max(1, sum(row.outcomes_by_replica))
+
+    def per_adj(seconds: float) -> float:
+        return seconds * 1000 / adjustments
+
+    row.services_cpu_ms = per_adj(sum(after.services) - sum(before.services))
+    row.store_cpu_ms = per_adj(after.store - before.store)
+    row.sandbox_cpu_ms = per_adj(after.sandbox - before.sandbox)
+    row.broker_cpu_ms = per_adj(after.broker - before.broker)
+    row.bench_cpu_ms = per_adj(after.bench - before.bench)
+    total = after.total_ticks - before.total_ticks
+    if total > 0:
+        row.machine_busy_pct = 100.0 * (after.busy_ticks - before.busy_ticks) / total
+        ours = row.all_cpu_ms * adjustments / 1000  # seconds of CPU
+        others = (after.busy_ticks - before.busy_ticks) / CLOCK_TICKS - ours
+        row.others_pct = max(0.0, 100.0 * others / (total / CLOCK_TICKS))
+
+
+def replica_rows(cfg: Config) -> list[ReplicaRow]:
+    rows = []
+    for name in cfg.rows:
+        store, _, count = name.rpartition("-")
+        rows.append(ReplicaRow(name, store, int(count), cfg.backlog))
+    return rows
+
+
+async def run_all_replicas(rig: Rig, cfg: Config) -> list[ReplicaRow]:
+    print("warming the broker up (20,000 records through a 12-partition topic)...", flush=True)
+    print(f"    {await warm_up_broker(rig.bootstrap):.1f} s", flush=True)
+    rows = replica_rows(cfg)
+    for row in rows:
+        print(
+            f"replicas {row.name}: {row.replicas} x points-adjuster run on {row.store},"
+            f" {row.backlog:,} commands, {ACCOUNTS:,} accounts, {PARTITIONS} partitions",
+            flush=True,
+        )
+        try:
+            await run_replicas(rig, row, cfg)
+        except BenchError as exc:
+            row.problems.append(str(exc))
+            print(f"    failed: {exc}", flush=True)
+            continue
+        print(
+            f"    {row.per_s:,.1f}/s over {row.window_s:.1f} s (steady, after"
+            f" {fmt(row.stable_after_s)} s); service CPU ms/adj"
+            f" {' / '.join(fmt(v, 2) for v in row.cpu_ms_by_replica)}, store"
+            f" {fmt(row.store_cpu_ms, 2)}; box {fmt(row.machine_busy_pct, 0)} % busy",
+            flush=True,
+        )
+    return rows
+
+
+def print_replicas(rows: list[ReplicaRow]) -> None:
+    cores = os.cpu_count() or 1
+    print()
+    print("Replicas on one store: the steady rate")
+    header = (
+        f"{'row':<14}{'adjusted':>10}{'dups':>6}{'stable s':>9}{'window s':>9}{'adj/s':>8}"
+        f"{'vs 1':>6}{'box busy':>9}{'others':>8}{'1-loop bound/s':>16}{'box bound/s':>13}"
+    )
+    print(header)
+    print("-" * len(header))
+    single = {r.store: r for r in rows if r.replicas == 1 and not r.problems}
+    for r in rows:
+        if r.problems and not r.done:
+            print(f"{r.name:<14}  FAILED: {r.problems[0].splitlines()[0]}")
+            continue
+        ref = single.get(r.store)
+        versus = f"{r.per_s / ref.per_s:.2f}" if ref and ref.per_s > 0 else "-"
+        box = cores * 1000 / r.all_cpu_ms if r.all_cpu_ms > 0 else float("nan")
+        print(
+            f"{r.name:<14}{r.done:>9,}{'c' if r.capped else ' '}{r.duplicates:>6,}"
+            f"{fmt(r.stable_after_s):>9}{r.window_s:>9.1f}{r.per_s:>8,.0f}{versus:>6}"
+            f"{fmt(r.machine_busy_pct, 0) + ' %':>9}{fmt(r.others_pct, 0) + ' %':>8}"
+            f"{fmt(r.replica_bound_per_s, 0):>16}{fmt(box, 0):>13}"
+        )
+    print("-" * len(header))
+    print(
+        "adjusted: commands with their one original outcome (c: stopped at the cap); dups:"
+        " outcomes published again for commands re-delivered by the start-up rebalance (the"
+        " store answered DUPLICATE, no PAS call); stable s: from the first /readyz until every"
+        " replica held partitions; adj/s: original outcomes whose record timestamp falls in"
+        f" the window (from stable, and at least {SETTLE_S:g} s after ready, to the last"
+        " outcome) / its length; vs 1: against 1 replica on the same store; box busy: all"
+        f" {cores} cores over the window; others: the share of them used by processes this"
+        " run did not start; 1-loop bound: 1000 / the busiest replica's CPU ms per"
+        " adjustment, the rate at which one replica fills its one event-loop thread; box"
+        f" bound: {cores} cores / the sum below, if CPU alone limited the co-located processes."
+    )
+    print()
+    print("CPU per adjustment over the window (ms), by process")
+    header = (
+        f"{'row':<14}{'replica 1':>16}{'replica 2':>16}{'services':>9}{'store':>7}"
+        f"{'sandbox':>8}{'broker':>7}{'bench':>7}{'sum':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        if not r.done:
+            continue
+        each = [
+            f"{ms:.2f} ({n:,})"
+            for ms, n in zip(r.cpu_ms_by_replica, r.outcomes_by_replica, strict=True)
+        ] + ["-", "-"]
+        print(
+            f"{r.name:<14}{each[0]:>16}{each[1]:>16}{fmt(r.services_cpu_ms, 2):>9}"
+            f"{fmt(r.store_cpu_ms, 2):>7}{fmt(r.sandbox_cpu_ms, 2):>8}"
+            f"{fmt(r.broker_cpu_ms, 2):>7}{fmt(r.bench_cpu_ms, 2):>7}{fmt(r.all_cpu_ms, 2):>7}"
+        )
+    print("-" * len(header))
+    print(
+        "replica N: that service process's utime+stime over the adjustments its /metrics"
+        " counted in the window (in brackets); services: all of them over all adjustments;"
+        " store: the PostgreSQL server (its backends and reaped children included) or the"
+        " Redis server (SQLite runs inside the service); sandbox, broker, bench (this"
+        " process: metrics polling): the co-located rest. From the first ready, start-up"
+        " and rebalance included: "
+        + ", ".join(f"{r.name} {r.from_ready_per_s:,.0f}/s" for r in rows if r.done)
+        + "."
+    )
+
+
+# --- servers, facts, main ------------------------------------------------------------------
+
+
+def server_versions(servers: Servers) -> dict[str, str]:
+    versions: dict[str, str] = {}
+    if servers.postgres is not None:
+        versions["postgresql"] = servers.postgres.psql("SHOW server_version").strip()
+    if servers.redis is not None:
+        redis_server = shutil.which("redis-server") or "redis-server"
+        completed = subprocess.run(
+            [redis_server, "--version"], capture_output=True, text=True, check=False
+        )
+        versions["redis"] = completed.stdout.strip()
+    return versions
+
+
+@contextlib.contextmanager
+def local_servers(need_redis: bool) -> Iterator[Servers]:
+    with contextlib.ExitStack() as stack:
+        print("starting PostgreSQL" + (" and Redis" if need_redis else "") + "...", flush=True)
+        servers = Servers(postgres=stack.enter_context(LocalPostgres()))
+        if need_redis:
+            servers.redis = stack.enter_context(LocalRedis())
+        servers.versions = server_versions(servers)
+        yield servers
+
+
+@contextlib.contextmanager
+def local_broker() -> Iterator[tuple[str, int | None, str]]:
+    from pa_devkit.localinfra.kafka import LocalKafka
+
+    print("starting a local Kafka broker...", flush=True)
+    with LocalKafka(port=0) as kafka:
+        yield kafka.bootstrap_servers, kafka.pid, kafka.version
+
+
+def run(
+    cfg: Config, facts: dict[str, Any], workdir: Path
+) -> tuple[list[StoreRun], list[ReplicaRow]]:
+    store_runs: list[StoreRun] = []
+    rows: list[ReplicaRow] = []
+    children = Children()
+    replicas_on_redis = "replicas" in cfg.parts and any(r.startswith("redis-") for r in cfg.rows)
+    with local_servers(need_redis="stores" in cfg.parts or replicas_on_redis) as servers:
+        facts["servers"] = servers.versions
+        if "stores" in cfg.parts:
+            store_runs = run_stores(cfg, servers, workdir)
+            assert servers.redis is not None
+            if not replicas_on_redis:
+                servers.redis.stop()  # idle from here on
+        if "replicas" not in cfg.parts:
+            return store_runs, rows
+        with local_broker() as (bootstrap, broker_pid, kafka_version):
+            facts["kafka"] = kafka_version
+            try:
+                keyset = generate_dev_keyset(workdir / "keys")
+                sandbox = start_sandbox(
+                    children,
+                    keys_dir=keyset.directory,
+                    consumer_key=DEMO_CONSUMER_KEY,
+                    latency_ms=cfg.latency_ms,
+                    plain_responses=False,
+                    workdir=workdir,
+                )
+                rig = Rig(
+                    children,
+                    bootstrap,
+                    broker_pid,
+                    sandbox,
+                    keyset,
+                    AvroCodec.from_directory(),
+                    servers,
+                    workdir,
+                )
+                rows = asyncio.run(run_all_replicas(rig, cfg))
+            finally:
+                children.stop_all()  # before the broker goes
+    return store_runs, rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    raise_keyboard_interrupt_on_sigterm()
+    wall = time.monotonic()
+    facts: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "python": platform.python_version(),
+        "loadavg_at_start": os.getloadavg(),
+        "git": git_facts(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    print(
+        f"points-adjuster store benchmark: {', '.join(cfg.parts)}; {facts['cpus']} CPUs"
+        f" ({facts['cpu_model']}), python {facts['python']}, commit {facts['git']['commit']}"
+        f" + {len(facts['git']['service_changes'])} changed file(s) in service/",
+        flush=True,
+    )
+    idle = machine_busy_pct(1.0)
+    facts["machine_busy_pct_before"] = idle
+    if idle > 10:
+        print(
+            f"WARNING: the machine is already {idle:.0f} % busy before this run starts (other"
+            " processes): the figures below will be low",
+            flush=True,
+        )
+    workdir = Path(tempfile.mkdtemp(prefix="points-adjuster-bench-stores-", dir=cfg.workdir))
+    facts["workdir_filesystem"] = filesystem_of(workdir)
+    store_runs: list[StoreRun] = []
+    rows: list[ReplicaRow] = []
+    status = 0
+    try:
+        store_runs, rows = run(cfg, facts, workdir)
+    except KeyboardInterrupt:
+        print("\ninterrupted: every process this run started was stopped", file=sys.stderr)
+        status = 130
+    except BenchError as exc:
+        print(f"bench_stores: {exc}", file=sys.stderr)
+        status = 1
+    elapsed = time.monotonic() - wall
+    if store_runs:
+        print_stores(store_runs, cfg)
+    if rows:
+        print_replicas(rows)
+    for row in rows:
+        for note in row.notes:
+            print(f"  note {row.name}: {note}")
+        for problem in row.problems:
+            print(f"  PROBLEM {row.name}: {problem}", file=sys.stderr)
+            status = status or 1
+    if cfg.json_path is not None and (store_runs or rows):
+        write_json(cfg, facts, store_runs, rows, elapsed)
+    print(
+        f"\n{elapsed / 60:.1f} min in all; SQLite file on {facts['workdir_filesystem']}"
+        f" ({workdir.parent})"
+    )
+    if status != 0 or cfg.keep_workdir:
+        print(f"logs kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return status
+
+
+def write_json(
+    cfg: Config,
+    facts: dict[str, Any],
+    store_runs: list[StoreRun],
+    rows: list[ReplicaRow],
+    elapsed: float,
+) -> None:
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and math.isnan(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [clean(v) for v in value]
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    document = {
+        "machine": facts,
+        "config": asdict(cfg),
+        "stores": [{**asdict(r), "total_cpu_us": r.total_cpu_us} for r in store_runs],
+        "replicas": [
+            {**asdict(r), "replica_bound_per_s": r.replica_bound_per_s, "all_cpu_ms": r.all_cpu_ms}
+            for r in rows
+        ],
+        "elapsed_s": elapsed,
+    }
+    assert cfg.json_path is not None
+    cfg.json_path.parent.mkdir(parents=True, exist_ok=True)
+    cfg.json_path.write_text(json.dumps(clean(document), indent=2) + "\n")
+    print(f"figures written to {cfg.json_path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
