@@ -1,7 +1,9 @@
 """The server side of Mastercard's OAuth 1.0a variant: parsing and verifying the header.
 
 The PAS sandbox's gateway uses it; the product only signs (``service.security.oauth1``), and
-this module reuses its base string and body hash so both sides agree by construction.
+this module reuses its base string, body hash and signature paddings so both sides agree by
+construction. Both of Mastercard's signature methods verify (``RSA-SHA256`` and ``RSA-PSS``)
+unless the verifier is told to accept only some of them.
 """
 
 from __future__ import annotations
@@ -13,20 +15,22 @@ import hmac
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from service.security.errors import SecurityError
 from service.security.oauth1 import (
     OAUTH_VERSION,
-    SIGNATURE_METHOD,
+    SIGNATURE_METHODS,
+    SignatureMethod,
     body_hash,
     signature_base_string,
+    signature_padding,
 )
 
 DEFAULT_MAX_SKEW_SECONDS = 300
@@ -97,7 +101,8 @@ class OAuth1Verifier:
     ``url`` must be the URL as the client addressed it (scheme, the ``Host`` it sent, the raw
     path and query), not one rebuilt from a proxy's view: the signature covers it.
     Thread-safe; the nonce check runs only after the signature verified, so unsigned traffic
-    cannot fill the cache.
+    cannot fill the cache. ``signature_methods`` are the ``oauth_signature_method`` values
+    accepted (both of Mastercard's by default); any other is ``unsupported_signature_method``.
     """
 
     def __init__(
@@ -107,9 +112,16 @@ class OAuth1Verifier:
         clock: Callable[[], float] = time.time,
         max_skew_seconds: float = DEFAULT_MAX_SKEW_SECONDS,
         nonce_cache_size: int = DEFAULT_NONCE_CACHE_SIZE,
+        signature_methods: Collection[SignatureMethod] = SIGNATURE_METHODS,
     ) -> None:
         if nonce_cache_size < 1:
             raise ValueError("nonce_cache_size must be at least 1")
+        unknown = set(signature_methods) - set(SIGNATURE_METHODS)
+        if not signature_methods or unknown:
+            raise ValueError(f"signature_methods must be some of {', '.join(SIGNATURE_METHODS)}")
+        self._methods: tuple[SignatureMethod, ...] = tuple(
+            m for m in SIGNATURE_METHODS if m in signature_methods
+        )
         self._keys = public_key_by_consumer_key
         self._clock = clock
         self._skew = max_skew_seconds
@@ -126,8 +138,13 @@ class OAuth1Verifier:
         for name in _REQUIRED_PARAMS:
             if not params.get(name):
                 raise SignatureError("malformed_header", f"{name} is missing or empty")
-        if params["oauth_signature_method"] != SIGNATURE_METHOD:
-            raise SignatureError("unsupported_signature_method", f"expected {SIGNATURE_METHOD}")
+        signing_method = next(
+            (m for m in self._methods if m == params["oauth_signature_method"]), None
+        )
+        if signing_method is None:
+            raise SignatureError(
+                "unsupported_signature_method", f"expected {' or '.join(self._methods)}"
+            )
         if params["oauth_version"] != OAUTH_VERSION:
             raise SignatureError("unsupported_version", f"expected {OAUTH_VERSION}")
         consumer_key = params["oauth_consumer_key"]
@@ -159,7 +176,10 @@ class OAuth1Verifier:
             raise SignatureError("bad_signature", "the request URL cannot be normalized") from exc
         try:
             public_key.verify(
-                signature, base_string.encode("utf-8"), padding.PKCS1v15(), hashes.SHA256()
+                signature,
+                base_string.encode("utf-8"),
+                signature_padding(signing_method),
+                hashes.SHA256(),
             )
         except InvalidSignature as exc:
             raise SignatureError("bad_signature", "signature does not verify") from exc

@@ -11,6 +11,10 @@ sorted by name, then value.
 
 The body hash (``oauth_body_hash``) is the standard base64 SHA-256 of the exact body bytes, sent
 even for an empty body; encrypt first, then sign the bytes that go on the wire.
+
+Two signature methods sign that same base string with RSA and SHA-256: ``RSA-SHA256``
+(PKCS#1 v1.5, the default) and ``RSA-PSS`` (PSS with MGF1-SHA-256 and a 32-byte salt), as
+Mastercard's oauth1-signer libraries (1.9 and later for Python) offer them.
 """
 
 from __future__ import annotations
@@ -24,13 +28,18 @@ import secrets
 import string
 import time
 from collections.abc import Callable, Generator, Mapping
+from typing import Literal, get_args
 from urllib.parse import quote, unquote, unquote_plus, urlsplit
 
 import httpx
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-SIGNATURE_METHOD = "RSA-SHA256"
+SignatureMethod = Literal["RSA-SHA256", "RSA-PSS"]
+SIGNATURE_METHODS: tuple[SignatureMethod, ...] = get_args(SignatureMethod)
+DEFAULT_SIGNATURE_METHOD: SignatureMethod = "RSA-SHA256"
+PSS_SALT_LENGTH = 32
+"""Bytes of salt in an RSA-PSS signature, as Mastercard's signers use (the SHA-256 length)."""
 OAUTH_VERSION = "1.0"
 NONCE_LENGTH = 16
 
@@ -112,6 +121,19 @@ def _url_parts(url: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     return percent_encode(normalize_url(url)), tuple(query_pairs(url))
 
 
+def signature_padding(method: SignatureMethod) -> padding.AsymmetricPadding:
+    """The RSA padding of ``method`` (both hash with SHA-256); ``ValueError`` for another.
+
+    For RSA-PSS the salt length is fixed at 32 bytes on both sides: a verifier given this
+    padding refuses a PSS signature made with another salt length.
+    """
+    if method == "RSA-SHA256":
+        return padding.PKCS1v15()
+    if method == "RSA-PSS":
+        return padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=PSS_SALT_LENGTH)
+    raise ValueError(f"unknown signature method {method!r}")
+
+
 # --- the client ----------------------------------------------------------------------------
 
 
@@ -130,7 +152,8 @@ def make_nonce() -> str:
 class OAuth1Signer:
     """Builds the ``Authorization`` header value for one request.
 
-    ``clock`` (Unix seconds) and ``nonce`` are injected so signatures are reproducible in tests.
+    ``clock`` (Unix seconds) and ``nonce`` are injected so signatures are reproducible in tests
+    (an RSA-PSS signature stays random: its salt is).
     """
 
     def __init__(
@@ -138,18 +161,25 @@ class OAuth1Signer:
         consumer_key: str,
         private_key: rsa.RSAPrivateKey,
         *,
+        signature_method: SignatureMethod = DEFAULT_SIGNATURE_METHOD,
         clock: Callable[[], float] = time.time,
         nonce: Callable[[], str] = make_nonce,
     ) -> None:
         _check_header_safe("consumer_key", consumer_key)
         self._consumer_key = consumer_key
         self._private_key = private_key
+        self._method = signature_method
+        self._padding = signature_padding(signature_method)
         self._clock = clock
         self._nonce = nonce
 
     @property
     def consumer_key(self) -> str:
         return self._consumer_key
+
+    @property
+    def signature_method(self) -> SignatureMethod:
+        return self._method
 
     def oauth_params(self, method: str, url: str, body: bytes) -> dict[str, str]:
         """The seven ``oauth_*`` parameters, ``oauth_signature`` as plain base64."""
@@ -159,13 +189,13 @@ class OAuth1Signer:
             "oauth_consumer_key": self._consumer_key,
             "oauth_nonce": nonce,
             "oauth_timestamp": str(int(self._clock())),
-            "oauth_signature_method": SIGNATURE_METHOD,
+            "oauth_signature_method": self._method,
             "oauth_version": OAUTH_VERSION,
             "oauth_body_hash": body_hash(body),
         }
         base_string = signature_base_string(method, url, body, params)
         signature = self._private_key.sign(
-            base_string.encode("utf-8"), padding.PKCS1v15(), hashes.SHA256()
+            base_string.encode("utf-8"), self._padding, hashes.SHA256()
         )
         params["oauth_signature"] = base64.b64encode(signature).decode("ascii")
         return params

@@ -3,6 +3,12 @@
 Peers: ``mastercard-oauth1-signer`` (``oauth1``) and ``mastercard-client-encryption``
 (``client_encryption``). Where the peers deviate from the contract, a ``test_quirk_*`` test
 pins the deviation down, so a change in a new release of the peer is noticed.
+
+RSA-PSS: the signer offers it from 1.9 (``oauth1.oauth.SignatureMethod.RSA_PSS_SHA256``,
+``"RSA-PSS"``). It ships no verifier, and a PSS signature is randomized (its salt), so our
+PSS signatures cannot be compared with theirs byte for byte: they are checked against the
+padding the official signer itself hands to ``cryptography`` (captured from its
+``sign_message``), over the base string it builds; theirs go through our verifier.
 """
 
 from __future__ import annotations
@@ -19,16 +25,23 @@ from client_encryption.jwe_encryption import (  # type: ignore[import-untyped]
     encrypt_payload,
 )
 from client_encryption.jwe_encryption_config import JweEncryptionConfig  # type: ignore[import-untyped]
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from oauth1.authenticationutils import load_signing_key  # type: ignore[import-untyped]
-from oauth1.oauth import OAuth  # type: ignore[import-untyped]
+from oauth1.oauth import OAuth, SignatureMethod  # type: ignore[import-untyped]
+from oauth1.version import __version__ as oauth1_version  # type: ignore[import-untyped]
 
 from pa_devkit.keys import DevKeySet, generate_dev_keyset
-from pa_devkit.oauth1_verifier import OAuth1Verifier
+from pa_devkit.oauth1_verifier import OAuth1Verifier, parse_authorization_header
 from service.security.errors import DecryptionError
 from service.security.jwe import JweDecrypter, JweEncrypter
 from service.security.keys import kid_for_certificate, load_certificate, load_private_key
-from service.security.oauth1 import OAuth1Signer, body_hash, signature_base_string
+from service.security.oauth1 import (
+    OAuth1Signer,
+    body_hash,
+    signature_base_string,
+    signature_padding,
+)
 
 P12_PASSWORD = "interop-pass"
 CONSUMER_KEY = "Abc123-_Zz!0123456789abcdef0123456789abcdef"
@@ -77,12 +90,16 @@ def their_config(keyset: DevKeySet) -> Any:
     )
 
 
-def oauth_params(body: bytes) -> dict[str, str]:
+THEIRS = {"RSA-SHA256": SignatureMethod.RSA_SHA256, "RSA-PSS": SignatureMethod.RSA_PSS_SHA256}
+"""Our name of each signature method -> the official signer's enum member."""
+
+
+def oauth_params(body: bytes, method: str = "RSA-SHA256") -> dict[str, str]:
     return {
         "oauth_consumer_key": CONSUMER_KEY,
         "oauth_nonce": NONCE,
         "oauth_timestamp": str(TIMESTAMP),
-        "oauth_signature_method": "RSA-SHA256",
+        "oauth_signature_method": method,
         "oauth_version": "1.0",
         "oauth_body_hash": body_hash(body),
     }
@@ -133,19 +150,112 @@ def test_header_agrees_with_official_signer(
     assert ours == theirs
 
 
+@pytest.mark.parametrize("signing", ["RSA-SHA256", "RSA-PSS"])
 @pytest.mark.parametrize("url", URLS)
 @pytest.mark.parametrize(("method", "body"), [("POST", BODY), ("GET", b"")])
 def test_official_signer_header_verifies_with_our_verifier(
-    url: str, method: str, body: bytes, keyset: DevKeySet
+    url: str, method: str, body: bytes, keyset: DevKeySet, signing: str
 ) -> None:
-    """A header from the official signer (its own nonce and clock) passes ``OAuth1Verifier``."""
+    """A header from the official signer (its own nonce and clock), with either signature
+    method, passes ``OAuth1Verifier``."""
     their_key = load_signing_key(str(keyset.client_signing_p12), P12_PASSWORD)
-    header = OAuth.get_authorization_header(url, method, body, CONSUMER_KEY, their_key)
+    header = OAuth.get_authorization_header(
+        url, method, body, CONSUMER_KEY, their_key, signature_method=THEIRS[signing]
+    )
+    assert f'oauth_signature_method="{signing}"' in header
     client_cert = load_certificate(keyset.client_signing_certificate)
     public_key = client_cert.public_key()
     assert isinstance(public_key, rsa.RSAPublicKey)
     verifier = OAuth1Verifier({CONSUMER_KEY: public_key}, clock=time.time)
     assert verifier.verify(method, url, {"Authorization": header}, body) == CONSUMER_KEY
+
+
+# --- RSA-PSS -------------------------------------------------------------------------------
+
+
+class RecordingKey:
+    """Wraps a private key: records what the official signer passes to ``sign``."""
+
+    def __init__(self, key: rsa.RSAPrivateKey) -> None:
+        self.key = key
+        self.calls: list[tuple[bytes, Any, Any]] = []
+
+    def sign(self, data: bytes, pad: Any, algorithm: Any) -> bytes:
+        self.calls.append((data, pad, algorithm))
+        return self.key.sign(data, pad, algorithm)
+
+
+def test_the_official_signer_here_offers_rsa_pss() -> None:
+    """The installed mastercard-oauth1-signer (1.9 or later) has RSA-PSS, named as we send it."""
+    major, minor = (int(part) for part in oauth1_version.split(".")[:2])
+    assert (major, minor) >= (1, 9)
+    assert SignatureMethod.RSA_PSS_SHA256.value == "RSA-PSS"
+    assert {member.value for member in SignatureMethod} == set(THEIRS)
+
+
+def test_official_pss_padding_is_what_we_sign_and_verify_with(
+    signing_key: rsa.RSAPrivateKey,
+) -> None:
+    """The official signer signs RSA-PSS with MGF1-SHA-256 and a 32-byte salt, hashing with
+    SHA-256: the padding ``signature_padding("RSA-PSS")`` gives our signer and verifier."""
+    recording = RecordingKey(signing_key)
+    OAuth.sign_message("base", recording, signature_method=SignatureMethod.RSA_PSS_SHA256)
+    [(data, pad, algorithm)] = recording.calls
+    ours = signature_padding("RSA-PSS")
+    assert data == b"base"
+    assert isinstance(algorithm, hashes.SHA256)
+    assert isinstance(pad, padding.PSS)
+    assert isinstance(ours, padding.PSS)
+    assert pad._salt_length == ours._salt_length == 32
+    assert isinstance(pad.mgf, padding.MGF1)
+    assert isinstance(ours.mgf, padding.MGF1)
+    assert isinstance(pad.mgf._algorithm, hashes.SHA256)
+    assert isinstance(ours.mgf._algorithm, hashes.SHA256)
+
+
+@pytest.mark.parametrize("url", URLS)
+@pytest.mark.parametrize(("method", "body"), [("POST", BODY), ("GET", b"")])
+def test_pss_base_string_agrees_with_official_signer(url: str, method: str, body: bytes) -> None:
+    """With oauth_signature_method RSA-PSS our base string equals the official signer's."""
+    params = oauth_params(body, "RSA-PSS")
+    assert signature_base_string(method, url, body, params) == OAuth.get_base_string(
+        url, method, dict(params)
+    )
+
+
+@pytest.mark.parametrize("url", URLS)
+def test_our_pss_header_matches_theirs_and_both_signatures_verify_their_way(
+    url: str, keyset: DevKeySet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With their nonce and clock pinned, our RSA-PSS header equals theirs but for the
+    signature (PSS is randomized); each signature verifies over their base string with the
+    padding their signer uses, and ours also passes our verifier."""
+    monkeypatch.setattr(oauth1.coreutils, "get_nonce", lambda length=16: NONCE)
+    monkeypatch.setattr(oauth1.coreutils, "get_timestamp", lambda: TIMESTAMP)
+    their_key = load_signing_key(str(keyset.client_signing_p12), P12_PASSWORD)
+    recording = RecordingKey(their_key)
+    theirs = OAuth.get_authorization_header(
+        url, "POST", BODY, CONSUMER_KEY, recording, signature_method=SignatureMethod.RSA_PSS_SHA256
+    )
+    [(their_base, their_padding, _)] = recording.calls
+    ours = OAuth1Signer(
+        CONSUMER_KEY,
+        load_private_key(keyset.client_signing_p12, password=P12_PASSWORD),
+        signature_method="RSA-PSS",
+        clock=lambda: TIMESTAMP,
+        nonce=lambda: NONCE,
+    ).authorization_header("POST", url, BODY)
+
+    def without_signature(header: str) -> list[str]:
+        return [part for part in header.split(",") if not part.startswith("oauth_signature=")]
+
+    assert without_signature(ours) == without_signature(theirs)
+    public_key = their_key.public_key()
+    for header in (ours, theirs):
+        signature = base64.b64decode(parse_authorization_header(header)["oauth_signature"])
+        public_key.verify(signature, their_base, their_padding, hashes.SHA256())
+    verifier = OAuth1Verifier({CONSUMER_KEY: public_key}, clock=lambda: TIMESTAMP)
+    assert verifier.verify("POST", url, {"Authorization": ours}, BODY) == CONSUMER_KEY
 
 
 def test_quirk_official_signer_sorts_joined_pairs_not_names() -> None:

@@ -8,6 +8,7 @@ sandbox must accept what they send, and their library must decrypt what the sand
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,11 +20,19 @@ from client_encryption.jwe_encryption import (  # type: ignore[import-untyped]
 )
 from client_encryption.jwe_encryption_config import JweEncryptionConfig  # type: ignore[import-untyped]
 from oauth1.authenticationutils import load_signing_key  # type: ignore[import-untyped]
-from oauth1.oauth import OAuth  # type: ignore[import-untyped]
+from oauth1.oauth import OAuth, SignatureMethod  # type: ignore[import-untyped]
 
 from pa_devkit.keys import DevKeySet, generate_dev_keyset
-from pa_devkit.sandbox import RunningSandbox, SandboxConfig, SandboxSecurity, run_sandbox
+from pa_devkit.sandbox import (
+    RunningSandbox,
+    SandboxConfig,
+    SandboxSecurity,
+    SandboxTls,
+    run_sandbox,
+)
+from pa_devkit.tls import generate_dev_tls
 from service.security.jwe import ENCRYPTED_FIELDS
+from service.security.oauth1 import SignatureMethod as OurSignatureMethod
 
 P12_PASSWORD = "peer-pass"
 CONSUMER_KEY = "Abc123-_Zz!0123456789abcdef0123456789abcdef"
@@ -142,3 +151,52 @@ async def test_official_library_jwe_with_a_zeroed_tag_is_refused(
     assert response.status_code == 400
     assert response.json()["Errors"]["Error"][0]["ReasonCode"] == "DECRYPTION_FAILED"
     assert len(sandbox.ledger) == 0
+
+
+THEIR_METHODS = {
+    "RSA-SHA256": SignatureMethod.RSA_SHA256,
+    "RSA-PSS": SignatureMethod.RSA_PSS_SHA256,
+}
+
+
+@pytest.mark.parametrize("required", ["RSA-SHA256", "RSA-PSS"])
+async def test_a_sandbox_requiring_one_method_takes_the_official_signer_in_it_alone(
+    keyset: DevKeySet,
+    their_signing_key: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+    required: OurSignatureMethod,
+) -> None:
+    """A sandbox over https that requires one signature method applies an adjustment the
+    official libraries encrypt and sign with that method, and answers the other with the
+    gateway's 401 DECLINED, applying nothing."""
+    tls = generate_dev_tls(tmp_path_factory.mktemp("peer-tls"))
+    security = SandboxSecurity.from_keyset(keyset, CONSUMER_KEY, signature_methods=[required])
+    config = SandboxConfig(
+        port=0,
+        path_prefix=PREFIX,
+        security=security,
+        tls=SandboxTls(tls.server_certificate, tls.server_key),
+    )
+    statuses: dict[str, int] = {}
+    async with run_sandbox(config) as sandbox:
+        url = sandbox.adjustments_url
+        assert url.startswith("https://")
+        verify = ssl.create_default_context(cafile=tls.ca_certificate)
+        async with httpx.AsyncClient(timeout=10, verify=verify) as http:
+            for name, method in THEIR_METHODS.items():
+                config_ = their_client_config(keyset, "encryptedValue")
+                body = json.dumps(encrypt_payload(PAYLOAD, config_)).encode()
+                authorization = OAuth.get_authorization_header(
+                    url, "POST", body, CONSUMER_KEY, their_signing_key, signature_method=method
+                )
+                response = await http.post(
+                    url, content=body, headers={"Authorization": authorization}
+                )
+                statuses[name] = response.status_code
+                if response.status_code == 401:
+                    error = response.json()["Errors"]["Error"][0]
+                    assert (error["Source"], error["ReasonCode"]) == ("Gateway", "DECLINED")
+        applied = len(sandbox.ledger)
+    other = next(name for name in THEIR_METHODS if name != required)
+    assert statuses == {required: 200, other: 401}
+    assert applied == 1

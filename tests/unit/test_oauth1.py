@@ -9,14 +9,22 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from pa_devkit.keys import generate_rsa_key
-from pa_devkit.oauth1_verifier import OAuth1Verifier, SignatureError, parse_authorization_header
+from pa_devkit.oauth1_verifier import (
+    DEFAULT_NONCE_CACHE_SIZE,
+    OAuth1Verifier,
+    SignatureError,
+    parse_authorization_header,
+)
 from service.security.oauth1 import (
+    PSS_SALT_LENGTH,
     MastercardOAuth1Auth,
     OAuth1Signer,
+    SignatureMethod,
     body_hash,
     make_nonce,
     signature_base_string,
@@ -73,8 +81,12 @@ def make_signer(
     return OAuth1Signer(consumer_key, key, clock=lambda: at, nonce=counting_nonces())
 
 
-def make_verifier(key: rsa.RSAPrivateKey, clock: Clock, **kwargs: int) -> OAuth1Verifier:
-    return OAuth1Verifier({CONSUMER_KEY: key.public_key()}, clock=clock, **kwargs)
+def make_verifier(
+    key: rsa.RSAPrivateKey, clock: Clock, *, nonce_cache_size: int = DEFAULT_NONCE_CACHE_SIZE
+) -> OAuth1Verifier:
+    return OAuth1Verifier(
+        {CONSUMER_KEY: key.public_key()}, clock=clock, nonce_cache_size=nonce_cache_size
+    )
 
 
 def signed_headers(signer: OAuth1Signer, body: bytes = BODY, url: str = PAS_URL) -> dict[str, str]:
@@ -323,8 +335,10 @@ def test_verifier_rejects_missing_header(key: rsa.RSAPrivateKey) -> None:
 @pytest.mark.parametrize(
     ("param", "value", "reason"),
     [
-        ("oauth_signature_method", "RSA-PSS", "unsupported_signature_method"),
+        ("oauth_signature_method", "RSA-PSS", "bad_signature"),
         ("oauth_signature_method", "HMAC-SHA1", "unsupported_signature_method"),
+        ("oauth_signature_method", "rsa-sha256", "unsupported_signature_method"),
+        ("oauth_signature_method", "RSA-SHA512", "unsupported_signature_method"),
         ("oauth_version", "2.0", "unsupported_version"),
         ("oauth_timestamp", "17e8", "malformed_header"),
         ("oauth_nonce", "", "malformed_header"),
@@ -334,7 +348,8 @@ def test_verifier_rejects_missing_header(key: rsa.RSAPrivateKey) -> None:
 def test_verifier_rejects_bad_parameters(
     key: rsa.RSAPrivateKey, param: str, value: str, reason: str
 ) -> None:
-    """Wrong method or version, a non-integer timestamp, an empty nonce each have their reason."""
+    """Wrong method or version, a non-integer timestamp, an empty nonce each have their reason;
+    the other known method on a signature made with the first does not verify."""
     params = parse_authorization_header(
         make_signer(key).authorization_header("POST", PAS_URL, BODY)
     )
@@ -344,6 +359,113 @@ def test_verifier_rejects_bad_parameters(
     assert reason_of(lambda: verifier.verify("POST", PAS_URL, {"Authorization": header}, BODY)) == (
         reason
     )
+
+
+# --- RSA-PSS -------------------------------------------------------------------------------
+
+
+def pss_signer(key: rsa.RSAPrivateKey, nonce: str = NONCE) -> OAuth1Signer:
+    return OAuth1Signer(
+        CONSUMER_KEY, key, signature_method="RSA-PSS", clock=lambda: T0, nonce=lambda: nonce
+    )
+
+
+def test_pss_signature_is_pss_sha256_salt_32_over_the_same_base_string(
+    key: rsa.RSAPrivateKey,
+) -> None:
+    """With RSA-PSS the header names the method, and the signature verifies as PSS with
+    SHA-256, MGF1-SHA-256 and exactly 32 bytes of salt over the base string that names it
+    (a verifier that demands another salt length refuses it)."""
+    params = pss_signer(key).oauth_params("POST", URL, BODY)
+    assert params["oauth_signature_method"] == "RSA-PSS"
+    base = signature_base_string("POST", URL, BODY, params).encode()
+    assert b"oauth_signature_method%3DRSA-PSS" in base
+    signature = base64.b64decode(params["oauth_signature"])
+    mgf = padding.MGF1(hashes.SHA256())
+    assert PSS_SALT_LENGTH == 32
+    key.public_key().verify(signature, base, padding.PSS(mgf, 32), hashes.SHA256())
+    with pytest.raises(InvalidSignature):
+        key.public_key().verify(signature, base, padding.PSS(mgf, 20), hashes.SHA256())
+    with pytest.raises(InvalidSignature):
+        key.public_key().verify(signature, base, padding.PKCS1v15(), hashes.SHA256())
+
+
+def test_pss_signatures_are_randomized_but_the_rest_of_the_header_is_not(
+    key: rsa.RSAPrivateKey,
+) -> None:
+    """Two PSS signatures of the same request differ (the salt is random); every other
+    parameter is the same, as with RSA-SHA256."""
+    first = parse_authorization_header(pss_signer(key).authorization_header("POST", URL, BODY))
+    second = parse_authorization_header(pss_signer(key).authorization_header("POST", URL, BODY))
+    assert first.pop("oauth_signature") != second.pop("oauth_signature")
+    assert first == second
+
+
+@pytest.mark.parametrize("method", ["RSA-SHA256", "RSA-PSS"])
+def test_verifier_accepts_both_methods_by_default(
+    key: rsa.RSAPrivateKey, method: SignatureMethod
+) -> None:
+    """The sandbox's verifier accepts either of Mastercard's signature methods."""
+    signer = OAuth1Signer(
+        CONSUMER_KEY, key, signature_method=method, clock=lambda: T0, nonce=lambda: NONCE
+    )
+    verifier = make_verifier(key, Clock(T0))
+    assert verifier.verify("POST", PAS_URL, signed_headers(signer), BODY) == CONSUMER_KEY
+
+
+def test_verifier_told_one_method_refuses_the_other(key: rsa.RSAPrivateKey) -> None:
+    """A verifier configured for RSA-PSS only refuses an RSA-SHA256 request (and the other
+    way round) as unsupported_signature_method, naming what it expects."""
+    pss_only = OAuth1Verifier(
+        {CONSUMER_KEY: key.public_key()}, clock=Clock(T0), signature_methods=["RSA-PSS"]
+    )
+    with pytest.raises(SignatureError) as refused:
+        pss_only.verify("POST", PAS_URL, signed_headers(make_signer(key)), BODY)
+    assert (refused.value.reason, refused.value.detail) == (
+        "unsupported_signature_method",
+        "expected RSA-PSS",
+    )
+    assert pss_only.verify("POST", PAS_URL, signed_headers(pss_signer(key)), BODY) == CONSUMER_KEY
+    v15_only = OAuth1Verifier(
+        {CONSUMER_KEY: key.public_key()}, clock=Clock(T0), signature_methods=["RSA-SHA256"]
+    )
+    headers = signed_headers(pss_signer(key, nonce="another-nonce-16"))
+    assert reason_of(lambda: v15_only.verify("POST", PAS_URL, headers, BODY)) == (
+        "unsupported_signature_method"
+    )
+
+
+def test_verifier_refuses_a_pss_signature_with_another_salt_length(
+    key: rsa.RSAPrivateKey,
+) -> None:
+    """A PSS signature with the maximum salt length (what some generic signers use) over the
+    right base string is a bad_signature: the gateway's salt length is 32."""
+    params = pss_signer(key).oauth_params("POST", PAS_URL, BODY)
+    base = signature_base_string("POST", PAS_URL, BODY, params).encode()
+    long_salt = padding.PSS(padding.MGF1(hashes.SHA256()), padding.PSS.MAX_LENGTH)
+    params["oauth_signature"] = quote(
+        base64.b64encode(key.sign(base, long_salt, hashes.SHA256())).decode(), safe=""
+    )
+    header = "OAuth " + ",".join(f'{k}="{v}"' for k, v in params.items())
+    verifier = make_verifier(key, Clock(T0))
+    assert reason_of(lambda: verifier.verify("POST", PAS_URL, {"Authorization": header}, BODY)) == (
+        "bad_signature"
+    )
+
+
+@pytest.mark.parametrize("methods", [[], ["HMAC-SHA1"], ["RSA-PSS", "PLAINTEXT"]])
+def test_verifier_refuses_to_be_built_with_unknown_methods(
+    key: rsa.RSAPrivateKey, methods: list[str]
+) -> None:
+    """Only Mastercard's two methods can be configured, and at least one."""
+    with pytest.raises(ValueError, match="signature_methods must be some of"):
+        OAuth1Verifier({CONSUMER_KEY: key.public_key()}, signature_methods=methods)  # type: ignore[arg-type]
+
+
+def test_signer_refuses_an_unknown_method(key: rsa.RSAPrivateKey) -> None:
+    """A signature method the gateway does not know is refused when the signer is built."""
+    with pytest.raises(ValueError, match="unknown signature method"):
+        OAuth1Signer(CONSUMER_KEY, key, signature_method="HMAC-SHA1")  # type: ignore[arg-type]
 
 
 # --- httpx ---------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""A local HTTP sandbox of Mastercard's Points Activity Service (PAS).
+"""A local HTTP(S) sandbox of Mastercard's Points Activity Service (PAS).
 
 It implements the contract in ``docs/pas.md`` for tests, the demo and benchmarks:
 ``run_sandbox`` serves it on a real socket, ``serve_forever`` runs it for the CLI, and the
@@ -6,15 +6,15 @@ It implements the contract in ``docs/pas.md`` for tests, the demo and benchmarks
 fault injection as a remote control.
 
 Modules: ``app`` (routes and request steps, running it), ``codec`` (plain and JWE bodies),
-``gateway`` (the OAuth 1.0a check), ``security`` (loading the key material), ``faults``
-(the fault configuration), ``injector`` and ``ratelimit`` (carrying it out), ``admin``
-(the ``/_sandbox/`` routes), ``cli_args`` (the ``sandbox`` command's flags), ``config``,
-``envelope``, ``ledger`` and ``validation``.
+``gateway`` (the OAuth 1.0a check), ``security`` (loading the key material), ``tls`` (the
+https server context), ``faults`` (the fault configuration), ``injector`` and ``ratelimit``
+(carrying it out), ``admin`` (the ``/_sandbox/`` routes), ``cli_args`` (the ``sandbox``
+command's flags), ``config``, ``envelope``, ``ledger`` and ``validation``.
 """
 
 from pa_devkit.sandbox.app import RunningSandbox, build_app, run_sandbox, serve_forever
 from pa_devkit.sandbox.codec import DecodedBody, JweCodec, PlainCodec, RequestCodec
-from pa_devkit.sandbox.config import SandboxConfig, SandboxSecurity
+from pa_devkit.sandbox.config import SandboxConfig, SandboxSecurity, SandboxTls
 from pa_devkit.sandbox.envelope import ApiError, ErrorItem, ReasonCode
 from pa_devkit.sandbox.faults import (
     ApplyThenDropFault,
@@ -67,6 +67,7 @@ __all__ = [
     "RunningSandbox",
     "SandboxConfig",
     "SandboxSecurity",
+    "SandboxTls",
     "UniformLatency",
     "ValidationRules",
     "build_app",

@@ -58,6 +58,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import ssl
 import struct
 import time
 import uuid
@@ -86,6 +87,7 @@ from pa_devkit.sandbox.gateway import AllowAllGateway, GatewayAuth, GatewayReque
 from pa_devkit.sandbox.injector import FateKind, FaultInjector, hang_timeout, injected_error
 from pa_devkit.sandbox.ledger import Clock, Ledger, utc_now
 from pa_devkit.sandbox.security import load_security_material, secured_hooks
+from pa_devkit.sandbox.tls import server_ssl_context
 from pa_devkit.sandbox.validation import (
     BANK_ACCOUNT_NUMBER,
     FieldError,
@@ -375,7 +377,8 @@ class RunningSandbox:
     """A sandbox listening on a real socket."""
 
     base_url: str
-    """``http://host:port``, without the path prefix or a trailing slash."""
+    """``http://host:port`` (``https://`` when it serves TLS), without the path prefix or a
+    trailing slash."""
     config: SandboxConfig
     ledger: Ledger
     app: web.Application
@@ -410,23 +413,29 @@ async def run_sandbox(
     codec: RequestCodec | None = None,
     gateway: GatewayAuth | None = None,
     monotonic: Callable[[], float] = time.monotonic,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[RunningSandbox]:
     """Serve the sandbox on ``config.host:config.port`` for the block's duration.
 
     With ``port=0`` the OS picks a free port; ``base_url`` tells which. On exit the socket
-    closes and in-flight requests get a few seconds to finish.
+    closes and in-flight requests get a few seconds to finish. It serves https when
+    ``config.tls`` is set, or with ``ssl_context`` (which wins: a test's own server context,
+    such as one that speaks only an old TLS version).
     """
     app = build_app(
         config, clock=clock, sleep=sleep, codec=codec, gateway=gateway, monotonic=monotonic
     )
+    if ssl_context is None and config.tls is not None:
+        ssl_context = server_ssl_context(config.tls)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.host, config.port)
+        site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context)
         await site.start()
         port = int(runner.addresses[0][1])
         host = f"[{config.host}]" if ":" in config.host else config.host
-        yield RunningSandbox(f"http://{host}:{port}", config, app[LEDGER_KEY], app)
+        scheme = "http" if ssl_context is None else "https"
+        yield RunningSandbox(f"{scheme}://{host}:{port}", config, app[LEDGER_KEY], app)
     finally:
         await runner.cleanup()
 
@@ -460,6 +469,8 @@ async def serve_forever(
                 latency_ms=config.latency_ms,
                 security="off" if security is None else "oauth1+jwe",
                 consumer_keys=None if security is None else sorted(security.clients),
+                signature_methods=None if security is None else sorted(security.signature_methods),
+                tls=_tls_mode(config),
                 encrypted_responses=(
                     None if security is None else security.client_encryption_certificate is not None
                 ),
@@ -476,6 +487,12 @@ async def serve_forever(
 
 
 # --- helpers ------------------------------------------------------------------------------
+
+
+def _tls_mode(config: SandboxConfig) -> str:
+    if config.tls is None:
+        return "off"
+    return "on" if config.tls.client_ca is None else "mutual"
 
 
 def _abort_connection(request: web.Request, *, reset: bool) -> None:

@@ -11,10 +11,12 @@ import argparse
 from pathlib import Path
 
 from pa_devkit.keys import DevKeySet
-from pa_devkit.sandbox.config import SandboxConfig, SandboxSecurity
+from pa_devkit.sandbox.config import SandboxConfig, SandboxSecurity, SandboxTls
 from pa_devkit.sandbox.faults import FaultConfig, FaultConfigError
 from pa_devkit.sandbox.security import load_security_material
+from pa_devkit.sandbox.tls import server_ssl_context
 from service.security.errors import SecurityError
+from service.security.oauth1 import SIGNATURE_METHODS
 
 DEFAULT_PORT = 8081
 DEFAULT_CONSUMER_KEY = "points-adjuster-dev"
@@ -67,6 +69,34 @@ def add_sandbox_arguments(parser: argparse.ArgumentParser) -> None:
         "(default %(default)s; with --keys-dir)",
     )
     parser.add_argument(
+        "--signature-method",
+        action="append",
+        choices=SIGNATURE_METHODS,
+        default=None,
+        dest="signature_methods",
+        metavar="METHOD",
+        help="accept only this oauth_signature_method, RSA-SHA256 or RSA-PSS (repeatable; "
+        "default both; with --keys-dir)",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=None,
+        metavar="FILE.pem",
+        help="serve https with this certificate (PEM, chain after it); needs --tls-key",
+    )
+    parser.add_argument(
+        "--tls-key", type=Path, default=None, metavar="FILE.pem", help="its private key (PEM)"
+    )
+    parser.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        default=None,
+        metavar="FILE.pem",
+        help="mutual TLS: require a client certificate issued by one of these CAs (with "
+        "--tls-cert)",
+    )
+    parser.add_argument(
         "--plain-responses",
         action="store_true",
         help="answer 200s in plain JSON instead of encrypting them to the client's "
@@ -93,14 +123,18 @@ def config_from_arguments(args: argparse.Namespace) -> SandboxConfig:
     keys_dir: Path | None = args.keys_dir
     if keys_dir is None and args.plain_responses:
         raise ValueError("--plain-responses needs --keys-dir (without it no answer is encrypted)")
+    if keys_dir is None and args.signature_methods:
+        raise ValueError("--signature-method needs --keys-dir (without it nothing is verified)")
     security = None
     if keys_dir is not None:
         security = SandboxSecurity.from_keyset(
             dev_keyset_in(keys_dir),
             args.consumer_key,
             encrypt_responses=not args.plain_responses,
+            signature_methods=args.signature_methods or SIGNATURE_METHODS,
         )
         _check_security(keys_dir, security)
+    tls = _tls_from_arguments(args)
     faults = FaultConfig() if args.faults is None else read_faults_file(args.faults)
     return SandboxConfig(
         host=args.host,
@@ -109,8 +143,28 @@ def config_from_arguments(args: argparse.Namespace) -> SandboxConfig:
         unknown_accounts=frozenset(args.unknown_account),
         path_prefix=args.path_prefix,
         security=security,
+        tls=tls,
         faults=faults,
     )
+
+
+def _tls_from_arguments(args: argparse.Namespace) -> SandboxTls | None:
+    """The ``--tls-*`` flags as a :class:`SandboxTls`, its files checked now."""
+    cert: Path | None = args.tls_cert
+    key: Path | None = args.tls_key
+    client_ca: Path | None = args.tls_client_ca
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if cert is None or key is None:
+        raise ValueError("--tls-cert and --tls-key go together")
+    tls = SandboxTls(cert, key, client_ca)
+    try:
+        server_ssl_context(tls)
+    except ValueError as exc:
+        raise ValueError(f"--tls-cert/--tls-key/--tls-client-ca: {exc}") from exc
+    return tls
 
 
 def dev_keyset_in(directory: Path) -> DevKeySet:

@@ -2,20 +2,22 @@
 
 Every choice the contract marks [ours] (limits, allowed type codes, the path prefix) is a
 field here, so tests and the demo can tighten or loosen the sandbox without code changes.
-:class:`SandboxSecurity` turns on the gateway's OAuth 1.0a check and JWE bodies; the
+:class:`SandboxSecurity` turns on the gateway's OAuth 1.0a check and JWE bodies,
+:class:`SandboxTls` serves https (and can require a client certificate); the
 fault-injection settings live in :mod:`pa_devkit.sandbox.faults`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
 from pa_devkit.keys import DevKeySet
 from pa_devkit.sandbox.faults import FaultConfig
+from service.security.oauth1 import SIGNATURE_METHODS, SignatureMethod
 
 DEFAULT_MAX_POINTS = 1_000_000
 DEFAULT_TYPE_CODES: frozenset[str] = frozenset({"GOODWILL", "CORRECTION", "PROMO", "REVERSAL"})
@@ -43,6 +45,8 @@ class SandboxSecurity:
         client_encryption_certificate: when set, 200 answers are encrypted to it; else
             they are plain JSON.
         max_skew_seconds: how far ``oauth_timestamp`` may be from the sandbox's clock.
+        signature_methods: the ``oauth_signature_method`` values the gateway accepts; both
+            of Mastercard's (``RSA-SHA256``, ``RSA-PSS``) by default.
     """
 
     clients: Mapping[str, Path]
@@ -50,6 +54,7 @@ class SandboxSecurity:
     pas_encryption_certificate: Path
     client_encryption_certificate: Path | None = None
     max_skew_seconds: int = DEFAULT_MAX_SKEW_SECONDS
+    signature_methods: Collection[SignatureMethod] = frozenset(SIGNATURE_METHODS)
 
     def __post_init__(self) -> None:
         if not self.clients:
@@ -61,10 +66,22 @@ class SandboxSecurity:
         )
         if self.max_skew_seconds < 1:
             raise ValueError(f"max_skew_seconds must be at least 1, got {self.max_skew_seconds}")
+        methods = frozenset(self.signature_methods)
+        if not methods or not methods <= frozenset(SIGNATURE_METHODS):
+            raise ValueError(
+                f"signature_methods must be some of {', '.join(SIGNATURE_METHODS)},"
+                f" got {sorted(methods)}"
+            )
+        object.__setattr__(self, "signature_methods", methods)
 
     @classmethod
     def from_keyset(
-        cls, keyset: DevKeySet, consumer_key: str, *, encrypt_responses: bool = True
+        cls,
+        keyset: DevKeySet,
+        consumer_key: str,
+        *,
+        encrypt_responses: bool = True,
+        signature_methods: Collection[SignatureMethod] = SIGNATURE_METHODS,
     ) -> SandboxSecurity:
         """The sandbox side of a dev key set from ``generate_dev_keyset``.
 
@@ -78,7 +95,25 @@ class SandboxSecurity:
             client_encryption_certificate=(
                 keyset.client_decryption_certificate if encrypt_responses else None
             ),
+            signature_methods=signature_methods,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxTls:
+    """https for the sandbox: TLS 1.2 or later, with these PEM files (read at start-up).
+
+    Attributes:
+        certificate: the server certificate (its chain after it), for the host names the
+            clients use.
+        key: its private key (not encrypted).
+        client_ca: when set, every client must present a certificate issued by one of
+            these CAs (mutual TLS); a client without one is refused in the handshake.
+    """
+
+    certificate: Path
+    key: Path
+    client_ca: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +135,8 @@ class SandboxConfig:
             slash). The admin routes under ``/_sandbox/`` are never prefixed.
         security: OAuth 1.0a and JWE as PAS requires them; ``None`` is plain mode (no
             signature, plain JSON bodies).
+        tls: serve https (and maybe require client certificates); ``None`` serves plain
+            http, which the service accepts only with ``PA_PAS__ALLOW_PLAIN_HTTP=true``.
         faults: the faults injected at start-up (replaceable at run time through
             ``/_sandbox/faults``); none by default.
     """
@@ -113,6 +150,7 @@ class SandboxConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     path_prefix: str = ""
     security: SandboxSecurity | None = None
+    tls: SandboxTls | None = None
     faults: FaultConfig = field(default_factory=FaultConfig)
 
     def __post_init__(self) -> None:

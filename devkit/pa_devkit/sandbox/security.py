@@ -11,7 +11,7 @@ Errors are the :mod:`service.security.errors` ones (``KeyLoadError`` names the f
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -29,6 +29,7 @@ from service.security.keys import (
     load_certificate,
     load_private_key,
 )
+from service.security.oauth1 import SignatureMethod
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,7 @@ class SecurityMaterial:
     pas_kid: str
     client_encryption_certificate: x509.Certificate | None
     max_skew_seconds: int
+    signature_methods: Collection[SignatureMethod]
 
 
 def load_security_material(security: SandboxSecurity) -> SecurityMaterial:
@@ -64,6 +66,7 @@ def load_security_material(security: SandboxSecurity) -> SecurityMaterial:
         pas_kid=kid_for_certificate(pas_certificate),
         client_encryption_certificate=client_certificate,
         max_skew_seconds=security.max_skew_seconds,
+        signature_methods=security.signature_methods,
     )
 
 
@@ -78,6 +81,9 @@ def secured_hooks(
     certificate = material.client_encryption_certificate
     encrypter = None if certificate is None else JweEncrypter(certificate)
     verifier = OAuth1Verifier(
-        material.client_signing_keys, clock=clock, max_skew_seconds=material.max_skew_seconds
+        material.client_signing_keys,
+        clock=clock,
+        max_skew_seconds=material.max_skew_seconds,
+        signature_methods=material.signature_methods,
     )
     return JweCodec(decrypter, encrypter), OAuth1Gateway(verifier, logger=logger)
