@@ -71,7 +71,8 @@ def limits(settings: PasSettings) -> httpx.Limits:
 
 @asynccontextmanager
 async def httpx_default(settings: PasSettings) -> AsyncIterator[httpx.AsyncClient]:
-    """Exactly what ``service.pas.client.open_http_client`` builds."""
+    """What ``service.pas.client.open_http_client`` builds on httpx's own transport (its TLS
+    context plays no part: the benchmark's sandbox speaks plain HTTP)."""
     async with httpx.AsyncClient(
         timeout=http_timeout(settings), limits=limits(settings), follow_redirects=False
     ) as client:
@@ -125,6 +126,7 @@ class Figures:
 def pas_settings(base_url: str, keyset: DevKeySet, max_connections: int) -> PasSettings:
     return PasSettings(
         base_url=base_url,
+        allow_plain_http=True,  # the local sandbox: the figures are of plain HTTP
         consumer_key=SecretStr(CONSUMER_KEY),
         signing_key_path=keyset.client_signing_p12,
         signing_key_password=SecretStr(DEV_P12_PASSWORD),

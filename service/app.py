@@ -40,13 +40,20 @@ from service.kafka.publisher import OutcomePublisher
 from service.kafka.runner import CommandRunner
 from service.metrics import Metrics
 from service.pas.client import PasClient, open_http_client
-from service.pas.credentials import load_credentials
+from service.pas.credentials import Credentials, load_credentials
 from service.pas.guarded import GuardedHistory, GuardedPas
 from service.pas.history import PasHistoryClient, TimedHistoryPort
 from service.pas.limited import LimitedHistory, LimitedPas
 from service.pas.metered import MeteredHistory, MeteredPas
+from service.pas.tls import PasTls, load_pas_tls
 from service.redact import redact_url
-from service.settings import LEASE_MARGIN_S, IdempotencySettings, KafkaSettings, Settings
+from service.settings import (
+    LEASE_MARGIN_S,
+    IdempotencySettings,
+    KafkaSettings,
+    PasSettings,
+    Settings,
+)
 from service.tools.topics import service_topics
 from service.tracing import open_span_sink
 from service.watchdog import Check, kafka_check, watch
@@ -129,12 +136,27 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, request_stop, sig.name)
 
 
+def load_pas_security(pas: PasSettings) -> tuple[Credentials, PasTls]:
+    """The PAS credentials and TLS context, checked before anything is opened; their
+    expiry warnings logged, and a loud warning when PAS is called over plain HTTP."""
+    credentials = load_credentials(pas, now=datetime.now(UTC))
+    tls = load_pas_tls(pas, now=datetime.now(UTC))
+    for warning in [*credentials.warnings, *tls.warnings]:
+        log.warning("credentials.expiring", detail=warning)
+    if pas.plain_http:
+        log.warning(
+            "pas.plain_http",
+            pas=redact_url(pas.base_url),
+            detail="PAS is called without TLS (PA_PAS__ALLOW_PLAIN_HTTP=true): for a"
+            " development run against the sandbox only",
+        )
+    return credentials, tls
+
+
 async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or ``stop``), then drain, commit and close everything."""
     stop = stop or asyncio.Event()
-    credentials = load_credentials(settings.pas, now=datetime.now(UTC))
-    for warning in credentials.warnings:
-        log.warning("credentials.expiring", detail=warning)
+    credentials, tls = load_pas_security(settings.pas)
     install_signal_handlers(stop)
     metrics = Metrics()
     health = Health(on_change=metrics.set_ready)
@@ -160,7 +182,7 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
         if override is not None:
             log.warning("idempotency.empty_store_allowed", store_id=store.identity, detail=override)
         log.info("idempotency.store_opened", store_id=store.identity, created=store.created)
-        http = await stack.enter_async_context(open_http_client(settings.pas))
+        http = await stack.enter_async_context(open_http_client(settings.pas, tls.context))
         breaker = CircuitBreaker.from_settings(
             settings.circuit, time.monotonic, on_change=circuit_observer(metrics)
         )

@@ -11,7 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import ConfigError
@@ -100,9 +108,16 @@ class KafkaSettings(BaseModel):
 class PasSettings(BaseModel):
     """How to reach PAS and what it accepts."""
 
+    # Declared before base_url, whose validator reads it.
+    allow_plain_http: bool = Field(
+        False,
+        description="Accept an http:// base URL: a development run against the PAS sandbox"
+        " only, logged as a warning at start-up. PAS itself is reached over https only.",
+    )
     base_url: str = Field(
-        "http://127.0.0.1:8081",
-        description="PAS base URL (production: https://api.mastercard.com/loyalty).",
+        "https://sandbox.api.mastercard.com/loyalty",
+        description="PAS base URL (production: https://api.mastercard.com/loyalty); https://"
+        " unless PA_PAS__ALLOW_PLAIN_HTTP=true.",
     )
     adjustment_path: str = Field("/points-adjustments", description="Path of the adjustment call.")
     method: Literal["POST", "GET"] = Field(
@@ -177,10 +192,32 @@ class PasSettings(BaseModel):
     certificate_warning_days: int = Field(
         30, ge=0, description="Warn at start-up when a certificate expires within this many days."
     )
+    signature_method: Literal["RSA-SHA256", "RSA-PSS"] = Field(
+        "RSA-SHA256",
+        description="OAuth1 oauth_signature_method: RSA-SHA256 (PKCS#1 v1.5) or RSA-PSS"
+        " (SHA-256, MGF1-SHA-256, salt length 32), over the same base string.",
+    )
+    ca_file: Path | None = Field(
+        None,
+        description="PEM bundle of the certificate authorities trusted for PAS's TLS"
+        " certificate, instead of the default bundle (certifi's).",
+    )
+    client_cert_file: Path | None = Field(
+        None,
+        description="Client certificate (PEM, chain after it) for mutual TLS with PAS; its key"
+        " too unless client_key_file is set. Unset: no client certificate.",
+    )
+    client_key_file: Path | None = Field(
+        None, description="Private key (PEM) of the mutual-TLS client certificate."
+    )
+    client_key_password_file: Path | None = Field(
+        None,
+        description="File holding the password of the mutual-TLS client key (a mounted secret).",
+    )
 
     @field_validator("base_url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
+    def _http_url(cls, value: str, info: ValidationInfo) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         if "@" in value.split("://", 1)[1].split("/", 1)[0]:
@@ -190,7 +227,24 @@ class PasSettings(BaseModel):
                 "must not carry credentials (user:password@): PAS authenticates every request"
                 " with its OAuth1 signature"
             )
+        if value.startswith("http://") and not info.data.get("allow_plain_http", False):
+            raise ValueError(
+                "plain http:// is refused, PAS is reached over https:// only (for a development"
+                " run against the sandbox, set PA_PAS__ALLOW_PLAIN_HTTP=true)"
+            )
         return value.rstrip("/")
+
+    @field_validator("client_key_file", "client_key_password_file")
+    @classmethod
+    def _with_a_client_certificate(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and info.data.get("client_cert_file") is None:
+            raise ValueError("needs PA_PAS__CLIENT_CERT_FILE (the client certificate it goes with)")
+        return value
+
+    @property
+    def plain_http(self) -> bool:
+        """The base URL is http:// (allowed by ``allow_plain_http``): no TLS at all."""
+        return self.base_url.startswith("http://")
 
 
 class ProcessingSettings(BaseModel):

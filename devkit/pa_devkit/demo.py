@@ -18,7 +18,8 @@ import httpx
 from pa_devkit.keys import DEV_P12_PASSWORD, DevKeySet, generate_dev_keyset
 from pa_devkit.localinfra.broker_config import free_port
 from pa_devkit.sandbox.app import run_sandbox
-from pa_devkit.sandbox.config import SandboxConfig, SandboxSecurity
+from pa_devkit.sandbox.config import SandboxConfig, SandboxSecurity, SandboxTls
+from pa_devkit.tls import generate_dev_tls
 from service.codec.avro import AvroCodec
 from service.kafka.clients import ensure_topics
 from service.settings import KafkaSettings
@@ -77,8 +78,16 @@ DEMO_CONSUMER_KEY = "points-adjuster-demo"
 
 
 def service_env(
-    bootstrap: str, pas_url: str, workdir: Path, metrics_port: int, keyset: DevKeySet
+    bootstrap: str,
+    pas_url: str,
+    workdir: Path,
+    metrics_port: int,
+    keyset: DevKeySet,
+    *,
+    ca_file: Path | None = None,
 ) -> dict[str, str]:
+    """The service's environment against a local sandbox: https trusting ``ca_file``, or
+    plain http (allowed explicitly: a development run, which the service logs as such)."""
     env = dict(os.environ)
     env.update(
         PA_PAS__CONSUMER_KEY=DEMO_CONSUMER_KEY,
@@ -93,6 +102,10 @@ def service_env(
         PA_METRICS__HOST="127.0.0.1",
         PA_LOG__FORMAT="console",
     )
+    if ca_file is not None:
+        env["PA_PAS__CA_FILE"] = str(ca_file)
+    if pas_url.startswith("http://"):
+        env["PA_PAS__ALLOW_PLAIN_HTTP"] = "true"
     return env
 
 
@@ -113,14 +126,23 @@ async def run_demo(*, count: int, latency_ms: float, bootstrap_servers: str | No
             },
         )
         keyset = generate_dev_keyset(workdir / "keys")
+        tls = generate_dev_tls(workdir / "tls", hosts=("127.0.0.1",))
         sandbox_config = SandboxConfig(
             port=0,
             latency_ms=latency_ms,
             security=SandboxSecurity.from_keyset(keyset, DEMO_CONSUMER_KEY),
+            tls=SandboxTls(tls.server_certificate, tls.server_key),
         )
         async with run_sandbox(sandbox_config) as sandbox:
             metrics_port = free_port()
-            env = service_env(bootstrap, sandbox.base_url, workdir, metrics_port, keyset)
+            env = service_env(
+                bootstrap,
+                sandbox.base_url,
+                workdir,
+                metrics_port,
+                keyset,
+                ca_file=tls.ca_certificate,
+            )
             log_path = workdir / "service.log"
             async with service_process(env, log_path):
                 batch = generate_commands(count, duplicate_share=0.05, invalid_share=0.03)
@@ -140,7 +162,7 @@ async def run_demo(*, count: int, latency_ms: float, bootstrap_servers: str | No
                     skipped = await undecodable_count(f"http://127.0.0.1:{metrics_port}/metrics")
             ledger = sandbox.ledger.entries()
     print_summary(batch.distinct_keys, batch.duplicates, outcomes, len(ledger), skipped)
-    print("every request was JWE-encrypted and OAuth1-signed; the sandbox verified both")
+    print("every request went over TLS, JWE-encrypted and OAuth1-signed; the sandbox verified both")
     print(f"service log: {log_path}   ({time.monotonic() - started:.1f} s in all)")
     complete = len(outcomes.originals()) == batch.distinct_keys
     if not complete:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import httpx
 
 from service.errors import PointsAdjusterError
+from service.pas.tls import tls_failure
 
 IDENTITY = "identity"
 CORRELATION_HEADER = "Correlation-Id"
@@ -122,5 +123,21 @@ def _too_large(max_bytes: int) -> str:
 
 
 def describe(exc: BaseException) -> str:
-    """``Type: message`` of a failed exchange (the type alone when there is no message)."""
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    """``Type: message`` of a failed exchange. For a TLS failure the message is what TLS said
+    (``service.pas.tls.tls_failure``); an exception without a message (httpx's ``ReadError``
+    of a reset connection) borrows the first one down its chain of causes; with none at all,
+    the type alone."""
+    tls = tls_failure(exc)
+    message = tls.text if tls is not None else _first_message(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def _first_message(exc: BaseException) -> str:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if str(current):
+            return str(current)
+        current = current.__cause__ or current.__context__
+    return ""

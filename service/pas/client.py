@@ -20,9 +20,11 @@ A request whose ``PasRequest.trace`` is set goes out as a child span of it: its 
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Protocol
 
 import aiohttp
@@ -46,6 +48,7 @@ from service.pas.bounded import (
 from service.pas.credentials import Credentials
 from service.pas.envelope import parse_envelope
 from service.pas.jwe_codec import JweBodyCodec
+from service.pas.tls import load_pas_tls
 from service.security.oauth1 import MastercardOAuth1Auth
 from service.settings import PasSettings
 from service.tracing import NO_SPANS, Span, SpanSink
@@ -348,13 +351,22 @@ class _CookielessClient(httpx.AsyncClient):
 
 
 @asynccontextmanager
-async def open_http_client(settings: PasSettings) -> AsyncIterator[httpx.AsyncClient]:
+async def open_http_client(
+    settings: PasSettings, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
     """The one pooled HTTP client of the process, on the transport the settings choose.
+
+    Both transports get the same TLS context: ``tls``, or the one the settings describe
+    (``service.pas.tls``: TLS 1.2 at least, the certificate and host name always verified,
+    the CA bundle and client certificate of the settings). Redirects are never followed:
+    a 3xx is PAS's answer, not a place to send a signed adjustment to.
 
     Neither transport decompresses what ``bounded.exchange`` reads: httpcore returns the
     bytes as received, and httpx-aiohttp's transport passes ``auto_decompress=False`` to
     aiohttp on each request (``tests/integration/test_pas_hostile.py`` holds it to that).
     """
+    if tls is None:
+        tls = load_pas_tls(settings, now=datetime.now(UTC)).context
     limits = httpx.Limits(
         max_connections=settings.max_connections,
         max_keepalive_connections=settings.max_connections,
@@ -363,8 +375,12 @@ async def open_http_client(settings: PasSettings) -> AsyncIterator[httpx.AsyncCl
     if settings.http_transport == "aiohttp":
         from httpx_aiohttp import AiohttpTransport
 
-        transport = AiohttpTransport(limits=limits)
+        transport = AiohttpTransport(verify=tls, limits=limits)
     async with _CookielessClient(
-        timeout=http_timeout(settings), limits=limits, follow_redirects=False, transport=transport
+        timeout=http_timeout(settings),
+        limits=limits,
+        verify=tls,
+        follow_redirects=False,
+        transport=transport,
     ) as client:
         yield client

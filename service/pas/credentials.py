@@ -227,7 +227,9 @@ def load_credentials(settings: PasSettings, *, now: datetime) -> Credentials:
             warnings,
         )
     return Credentials(
-        signer=OAuth1Signer(consumer_key, signing.private_key),
+        signer=OAuth1Signer(
+            consumer_key, signing.private_key, signature_method=settings.signature_method
+        ),
         encrypter=encrypter,
         decrypter=JweDecrypter(decryption.private_key, expected_kid=None),
         warnings=warnings,

@@ -2,7 +2,9 @@
 
 One line per check. URLs are printed through :func:`~service.redact.redact_url` (no password,
 no secret query parameter); every topic of :func:`~service.tools.topics.service_topics` gets
-its own line."""
+its own line. PAS is probed through the service's own HTTP client
+(:func:`~service.pas.client.open_http_client`): the same transport, TLS context and
+no-redirect rule as ``run``."""
 
 from __future__ import annotations
 
@@ -13,10 +15,12 @@ import httpx
 from service.errors import PointsAdjusterError
 from service.idempotency.factory import open_store
 from service.kafka.clients import list_topics
-from service.pas.client import http_timeout
+from service.pas.bounded import describe
+from service.pas.client import open_http_client
 from service.pas.credentials import load_credentials
+from service.pas.tls import PasTls, load_pas_tls, tls_failure
 from service.redact import redact_in_text, redact_url
-from service.settings import Settings
+from service.settings import PasSettings, Settings
 from service.tools.topics import service_topics
 
 
@@ -32,8 +36,9 @@ async def run_checks(settings: Settings) -> int:
             (
                 "pas credentials",
                 True,
-                f"signing key, encryption certificate (kid"
-                f" {credentials.encrypter.kid[:12]}...) and decryption key load and match",
+                f"signing key ({settings.pas.signature_method} signatures), encryption"
+                f" certificate (kid {credentials.encrypter.kid[:12]}...) and decryption key"
+                " load and match",
             )
         )
         results.extend(("certificate expiry", True, f"WARNING {w}") for w in credentials.warnings)
@@ -50,21 +55,15 @@ async def run_checks(settings: Settings) -> int:
             hint = "" if present else " (create it: points-adjuster topics)"
             results.append((f"topic {name}", present, ("exists" if present else "missing") + hint))
 
-    url = settings.pas.base_url + settings.pas.adjustment_path
-    shown_url = redact_url(url)
     try:
-        async with httpx.AsyncClient(timeout=http_timeout(settings.pas)) as client:
-            response = await client.request("HEAD", url)
-        results.append(("pas", True, f"{shown_url} answered HTTP {response.status_code}"))
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        error = redact_in_text(str(exc), url)
-        results.append(
-            (
-                "pas",
-                False,
-                f"{shown_url}: {type(exc).__name__} {error} (setting PA_PAS__BASE_URL)",
-            )
-        )
+        tls = load_pas_tls(settings.pas, now=datetime.now(UTC))
+    except PointsAdjusterError as exc:
+        results.append(("pas tls", False, str(exc)))
+        results.append(("pas", False, "not probed: the TLS settings above are unusable"))
+    else:
+        results.append(("pas tls", True, _tls_line(settings.pas, tls)))
+        results.extend(("certificate expiry", True, f"WARNING {w}") for w in tls.warnings)
+        results.append(await _probe_pas(settings.pas, tls))
 
     results.append(await _check_store(settings))
 
@@ -72,6 +71,32 @@ async def run_checks(settings: Settings) -> int:
     for name, ok, detail in results:
         print(f"{'ok  ' if ok else 'FAIL'}  {name.ljust(width)}  {detail}")
     return 0 if all(ok for _, ok, _ in results) else 1
+
+
+def _tls_line(pas: PasSettings, tls: PasTls) -> str:
+    if pas.plain_http:
+        return (
+            "WARNING plain HTTP, no TLS (PA_PAS__ALLOW_PLAIN_HTTP=true): for a development run"
+            " against the sandbox only"
+        )
+    client = tls.client_certificate
+    presented = f"client certificate {client}" if client else "no client certificate"
+    return f"TLS 1.2 or later, trusting {tls.trusted}, {presented}"
+
+
+async def _probe_pas(pas: PasSettings, tls: PasTls) -> tuple[str, bool, str]:
+    """A HEAD of the adjustment URL through the service's own client: TLS, DNS, a status."""
+    url = pas.base_url + pas.adjustment_path
+    shown_url = redact_url(url)
+    try:
+        async with open_http_client(pas, tls.context) as client:
+            response = await client.request("HEAD", url)
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        error = redact_in_text(describe(exc), url)
+        failure = tls_failure(exc)
+        setting = "PA_PAS__BASE_URL" if failure is None else failure.setting
+        return ("pas", False, f"{shown_url}: {error} (setting {setting})")
+    return ("pas", True, f"{shown_url} answered HTTP {response.status_code}")
 
 
 async def _check_store(settings: Settings) -> tuple[str, bool, str]:

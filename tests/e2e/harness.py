@@ -105,6 +105,8 @@ class ServiceProcess:
             PA_METRICS__PORT=str(self.metrics_port),
             PA_LOG__LEVEL="INFO",
         )
+        if pas_url.startswith("http://"):  # the sandbox over plain http: a development run
+            self.env["PA_PAS__ALLOW_PLAIN_HTTP"] = "true"
         self.env.update(pas_key_env(keyset))
         self.env.update(extra)
         self.process: asyncio.subprocess.Process | None = None

@@ -274,6 +274,7 @@ async def test_the_installed_wheel_runs_the_service_end_to_end(
             PA_KAFKA__DEAD_LETTER_TOPIC=k.dead_letter_topic,
             PA_KAFKA__REVIEW_TOPIC=k.review_topic,
             PA_PAS__BASE_URL=sandbox.base_url,
+            PA_PAS__ALLOW_PLAIN_HTTP="true",  # the sandbox over http (tests/e2e/test_tls.py: https)
             PA_METRICS__PORT=str(metrics_port),
             PA_LOG__LEVEL="INFO",
             PA_PAS__CONSUMER_KEY=CONSUMER_KEY,

@@ -41,6 +41,7 @@ UNKNOWN_ACCOUNT = "5999999999999999000"
 def pas_settings(keyset: DevKeySet, base_url: str, consumer_key: str = CONSUMER_KEY) -> PasSettings:
     return PasSettings(
         base_url=base_url,
+        allow_plain_http=True,
         consumer_key=consumer_key,
         signing_key_path=keyset.client_signing_p12,
         signing_key_password=DEV_P12_PASSWORD,

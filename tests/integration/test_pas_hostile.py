@@ -120,6 +120,7 @@ def settings_for(keyset: DevKeySet, base_url: str, transport: str, **extra: Any)
     return PasSettings.model_validate(
         {
             "base_url": base_url,
+            "allow_plain_http": True,
             "http_transport": transport,
             "max_response_bytes": CAP,
             "consumer_key": CONSUMER_KEY,

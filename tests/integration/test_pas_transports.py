@@ -27,6 +27,7 @@ def settings_for(keyset: DevKeySet, base_url: str, transport: str) -> PasSetting
     return PasSettings.model_validate(
         {
             "base_url": base_url,
+            "allow_plain_http": True,
             "http_transport": transport,
             "read_timeout_s": 0.5,
             "consumer_key": CONSUMER_KEY,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 import threading
 import uuid
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pa_devkit.keys import DevKeySet
+from pa_devkit.tls import DevTlsSet, generate_dev_tls
 from service.cli import main
 from service.kafka.clients import partitions_of
 from service.settings import KafkaSettings
@@ -44,10 +46,14 @@ class _HeadHandler(BaseHTTPRequestHandler):
         """Quiet: nothing on stderr."""
 
 
-@pytest.fixture
-def pas_port() -> Iterator[int]:
-    """The port of a plain HTTP server standing in for PAS, answering HEAD with 200."""
+def _serve_heads(tls: DevTlsSet | None = None) -> Iterator[int]:
+    """A server standing in for PAS, answering HEAD with 200: plain HTTP, or https with the
+    server certificate of ``tls``."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _HeadHandler)
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls.server_certificate, tls.server_key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -59,9 +65,27 @@ def pas_port() -> Iterator[int]:
 
 
 @pytest.fixture
+def pas_port() -> Iterator[int]:
+    """The port of a plain HTTP server standing in for PAS, answering HEAD with 200."""
+    yield from _serve_heads()
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> DevTlsSet:
+    return generate_dev_tls(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def pas_tls_port(tls: DevTlsSet) -> Iterator[int]:
+    """The port of an https server standing in for PAS (certificate from ``tls``'s CA)."""
+    yield from _serve_heads(tls)
+
+
+@pytest.fixture
 def kafka_env(kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch) -> KafkaSettings:
     """PA_KAFKA__* pointing at the session's broker with five fresh topic names (none of
-    them created); the memory idempotency store. The settings those variables make."""
+    them created); the memory idempotency store; a PAS URL where nothing listens (never
+    Mastercard's). The Kafka settings those variables make."""
     suffix = uuid.uuid4().hex[:10]
     env = {
         "PA_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
@@ -73,6 +97,7 @@ def kafka_env(kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch) -> KafkaSet
         "PA_KAFKA__REVIEW_TOPIC": f"review-{suffix}",
         "PA_IDEMPOTENCY__BACKEND": "memory",
         "PA_LOG__FORMAT": "console",
+        "PA_PAS__BASE_URL": "https://127.0.0.1:1",  # nothing there; tests set their own
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -148,6 +173,7 @@ def test_check_verifies_each_of_the_five_topics_on_its_own_line(
     """check prints one line per topic: with none created each of the five fails with the
     hint to run topics; after topics all five pass and so does check."""
     monkeypatch.setenv("PA_PAS__BASE_URL", f"http://127.0.0.1:{pas_port}")
+    monkeypatch.setenv("PA_PAS__ALLOW_PLAIN_HTTP", "true")
     names = service_topics(kafka_env)
 
     assert main(["check"]) == 1
@@ -186,13 +212,13 @@ def test_check_prints_the_pas_url_without_its_password(
     assert "invalid setting PA_PAS__BASE_URL: must not carry credentials" in captured.err
     assert "svc-user:***@127.0.0.1" in captured.err
 
-    monkeypatch.setenv("PA_PAS__BASE_URL", f"http://127.0.0.1:1/x?api_key={QUERY_TOKEN}")
+    monkeypatch.setenv("PA_PAS__BASE_URL", f"https://127.0.0.1:1/x?api_key={QUERY_TOKEN}")
     assert main(["check"]) == 1
     captured = capsys.readouterr()
     assert QUERY_TOKEN not in captured.out + captured.err
     pas_line = _check_line(captured.out, "pas")
     assert pas_line.startswith("FAIL")
-    assert "http://127.0.0.1:1/x?api_key=***" in pas_line
+    assert "https://127.0.0.1:1/x?api_key=***" in pas_line
     assert pas_line.endswith("(setting PA_PAS__BASE_URL)")
 
 
@@ -225,3 +251,64 @@ async def _make_store(path: Path) -> None:
 
     created = await SqliteStore.open(path)
     await created.close()
+
+
+def test_check_probes_pas_over_tls_as_the_service_would(
+    kafka_env: KafkaSettings,
+    pas_keys_in_env: DevKeySet,
+    tls: DevTlsSet,
+    pas_tls_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """check describes the TLS it will use and probes PAS over it: trusting the CA file the
+    HEAD is answered; trusting only the default bundle the certificate does not verify, said
+    in one line naming PA_PAS__CA_FILE."""
+    url = f"https://127.0.0.1:{pas_tls_port}"
+    monkeypatch.setenv("PA_PAS__BASE_URL", url)
+    monkeypatch.setenv("PA_PAS__CA_FILE", str(tls.ca_certificate))
+    monkeypatch.setenv("PA_PAS__SIGNATURE_METHOD", "RSA-PSS")
+    main(["check"])
+    output = capsys.readouterr().out
+    tls_line = _check_line(output, "pas tls")
+    assert tls_line.startswith("ok")
+    assert tls_line.endswith(
+        f"TLS 1.2 or later, trusting {tls.ca_certificate}, no client certificate"
+    )
+    assert "signing key (RSA-PSS signatures)" in _check_line(output, "pas credentials")
+    assert _check_line(output, "pas").endswith(f"{url}/points-adjustments answered HTTP 200")
+
+    monkeypatch.delenv("PA_PAS__CA_FILE")
+    assert main(["check"]) == 1
+    pas_line = _check_line(capsys.readouterr().out, "pas")
+    assert pas_line.startswith("FAIL")
+    assert "TLS: certificate verify failed: unable to get local issuer certificate" in pas_line
+    assert pas_line.endswith("(setting PA_PAS__CA_FILE)")
+
+
+def test_check_reports_unusable_tls_settings_and_warns_of_plain_http(
+    kafka_env: KafkaSettings,
+    pas_keys_in_env: DevKeySet,
+    pas_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """A CA file that is no certificate fails the TLS line (naming the setting) and PAS is
+    not probed; plain http, allowed, passes with a warning that it is for development."""
+    monkeypatch.setenv("PA_PAS__CA_FILE", str(tmp_path / "absent-ca.pem"))
+    assert main(["check"]) == 1
+    output = capsys.readouterr().out
+    tls_line = _check_line(output, "pas tls")
+    assert tls_line.startswith("FAIL")
+    assert tls_line.endswith("(setting PA_PAS__CA_FILE)")
+    assert _check_line(output, "pas").endswith("not probed: the TLS settings above are unusable")
+
+    monkeypatch.delenv("PA_PAS__CA_FILE")
+    monkeypatch.setenv("PA_PAS__BASE_URL", f"http://127.0.0.1:{pas_port}")
+    monkeypatch.setenv("PA_PAS__ALLOW_PLAIN_HTTP", "true")
+    main(["check"])
+    output = capsys.readouterr().out
+    assert _check_line(output, "pas tls").startswith("ok")
+    assert "WARNING plain HTTP, no TLS (PA_PAS__ALLOW_PLAIN_HTTP=true)" in output
+    assert _check_line(output, "pas").endswith("answered HTTP 200")

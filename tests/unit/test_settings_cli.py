@@ -36,7 +36,9 @@ def test_defaults_load() -> None:
     assert isinstance(settings, Settings)
     assert settings.kafka.bootstrap_servers == "127.0.0.1:9092"
     assert settings.kafka.command_topic == "points-adjustments.requested.v1"
-    assert settings.pas.base_url == "http://127.0.0.1:8081"
+    assert settings.pas.base_url == "https://sandbox.api.mastercard.com/loyalty"
+    assert settings.pas.allow_plain_http is False
+    assert settings.pas.signature_method == "RSA-SHA256"
     assert settings.pas.adjustment_path == "/points-adjustments"
     assert settings.pas.method == "POST"
     assert settings.pas.max_points == 1_000_000
@@ -172,6 +174,12 @@ def test_environment_overrides_nested_settings(monkeypatch: pytest.MonkeyPatch) 
         ("PA_KAFKA__BOOTSTRAP_SERVERS", "b1:9092,b2"),
         ("PA_KAFKA__BOOTSTRAP_SERVERS", "b1:port"),
         ("PA_PAS__BASE_URL", "ftp://x"),
+        ("PA_PAS__BASE_URL", "http://pas.example/loyalty"),
+        ("PA_PAS__ALLOW_PLAIN_HTTP", "perhaps"),
+        ("PA_PAS__SIGNATURE_METHOD", "HMAC-SHA1"),
+        ("PA_PAS__SIGNATURE_METHOD", "rsa-pss"),
+        ("PA_PAS__CLIENT_KEY_FILE", "/etc/pas/client.key.pem"),
+        ("PA_PAS__CLIENT_KEY_PASSWORD_FILE", "/etc/pas/client.key.password"),
         ("PA_PAS__METHOD", "PUT"),
         ("PA_PAS__POOL_TIMEOUT_S", "0"),
         ("PA_RETRY__MAX_ATTEMPTS", "0"),
@@ -294,6 +302,55 @@ def test_run_with_a_bad_setting_exits_2_with_one_line(
     assert lines[0].startswith(
         "points-adjuster: error: invalid setting PA_KAFKA__BOOTSTRAP_SERVERS"
     )
+
+
+@pytest.mark.parametrize("command", ["run", "check", "topics"])
+def test_a_plain_http_pas_url_is_refused_in_one_line_naming_the_way_out(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """An http:// PAS URL stops every command at the settings, in one line naming
+    PA_PAS__BASE_URL and PA_PAS__ALLOW_PLAIN_HTTP, the URL quoted without its secrets."""
+    monkeypatch.setenv("PA_PAS__BASE_URL", "http://pas.example/loyalty?token=t0ps3cret")
+    assert main([command]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"{ERROR_PREFIX}invalid setting PA_PAS__BASE_URL: plain http://")
+    assert "set PA_PAS__ALLOW_PLAIN_HTTP=true" in line
+    assert "t0ps3cret" not in line
+
+
+def test_plain_http_is_accepted_when_allowed_and_https_always(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PA_PAS__ALLOW_PLAIN_HTTP=true lets an http:// URL load (a development run); an
+    https:// URL loads whatever it says, and plain_http tells the two apart."""
+    monkeypatch.setenv("PA_PAS__BASE_URL", "http://127.0.0.1:8081/")
+    monkeypatch.setenv("PA_PAS__ALLOW_PLAIN_HTTP", "true")
+    allowed = load_settings().pas
+    assert (allowed.base_url, allowed.plain_http) == ("http://127.0.0.1:8081", True)
+    monkeypatch.setenv("PA_PAS__BASE_URL", "https://api.mastercard.com/loyalty")
+    assert load_settings().pas.plain_http is False
+    monkeypatch.setenv("PA_PAS__ALLOW_PLAIN_HTTP", "false")
+    assert load_settings().pas.plain_http is False
+
+
+def test_transport_security_settings_load_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The CA bundle, the mutual-TLS files and the signature method come from PA_PAS__*."""
+    for name, value in {
+        "PA_PAS__CA_FILE": "/etc/pas/ca.pem",
+        "PA_PAS__CLIENT_CERT_FILE": "/etc/pas/client.crt.pem",
+        "PA_PAS__CLIENT_KEY_FILE": "/etc/pas/client.key.pem",
+        "PA_PAS__CLIENT_KEY_PASSWORD_FILE": "/etc/pas/client.key.password",
+        "PA_PAS__SIGNATURE_METHOD": "RSA-PSS",
+    }.items():
+        monkeypatch.setenv(name, value)
+    pas = load_settings().pas
+    assert pas.ca_file == Path("/etc/pas/ca.pem")
+    assert pas.client_cert_file == Path("/etc/pas/client.crt.pem")
+    assert pas.client_key_file == Path("/etc/pas/client.key.pem")
+    assert pas.client_key_password_file == Path("/etc/pas/client.key.password")
+    assert pas.signature_method == "RSA-PSS"
 
 
 @pytest.mark.parametrize("command", ["run", "check", "topics"])
