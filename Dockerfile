@@ -4,9 +4,10 @@
 #   docker build -t points-adjuster-devkit --target devkit .          the product plus the dev kit
 #
 # No engine runs on the project's machines: tests/e2e/test_wheel.py takes the same steps (the
-# wheel, a fresh virtual environment, a non-root user, an empty working folder) against a real
-# broker, and tests/deploy/test_dockerfile.py holds this file to those steps. RUN --mount needs
-# BuildKit (the default builder since Docker Engine 23). hadolint: `make lint`.
+# product's lock with its hashes, then the wheel, in a fresh virtual environment; a non-root
+# user, an empty working folder) against a real broker, and tests/deploy/test_dockerfile.py
+# holds this file to those steps. RUN --mount needs BuildKit (the default builder since Docker
+# Engine 23). hadolint: `make lint`.
 
 # --- builder: the product's wheel, nothing else -------------------------------------------------
 FROM python:3.11-slim-trixie AS builder
@@ -52,16 +53,23 @@ RUN groupadd --gid 10001 points-adjuster \
     && useradd --uid 10001 --gid 10001 --home-dir /app --no-create-home \
         --shell /usr/sbin/nologin points-adjuster
 
-# The wheel from the builder (bind-mounted, so it leaves no layer) and its dependencies, into a
-# virtual environment owned by root: the service cannot change its own code. With both store
-# drivers, the extras postgres (asyncpg) and redis (redis-py), so that one image serves every
-# idempotency store PA_IDEMPOTENCY__DSN can name. The extras are asked for by the project's
-# name beside the wheel's file (a glob cannot carry [extras]); pip takes the project from
-# that file, never from an index, and adds the extras' dependencies.
-RUN --mount=type=bind,from=builder,source=/dist,target=/tmp/wheels \
+# The product's dependencies from its lock, requirements/product.lock (docs/dependencies.md),
+# then the builder's wheel with nothing more, into a virtual environment owned by root: the
+# service cannot change its own code. Every file pip installs is checked against the lock's
+# sha256 (--require-hashes) and none is built from source (--only-binary: no compiler here, and
+# no build backend fetched past the hashes); the wheel's requirements are not resolved again
+# (--no-deps), and pip check fails the build on a lock that no longer satisfies the wheel. The
+# lock holds the extras postgres (asyncpg) and redis (redis-py), so that one image serves every
+# idempotency store PA_IDEMPOTENCY__DSN can name. Lock and wheel are bind-mounted: no layer
+# keeps either.
+RUN --mount=type=bind,source=requirements/product.lock,target=/tmp/product.lock \
+    --mount=type=bind,from=builder,source=/dist,target=/tmp/wheels \
     python -m venv /opt/points-adjuster \
     && /opt/points-adjuster/bin/pip install --no-cache-dir --disable-pip-version-check \
-        /tmp/wheels/points_adjuster-*.whl "points-adjuster[postgres,redis]"
+        --require-hashes --only-binary=:all: -r /tmp/product.lock \
+    && /opt/points-adjuster/bin/pip install --no-cache-dir --disable-pip-version-check \
+        --no-deps /tmp/wheels/points_adjuster-*.whl \
+    && /opt/points-adjuster/bin/pip check
 
 # The working folder: empty and the user's. The SQLite store defaults to var/ under it; var/
 # exists so that a volume mounted there starts owned by the user.
@@ -79,11 +87,13 @@ FROM product AS devkit
 LABEL org.opencontainers.image.title="points-adjuster-devkit" \
       org.opencontainers.image.description="points-adjuster with its development kit: the PAS sandbox, development keys, the demo. Not for production."
 USER 0:0
-# The dev kit's wheel only: its dependencies (the product, aiohttp) are already installed.
-# /keys starts a named volume owned by the user, for `keys generate --dir /keys`.
+# The dev kit's wheel only (--no-deps): its dependencies (the product, aiohttp) are already
+# installed from the product's lock; pip check says so. /keys starts a named volume owned by
+# the user, for `keys generate --dir /keys`.
 RUN --mount=type=bind,from=devkit-builder,source=/dist-devkit,target=/tmp/wheels \
     /opt/points-adjuster/bin/pip install --no-cache-dir --disable-pip-version-check \
-        /tmp/wheels/points_adjuster_devkit-*.whl \
+        --no-deps /tmp/wheels/points_adjuster_devkit-*.whl \
+    && /opt/points-adjuster/bin/pip check \
     && install -d -o 10001 -g 10001 -m 0700 /keys
 USER 10001:10001
 ENTRYPOINT ["points-adjuster-devkit"]

@@ -3,18 +3,59 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup kafka-jars helm-tools prometheus-tools store-tools demo test unit lint format bench bench-quick bench-transport bench-security bench-stores chaos clean help
+.PHONY: setup lock audit kafka-jars helm-tools prometheus-tools store-tools demo test unit lint format bench bench-quick bench-transport bench-security bench-stores chaos clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(BIN)/.installed: pyproject.toml devkit/pyproject.toml
+# The environment comes from requirements/dev.lock (docs/dependencies.md): every package at its
+# locked version, each file checked against the lock's sha256, wheels only (an sdist's build
+# would fetch its backend past the hashes); then the two projects, editable, with nothing more
+# (--no-deps), built by the lock's setuptools (--no-build-isolation); pip check fails on a lock
+# that no longer satisfies pyproject.toml.
+$(BIN)/.installed: requirements/dev.lock pyproject.toml devkit/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]' -e ./devkit
+	$(BIN)/pip install -q --require-hashes --only-binary=:all: -r requirements/dev.lock
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e . -e ./devkit
+	$(BIN)/pip check
 	touch $@
 
-setup: $(BIN)/.installed  ## create .venv and install the product (with its dev extras) and the dev kit
+setup: $(BIN)/.installed  ## create .venv and install the product (with its dev extras) and the dev kit from requirements/dev.lock
+
+# The lock files, compiled by uv (pinned in requirements/dev.in) for the image's Python and
+# platform whatever machine runs this: every file of each pinned version hashed. uv keeps the
+# pins a lock already has while pyproject.toml allows them; UPGRADE=1 takes the newest release
+# of everything, UPGRADE_PACKAGE=NAME of one package. product.lock first: dev.lock is
+# constrained to its versions.
+LOCK_TARGET := --python-version 3.11 --python-platform x86_64-unknown-linux-gnu
+UV_COMPILE = $(BIN)/uv --no-config pip compile --quiet --generate-hashes $(LOCK_TARGET) \
+	--custom-compile-command "make lock" $(if $(UPGRADE),--upgrade) \
+	$(if $(UPGRADE_PACKAGE),--upgrade-package $(UPGRADE_PACKAGE))
+
+lock: setup  ## refresh requirements/product.lock and dev.lock from pyproject.toml (UPGRADE=1: newest releases)
+	$(UV_COMPILE) pyproject.toml --extra postgres --extra redis -o requirements/product.lock
+	$(UV_COMPILE) requirements/dev.in --no-emit-package points-adjuster \
+		--no-emit-package points-adjuster-devkit -o requirements/dev.lock
+
+# pip-audit against PyPI's advisory data (AUDIT_SERVICE=osv: OSV's API), the lock's hashes
+# checked. --strict: a package the service cannot answer for fails the run instead of being
+# skipped (without it, an unreachable database reads "No known vulnerabilities found").
+# Exits non-zero both on a finding and when no audit took place, saying which.
+AUDIT_SERVICE ?= pypi
+AUDIT_LOCK ?= requirements/product.lock
+
+audit: setup  ## pip-audit requirements/product.lock against an advisory database (needs one reachable; not in make test)
+	@mkdir -p .cache; log=.cache/audit.log; \
+	if $(BIN)/pip-audit --strict --progress-spinner off --vulnerability-service $(AUDIT_SERVICE) \
+		--disable-pip --require-hashes -r $(AUDIT_LOCK) >$$log 2>&1; then cat $$log; \
+	else cat $$log; \
+		if grep -Eq '^Found [0-9]+ known vulnerabilit' $$log; then \
+			echo "audit: known vulnerabilities in $(AUDIT_LOCK) (above)" >&2; \
+		else \
+			echo "audit: NOT RUN: pip-audit could not audit every package (the error above; where no advisory database ($(AUDIT_SERVICE)) answers, as on the project's machines); no result (docs/dependencies.md)" >&2; \
+		fi; \
+		exit 1; \
+	fi
 
 kafka-jars: setup  ## download Apache Kafka's jars once (cached in .cache/, git-ignored)
 	$(BIN)/python -m pa_devkit.localinfra.kafka fetch

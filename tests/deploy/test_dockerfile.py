@@ -1,10 +1,10 @@
 """The Dockerfile makes the choices tests/e2e/test_wheel.py proves against a real broker.
 
 No engine runs on the project's machines, so the image is never built here: the wheel test
-takes its steps (the product's wheel, a fresh virtual environment owned by root, a non-root
-user, an empty working folder, the interpreter's environment), and these tests read the
-Dockerfile and .dockerignore to hold them to the same steps. hadolint lints the file
-(`make lint`).
+takes its steps (the product's lock with its hashes, then the product's wheel alone, in a
+fresh virtual environment owned by root; a non-root user, an empty working folder, the
+interpreter's environment), and these tests read the Dockerfile and .dockerignore to hold
+them to the same steps. hadolint lints the file (`make lint`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,15 @@ from packaging.utils import canonicalize_name
 
 from service.cli import build_parser
 from service.settings import Settings
-from tests.e2e.test_wheel import IMAGE_ENV, SERVICE_GID, SERVICE_UID
+from tests.e2e.test_wheel import (
+    IMAGE_ENV,
+    LOCK_OPTIONS,
+    PRODUCT_LOCK,
+    REPO,
+    SERVICE_GID,
+    SERVICE_UID,
+)
+from tests.unit.test_locks import read_lock
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -46,12 +54,14 @@ store imports from it (service/idempotency/factory.py names the same extras)."""
 
 @dataclass(frozen=True)
 class Instruction:
-    """One instruction: its keyword, leading --flags (RUN, COPY, ADD) and the rest."""
+    """One instruction: its keyword, leading --flags (RUN, COPY, ADD) and the rest; a RUN's
+    --mount flags, which may repeat, apart from the others."""
 
     keyword: str
     flags: dict[str, str]
     arguments: str
     line: int
+    mounts: tuple[str, ...] = ()
 
     def exec_form(self) -> list[str]:
         """The JSON (exec) form's words; AssertionError when written in shell form."""
@@ -67,10 +77,18 @@ class Instruction:
             result[name] = value
         return result
 
+    def all_mounts(self) -> list[dict[str, str]]:
+        """The options of each of a RUN's --mount flags, in order."""
+        return [
+            dict(part.partition("=")[::2] for part in text.split(",") if part)
+            for text in self.mounts
+        ]
+
     def mount(self) -> dict[str, str]:
-        """The options of a RUN's --mount flag (empty without one)."""
-        text = self.flags.get("mount", "")
-        return dict(part.partition("=")[::2] for part in text.split(",") if part)
+        """The options of a RUN's one --mount flag (empty without one)."""
+        mounts = self.all_mounts()
+        assert len(mounts) <= 1, f"line {self.line}: more than one --mount"
+        return mounts[0] if mounts else {}
 
 
 @dataclass
@@ -121,8 +139,12 @@ def parse_dockerfile(text: str) -> list[Stage]:
         keyword, _, rest = content.partition(" ")
         keyword = keyword.upper()
         flags: dict[str, str] = {}
+        mounts: list[str] = []
         while keyword in {"RUN", "COPY", "ADD", "FROM"} and (match := FLAG.match(rest)):
-            flags[match.group(1)] = match.group(2)
+            if match.group(1) == "mount":
+                mounts.append(match.group(2))
+            else:
+                flags[match.group(1)] = match.group(2)
             rest = rest[match.end() :]
         if keyword == "FROM":
             words = rest.split()
@@ -131,7 +153,8 @@ def parse_dockerfile(text: str) -> list[Stage]:
             continue
         assert stages or keyword == "ARG", f"line {line}: {keyword} before the first FROM"
         if stages:
-            stages[-1].instructions.append(Instruction(keyword, flags, rest.strip(), line))
+            instruction = Instruction(keyword, flags, rest.strip(), line, tuple(mounts))
+            stages[-1].instructions.append(instruction)
     return stages
 
 
@@ -277,12 +300,19 @@ def tracked_files() -> list[str]:
 
 
 def context_sources() -> set[str]:
-    """Every path the Dockerfile copies from the build context (not from another stage)."""
+    """Every path the Dockerfile copies or bind-mounts from the build context (not from
+    another stage)."""
     sources: set[str] = set()
     for stage in stages().values():
         for copy in stage.all("COPY") + stage.all("ADD"):
             if "from" not in copy.flags:
                 sources.update(s.rstrip("/") for s in shlex.split(copy.arguments)[:-1])
+        for run in stage.all("RUN"):
+            sources.update(
+                mount["source"].rstrip("/")
+                for mount in run.all_mounts()
+                if mount.get("type") == "bind" and "from" not in mount
+            )
     return sources
 
 
@@ -332,25 +362,50 @@ def test_the_builder_makes_the_product_wheel_from_the_repository() -> None:
     assert shlex.split(copied[0].arguments)[-1] in {"./", workdir.arguments + "/"}
 
 
-def test_the_product_installs_only_that_wheel_into_a_root_owned_venv() -> None:
-    """The product stage copies nothing from the build context: it bind-mounts the builder's
-    wheel folder, creates a virtual environment, installs points_adjuster-*.whl (the wheel
-    test's file name) with its dependencies, never the dev kit, and never hands the
-    environment to the service user."""
+def product_install() -> Instruction:
+    """The product stage's one RUN that runs pip install."""
+    (install,) = [r for r in stages()[PRODUCT].all("RUN") if "pip install" in r.arguments]
+    return install
+
+
+def pip_commands(run: Instruction, venv: PurePosixPath) -> list[list[str]]:
+    """The commands of a RUN (split at &&) that run the environment's pip, each as the words
+    after that pip."""
+    pip = f"{venv}/bin/pip"
+    commands = [shlex.split(part) for part in run.arguments.split("&&")]
+    return [words[words.index(pip) + 1 :] for words in commands if pip in words]
+
+
+def test_the_product_installs_its_lock_then_only_the_wheel_into_a_root_owned_venv() -> None:
+    """The product stage copies nothing from the build context: it bind-mounts the product's
+    lock from the context and the builder's wheel folder, creates a virtual environment,
+    installs the lock as the wheel test does (every file's hash checked, nothing built from
+    source), then points_adjuster-*.whl (the wheel test's file name) alone with --no-deps,
+    never the dev kit, runs pip check, and never hands the environment to the service user."""
     product = stages()[PRODUCT]
     assert product.all("COPY") == []
     assert product.all("ADD") == []
     venv = venv_of(PRODUCT)
-    (install,) = [r for r in product.all("RUN") if "pip install" in r.arguments]
-    mount = install.mount()
-    assert mount.get("type") == "bind"
-    assert mount.get("from") == BUILDER
-    assert mount.get("source") == wheel_dir(BUILDER)
-    words = shlex.split(install.arguments)
-    assert f"{venv}/bin/pip" in words
-    assert f"{mount['target']}/points_adjuster-*.whl" in words
-    assert "--no-deps" not in words  # its dependencies come with it
-    assert not [w for w in words if "devkit" in w]
+    install = product_install()
+    mounts = install.all_mounts()
+    assert len(mounts) == 2
+    assert {mount.get("type") for mount in mounts} == {"bind"}
+    (wheels,) = [mount for mount in mounts if mount.get("from") == BUILDER]
+    assert wheels.get("source") == wheel_dir(BUILDER)
+    (lock,) = [mount for mount in mounts if "from" not in mount]
+    assert lock.get("source") == PRODUCT_LOCK.relative_to(REPO).as_posix()
+    from_lock, wheel, check = pip_commands(install, venv)
+    assert from_lock[0] == "install"
+    assert set(LOCK_OPTIONS) <= set(from_lock)
+    assert from_lock[from_lock.index("-r") + 1] == lock["target"]
+    assert [w for w in from_lock[1:] if not w.startswith("-")] == [lock["target"]]
+    assert wheel[0] == "install"
+    assert "--no-deps" in wheel
+    assert [w for w in wheel[1:] if not w.startswith("-")] == [
+        f"{wheels['target']}/points_adjuster-*.whl"
+    ]
+    assert check == ["check"]
+    assert not [w for w in install.arguments.split() if "devkit" in w]
     assert str(inherited_pairs(PRODUCT, "ENV")["PATH"]).startswith(f"{venv}/bin:")
     for stage in stages().values():
         for run in stage.all("RUN"):
@@ -358,27 +413,15 @@ def test_the_product_installs_only_that_wheel_into_a_root_owned_venv() -> None:
                 assert str(venv) not in match.group(0), f"line {run.line}: {match.group(0)}"
 
 
-def product_install_words() -> list[str]:
-    """The words of the product stage's one `pip install`."""
-    (install,) = [r for r in stages()[PRODUCT].all("RUN") if "pip install" in r.arguments]
-    return shlex.split(install.arguments)
-
-
-def test_the_product_installs_both_store_drivers_with_the_wheel() -> None:
-    """Beside the wheel, the product's install asks for the project itself with the extras
-    postgres and redis (a glob cannot carry extras; pip takes the project from the wheel
-    file), so one image opens every store PA_IDEMPOTENCY__DSN can name."""
-    words = product_install_words()
-    project = _project(PYPROJECT)
-    asked = [Requirement(w) for w in words if w.startswith(str(project["name"]) + "[")]
-    assert len(asked) == 1, words
-    (requirement,) = asked
-    assert requirement.specifier == ""  # the version is the wheel's, not an index's
-    assert requirement.marker is None
-    assert requirement.url is None
-    assert requirement.extras == set(STORE_DRIVERS)
-    wheel = next(w for w in words if w.endswith("points_adjuster-*.whl"))
-    assert words.index(wheel) < words.index(str(requirement))
+def test_the_products_lock_brings_both_store_drivers() -> None:
+    """The lock the product installs pins the driver of each store extra (asyncpg, redis-py:
+    tests/unit/test_locks.py holds it to pyproject.toml's extras), so one image opens every
+    store PA_IDEMPOTENCY__DSN can name; nothing is asked of an index beside the lock (no
+    project named with extras, as the image did before it had a lock)."""
+    pins = read_lock(PRODUCT_LOCK)
+    assert {distribution for distribution, _ in STORE_DRIVERS.values()} <= set(pins)
+    for words in pip_commands(product_install(), venv_of(PRODUCT)):
+        assert not [w for w in words if w.startswith(str(_project(PYPROJECT)["name"]))], words
 
 
 @pytest.mark.parametrize("extra", sorted(STORE_DRIVERS))
@@ -485,8 +528,9 @@ def test_the_oci_labels_are_set_and_the_version_follows_pyproject() -> None:
 
 
 def test_the_devkit_target_adds_the_dev_kit_wheel_and_a_keys_folder() -> None:
-    """The devkit stage installs the dev kit's wheel, built by pip wheel --no-deps from
-    devkit/, into the product's environment, and creates /keys for the service user so a
+    """The devkit stage installs the dev kit's wheel alone (--no-deps: its dependencies came
+    with the product's lock), built by pip wheel --no-deps from devkit/, into the product's
+    environment, and creates /keys for the service user so a
     named volume mounted there is writable by the key generator."""
     devkit = stages()[DEVKIT]
     (install,) = [r for r in devkit.all("RUN") if "pip install" in r.arguments]
@@ -496,6 +540,7 @@ def test_the_devkit_target_adds_the_dev_kit_wheel_and_a_keys_folder() -> None:
     assert "--no-deps" in wheel.arguments
     assert wheel.arguments.endswith("./devkit")
     assert f"{install.mount()['target']}/points_adjuster_devkit-*.whl" in install.arguments
+    assert "--no-deps" in shlex.split(install.arguments)  # its dependencies: the product's lock
     assert f"{venv_of(PRODUCT)}/bin/pip" in install.arguments
     assert f"install -d -o {SERVICE_UID} -g {SERVICE_GID} -m 0700 /keys" in install.arguments
 

@@ -1,6 +1,7 @@
 """The product as a platform team installs it: the wheel built from this repository, installed
 into a fresh virtual environment outside the repository, run from an empty folder against the
 real broker and the PAS sandbox. The same steps the container image takes (Dockerfile): the
+product's lock first, every file checked against its hash, then the wheel alone; the
 environment belongs to root and the service runs as another, unprivileged user who owns only
 its working folder and its copy of the keys. tests/deploy/test_dockerfile.py holds the
 Dockerfile to the choices made here (SERVICE_UID, SERVICE_GID, IMAGE_ENV)."""
@@ -45,6 +46,14 @@ SERVICE_UID = 10001
 SERVICE_GID = 10001
 """The numeric user and group the service runs as, here and in the image (USER)."""
 
+PRODUCT_LOCK = REPO / "requirements" / "product.lock"
+"""The product's dependencies, its store extras' included, with their hashes: installed before
+the wheel, here and in the image (docs/dependencies.md)."""
+
+LOCK_OPTIONS = ("--require-hashes", "--only-binary=:all:")
+"""How the lock is installed, here and in the image: every file checked against the lock's
+sha256, none built from source."""
+
 IMAGE_ENV = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
 """The interpreter's environment the image sets (ENV), set here too."""
 
@@ -85,32 +94,35 @@ def base_interpreter() -> Path | None:
     return next((path for path in candidates if runnable_by_others(path)), None)
 
 
+def pip(venv: Path, *args: str) -> str:
+    """Run the environment's pip (blocking); its output, AssertionError with it on failure."""
+    done = subprocess.run(
+        [str(venv / "bin" / "pip"), *args],
+        capture_output=True,
+        text=True,
+        timeout=480,
+        check=False,
+    )
+    assert done.returncode == 0, f"pip {' '.join(args)}:\n{done.stdout}{done.stderr}"
+    return done.stdout
+
+
+def install_lock(venv: Path) -> None:
+    """The product's lock into ``venv`` as the image installs it (LOCK_OPTIONS)."""
+    pip(
+        venv, "install", "-q", "--disable-pip-version-check", *LOCK_OPTIONS, "-r", str(PRODUCT_LOCK)
+    )
+
+
 def install(wheel: Path, venv: Path, python: Path) -> Path:
-    """A fresh virtual environment of ``python`` holding the wheel and its dependencies; its
-    bin folder."""
+    """A fresh virtual environment of ``python`` holding the product's lock and then the wheel
+    alone (--no-deps), as the image installs them, pip check finding nothing amiss; its bin
+    folder."""
     subprocess.run([str(python), "-m", "venv", str(venv)], check=True, timeout=120)
-    subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(wheel)],
-        check=True,
-        timeout=480,
-    )
+    install_lock(venv)
+    pip(venv, "install", "-q", "--disable-pip-version-check", "--no-deps", str(wheel))
+    pip(venv, "check")
     return venv / "bin"
-
-
-def install_extras(wheel: Path, venv: Path) -> None:
-    """The wheel's ``postgres`` and ``redis`` extras into ``venv``, as the image installs them."""
-    subprocess.run(
-        [
-            str(venv / "bin" / "pip"),
-            "install",
-            "-q",
-            "--disable-pip-version-check",
-            str(wheel),
-            "points-adjuster[postgres,redis]",
-        ],
-        check=True,
-        timeout=480,
-    )
 
 
 def run_tool(
@@ -335,8 +347,10 @@ async def test_the_installed_wheel_runs_the_service_end_to_end(
         f"\nwheel: {COMMANDS} commands completed {time.monotonic() - started:.1f} s after sending"
     )
 
-    # Without its extra, a shared store is one clear line naming the extra to install; with
-    # the extras (as the image installs them) both drivers are there.
+    # Without its extra's driver (as a plain `pip install points-adjuster` leaves it), a shared
+    # store is one clear line naming the extra to install; with the drivers back from the lock
+    # (as the image has them), both stores import.
+    await asyncio.to_thread(pip, layout.venv, "uninstall", "-q", "-y", "asyncpg", "redis")
     shared = clean_env(
         PA_IDEMPOTENCY__DSN="postgresql://pa@127.0.0.1:1/points",
         PA_KAFKA__BOOTSTRAP_SERVERS="127.0.0.1:1",
@@ -344,7 +358,7 @@ async def test_the_installed_wheel_runs_the_service_end_to_end(
     )
     checked = await asyncio.to_thread(run_tool, tool, "check", env=shared, cwd=workdir)
     assert b"install points-adjuster[postgres]" in checked.stdout, checked.stdout
-    await asyncio.to_thread(install_extras, wheel, layout.venv)
+    await asyncio.to_thread(install_lock, layout.venv)
     probe = "import asyncpg, redis.asyncio, service.idempotency.postgres"
     probe += ", service.idempotency.redis_store"
     imported = await asyncio.to_thread(
