@@ -717,9 +717,9 @@ async def run_services(
                         httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10)
                     )
                 )
-            ready = [
-                await wait_ready(child, http) for child, http in zip(replicas, https, strict=True)
-            ]
+            ready = await asyncio.gather(  # together: each replica's own moment
+                *(wait_ready(child, http) for child, http in zip(replicas, https, strict=True))
+            )
             ready_at = min(ready)
             await wait_stable(replicas, https)
             row.stable_after_s = time.time() - ready_at
