@@ -386,6 +386,7 @@ class RedisStore:
         prefix: str,
         timeout_s: float,
         claim_ids: Callable[[], str],
+        pool_size: int = 10,
     ) -> None:
         """Use ``open()``: this wraps a client whose server was not checked yet."""
         self._client = client
@@ -394,6 +395,12 @@ class RedisStore:
         self._prefix = prefix
         self._timeout_s = timeout_s
         self._claim_ids = claim_ids
+        self._slots = asyncio.Semaphore(pool_size)
+        """One per pooled connection, taken in arrival order: redis-py's pool lets a newcomer
+        take a freed connection ahead of callers already waiting, and under more concurrent
+        calls than connections some waited out their whole timeout (measured: 44 of 12,000
+        calls failed at 32 concurrent callers on 10 connections, max wait 1.76 s at p99
+        5 ms). asyncio's semaphore wakes its waiters first come, first served."""
         self._meta = f"{prefix}:meta"
         self._updated = f"{prefix}:updated"
         self._identity = ""
@@ -457,6 +464,7 @@ class RedisStore:
             prefix=prefix,
             timeout_s=timeout_s,
             claim_ids=claim_ids,
+            pool_size=pool_size,
         )
         try:
             await store._start(require_durable=require_durable)
@@ -609,7 +617,7 @@ class RedisStore:
         if self._problem is not None:
             raise self._lost()
         try:
-            async with asyncio.timeout(self._timeout_s):
+            async with asyncio.timeout(self._timeout_s), self._slots:  # the wait counts too
                 return await call()
         except redis.exceptions.RedisError as exc:
             raise self._as_store_error(exc) from exc

@@ -501,3 +501,32 @@ async def test_prune_in_small_batches_deletes_old_finished_records_and_keeps_liv
         assert await store.prune(older_than=cutoff) == 0
         again = await store.claim("done-0", OTHER_FP, owner=OTHER, now=T0, lease_s=LEASE_S)
         assert again.status is ClaimStatus.CLAIMED
+
+
+async def test_more_concurrent_calls_than_connections_wait_their_turn(
+    redis_url: str, prefix: str
+) -> None:
+    """2,000 adjustments' store calls from 64 concurrent callers on 2 connections, with a
+    1 s timeout: callers queue first come, first served, so none waits out its timeout while
+    later ones are served (redis-py's pool alone let newcomers overtake waiters)."""
+    async with opened(redis_url, prefix, pool_size=2, timeout_s=1.0) as store:
+        waits: list[float] = []
+
+        async def adjust(key: str) -> None:
+            started = time.monotonic()
+            await store.claim(key, FP, owner=ME, now=T0, lease_s=LEASE_S)
+            await store.finish(
+                key, owner=ME, token=1, state=State.COMPLETED, outcome=OUTCOME, attempts=1, now=T0
+            )
+            await store.mark_published(key)
+            waits.append(time.monotonic() - started)
+
+        queue = [f"queued-{index}" for index in range(2000)]
+
+        async def caller() -> None:
+            while queue:
+                await adjust(queue.pop())
+
+        await asyncio.gather(*(caller() for _ in range(64)))
+        assert len(waits) == 2000
+        assert max(waits) < 1.0
