@@ -94,6 +94,24 @@ class KafkaSettings(BaseModel):
         " large parts replaced by their size and SHA-256, header pa.truncated). Keep it at or"
         " under the topics' max.message.bytes.",
     )
+    transactions: bool = Field(
+        False,
+        description="Kafka transactions: at each commit, the outcome events, dead letters and"
+        " review copies of the records whose offsets it commits go out in one transaction with"
+        " those offsets, so a read_committed reader never sees an outcome twice after a crash"
+        " between publishing and committing. Outcomes become visible at the commit (about once"
+        " a second). Off: idempotent publishing, offsets committed after the acknowledgements.",
+    )
+    transaction_timeout_ms: int = Field(
+        60_000,
+        ge=10_000,
+        le=900_000,
+        description="With transactions: how long the broker lets a transaction stay open before"
+        " aborting it. A transaction is open only while a commit sends its records (at most 5"
+        " s); the timeout bounds how long the open transaction of a crashed instance with no"
+        " successor holds read_committed readers back. At most the broker's"
+        " transaction.max.timeout.ms (15 minutes by default).",
+    )
 
     @field_validator("bootstrap_servers")
     @classmethod

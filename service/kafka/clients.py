@@ -14,6 +14,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from service.errors import StartupError
+from service.kafka.transactions import KafkaTransactions, transactional_id
 from service.settings import KafkaSettings
 
 log = structlog.get_logger("service.kafka")
@@ -45,25 +46,58 @@ async def _start(client: Any, settings: KafkaSettings, what: str) -> None:
         ) from exc
 
 
+def _producer_options(settings: KafkaSettings) -> dict[str, Any]:
+    """What every producer of the service shares: idempotent, acks=all."""
+    return {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 5,
+        # Records are cut down to PA_KAFKA__MAX_MESSAGE_BYTES before they are sent; the
+        # producer's own ceiling is never the tighter one.
+        "max_request_size": max(1_048_576, settings.max_message_bytes + 65_536),
+        "request_timeout_ms": settings.request_timeout_ms,
+    }
+
+
 @asynccontextmanager
 async def open_producer(settings: KafkaSettings) -> AsyncIterator[AIOKafkaProducer]:
     """An idempotent producer waiting for all in-sync replicas (acks=all)."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=f"{settings.client_id}-producer",
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=5,
-        # Records are cut down to PA_KAFKA__MAX_MESSAGE_BYTES before they are sent; the
-        # producer's own ceiling is never the tighter one.
-        max_request_size=max(1_048_576, settings.max_message_bytes + 65_536),
-        request_timeout_ms=settings.request_timeout_ms,
+        client_id=f"{settings.client_id}-producer", **_producer_options(settings)
     )
     await _start(producer, settings, "producer")
     try:
         yield producer
     finally:
         await _stop(producer, "producer")
+
+
+@asynccontextmanager
+async def open_transactions(settings: KafkaSettings) -> AsyncIterator[KafkaTransactions]:
+    """The transactional producer (``PA_KAFKA__TRANSACTIONS``), started: an earlier instance
+    under the same transactional id is fenced and its open transaction aborted by then.
+
+    Open it before the consumer, so that the offsets the consumer starts from are never those
+    of a transaction still undecided.
+    """
+    tid = transactional_id(settings)
+
+    def make() -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            client_id=f"{settings.client_id}-transactions",
+            transactional_id=tid,
+            transaction_timeout_ms=settings.transaction_timeout_ms,
+            **_producer_options(settings),
+        )
+
+    transactions = KafkaTransactions(make, group_id=settings.group_id)
+    log.info("transactions.enabled", transactional_id=tid)
+    await _start(transactions, settings, "transactional producer")
+    try:
+        yield transactions
+    finally:
+        await _stop(transactions, "transactional producer")
 
 
 @asynccontextmanager
@@ -101,7 +135,7 @@ async def open_consumer(
         await _stop(consumer, "consumer")
 
 
-async def _stop(client: AIOKafkaProducer | AIOKafkaConsumer, what: str) -> None:
+async def _stop(client: AIOKafkaProducer | AIOKafkaConsumer | KafkaTransactions, what: str) -> None:
     try:
         await asyncio.wait_for(client.stop(), STOP_TIMEOUT_S)
     except TimeoutError:
