@@ -170,6 +170,18 @@ class DeadLetterOnly:
 
 
 @dataclass(frozen=True)
+class AlreadyPublished:
+    """Nothing to publish: the record is the one whose stored outcome was already published
+    in a committed transaction (a re-delivery); only its offset is left to commit.
+
+    Only with Kafka transactions: there a published outcome is visible to ``read_committed``
+    readers exactly once, and publishing it again would show it twice.
+    """
+
+    stored_key: str
+
+
+@dataclass(frozen=True)
 class Retry:
     """Nothing is decided yet: hand the same record back after ``after_s`` seconds.
 
@@ -182,4 +194,4 @@ class Retry:
     kind: Literal["backoff", "busy", "reconcile"] = "backoff"
 
 
-Decision = Publish | DeadLetterOnly | Retry
+Decision = Publish | DeadLetterOnly | AlreadyPublished | Retry

@@ -16,11 +16,21 @@ key and trace id to every log line of its handling.
 
 Each try at a record is a span of the record's trace (``InboundRecord.trace``): the PAS call
 is made as its child (``PasRequest.trace``), and the outcome event names it (``Publish.trace``).
+
+With Kafka transactions (``ProcessorConfig.transactional``) an outcome is published only when
+the transaction carrying it and its record's offset commits, and it is visible exactly once
+from then on. Three rules change: the record that decided a published outcome, read again,
+publishes nothing (``AlreadyPublished``); a key decided here whose transaction has not
+committed yet counts as published for a repeat of it (its original is on its way); and a key
+is held against other records only while one of them is being decided, not until its outcome
+is published (the outcome of a record waits for the records before it in its partition, one
+of which may be a repeat of the key: holding the key would deadlock them).
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -40,6 +50,7 @@ from service.domain.command import (
     validate_command,
 )
 from service.domain.decisions import (
+    AlreadyPublished,
     Attempt,
     DeadLetterOnly,
     DeadLetterRequest,
@@ -86,6 +97,9 @@ class ProcessorConfig:
     """The longest a PAS call may take; the deadline handed to ``PasPort.adjust``."""
     lease_margin_s: float = 5.0
     """A call's deadline ends this long before the claim's lease does."""
+    transactional: bool = False
+    """Outcomes are published in Kafka transactions (``PA_KAFKA__TRANSACTIONS``): see the
+    module docstring for the rules that change."""
 
 
 class Processor:
@@ -126,9 +140,12 @@ class Processor:
         )
         self._active: dict[str, SourceRef] = {}
         """Idempotency keys being handled now, and by which record: one at a time per
-        process. A stored outcome keeps its key held until it is published (``published``)
-        or given up (``abandon``), so a repeat on another partition cannot republish it as
-        an original meanwhile."""
+        process. Without transactions a stored outcome keeps its key held until it is
+        published (``published``) or given up (``abandon``), so a repeat on another partition
+        cannot republish it as an original meanwhile."""
+        self._unpublished: Counter[str] = Counter()
+        """With transactions: keys with decisions of a stored outcome waiting for their
+        transaction (until ``published`` or ``abandon``), and how many."""
 
     def payload_of(self, value: bytes | None) -> Decoded:
         """The record value decoded: a command's fields, or why it cannot be read.
@@ -202,7 +219,11 @@ class Processor:
         except BaseException:
             self._release(key, record.source)
             raise
-        if not isinstance(decision, Publish) or decision.stored_key != key:
+        if self._config.transactional:
+            self._release(key, record.source)  # decided: its outcome waits for the commit
+            if isinstance(decision, Publish) and decision.stored_key == key:
+                self._unpublished[key] += 1
+        elif not isinstance(decision, Publish) or decision.stored_key != key:
             self._release(key, record.source)  # nothing of this key is left to publish
         return decision
 
@@ -213,14 +234,24 @@ class Processor:
     def abandon(self, decision: Decision) -> None:
         """The runner dropped a decision before publishing it (its partition moved)."""
         if isinstance(decision, Publish) and decision.stored_key is not None:
-            self._active.pop(decision.stored_key, None)
+            self._let_go(decision.stored_key)
 
     async def published(self, decision: Publish) -> None:
-        """Record that the outcome of a stored key was acknowledged by the broker."""
+        """Record that the outcome of a stored key was acknowledged by the broker (with
+        transactions: that the transaction carrying it committed)."""
         if decision.stored_key is not None and not decision.duplicate:
             await self._claims.mark_published(decision.stored_key)
         if decision.stored_key is not None:
-            self._active.pop(decision.stored_key, None)
+            self._let_go(decision.stored_key)
+
+    def _let_go(self, key: str) -> None:
+        """A decision of ``key`` is published or dropped: it no longer holds the key."""
+        if not self._config.transactional:
+            self._active.pop(key, None)
+            return
+        self._unpublished[key] -= 1
+        if self._unpublished[key] <= 0:
+            del self._unpublished[key]
 
     def _busy(self, claim: Claim, attempt: Attempt) -> Retry:
         log.info("idempotency.busy", owner=claim.record.owner)
@@ -285,23 +316,36 @@ class Processor:
 
     def _not_claimed(
         self, claim: Claim, info: CommandInfo, key: str, record: InboundRecord
-    ) -> Decision:
+    ) -> Publish | AlreadyPublished:
         if claim.status is ClaimStatus.CONFLICT:
             log.warning("idempotency.conflict")
             conflict = self._outcomes.conflict(info, self._clock())
             return Publish.unstored(conflict, duplicate_kind="conflict")
         return self._republish(claim.record, key, record)
 
-    def _republish(self, stored: IdempotencyRecord, key: str, record: InboundRecord) -> Publish:
-        """DUPLICATE: the stored outcome again (as the original if it never got out)."""
+    def _republish(
+        self, stored: IdempotencyRecord, key: str, record: InboundRecord
+    ) -> Publish | AlreadyPublished:
+        """DUPLICATE: the stored outcome again (as the original if it never got out).
+
+        With transactions, the record that decided it and published it publishes nothing
+        more, and an outcome decided here whose transaction is still to come counts as
+        published.
+        """
         outcome = stored.outcome
         assert outcome is not None
+        published = stored.published
+        if self._config.transactional:
+            if published and outcome.info.source == record.source:
+                log.info("idempotency.already_published", state=stored.state.value)
+                return AlreadyPublished(key)
+            published = published or self._unpublished[key] > 0
         log.info(
             "idempotency.duplicate",
             state=stored.state.value,
-            republished_original=not stored.published,
+            republished_original=not published,
         )
-        if not stored.published:
+        if not published:
             return Publish.original(outcome)
         kind = stored.state.value.lower()
         return Publish.republished(outcome, key, record.source, duplicate_kind=kind)
@@ -397,4 +441,6 @@ def _decision_name(decision: Decision) -> str:
         return decision.kind
     if isinstance(decision, DeadLetterOnly):
         return "dead_letter"
+    if isinstance(decision, AlreadyPublished):
+        return "already_published"
     return "retry"
