@@ -34,10 +34,17 @@ from service.idempotency.base import IdempotencyStore
 from service.idempotency.continuity import verify_continuity
 from service.idempotency.factory import open_store
 from service.idempotency.metered import MeteredStore
-from service.kafka.clients import open_consumer, open_producer, topic_message_limits
+from service.kafka.clients import (
+    open_consumer,
+    open_producer,
+    open_transactions,
+    topic_message_limits,
+)
 from service.kafka.deadletter import DeadLetterPublisher
 from service.kafka.publisher import OutcomePublisher
 from service.kafka.runner import CommandRunner
+from service.kafka.sizing import RecordSender
+from service.kafka.transactions import KafkaTransactions
 from service.metrics import Metrics
 from service.pas.client import PasClient, open_http_client
 from service.pas.credentials import Credentials, load_credentials
@@ -213,6 +220,13 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
         await require_topics(producer, settings.kafka)
         limits = await topic_message_limits(settings.kafka, service_topics(settings.kafka))
         log.info("kafka.topic_limits", max_message_bytes=limits)
+        # With transactions, every record the service publishes goes through the
+        # transactional producer; the idempotent one above only answers metadata questions.
+        transactions: KafkaTransactions | None = None
+        sender: RecordSender = producer
+        if settings.kafka.transactions:  # started before the consumer reads any offset
+            transactions = await stack.enter_async_context(open_transactions(settings.kafka))
+            sender = transactions
         consumer = await stack.enter_async_context(open_consumer(settings.kafka))
         processor = Processor(
             decode=command_decoder(codec),
@@ -238,15 +252,16 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
                 max_lookups=settings.reconciliation.max_lookups,
                 call_timeout_s=settings.pas.call_timeout_s,
                 lease_margin_s=LEASE_MARGIN_S,
+                transactional=settings.kafka.transactions,
             ),
         )
         runner = CommandRunner(
             consumer=consumer,
             topic=settings.kafka.command_topic,
             processor=processor,
-            publisher=OutcomePublisher(producer, codec, settings.kafka, topic_limits=limits),
+            publisher=OutcomePublisher(sender, codec, settings.kafka, topic_limits=limits),
             dead_letters=DeadLetterPublisher(
-                producer,
+                sender,
                 settings.kafka,
                 settings.kafka.group_id,
                 __version__,
@@ -262,6 +277,7 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
             max_buffered_bytes=settings.processing.max_buffered_bytes,
             fault_backoff_max_s=settings.processing.fault_backoff_max_s,
             health=health,
+            transactions=transactions,
         )
         checks = [
             kafka_check(

@@ -1,5 +1,6 @@
-"""Test doubles shared by the unit tests: clocks that move when told to, and a PAS and a
-history that answer from a script.
+"""Test doubles shared by the unit tests: clocks that move when told to, a PAS and a history
+that answer from a script, and producers that record what they were given (one of them
+transactional).
 
 The fakes of the command runner's Kafka ports live in ``tests/unit/runner_fakes.py``.
 """
@@ -7,12 +8,19 @@ The fakes of the command runner's Kafka ports live in ``tests/unit/runner_fakes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+from aiokafka import TopicPartition
+from aiokafka.errors import (
+    IllegalOperation,
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    ProducerFenced,
+)
 
 from service.domain.ports import PasReply, PasRequest
 from service.domain.reconcile import HistoryLookup
@@ -177,3 +185,130 @@ class RecordingProducer:
         else:
             future.set_result(len(self.sent) - 1)
         return future
+
+
+TRANSACTIONAL_CALLS = ("begin", "send", "delivery", "send_offsets", "commit", "renew")
+
+
+@dataclass
+class TransactionalProducer:
+    """A transactional producer over a pretend broker: the runner's ``Transactions`` and the
+    publishers' ``RecordSender`` at once.
+
+    Records sent go into the open transaction; ``commit`` makes them visible (``visible``)
+    and appends the transaction's offsets to ``group_offsets`` (hand it the fake consumer's
+    list of commits: what the group then holds). After a failed call the producer is finished,
+    as aiokafka's is: every call but ``renew`` raises, and the open transaction is aborted
+    (``aborted``) when ``renew`` starts the next producer.
+
+    ``failures`` scripts the calls that fail, in order: each entry is a call's name (one of
+    ``TRANSACTIONAL_CALLS``; ``delivery``: a record's delivery future fails) and the error it
+    raises. Three words change what the named call does instead: ``commit`` with ``"lost"``
+    commits and then raises (its answer never came), and a call with ``"hang"`` never answers.
+    """
+
+    group_offsets: list[dict[TopicPartition, int]]
+    failures: list[tuple[str, BaseException | str]] = field(default_factory=list)
+    visible: list[Sent] = field(default_factory=list)
+    aborted: list[Sent] = field(default_factory=list)
+    transactions: list[tuple[list[Sent], dict[TopicPartition, int]]] = field(default_factory=list)
+    """Each committed transaction: its records and its offsets."""
+    begun: int = 0
+    renewals: int = 0
+    hold: asyncio.Event = field(default_factory=asyncio.Event)
+    """Every commit waits for it (set when the producer is made); clear it to hold one."""
+    calls: list[str] = field(default_factory=list)
+    """Every call, in order (a failed one too)."""
+    _open: list[Sent] | None = None
+    _offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    _finished: BaseException | None = None
+
+    def __post_init__(self) -> None:
+        self.hold.set()
+
+    def _enter(self, call: str) -> BaseException | str | None:
+        """Record the call; what the script says it does (None: it works)."""
+        self.calls.append(call)
+        if self._finished is not None and call != "renew":
+            raise AssertionError(f"{call} after a failure ({self._finished!r}): only renew")
+        if self.failures and self.failures[0][0] == call:
+            return self.failures.pop(0)[1]
+        return None
+
+    async def _fail(self, outcome: BaseException | str) -> None:
+        if outcome == "hang":
+            await asyncio.Event().wait()
+        assert isinstance(outcome, BaseException)
+        self._finished = outcome
+        raise outcome
+
+    async def begin(self) -> None:
+        outcome = self._enter("begin")
+        if outcome is not None:
+            await self._fail(outcome)
+        if self._open is not None:
+            raise AssertionError("begin inside an open transaction")
+        self._open, self._offsets = [], {}
+        self.begun += 1
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> asyncio.Future[Any]:
+        outcome = self._enter("send")
+        if outcome is not None:
+            await self._fail(outcome)
+        if self._open is None:
+            raise IllegalOperation("Can't send messages while not in transaction")
+        self._open.append(Sent(topic, key, value, list(headers or [])))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        failure = (
+            self.failures.pop(0)[1] if self.failures and self.failures[0][0] == "delivery" else None
+        )
+        if isinstance(failure, BaseException):
+            future.set_exception(failure)  # aiokafka's producer would still commit the rest
+        else:
+            future.set_result(len(self._open) - 1)
+        return future
+
+    async def send_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
+        outcome = self._enter("send_offsets")
+        if outcome is not None:
+            await self._fail(outcome)
+        if self._open is None:
+            raise IllegalOperation("Not in the middle of a transaction")
+        self._offsets.update(offsets)
+
+    async def commit(self) -> None:
+        outcome = self._enter("commit")
+        await self.hold.wait()
+        if outcome is not None and outcome != "lost":
+            await self._fail(outcome)
+        if self._open is None:
+            raise IllegalOperation("no transaction to commit")
+        records, offsets = self._open, self._offsets
+        self._open, self._offsets = None, {}
+        self.visible.extend(records)
+        self.transactions.append((records, offsets))
+        if offsets:
+            self.group_offsets.append(dict(offsets))
+        if outcome == "lost":
+            await self._fail(KafkaConnectionError("the answer to EndTxn never came"))
+
+    async def renew(self) -> None:
+        outcome = self._enter("renew")
+        if outcome is not None:
+            await self._fail(outcome)  # the old producer stays finished
+        if self._open is not None:
+            self.aborted.extend(self._open)  # the new producer's start aborts it
+        self._open, self._offsets, self._finished = None, {}, None
+        self.renewals += 1
+
+
+FENCED = ProducerFenced()
+"""What a producer that another one with its transactional id fenced raises."""

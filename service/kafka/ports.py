@@ -1,11 +1,13 @@
 """What the command runner needs of the world around it, as protocols.
 
 The runner (service/kafka/runner.py) drives four things it does not own: the consumer of
-the command topic, the outcome publisher, the dead-letter publisher and the processor. Each
-is described here by exactly the part the runner uses, so that the real adapters (aiokafka's
-``AIOKafkaConsumer``, ``service.kafka.publisher.OutcomePublisher``,
-``service.kafka.deadletter.DeadLetterPublisher``, ``service.domain.processor.Processor``)
-and the fakes of the unit tests (tests/unit/runner_fakes.py) stand in for one another.
+the command topic, the outcome publisher, the dead-letter publisher and the processor; with
+Kafka transactions, a fifth: the transactional producer. Each is described here by exactly
+the part the runner uses, so that the real adapters (aiokafka's ``AIOKafkaConsumer``,
+``service.kafka.publisher.OutcomePublisher``, ``service.kafka.deadletter.DeadLetterPublisher``,
+``service.domain.processor.Processor``, ``service.kafka.transactions.KafkaTransactions``) and
+the fakes of the unit tests (tests/unit/runner_fakes.py, tests/fakes.py) stand in for one
+another.
 
 The processor's side is written in the domain's names (``service.domain.decisions``, and
 ``Decoded``, the type of ``InboundRecord.payload``): what a record, an attempt and a decision
@@ -30,6 +32,7 @@ __all__ = [
     "OutcomeSender",
     "RebalanceListener",
     "RecordProcessor",
+    "Transactions",
 ]
 
 
@@ -92,6 +95,11 @@ class CommandConsumer(Protocol):
         """Commit, for each partition, the offset of the next record to read."""
         ...
 
+    async def committed(self, partition: TopicPartition, /) -> int | None:
+        """The offset the group holds as committed for ``partition`` now, asked of the broker
+        (a transaction's offsets included once it committed); None: nothing committed."""
+        ...
+
     async def position(self, partition: TopicPartition, /) -> int:
         """The offset of the next record ``getmany`` will hand out of ``partition`` (it may
         wait while the consumer looks up where to start)."""
@@ -106,6 +114,34 @@ class CommandConsumer(Protocol):
         """The offset up to which every transaction of ``partition`` is decided, from the last
         fetch answer: the end a ``read_committed`` consumer can read to (-1 under
         ``read_uncommitted``, None until the partition was fetched)."""
+        ...
+
+
+class Transactions(Protocol):
+    """The transactional producer, as the runner drives it (``PA_KAFKA__TRANSACTIONS``).
+
+    The publishers send through the same producer, into the open transaction. Any exception
+    from one of these calls (or from a send, or a delivery) leaves the producer unusable:
+    only ``renew`` may follow.
+    """
+
+    async def begin(self) -> None:
+        """Open a transaction."""
+        ...
+
+    async def send_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Add the consumer group's offsets (the next record to read, per partition) to the
+        open transaction."""
+        ...
+
+    async def commit(self) -> None:
+        """Commit the open transaction: its records and offsets become visible together."""
+        ...
+
+    async def renew(self) -> None:
+        """Replace the producer with a new one under the same transactional id; once this
+        returns, the broker has ended the last transaction of the old one (committed if its
+        commit had got through, aborted otherwise)."""
         ...
 
 
@@ -153,7 +189,8 @@ class RecordProcessor(Protocol):
         ...
 
     async def published(self, decision: Publish) -> None:
-        """The outcome of ``decision`` was acknowledged by the broker."""
+        """The outcome of ``decision`` was acknowledged by the broker (with transactions: the
+        transaction carrying it committed)."""
         ...
 
     def abandon(self, decision: Decision) -> None:

@@ -23,6 +23,19 @@ publish, the note that it was published) is tried again, so a fault after PAS ap
 adjustment never calls PAS again. When the record finally goes through, the partition
 resumes. Nothing is skipped: a partition stays behind its faulted record, never past it.
 
+With Kafka transactions (``transactions``: ``PA_KAFKA__TRANSACTIONS``) a record is finished
+once it is *decided*; what it publishes (its outcome, dead letter or review copy) is held.
+At each commit, one transaction carries the held outputs of every partition's finished
+prefix and the offsets after those prefixes (``send_offsets_to_transaction``): a record's
+outputs become visible together with its offset, never without it, so a crash re-delivers
+only records none of whose outputs was ever visible. Outputs of records finished beyond the
+prefix wait for a later transaction. The store notes an outcome published only once its
+transaction committed. Any failure of a transaction (a send, the offsets, the commit, a
+timeout) ends the transactional producer: the runner pauses intake, replaces the producer
+(which ends the failed transaction) and asks the group's committed offsets whether the
+failed commit went through after all; what did not is carried by the next transaction,
+after a growing pause. Nothing is decided again: the held decisions are already stored.
+
 The runner sees the consumer, the publishers and the processor only through the protocols
 of ``service.kafka.ports``; the service runs its two coroutines (``run`` and ``dispatch``)
 in its one task group (``service.app.run_tasks``). The log lines of one record's handling,
@@ -49,6 +62,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from service.domain.command import safe_text
 from service.domain.decisions import (
+    AlreadyPublished,
     Attempt,
     DeadLetterOnly,
     DeadLetterRequest,
@@ -67,6 +81,7 @@ from service.kafka.ports import (
     DeadLetterSender,
     OutcomeSender,
     RecordProcessor,
+    Transactions,
 )
 from service.metrics import Metrics
 
@@ -80,6 +95,12 @@ POSITION_TIMEOUT_S = 0.01
 while the consumer looks up where to start: then the next round asks again)."""
 FAULT_FIRST_PAUSE_S = 0.5
 CLAIM_LOST_PAUSE_S = 0.5
+TRANSACTION_TIMEOUT_S = 5.0
+"""Longest one transaction may take, from its first record to its commit (aiokafka retries a
+transactional request without end while the broker is away)."""
+RENEW_TIMEOUT_S = 5.0
+"""Longest the replacement of a failed transactional producer may take, reading back the
+group's offsets included."""
 
 Key = tuple[TopicPartition, str]
 
@@ -91,10 +112,18 @@ class _Pending:
     record: InboundRecord
     fetched_at: float
     attempt: Attempt = field(default_factory=Attempt)
-    decision: Publish | DeadLetterOnly | None = None
+    decision: Publish | DeadLetterOnly | AlreadyPublished | None = None
     """Taken once; a fault after it retries only what is left of delivering it."""
     delivered: bool = False
     faults: int = 0
+
+
+@dataclass
+class _Transaction:
+    """What one transaction commits: offsets, and the records whose outputs it carries."""
+
+    offsets: dict[TopicPartition, int]
+    carried: list[tuple[TopicPartition, _Pending]]
 
 
 def fault_part(exc: BaseException) -> str:
@@ -259,7 +288,10 @@ class CommandRunner:
         commit_interval_s: float = COMMIT_INTERVAL_S,
         health: Health | None = None,
         clock: Callable[[], float] = time.time,
+        transactions: Transactions | None = None,
     ) -> None:
+        """``transactions``: publish in Kafka transactions through this producer (the
+        ``publisher`` and ``dead_letters`` must send through it too); None: idempotently."""
         self._consumer = consumer
         self._clock = clock
         """Wall-clock seconds, compared with record timestamps for the lag in seconds."""
@@ -298,6 +330,22 @@ class CommandRunner:
         self._settled = asyncio.Event()
         """Set when the buffer empties, or when nothing will empty it any more (a failure,
         the dispatcher gone); what the drain on the way out waits for."""
+        self._transactions = transactions
+        self._held: dict[TopicPartition, dict[int, _Pending]] = {}
+        """With transactions: decided records whose outputs wait for the transaction that
+        commits their offsets, by offset."""
+        self._unnoted: list[Publish] = []
+        """With transactions: outcomes of committed transactions the store has not noted
+        published yet (the note failed); tried again at each commit."""
+        self._in_doubt: _Transaction | None = None
+        """A transaction whose commit failed, until the runner knows whether it went through."""
+        self._transaction_faults = 0
+        """Transactions (and producer replacements) failed in a row."""
+        self._transaction_retry_at = 0.0
+        """No transaction is tried before this moment (``time.monotonic``) after a failure."""
+        self._transaction_turn = asyncio.Lock()
+        """One transaction at a time: aiokafka runs the revocation callback in its own task,
+        which may come while the loop's commit is in a transaction."""
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -314,7 +362,7 @@ class CommandRunner:
                 for tp, messages in batches.items():
                     for message in messages:
                         self._accept(tp, message)
-                if time.monotonic() - self._last_commit >= self._commit_interval_s:
+                if self._commit_due():
                     await self.commit()
                 await self.observe_lag()
         finally:
@@ -333,7 +381,9 @@ class CommandRunner:
             handle.cancel()
         self._timers.clear()
         await self._drain(set(self._running), max(0.0, deadline - time.monotonic()))
-        await self.commit()
+        await self.commit(closing=True)
+        if self._unnoted:
+            log.warning("outcomes.note_lost", outcomes=len(self._unnoted))
         with contextlib.suppress(Exception):  # the last figures, best effort on the way out
             await self.observe_lag()
         log.info("consumer.stopped")
@@ -368,7 +418,24 @@ class CommandRunner:
         return batches
 
     def _buffered(self) -> int:
-        return sum(len(progress) for progress in self._progress.values())
+        """Records in hand: fetched and not finished, or (with transactions) held."""
+        return sum(self._in_hand(tp, progress) for tp, progress in self._progress.items())
+
+    def _in_hand(self, tp: TopicPartition, progress: PartitionProgress) -> int:
+        """Records of ``tp`` in hand. With transactions: those not finished and those held
+        (finished ahead of an unfinished one or not, they wait for their transaction)."""
+        held = self._held.get(tp)
+        if self._transactions is None:
+            return len(progress)
+        return len(progress) - len(progress.done) + (len(held) if held else 0)
+
+    def _commit_due(self) -> bool:
+        """The commit interval has passed, or (with transactions) half the buffer is held
+        (committing sooner keeps intake going)."""
+        if time.monotonic() - self._last_commit >= self._commit_interval_s:
+            return True
+        held = sum(len(records) for records in self._held.values())
+        return held > 0 and held >= self._max_buffered // 2
 
     def _backpressure(self) -> int:
         """Pause or resume partitions; return how many records may be fetched now.
@@ -377,7 +444,8 @@ class CommandRunner:
         ``max_buffered_bytes``: one partition's backlog of a few accounts cannot fill the
         buffer and starve the others. A partition pauses at its share and resumes below
         half of it; all pause when the whole buffer is full. A partition held up by a fault
-        stays paused until its record passes.
+        stays paused until its record passes. Records held for their transaction count as in
+        hand (their bytes too, until it commits); while transactions fail, all pause.
         """
         buffered = self._buffered()
         held_bytes = sum(progress.bytes for progress in self._progress.values())
@@ -390,11 +458,13 @@ class CommandRunner:
             buffered >= self._max_buffered
             or held_bytes >= self._max_buffered_bytes
             or self._health.problem("store") is not None  # a lost store takes nothing new
+            or self._health.problem("transactions") is not None  # nor failing transactions
         )
         held = {tp for tp, _ in self._faulted}
         for tp, progress in self._progress.items():
-            over = len(progress) >= share or progress.bytes >= byte_share
-            below = len(progress) <= share // 2 and progress.bytes <= byte_share // 2
+            in_hand = self._in_hand(tp, progress)
+            over = in_hand >= share or progress.bytes >= byte_share
+            below = in_hand <= share // 2 and progress.bytes <= byte_share // 2
             if tp not in self._paused and (full or over or tp in held):
                 self._consumer.pause(tp)
                 self._paused.add(tp)
@@ -531,7 +601,8 @@ class CommandRunner:
                     self._later(key, decision.after_s)
                     return False
                 pending.decision = decision
-            await self._deliver(pending)
+            if self._transactions is None:
+                await self._deliver(pending)  # with transactions: at the next commit
         finally:
             self._metrics.in_flight.dec()
         return True
@@ -544,7 +615,12 @@ class CommandRunner:
         self._metrics.processing.observe(time.perf_counter() - pending.fetched_at)
         if self._progress.get(tp) is not progress:
             return  # the partition was revoked meanwhile
-        progress.finish(pending.record.offset, pending.record.size)
+        record = pending.record
+        if self._transactions is not None and not isinstance(pending.decision, AlreadyPublished):
+            self._held.setdefault(tp, {})[record.offset] = pending
+            progress.finish(record.offset)  # its bytes count until its transaction commits
+        else:
+            progress.finish(record.offset, record.size)
         queue.popleft()
         if queue:
             self._make_ready(key)
@@ -616,29 +692,35 @@ class CommandRunner:
         """
         decision = pending.decision
         assert decision is not None
-        record = pending.record
-        dead = decision.dead_letter
         if not pending.delivered:
-            deliveries: list[Awaitable[object]] = []
-            if isinstance(decision, Publish):
-                deliveries.append(await self._publisher.send(decision))
-            if dead is not None:
-                deliveries.append(await self._send_dead_letter(dead, record))
-            results = await asyncio.gather(*deliveries, return_exceptions=True)
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
+            await _all_delivered(await self._send_outputs(pending))
             pending.delivered = True
-            if isinstance(decision, Publish):
-                self._count(decision)
-            if dead is not None:
-                self._metrics.dead_letters.labels(dead.target, dead.reason).inc()
-                if dead.target == "review":
-                    self._metrics.review_copies.inc()
-                if isinstance(decision, DeadLetterOnly):
-                    self._metrics.undecodable.labels(dead.reason).inc()
+            self._count_delivered(decision)
         if isinstance(decision, Publish):
             await self._processor.published(decision)
+
+    async def _send_outputs(self, pending: _Pending) -> list[Awaitable[object]]:
+        """Queue what the decision publishes (its outcome event, its dead letter or review
+        copy); one awaitable per record, resolved when the broker acknowledged it."""
+        decision = pending.decision
+        deliveries: list[Awaitable[object]] = []
+        if isinstance(decision, Publish):
+            deliveries.append(await self._publisher.send(decision))
+        dead = _dead_letter_of(decision)
+        if dead is not None:
+            deliveries.append(await self._send_dead_letter(dead, pending.record))
+        return deliveries
+
+    def _count_delivered(self, decision: Publish | DeadLetterOnly | AlreadyPublished) -> None:
+        if isinstance(decision, Publish):
+            self._count(decision)
+        dead = _dead_letter_of(decision)
+        if dead is not None:
+            self._metrics.dead_letters.labels(dead.target, dead.reason).inc()
+            if dead.target == "review":
+                self._metrics.review_copies.inc()
+            if isinstance(decision, DeadLetterOnly):
+                self._metrics.undecodable.labels(dead.reason).inc()
 
     async def _send_dead_letter(
         self, dead: DeadLetterRequest, record: InboundRecord
@@ -725,15 +807,25 @@ class CommandRunner:
 
     # -- commits, rebalances, shutdown ----------------------------------------------------
 
-    async def commit(self, partitions: set[TopicPartition] | None = None) -> None:
+    async def commit(
+        self,
+        partitions: set[TopicPartition] | None = None,
+        *,
+        closing: bool = False,
+    ) -> None:
+        """Commit each partition's finished prefix (of ``partitions``, or all).
+
+        With transactions, in one transaction with the held outputs of those records.
+        ``partitions`` given (a revocation): now, whatever pause a failed transaction asked
+        for. ``closing`` (the commit on the way out): once, not followed by a producer
+        replacement when it fails (what it carried is read again at the next start).
+        """
         self._last_commit = time.monotonic()
-        offsets = {
-            tp: progress.commit_at
-            for tp, progress in self._progress.items()
-            if progress.dirty
-            and progress.commit_at is not None
-            and (partitions is None or tp in partitions)
-        }
+        if self._transactions is not None:
+            async with self._transaction_turn:
+                await self._commit_transaction(self._transactions, partitions, closing=closing)
+            return
+        offsets = self._ready_offsets(partitions)
         if not offsets:
             if partitions is None:
                 self._health.clear("offsets")  # nothing left to commit: nothing failing
@@ -748,6 +840,20 @@ class CommandRunner:
             log.warning("offsets.commit_failed", error=type(exc).__name__, detail=detail)
             self._health.report("offsets", f"commits failing: {type(exc).__name__}: {detail}")
             return
+        self._committed_to(offsets)
+
+    def _ready_offsets(self, partitions: set[TopicPartition] | None) -> dict[TopicPartition, int]:
+        """The end of each partition's finished prefix not committed yet."""
+        return {
+            tp: progress.commit_at
+            for tp, progress in self._progress.items()
+            if progress.dirty
+            and progress.commit_at is not None
+            and (partitions is None or tp in partitions)
+        }
+
+    def _committed_to(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """``offsets`` are committed."""
         self._metrics.commits.labels("ok").inc()
         self._health.clear("offsets")
         for tp, offset in offsets.items():
@@ -757,6 +863,170 @@ class CommandRunner:
             progress.committed_to(offset)
             if progress.commit_at == offset:
                 progress.dirty = False
+
+    # -- transactions ---------------------------------------------------------------------
+
+    async def _commit_transaction(
+        self,
+        transactions: Transactions,
+        partitions: set[TopicPartition] | None,
+        *,
+        closing: bool,
+    ) -> None:
+        """One transaction: each partition's finished prefix, the held outputs of its
+        records, and the offset after it."""
+        if self._in_doubt is not None:
+            if closing:
+                log.warning("transaction.in_doubt_at_shutdown")
+                return  # read again at the next start, whose producer ends the transaction
+            if partitions is None and time.monotonic() < self._transaction_retry_at:
+                return
+            if not await self._settle(transactions):
+                return
+        elif partitions is None and not closing and time.monotonic() < self._transaction_retry_at:
+            return
+        await self._note_published()
+        offsets = self._ready_offsets(partitions)
+        if not offsets:
+            if partitions is None:
+                self._health.clear("offsets")
+                self._transactions_fine()  # after a replacement, nothing was left to carry
+            return
+        carried = [
+            (tp, held[offset])
+            for tp, end in offsets.items()
+            if (held := self._held.get(tp))
+            for offset in sorted(held)
+            if offset < end
+        ]
+        transaction = _Transaction(offsets, carried)
+        try:
+            async with asyncio.timeout(TRANSACTION_TIMEOUT_S):
+                await self._run_transaction(transactions, transaction)
+        except Exception as exc:  # any: the producer is finished (an AssertionError too)
+            self._in_doubt = transaction
+            self._metrics.commits.labels("failed").inc()
+            self._transaction_fault("commit", exc)
+            if not closing:
+                await self._settle(transactions)
+            return
+        self._transactions_fine()
+        await self._transaction_committed(transaction)
+
+    def _transactions_fine(self) -> None:
+        if self._transaction_faults:
+            log.info("transaction.recovered", faults=self._transaction_faults)
+        self._transaction_faults = 0
+        self._health.clear("transactions")
+
+    async def _run_transaction(self, transactions: Transactions, transaction: _Transaction) -> None:
+        await transactions.begin()
+        deliveries: list[Awaitable[object]] = []
+        for _, pending in transaction.carried:
+            deliveries += await self._send_outputs(pending)
+        await transactions.send_offsets(transaction.offsets)
+        # aiokafka commits a transaction even when one of its records failed: check first.
+        await _all_delivered(deliveries)
+        await transactions.commit()
+
+    async def _transaction_committed(self, transaction: _Transaction) -> None:
+        """``transaction`` committed: its records are done, their outcomes published."""
+        self._committed_to(transaction.offsets)
+        for tp, pending in transaction.carried:
+            held = self._held.get(tp)
+            if held is not None:
+                held.pop(pending.record.offset, None)
+            progress = self._progress.get(tp)
+            if progress is not None:
+                progress.bytes -= pending.record.size
+            decision = pending.decision
+            assert decision is not None
+            self._count_delivered(decision)
+            if isinstance(decision, Publish):
+                self._unnoted.append(decision)
+        await self._note_published()
+
+    async def _note_published(self) -> None:
+        """Note in the store the outcomes of committed transactions, all at once (a store
+        that groups writes makes one of them); those that fail are tried at the next commit.
+
+        A crash before the note leaves a key whose outcome is visible unnoted: a later
+        repeat of its command then publishes the original again (same event id).
+        """
+        if not self._unnoted:
+            return
+        decisions, self._unnoted = self._unnoted, []
+        results = await asyncio.gather(
+            *(self._processor.published(decision) for decision in decisions),
+            return_exceptions=True,
+        )
+        failed = [
+            (decision, result)
+            for decision, result in zip(decisions, results, strict=True)
+            if isinstance(result, BaseException)
+        ]
+        if not failed:
+            self._health.clear("published")
+            return
+        self._unnoted = [decision for decision, _ in failed]
+        error = failed[0][1]
+        part = fault_part(error)
+        self._metrics.faults.labels(part).inc()
+        log.warning("outcomes.note_failed", outcomes=len(failed), part=part, error=describe(error))
+        self._health.report("published", f"noting outcomes published failing: {describe(error)}")
+
+    async def _settle(self, transactions: Transactions) -> bool:
+        """After a failed transaction: replace the producer (which ends that transaction),
+        then learn from the group's committed offsets whether it committed after all.
+
+        True once known; False when the replacement failed too (tried again later).
+        """
+        transaction = self._in_doubt
+        assert transaction is not None
+        owned = [tp for tp in transaction.offsets if tp in self._progress]
+        try:
+            async with asyncio.timeout(RENEW_TIMEOUT_S):
+                await transactions.renew()
+                group = {tp: await self._consumer.committed(tp) for tp in owned}
+        except Exception as exc:  # the broker still away, most likely
+            self._transaction_fault("renew", exc)
+            return False
+        self._in_doubt = None
+        went_through = {
+            tp: transaction.offsets[tp]
+            for tp in owned
+            if (held := group[tp]) is not None and held >= transaction.offsets[tp]
+        }
+        log.info("transaction.producer_renewed", committed_after_all=bool(went_through))
+        if went_through:
+            carried = [(tp, pending) for tp, pending in transaction.carried if tp in went_through]
+            await self._transaction_committed(_Transaction(went_through, carried))
+        return True
+
+    def _transaction_fault(self, stage: str, exc: Exception) -> None:
+        """A transaction (``commit``) or a producer replacement (``renew``) failed: pause
+        intake, report, and try again after a growing pause."""
+        self._transaction_faults += 1
+        faults = self._transaction_faults
+        self._metrics.faults.labels("kafka").inc()
+        ceiling = min(FAULT_FIRST_PAUSE_S * 2 ** (faults - 1), self._fault_backoff_max_s)
+        pause = random.uniform(ceiling / 2, ceiling)
+        self._transaction_retry_at = time.monotonic() + pause
+        error = describe(exc)
+        if isinstance(exc, TimeoutError):
+            limit = TRANSACTION_TIMEOUT_S if stage == "commit" else RENEW_TIMEOUT_S
+            error = f"no answer from the broker in {limit:g} s"
+        self._health.report("transactions", f"{stage} failing: {error}")
+        if faults & (faults - 1):
+            return  # logged at the 1st, 2nd, 4th, 8th... fault only
+        (log.error if faults == 1 else log.warning)(
+            "transaction.failed",
+            stage=stage,
+            faults=faults,
+            retry_in_s=round(pause, 2),
+            error=error,
+            exc_info=faults == 1 and not isinstance(exc, KafkaError | TimeoutError),
+        )
 
     async def _drain(self, partitions: set[TopicPartition], timeout_s: float) -> None:
         """Let the records in hand for ``partitions`` finish, up to ``timeout_s``."""
@@ -790,6 +1060,9 @@ class CommandRunner:
             self._progress.pop(tp, None)
             self._paused.discard(tp)
             self._metrics.forget_partition(tp.partition)
+            for pending in self._held.pop(tp, {}).values():
+                assert pending.decision is not None
+                self._processor.abandon(pending.decision)  # its new owner publishes it
         self._unfault([key for key in self._faulted if key[0] in revoked])
         for key in [key for key in self._queues if key[0] in revoked]:
             for pending in self._queues.pop(key):
@@ -808,6 +1081,20 @@ class CommandRunner:
         for tp in assigned:
             self._progress.setdefault(tp, PartitionProgress())
         self._metrics.assigned_partitions.set(len(self._progress))
+
+
+def _dead_letter_of(
+    decision: Publish | DeadLetterOnly | AlreadyPublished | None,
+) -> DeadLetterRequest | None:
+    return decision.dead_letter if isinstance(decision, Publish | DeadLetterOnly) else None
+
+
+async def _all_delivered(deliveries: Sequence[Awaitable[object]]) -> None:
+    """Wait for every delivery; raise the first failure (once all have answered)."""
+    results = await asyncio.gather(*deliveries, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

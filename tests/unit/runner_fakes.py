@@ -4,7 +4,9 @@
 unpaused partitions, runs rebalances when asked, records pauses, resumes and commits, and
 tells each partition's position and ends (high watermark, last stable offset) as a fetch
 answer would.
-``FakeOutcomes`` and ``FakeDeadLetters`` acknowledge (or refuse) what is sent to them.
+``FakeOutcomes`` and ``FakeDeadLetters`` acknowledge (or refuse) what is sent to them; given a
+producer (``tests.fakes.TransactionalProducer``), they send through it instead, as the real
+publishers do with Kafka transactions.
 ``serve`` runs a runner as the service does: ``run`` and ``dispatch`` in one task group.
 ``wire`` builds a runner around given fakes (tests/unit/conftest.py's ``quick_faults``
 shortens its fault pauses).
@@ -28,7 +30,9 @@ from service.health import Health
 from service.kafka.deadletter import Failure
 from service.kafka.ports import RebalanceListener, RecordProcessor
 from service.kafka.runner import CommandRunner
+from service.kafka.sizing import RecordSender
 from service.metrics import Metrics
+from tests.fakes import TransactionalProducer
 
 TOPIC = "commands"
 TP = TopicPartition(TOPIC, 0)
@@ -99,7 +103,7 @@ class FakeConsumer:
         self._to_revoke.update(partitions)
         self._news.set()
 
-    def committed(self, tp: TopicPartition = TP) -> int | None:
+    def last_commit(self, tp: TopicPartition = TP) -> int | None:
         """The last offset committed for ``tp``."""
         for offsets in reversed(self.commits):
             offset: int | None = offsets.get(tp)
@@ -169,6 +173,9 @@ class FakeConsumer:
             await asyncio.Event().wait()
         self.commits.append(dict(offsets))
 
+    async def committed(self, partition: TopicPartition, /) -> int | None:
+        return self.last_commit(partition)
+
     async def position(self, partition: TopicPartition, /) -> int:
         if self.position_unknown:
             await asyncio.Event().wait()
@@ -193,25 +200,50 @@ def _acknowledged(error: Exception | None = None) -> asyncio.Future[None]:
     return future
 
 
-class FakeOutcomes:
-    """An outcome publisher whose first ``failures`` deliveries fail like a broker outage."""
+OUTCOME_TOPIC = "outcomes"
+DEAD_LETTER_TOPIC = "dead-letters"
 
-    def __init__(self, failures: int = 0) -> None:
+
+def coordinates(value: bytes | None) -> tuple[int, int]:
+    """The partition and offset of the command a record sent by the fakes stands for."""
+    assert value is not None
+    partition, offset, _ = value.decode().split(":", 2)
+    return int(partition), int(offset)
+
+
+class FakeOutcomes:
+    """An outcome publisher whose first ``failures`` deliveries fail like a broker outage.
+
+    With a ``producer``, each event goes through it to ``OUTCOME_TOPIC``, its value
+    ``<partition>:<offset>:<event id>`` of the record it answers (``coordinates``).
+    """
+
+    def __init__(self, failures: int = 0, *, producer: RecordSender | None = None) -> None:
         self.failures = failures
+        self.producer = producer
         self.sent: list[Publish] = []
 
-    async def send(self, decision: Publish) -> asyncio.Future[None]:
+    async def send(self, decision: Publish) -> asyncio.Future[Any]:
         if self.failures:
             self.failures -= 1
             return _acknowledged(KafkaTimeoutError("batch expired: the broker did not answer"))
         self.sent.append(decision)
-        return _acknowledged()
+        if self.producer is None:
+            return _acknowledged()
+        source = decision.source
+        value = f"{source.partition}:{source.offset}:{decision.event_id}".encode()
+        return await self.producer.send(OUTCOME_TOPIC, value=value)
 
 
 class FakeDeadLetters:
-    """A dead-letter publisher that acknowledges every copy and keeps it."""
+    """A dead-letter publisher that acknowledges every copy and keeps it.
 
-    def __init__(self) -> None:
+    With a ``producer``, each copy goes through it to ``DEAD_LETTER_TOPIC``, its value
+    ``<partition>:<offset>:<target>`` (``coordinates``).
+    """
+
+    def __init__(self, *, producer: RecordSender | None = None) -> None:
+        self.producer = producer
         self.sent: list[tuple[int, Failure, str]] = []
 
     async def send(
@@ -226,9 +258,12 @@ class FakeDeadLetters:
         headers: Sequence[tuple[str, bytes]] | None,
         failure: Failure,
         target: Literal["dlt", "review"],
-    ) -> asyncio.Future[None]:
+    ) -> asyncio.Future[Any]:
         self.sent.append((offset, failure, target))
-        return _acknowledged()
+        if self.producer is None:
+            return _acknowledged()
+        value = f"{partition}:{offset}:{target}".encode()
+        return await self.producer.send(DEAD_LETTER_TOPIC, value=value)
 
 
 @dataclass
@@ -250,11 +285,15 @@ def wire(
     *,
     drain_timeout_s: float,
     commit_interval_s: float,
+    transactions: TransactionalProducer | None = None,
     **options: Any,
 ) -> Wiring:
     """A runner over ``consumer``, ``processor`` and ``outcomes``, with fresh metrics and
-    health (every readiness flip recorded) and its own stop event."""
-    dead_letters = FakeDeadLetters()
+    health (every readiness flip recorded) and its own stop event.
+
+    With ``transactions``, the runner publishes in transactions of that producer, and the dead
+    letters go through it too (``outcomes`` should have been given it)."""
+    dead_letters = FakeDeadLetters(producer=transactions)
     metrics = Metrics()
     readiness: list[bool] = []
     health = Health(on_change=readiness.append)
@@ -270,6 +309,7 @@ def wire(
         drain_timeout_s=drain_timeout_s,
         commit_interval_s=commit_interval_s,
         health=health,
+        transactions=transactions,
         **options,
     )
     return Wiring(runner, dead_letters, metrics, health, stop, readiness)

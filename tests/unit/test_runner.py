@@ -290,11 +290,11 @@ async def test_offsets_finished_out_of_order_are_committed_only_up_to_the_first_
         await r.fetches_later()
         assert r.consumer.commits == []
         r.processor.release(0)
-        await wait_until(lambda: r.consumer.committed() == 1, while_running=task)
+        await wait_until(lambda: r.consumer.last_commit() == 1, while_running=task)
         await r.fetches_later()
-        assert r.consumer.committed() == 1
+        assert r.consumer.last_commit() == 1
         r.processor.release(1)
-        await wait_until(lambda: r.consumer.committed() == 3, while_running=task)
+        await wait_until(lambda: r.consumer.last_commit() == 3, while_running=task)
     assert r.consumer.commits == [{TP: 1}, {TP: 3}]
 
 
@@ -317,7 +317,7 @@ async def test_a_partition_pauses_at_its_share_of_records_and_resumes_below_half
         await wait_until(lambda: ("resume", TP) in r.consumer.events, while_running=task)
         await wait_until(lambda: r.consumer.fetched[TP] == 6, while_running=task)
         r.processor.release(*range(2, 8))
-        await wait_until(lambda: r.consumer.committed() == 8, while_running=task)
+        await wait_until(lambda: r.consumer.last_commit() == 8, while_running=task)
     assert r.consumer.events[:2] == [("pause", TP), ("resume", TP)]
 
 
@@ -329,11 +329,11 @@ async def test_one_partitions_backlog_pauses_that_partition_only() -> None:
     r.consumer.feed(TP1, value("x"), value("y"), value("z"))
     r.processor.gate(0)
     async with running(r) as task:
-        await wait_until(lambda: r.consumer.committed(TP1) == 3, while_running=task)
+        await wait_until(lambda: r.consumer.last_commit(TP1) == 3, while_running=task)
         assert TP in r.consumer.paused
         assert r.consumer.fetched[TP] == 2
         r.processor.release(0)
-        await wait_until(lambda: r.consumer.committed(TP) == 5, while_running=task)
+        await wait_until(lambda: r.consumer.last_commit(TP) == 5, while_running=task)
     assert ("resume", TP) in r.consumer.events
 
 
@@ -354,7 +354,7 @@ async def test_the_byte_budget_pauses_a_partition_and_resumes_it_below_half() ->
         r.processor.release(2)
         await wait_until(lambda: ("resume", TP) in r.consumer.events, while_running=task)
         r.processor.release(3, 4, 5)
-        await wait_until(lambda: r.consumer.committed() == 6, while_running=task)
+        await wait_until(lambda: r.consumer.last_commit() == 6, while_running=task)
 
 
 # -- ordering and quarantine -------------------------------------------------------------
@@ -373,7 +373,7 @@ async def test_records_of_one_account_run_one_after_the_other_and_other_accounts
         assert r.processor.handled == [0, 2, 3]
         assert r.consumer.commits == []  # offset 0 unfinished
         r.processor.release(0)
-        await wait_until(lambda: r.consumer.committed() == 4, while_running=task)
+        await wait_until(lambda: r.consumer.last_commit() == 4, while_running=task)
     assert r.processor.handled == [0, 2, 3, 1]
     assert r.processor.published_keys == r.keys(2, 3, 0, 1)
     assert r.processor.overlaps == []
@@ -388,7 +388,7 @@ async def test_a_retry_hands_the_record_back_after_its_delay_and_its_account_wai
     r.consumer.feed(TP, value("a"), value("a"), value("b"))
     r.processor.steps[0].append(retry(0.05))
     async with running(r) as task:
-        await wait_until(lambda: r.consumer.committed() == 3, while_running=task)
+        await wait_until(lambda: r.consumer.last_commit() == 3, while_running=task)
     first, second = r.processor.handled_at[0]
     assert second - first >= 0.045
     assert r.processor.handled == [0, 2, 0, 1]
@@ -415,7 +415,7 @@ async def test_a_raising_processor_has_its_record_retried_as_a_fault_and_the_run
         problem = r.health.problem("records.other")
         if problem is not None:
             problems.append(problem)
-        return r.consumer.committed() == 2
+        return r.consumer.last_commit() == 2
 
     async with running(r) as task:
         await wait_until(done, while_running=task)
@@ -450,7 +450,7 @@ async def test_a_base_exception_from_the_processor_stops_the_runner_and_is_raise
     assert r.processor.handled.count(1) == 1
     assert "key-0" in r.processor.published_keys
     assert "key-1" not in r.processor.published_keys
-    assert r.consumer.committed() == 1
+    assert r.consumer.last_commit() == 1
 
 
 # -- rebalances ----------------------------------------------------------------------------
@@ -475,9 +475,9 @@ async def test_a_revocation_drains_the_records_in_hand_commits_and_drops_the_res
         await wait_until(lambda: TP in r.consumer.revoking, while_running=task)
         r.processor.release(0)
         await wait_until(lambda: TP not in r.consumer.partitions, while_running=task)
-        assert r.consumer.committed(TP) == 1
+        assert r.consumer.last_commit(TP) == 1
         r.consumer.feed(TP1, value("c"))
-        await wait_until(lambda: r.consumer.committed(TP1) == 1, while_running=task)
+        await wait_until(lambda: r.consumer.last_commit(TP1) == 1, while_running=task)
     assert 1 not in r.processor.handled
     assert r.processor.published_keys == ["key-0", "p1-key-0"]
     (abandoned,) = r.processor.abandoned
@@ -536,7 +536,7 @@ async def test_on_stop_a_record_past_the_drain_budget_is_cancelled_and_the_rest_
         started = time.monotonic()
     took = time.monotonic() - started
     assert r.processor.cancelled == [1]
-    assert r.consumer.committed() == 1
+    assert r.consumer.last_commit() == 1
     assert took < 0.2 + 3.0
 
 
@@ -569,7 +569,7 @@ async def test_a_failing_sibling_task_stops_the_runner_and_its_error_comes_out()
     with pytest.raises(RuntimeError, match="the watchdog broke"):
         async with asyncio.timeout(15):
             await run_tasks(r.runner, {"watchdog": watchdog()})
-    assert r.consumer.committed() == 1
+    assert r.consumer.last_commit() == 1
     assert asyncio.all_tasks() == {asyncio.current_task()}
 
 
@@ -588,7 +588,7 @@ async def test_a_records_log_lines_carry_its_place_and_idempotency_key_but_not_t
         processors=[structlog.contextvars.merge_contextvars]
     ) as logs:
         async with running(r) as task:
-            await wait_until(lambda: r.consumer.committed() == 1, while_running=task)
+            await wait_until(lambda: r.consumer.last_commit() == 1, while_running=task)
     trace_id = r.processor.contexts[0]["trace_id"]
     assert len(trace_id) == 32  # the record had no traceparent: a trace of its own, kept
     place = {"topic": TOPIC, "partition": 0, "offset": 0, "idempotency_key": "idem-7"}
@@ -607,11 +607,13 @@ def test_the_real_consumer_takes_every_call_the_port_makes() -> None:
         "pause": ((TP,), {}),
         "resume": ((TP,), {}),
         "commit": (({TP: 1},), {}),
+        "committed": ((TP,), {}),
     }
     for name, (args, kwargs) in calls.items():
         inspect.signature(getattr(AIOKafkaConsumer, name)).bind(None, *args, **kwargs)
     assert inspect.iscoroutinefunction(AIOKafkaConsumer.getmany)
     assert inspect.iscoroutinefunction(AIOKafkaConsumer.commit)
+    assert inspect.iscoroutinefunction(AIOKafkaConsumer.committed)
 
 
 def test_the_log_context_carries_a_safe_copy_of_a_hostile_key() -> None:

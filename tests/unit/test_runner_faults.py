@@ -128,7 +128,7 @@ async def run_until(r: Rig, done: Callable[[], bool], timeout_s: float = 10.0) -
 
 
 def committed(r: Rig) -> int | None:
-    return r.consumer.committed(TP)
+    return r.consumer.last_commit(TP)
 
 
 async def test_a_publish_failing_like_a_broker_outage_pauses_and_goes_out_once_it_passes() -> None:

@@ -120,7 +120,7 @@ async def test_a_stuck_record_shows_as_lag_growing_in_seconds_and_a_gap_behind_i
         await r.runner.observe_lag()
         assert lag(r) == (5, 90, 4)
         r.processor.release(0)
-        await wait_until(lambda: r.consumer.committed() == 5, while_running=task)
+        await wait_until(lambda: r.consumer.last_commit() == 5, while_running=task)
         await r.runner.observe_lag()
         assert lag(r) == (0, 0, 0)
 
@@ -140,7 +140,7 @@ async def test_finished_records_stay_in_the_gap_while_commits_fail(
         await r.runner.observe_lag()
         assert lag(r) == (0, 0, 3)
         r.consumer.commit_hangs = False
-        await wait_until(lambda: r.consumer.committed() == 3, while_running=task)
+        await wait_until(lambda: r.consumer.last_commit() == 3, while_running=task)
         await r.runner.observe_lag()
         assert lag(r) == (0, 0, 0)
 
@@ -204,7 +204,7 @@ async def test_a_revoked_partition_drops_its_series() -> None:
     r = rig(partitions=(TP, TP1), clock=Clock(STAMP_S))
     r.consumer.feed(TP1, value("a"))
     async with running(r) as task:
-        await wait_until(lambda: r.consumer.committed(TP1) == 1, while_running=task)
+        await wait_until(lambda: r.consumer.last_commit(TP1) == 1, while_running=task)
         await r.runner.observe_lag()
         assert lag(r, TP1) == (0, 0, 0)
         r.consumer.revoke(TP1)
@@ -252,7 +252,7 @@ async def test_unknown_outcomes_and_review_copies_are_counted_once_delivered() -
     r.processor.steps[0].append(unknown)
     r.processor.steps[1].append(repeated)
     async with running(r) as task:
-        await wait_until(lambda: r.consumer.committed() == 2, while_running=task)
+        await wait_until(lambda: r.consumer.last_commit() == 2, while_running=task)
     value_of = r.metrics.registry.get_sample_value
     assert value_of("points_adjuster_unknown_outcomes_total") == 1
     assert value_of("points_adjuster_review_copies_total") == 1
