@@ -1,4 +1,8 @@
-"""Reading every outcome event published so far (demo summary, tests, operators)."""
+"""Reading every outcome event published so far (demo summary, tests, operators).
+
+Read as a downstream consumer should: ``read_committed``, so events of a transaction that
+is still open or was aborted (``PA_KAFKA__TRANSACTIONS``) are never counted.
+"""
 
 from __future__ import annotations
 
@@ -33,7 +37,8 @@ class OutcomeLog:
 
 
 async def read_outcomes(settings: KafkaSettings, codec: AvroCodec) -> OutcomeLog:
-    """Read both outcome topics from the beginning to their current end."""
+    """Read both outcome topics from the beginning to their current end: the last stable
+    offset, where the first transaction still open begins."""
     result = OutcomeLog()
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers,
@@ -54,14 +59,13 @@ async def read_outcomes(settings: KafkaSettings, codec: AvroCodec) -> OutcomeLog
         while remaining:
             batches = await consumer.getmany(timeout_ms=1000)
             for tp, messages in batches.items():
-                for message in messages:
-                    _, event = codec.decode(message.value)
-                    target = (
-                        result.completed if tp.topic == settings.completed_topic else result.failed
-                    )
-                    target.append(event)
-                    if message.offset + 1 >= ends[tp]:
-                        remaining.discard(tp)
+                target = result.completed if tp.topic == settings.completed_topic else result.failed
+                target.extend(codec.decode(message.value)[1] for message in messages)
+            # The position, not the last record's offset: the offsets before the end may be
+            # transaction markers and aborted records, which are never handed out.
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
         return result
     finally:
         await consumer.stop()
