@@ -626,7 +626,7 @@ async def read_outcome_records(
             if time.monotonic() > deadline:
                 raise BenchError(f"reading the outcomes took over {READ_TIMEOUT_S:.0f} s")
             batches = await consumer.getmany(timeout_ms=1000, max_records=20_000)
-            for tp, messages in batches.items():
+            for messages in batches.values():
                 for message in messages:
                     name, event = codec.decode(message.value)
                     received = event.get("received_at")
@@ -644,8 +644,11 @@ async def read_outcome_records(
                             ),
                         )
                     )
-                    if message.offset + 1 >= ends[tp]:
-                        remaining.discard(tp)
+            # By position, not by the last record's offset: under transactions the last
+            # offsets of a partition are commit markers, which are never handed out.
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
         return result
     finally:
         await consumer.stop()
