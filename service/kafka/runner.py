@@ -443,8 +443,8 @@ class CommandRunner:
         Each partition may hold its share of ``max_buffered`` records and of
         ``max_buffered_bytes``: one partition's backlog of a few accounts cannot fill the
         buffer and starve the others. A partition pauses at its share and resumes below
-        half of it; all pause when the whole buffer is full. A partition held up by a fault
-        stays paused until its record passes. Records held for their transaction count as in
+        half of it; all pause when the whole buffer is full, or while the store fails. A
+        partition held up by a fault stays paused until its record passes. Records held for their transaction count as in
         hand (their bytes too, until it commits); while transactions fail, all pause.
         """
         buffered = self._buffered()
@@ -458,6 +458,9 @@ class CommandRunner:
             buffered >= self._max_buffered
             or held_bytes >= self._max_buffered_bytes
             or self._health.problem("store") is not None  # a lost store takes nothing new
+            # nor one that just failed a record: it is shared by every partition, so none
+            # should read on until the watchdog's next probe notices
+            or self._health.problem("records.store") is not None
             or self._health.problem("transactions") is not None  # nor failing transactions
         )
         held = {tp for tp, _ in self._faulted}

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
 
 from service.app import command_decoder
 from service.codec.avro import COMMAND, AvroCodec
@@ -209,3 +210,58 @@ async def test_records_of_other_keys_go_on_while_one_waits_out_a_fault() -> None
         "key-2",
     ]
     assert all(offsets[TP] <= 3 for offsets in r.consumer.commits)
+
+
+class DownStore(MemoryStore):
+    """A MemoryStore whose claims fail like an I/O error while ``down``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = True
+
+    async def claim(self, *args: Any, **kwargs: Any) -> Any:
+        if self.down:
+            raise sqlite3.OperationalError("disk I/O error")
+        return await super().claim(*args, **kwargs)
+
+
+async def test_a_store_fault_pauses_every_partition_until_a_record_passes_again() -> None:
+    """The store is shared by every partition: the first record it fails pauses them all at
+    once, a partition with no record of its own too (not only once the watchdog's probe
+    notices); when the store answers again they resume and every command is applied once."""
+    other = TopicPartition(TP.topic, 1)
+    codec = AvroCodec.from_directory()
+    store = DownStore()
+    pas = ScriptedPas()
+    processor = Processor(
+        decode=command_decoder(codec),
+        store=store,
+        pas=pas,
+        history=None,
+        config=replace(CONFIG, reconcile=False),
+        clock=lambda: datetime.now(UTC),
+    )
+    consumer = FakeConsumer(partitions=(TP, other))
+
+    def command(key: str) -> bytes:
+        return codec.encode(
+            COMMAND, raw_command(idempotency_key=key, occurred_at=datetime.now(UTC))
+        )
+
+    consumer.feed(TP, command("key-a"))
+    pas.then(APPLIED, APPLIED)
+    w = wire(consumer, processor, FakeOutcomes(0), drain_timeout_s=2.0, commit_interval_s=0.05)
+    task = asyncio.create_task(serve(w.runner))
+    try:
+        await wait_until(lambda: {TP, other} <= consumer.paused, while_running=task)
+        consumer.feed(other, command("key-b"))
+        store.down = False
+        await wait_until(
+            lambda: consumer.last_commit(TP) == 1 and consumer.last_commit(other) == 1,
+            while_running=task,
+        )
+    finally:
+        w.stop.set()
+        await asyncio.wait_for(task, 10)
+    assert len(pas.requests) == 2
+    assert w.health.problem("records.store") is None
