@@ -110,7 +110,7 @@ from service import __version__
 from service.codec.avro import AvroCodec
 from service.domain.claims import Claims
 from service.domain.outcome import CommandInfo, Completed, SourceRef
-from service.idempotency.base import ClaimStatus, State, StoreError
+from service.domain.store import ClaimStatus, State, StoreError
 from service.idempotency.factory import open_store
 from service.idempotency.metered import MeteredStore
 from service.metrics import Metrics

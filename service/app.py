@@ -27,10 +27,10 @@ from service.domain.circuit import CircuitBreaker, CircuitState
 from service.domain.command import CommandRules
 from service.domain.ports import PasPort
 from service.domain.processor import Decode, Processor, ProcessorConfig
+from service.domain.store import IdempotencyStore
 from service.endpoints import serve_endpoints
 from service.errors import StartupError
 from service.health import Health
-from service.idempotency.base import IdempotencyStore
 from service.idempotency.continuity import verify_continuity
 from service.idempotency.factory import open_store
 from service.idempotency.metered import MeteredStore

@@ -9,7 +9,7 @@ PointsAdjusterError            base; ``retriable`` says whether trying again may
 │   ├── KeyLoadError           a key or certificate file cannot be loaded (``path``)
 │   ├── CertificateError       a certificate is unusable: expired, not yet valid, wrong key
 │   └── DecryptionError        a JWE cannot be decrypted or fails its integrity check
-├── StoreError                 ``service.idempotency.base``: the idempotency store cannot do
+├── StoreError                 ``service.domain.store``: the idempotency store cannot do
 │   │                          its work (retriable)
 │   ├── StoreUnavailableError  an I/O failure: disk full, locked too long; retriable
 │   └── StoreLostError         the store was deleted or replaced in use; not retriable
@@ -22,7 +22,7 @@ PointsAdjusterError            base; ``retriable`` says whether trying again may
 
 Outside the tree, on purpose:
 
-OwnershipLostError (RuntimeError)   ``service.idempotency.base``: the record is no longer held
+OwnershipLostError (RuntimeError)   ``service.domain.store``: the record is no longer held
                                     by the caller (its lease was taken over). Not a failure of
                                     anything, so no handler of ``PointsAdjusterError`` takes
                                     it for one; the runner catches it by name.

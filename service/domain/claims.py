@@ -1,6 +1,6 @@
 """This worker's claims in the idempotency store: taken, finished, parked, resumed, let go.
 
-A thin layer over :class:`~service.idempotency.base.IdempotencyStore` that writes every
+A thin layer over :class:`~service.domain.store.IdempotencyStore` that writes every
 call under this worker's name, with its lease and its clock, shared by the processor
 (claim, finish, release) and the reconciler (park, resume, finish). It keeps the fencing
 token each claim was given and names it in every later write of that key, so a write made
@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from service.domain.decisions import Publish
 from service.domain.outcome import Outcome
 from service.domain.ports import Clock
-from service.idempotency.base import (
+from service.domain.store import (
     Claim,
     ClaimStatus,
     IdempotencyStore,

@@ -1,4 +1,5 @@
-"""The small protocols the processing core depends on; adapters implement them."""
+"""The small protocols the processing core depends on; adapters implement them. The
+idempotency store's port, with its records and claim rule, is ``service.domain.store``."""
 
 from __future__ import annotations
 

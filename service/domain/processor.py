@@ -70,7 +70,7 @@ from service.domain.outcome_builder import (
 from service.domain.ports import Clock, PasPort, PasRequest
 from service.domain.reconcile import HistoryPort, reason_with_reference, reference_for
 from service.domain.reconciler import Reconciler, ReconcileSettings, Resend
-from service.idempotency.base import Claim, ClaimStatus, IdempotencyRecord, IdempotencyStore, State
+from service.domain.store import Claim, ClaimStatus, IdempotencyRecord, IdempotencyStore, State
 from service.tracing import NO_SPANS, Span, SpanSink
 
 log = structlog.get_logger("service.processor")

@@ -37,7 +37,7 @@ from service.domain.reconcile import (
     judge,
     reference_for,
 )
-from service.idempotency.base import IdempotencyRecord, State
+from service.domain.store import IdempotencyRecord, State
 
 log = structlog.get_logger("service.reconciler")
 

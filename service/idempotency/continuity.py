@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 
+from service.domain.store import IdempotencyStore, StoreError
 from service.errors import StartupError
-from service.idempotency.base import IdempotencyStore, StoreError
 from service.kafka.groups import committed_offsets
 from service.settings import IdempotencySettings, KafkaSettings
 

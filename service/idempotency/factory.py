@@ -8,8 +8,8 @@ store without its driver installed is a start-up error that says which extra to 
 
 from __future__ import annotations
 
+from service.domain.store import IdempotencyStore
 from service.errors import StartupError
-from service.idempotency.base import IdempotencyStore
 from service.idempotency.memory import MemoryStore
 from service.idempotency.sqlite import SqliteStore
 from service.settings import IdempotencySettings

@@ -7,7 +7,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from service.domain.outcome import Outcome
-from service.idempotency.base import (
+from service.domain.store import (
     PRUNABLE,
     Claim,
     ClaimStatus,

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import TypeVar
 
 from service.domain.outcome import Outcome
-from service.idempotency.base import (
+from service.domain.store import (
     Claim,
     IdempotencyRecord,
     IdempotencyStore,

@@ -129,8 +129,7 @@ import structlog
 
 from service.codec.outcome import outcome_from_record, stored_record
 from service.domain.outcome import Outcome
-from service.errors import StartupError
-from service.idempotency.base import (
+from service.domain.store import (
     PRUNABLE,
     Claim,
     ClaimStatus,
@@ -143,6 +142,7 @@ from service.idempotency.base import (
     decide_claim,
     next_token,
 )
+from service.errors import StartupError
 from service.redact import MASK, redact_in_text, redact_url
 
 T = TypeVar("T")

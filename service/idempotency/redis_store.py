@@ -36,7 +36,7 @@ sorted set and a record, which are in different hash slots.
 
 Atomicity: every call that reads and writes a record is one Lua script (``EVALSHA``), which
 Redis runs alone: the claim reads the record and applies the claim rule of
-``service.idempotency.base.decide_claim`` (a released key reset and claimed again, the token
+``service.domain.store.decide_claim`` (a released key reset and claimed again, the token
 incremented whenever the record changes hands) in one step, so two replicas claiming one key
 never both get CLAIMED. The rule is written twice, in Python and in Lua; the contract suite
 (tests/contract) and a property test comparing the script with ``decide_claim`` on random
@@ -109,8 +109,7 @@ from redis.backoff import NoBackoff
 
 from service.codec.outcome import outcome_from_record, stored_record
 from service.domain.outcome import Outcome
-from service.errors import StartupError
-from service.idempotency.base import (
+from service.domain.store import (
     PRUNABLE,
     TERMINAL,
     Claim,
@@ -122,6 +121,7 @@ from service.idempotency.base import (
     StoreLostError,
     StoreUnavailableError,
 )
+from service.errors import StartupError
 from service.redact import MASK, redact_in_text, redact_url
 
 T = TypeVar("T")

@@ -72,8 +72,8 @@ from service.domain.decisions import (
 )
 from service.domain.inbound import DecodedCommand
 from service.domain.limits import TEXT_LIMITS
+from service.domain.store import OwnershipLostError
 from service.health import Health
-from service.idempotency.base import OwnershipLostError
 from service.kafka.deadletter import Failure
 from service.kafka.ports import (
     CommandConsumer,
@@ -444,8 +444,9 @@ class CommandRunner:
         ``max_buffered_bytes``: one partition's backlog of a few accounts cannot fill the
         buffer and starve the others. A partition pauses at its share and resumes below
         half of it; all pause when the whole buffer is full, or while the store fails. A
-        partition held up by a fault stays paused until its record passes. Records held for their transaction count as in
-        hand (their bytes too, until it commits); while transactions fail, all pause.
+        partition held up by a fault stays paused until its record passes. Records held for
+        their transaction count as in hand (their bytes too, until it commits); while
+        transactions fail, all pause.
         """
         buffered = self._buffered()
         held_bytes = sum(progress.bytes for progress in self._progress.values())

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from service.domain.outcome import CommandInfo, ErrorDetail, Failed, SourceRef
-from service.idempotency.base import IdempotencyStore, State
+from service.domain.store import IdempotencyStore, State
 
 T0 = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
 LEASE_S = 60.0

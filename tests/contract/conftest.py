@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from service.idempotency.base import IdempotencyStore
+from service.domain.store import IdempotencyStore
 from service.idempotency.memory import MemoryStore
 from service.idempotency.sqlite import SqliteStore
 from tests.contract.cases import Backend

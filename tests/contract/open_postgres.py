@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from service.idempotency.base import IdempotencyStore
+from service.domain.store import IdempotencyStore
 from service.idempotency.postgres import PostgresStore
 from tests.contract.cases import Backend
 

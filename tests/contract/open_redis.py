@@ -9,7 +9,7 @@ from contextlib import AsyncExitStack
 import pytest
 import redis.asyncio
 
-from service.idempotency.base import IdempotencyStore
+from service.domain.store import IdempotencyStore
 from service.idempotency.redis_store import RedisStore
 from tests.contract.cases import Backend
 from tests.store_support import RedisServer

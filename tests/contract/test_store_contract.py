@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from service.idempotency.base import ClaimStatus, IdempotencyStore, OwnershipLostError, State
+from service.domain.store import ClaimStatus, IdempotencyStore, OwnershipLostError, State
 from tests.contract.cases import (
     FP,
     KEY,

@@ -44,7 +44,7 @@ from pa_devkit.localinfra.server_process import LocalServer
 from pa_devkit.sandbox.app import run_sandbox
 from pa_devkit.sandbox.ledger import Ledger, LedgerEntry
 from service.codec.avro import AvroCodec
-from service.idempotency.base import IdempotencyRecord, State
+from service.domain.store import IdempotencyRecord, State
 from service.idempotency.factory import open_store
 from service.kafka.groups import committed_offsets
 from service.settings import IdempotencySettings, KafkaSettings

@@ -28,7 +28,7 @@ import asyncio, json, os, resource, sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from service.idempotency.base import StoreUnavailableError
+from service.domain.store import StoreUnavailableError
 from service.idempotency.sqlite import SqliteStore
 
 path, report, secret_key, secret_fp = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]

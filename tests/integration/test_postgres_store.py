@@ -25,15 +25,15 @@ import asyncpg
 import pytest
 
 from pa_devkit.localinfra.postgres import LocalPostgres
-from service.errors import StartupError
-from service.idempotency import postgres
-from service.idempotency.base import (
+from service.domain.store import (
     ClaimStatus,
     OwnershipLostError,
     State,
     StoreLostError,
     StoreUnavailableError,
 )
+from service.errors import StartupError
+from service.idempotency import postgres
 from service.idempotency.postgres import SCHEMA_VERSION, PostgresStore, durability_problem
 from tests.contract.cases import FP, LEASE_S, OUTCOME, T0, stored_in
 from tests.store_support import own_postgres

@@ -21,8 +21,7 @@ import redis.asyncio
 from structlog.testing import capture_logs
 
 from pa_devkit.localinfra.broker_config import free_port
-from service.errors import StartupError
-from service.idempotency.base import (
+from service.domain.store import (
     ClaimStatus,
     IdempotencyRecord,
     OwnershipLostError,
@@ -31,6 +30,7 @@ from service.idempotency.base import (
     StoreUnavailableError,
     decide_claim,
 )
+from service.errors import StartupError
 from service.idempotency.memory import MemoryStore
 from service.idempotency.redis_store import RedisStore, record_fields
 from tests.contract.cases import FP, LEASE_S, ME, OTHER, OTHER_FP, OUTCOME, T0, stored_in

@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 
 from service.domain.outcome import CommandInfo, Completed, ErrorDetail, Failed, SourceRef
-from service.errors import PointsAdjusterError, StartupError
-from service.idempotency.base import (
+from service.domain.store import (
     ClaimStatus,
     OwnershipLostError,
     State,
@@ -24,6 +23,7 @@ from service.idempotency.base import (
     StoreLostError,
     StoreUnavailableError,
 )
+from service.errors import PointsAdjusterError, StartupError
 from service.idempotency.continuity import check_continuity, verify_continuity
 from service.idempotency.memory import MemoryStore
 from service.idempotency.sqlite import SqliteStore

@@ -9,7 +9,7 @@ import pytest
 
 from service.domain.decisions import InboundRecord
 from service.domain.outcome import Outcome
-from service.idempotency.base import (
+from service.domain.store import (
     ClaimStatus,
     IdempotencyStore,
     OwnershipLostError,

@@ -48,7 +48,7 @@ from service.domain.reconcile import (
     reason_with_reference,
     reference_for,
 )
-from service.idempotency.base import IdempotencyRecord, State
+from service.domain.store import IdempotencyRecord, State
 from service.idempotency.memory import MemoryStore
 from tests.fakes import FakeHistory, FakeWallClock, ScriptedPas
 

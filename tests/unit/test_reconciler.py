@@ -17,7 +17,7 @@ from service.domain.outcome import CommandInfo, Completed, Failed, SourceRef
 from service.domain.outcome_builder import OutcomeBuilder, command_info
 from service.domain.reconcile import HistoryEntry, HistoryFailed, HistoryFound, reference_for
 from service.domain.reconciler import Reconciler, ReconcileSettings, Resend
-from service.idempotency.base import State
+from service.domain.store import State
 from service.idempotency.memory import MemoryStore
 from tests.fakes import FakeHistory, FakeWallClock
 

@@ -17,8 +17,8 @@ from aiokafka import TopicPartition
 from service.app import command_decoder
 from service.codec.avro import COMMAND, AvroCodec
 from service.domain.processor import Processor
+from service.domain.store import OwnershipLostError, State
 from service.health import Health
-from service.idempotency.base import OwnershipLostError, State
 from service.idempotency.memory import MemoryStore
 from service.kafka.runner import CommandRunner
 from service.metrics import Metrics

@@ -40,7 +40,7 @@ async def open_store_lookup(settings: Settings) -> tuple[TerminalLookup | None, 
     if config.kind == "sqlite" and not config.sqlite_file.exists():
         return None, f"no store at {config.sqlite_file}"  # never create one on an operator's box
     try:
-        from service.idempotency.base import TERMINAL
+        from service.domain.store import TERMINAL
         from service.idempotency.factory import open_store
     except Exception as exc:  # the store's modules cannot be imported here
         return None, f"service.idempotency.factory is not importable ({type(exc).__name__})"

@@ -1,4 +1,7 @@
-"""The idempotency store protocol and its record types.
+"""The idempotency store: the domain's port to it, its record types and its claim rule.
+
+The processing core (the processor, the reconciler, their claims) depends on this port;
+the stores in ``service.idempotency`` (memory, SQLite, PostgreSQL, Redis) implement it.
 
 Semantics every backend implements:
 
