@@ -48,6 +48,7 @@ from service.kafka.transactions import KafkaTransactions
 from service.metrics import Metrics
 from service.pas.client import PasClient, open_http_client
 from service.pas.credentials import Credentials, load_credentials
+from service.pas.expiry import certificate_expiry, report_certificate_expiry
 from service.pas.guarded import GuardedHistory, GuardedPas
 from service.pas.history import PasHistoryClient, TimedHistoryPort
 from service.pas.limited import LimitedHistory, LimitedPas
@@ -166,6 +167,8 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
     credentials, tls = load_pas_security(settings.pas)
     install_signal_handlers(stop)
     metrics = Metrics()
+    expiry = certificate_expiry(credentials, tls)
+    metrics.set_certificate_expiry(expiry, datetime.now(UTC))  # from the first scrape on
     health = Health(on_change=metrics.set_ready)
     codec = AvroCodec.from_directory()
     owner = worker_id()
@@ -291,6 +294,12 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
             runner,
             {
                 "pruner": prune_forever(store, settings.idempotency, metrics, stop),
+                "certificate_expiry": report_certificate_expiry(
+                    expiry,
+                    metrics.set_certificate_expiry,
+                    stop,
+                    clock=lambda: datetime.now(UTC),
+                ),
                 "watchdog": watch(checks, health, stop),
             },
         )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import platform
+from collections.abc import Mapping
+from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -228,6 +230,18 @@ class Metrics:
             "Records copied to the review topic (unknown outcomes for a person to settle).",
             registry=r,
         )
+        self.certificate_expiry = Gauge(
+            "points_adjuster_certificate_expiry_seconds",
+            "Seconds until a loaded certificate expires (negative once expired), by certificate"
+            " (pas_encryption, signing, decryption, tls_client); refreshed every minute.",
+            ["certificate"],
+            registry=r,
+        )
+
+    def set_certificate_expiry(self, expiry: Mapping[str, datetime], now: datetime) -> None:
+        """Set each certificate's seconds to expiry, as of ``now`` (timezone-aware)."""
+        for certificate, not_after in expiry.items():
+            self.certificate_expiry.labels(certificate).set((not_after - now).total_seconds())
 
     def forget_partition(self, partition: int) -> None:
         """Drop the per-partition series of a partition no longer assigned here."""

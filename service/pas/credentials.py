@@ -36,6 +36,10 @@ class Credentials:
     encrypter: JweEncrypter
     decrypter: JweDecrypter
     warnings: list[str] = field(default_factory=list)
+    expiry: dict[str, datetime] = field(default_factory=dict)
+    """When each loaded certificate expires, by its ``certificate`` label of
+    ``points_adjuster_certificate_expiry_seconds`` (``signing`` when the signing key file has
+    one, ``pas_encryption``, ``decryption`` when the decryption key has a certificate)."""
 
 
 def _secret(value: SecretStr | None, path: Path | None, setting: str) -> str | None:
@@ -71,7 +75,9 @@ def _check_expiry(
     settings: PasSettings,
     now: datetime,
     warnings: list[str],
-) -> None:
+) -> datetime:
+    """The certificate's expiry; ``StartupError`` when it is not valid now, a warning added
+    when it expires within ``certificate_warning_days``."""
     try:
         validity = check_certificate_validity(
             cert,
@@ -90,6 +96,7 @@ def _check_expiry(
             f"the {cert_name} expires on {validity.not_after:%Y-%m-%d}"
             f" ({validity.remaining.days} days; setting {setting})"
         )
+    return validity.not_after
 
 
 PASSWORD_PROBLEMS = frozenset({"wrong_password", "password_required", "unexpected_password"})
@@ -109,6 +116,7 @@ def _load_key(
 def load_credentials(settings: PasSettings, *, now: datetime) -> Credentials:
     """Load and cross-check every key and certificate; raise ``StartupError`` on a problem."""
     warnings: list[str] = []
+    expiry: dict[str, datetime] = {}
     consumer_key = _secret(
         settings.consumer_key,
         settings.consumer_key_file,
@@ -142,7 +150,7 @@ def load_credentials(settings: PasSettings, *, now: datetime) -> Credentials:
                 f"{settings.signing_key_path}: the key does not match its certificate",
                 setting="PA_PAS__SIGNING_KEY_PATH",
             ) from exc
-        _check_expiry(
+        expiry["signing"] = _check_expiry(
             "signing certificate",
             signing.certificate,
             "PA_PAS__SIGNING_KEY_PATH",
@@ -159,7 +167,7 @@ def load_credentials(settings: PasSettings, *, now: datetime) -> Credentials:
             _key_problem(exc),
             setting="PA_PAS__ENCRYPTION_CERTIFICATE_PATH",
         ) from exc
-    _check_expiry(
+    expiry["pas_encryption"] = _check_expiry(
         "PAS encryption certificate",
         certificate,
         "PA_PAS__ENCRYPTION_CERTIFICATE_PATH",
@@ -216,7 +224,7 @@ def load_credentials(settings: PasSettings, *, now: datetime) -> Credentials:
                 setting="PA_PAS__DECRYPTION_CERTIFICATE_PATH",
             ) from exc
     if registered is not None:
-        _check_expiry(
+        expiry["decryption"] = _check_expiry(
             "response-encryption certificate",
             registered,
             "PA_PAS__DECRYPTION_CERTIFICATE_PATH"
@@ -233,4 +241,5 @@ def load_credentials(settings: PasSettings, *, now: datetime) -> Credentials:
         encrypter=encrypter,
         decrypter=JweDecrypter(decryption.private_key, expected_kid=None),
         warnings=warnings,
+        expiry=expiry,
     )

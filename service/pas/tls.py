@@ -50,6 +50,8 @@ class PasTls:
     client_certificate: str | None = None
     """The mutual-TLS certificate's subject, or ``None`` without one."""
     warnings: list[str] = field(default_factory=list)
+    client_certificate_expiry: dt.datetime | None = None
+    """When the mutual-TLS certificate expires, or ``None`` without one."""
 
 
 def load_pas_tls(settings: PasSettings, *, now: dt.datetime) -> PasTls:
@@ -71,13 +73,13 @@ def load_pas_tls(settings: PasSettings, *, now: dt.datetime) -> PasTls:
     context.verify_mode = ssl.CERT_REQUIRED
     if settings.client_cert_file is None:
         return PasTls(context, trusted)
-    subject, warnings = _load_client_certificate(context, settings, now)
-    return PasTls(context, trusted, subject, warnings)
+    subject, warnings, expiry = _load_client_certificate(context, settings, now)
+    return PasTls(context, trusted, subject, warnings, expiry)
 
 
 def _load_client_certificate(
     context: ssl.SSLContext, settings: PasSettings, now: dt.datetime
-) -> tuple[str, list[str]]:
+) -> tuple[str, list[str], dt.datetime]:
     cert_path = settings.client_cert_file
     assert cert_path is not None
     key_path = settings.client_key_file or cert_path
@@ -125,7 +127,7 @@ def _load_client_certificate(
         raise StartupError(
             COMPONENT, f"{cert_path}: {_unreadable(exc, 'refused by OpenSSL')}", setting=key_setting
         ) from None
-    return certificate.subject.rfc4514_string(), warnings
+    return certificate.subject.rfc4514_string(), warnings, validity.not_after
 
 
 def _password(path: Path | None) -> bytes | None:
