@@ -8,6 +8,7 @@ how Kubernetes mounts them.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -113,6 +114,48 @@ class KafkaSettings(BaseModel):
         " transaction.max.timeout.ms (15 minutes by default).",
     )
 
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="How the clients talk to the brokers: PLAINTEXT, SSL (TLS; mutual TLS with"
+        " ssl_cert_file), SASL_PLAINTEXT or SASL_SSL (a user name and password over TLS)."
+        " Shared by the service and its tools (check, topics, send, dlq).",
+    )
+    sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] | None = Field(
+        None,
+        description="With SASL_*: SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN (PLAIN sends the"
+        " password itself: over SASL_SSL only, in practice).",
+    )
+    sasl_username: str | None = Field(
+        None, min_length=1, description="With SASL_*: the user name the service logs in as."
+    )
+    sasl_password_file: Path | None = Field(
+        None,
+        description="With SASL_*: a file holding the password (a mounted secret; one trailing"
+        " newline is ignored). Read when a client is built, never logged.",
+    )
+    ssl_ca_file: Path | None = Field(
+        None,
+        description="With SSL or SASL_SSL: PEM bundle of the CAs trusted for the brokers'"
+        " certificates, instead of the default bundle (certifi's).",
+    )
+    ssl_cert_file: Path | None = Field(
+        None,
+        description="With SSL or SASL_SSL: client certificate (PEM, chain after it) for mutual"
+        " TLS; its key too unless ssl_key_file is set. Unset: no client certificate.",
+    )
+    ssl_key_file: Path | None = Field(
+        None, description="Private key (PEM) of the mutual-TLS client certificate."
+    )
+    ssl_key_password_file: Path | None = Field(
+        None, description="File holding the password of the client key (a mounted secret)."
+    )
+    ssl_check_hostname: bool = Field(
+        True,
+        description="Check that each broker's certificate names the host it is reached by (the"
+        " chain is verified either way). false only for brokers whose certificates name no"
+        " usable host.",
+    )
+
     @field_validator("bootstrap_servers")
     @classmethod
     def _servers_have_ports(cls, value: str) -> str:
@@ -121,6 +164,49 @@ class KafkaSettings(BaseModel):
             if not sep or not host or not port.isdigit():
                 raise ValueError(f"expected host:port[,host:port...], got {server.strip()!r}")
         return value
+
+    @model_validator(mode="after")
+    def _security_is_complete(self) -> KafkaSettings:
+        protocol = self.security_protocol
+        sasl = {
+            "PA_KAFKA__SASL_MECHANISM": self.sasl_mechanism,
+            "PA_KAFKA__SASL_USERNAME": self.sasl_username,
+            "PA_KAFKA__SASL_PASSWORD_FILE": self.sasl_password_file,
+        }
+        tls = {
+            "PA_KAFKA__SSL_CA_FILE": self.ssl_ca_file,
+            "PA_KAFKA__SSL_CERT_FILE": self.ssl_cert_file,
+            "PA_KAFKA__SSL_KEY_FILE": self.ssl_key_file,
+            "PA_KAFKA__SSL_KEY_PASSWORD_FILE": self.ssl_key_password_file,
+        }
+        if protocol.startswith("SASL_"):
+            missing = [name for name, value in sasl.items() if value is None]
+            if missing:
+                raise ValueError(
+                    f"{missing[0]}: required with PA_KAFKA__SECURITY_PROTOCOL={protocol}"
+                )
+        else:
+            given = [name for name, value in sasl.items() if value is not None]
+            if given:
+                raise ValueError(
+                    f"{given[0]}: has no effect with PA_KAFKA__SECURITY_PROTOCOL={protocol}"
+                    " (SASL_PLAINTEXT or SASL_SSL use it)"
+                )
+        if not protocol.endswith("SSL"):
+            given = [name for name, value in tls.items() if value is not None]
+            if given:
+                raise ValueError(
+                    f"{given[0]}: has no effect with PA_KAFKA__SECURITY_PROTOCOL={protocol}"
+                    " (SSL or SASL_SSL use it)"
+                )
+        if self.ssl_cert_file is None:
+            for name in ("PA_KAFKA__SSL_KEY_FILE", "PA_KAFKA__SSL_KEY_PASSWORD_FILE"):
+                if tls[name] is not None:
+                    raise ValueError(
+                        f"{name}: needs PA_KAFKA__SSL_CERT_FILE (the client certificate it goes"
+                        " with)"
+                    )
+        return self
 
 
 class PasSettings(BaseModel):
@@ -473,13 +559,14 @@ class IdempotencySettings(BaseModel):
         """The setting an operator changes to point at another store."""
         return "PA_IDEMPOTENCY__DSN" if self.dsn is not None else "PA_IDEMPOTENCY__SQLITE_PATH"
 
-    def password(self) -> str | None:
+    def password(self) -> SecretStr | None:
         """The store's password from ``password_file`` (trailing newline stripped), or None;
-        raise ``ConfigError`` naming the setting when the file cannot be read."""
+        raise ``ConfigError`` naming the setting when the file cannot be read. A ``SecretStr``
+        from the moment it is read: the store unwraps it where it connects."""
         if self.password_file is None:
             return None
         try:
-            return self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+            return SecretStr(self.password_file.read_text(encoding="utf-8").rstrip("\r\n"))
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(
                 "PA_IDEMPOTENCY__PASSWORD_FILE",
@@ -578,8 +665,10 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         location = tuple(part for part in first["loc"] if not isinstance(part, int))
-        if not location:  # a rule across settings: "NAME: problem"
-            name, _, problem = str(first["msg"]).removeprefix("Value error, ").partition(": ")
+        message = str(first["msg"]).removeprefix("Value error, ")
+        if not location or re.match(r"PA_[A-Z0-9_]+: ", message):
+            # a rule across settings (of the whole tree, or of one group): "NAME: problem"
+            name, _, problem = message.partition(": ")
             raise ConfigError(name, problem) from exc
         given = first.get("input")
         if isinstance(given, str) and "://" in given:

@@ -14,6 +14,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from service.errors import StartupError
+from service.kafka.security import client_security, start_failure
 from service.kafka.transactions import KafkaTransactions, transactional_id
 from service.settings import KafkaSettings
 
@@ -32,6 +33,9 @@ async def _start(client: Any, settings: KafkaSettings, what: str) -> None:
         await asyncio.wait_for(client.start(), settings.startup_timeout_s)
     except (KafkaError, OSError, TimeoutError) as exc:
         await (client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop())
+        refused = await start_failure(settings, what, exc)
+        if refused is not None:
+            raise refused from exc
         text = str(exc)
         name = type(exc).__name__
         reason = (
@@ -57,6 +61,7 @@ def _producer_options(settings: KafkaSettings) -> dict[str, Any]:
         # producer's own ceiling is never the tighter one.
         "max_request_size": max(1_048_576, settings.max_message_bytes + 65_536),
         "request_timeout_ms": settings.request_timeout_ms,
+        **client_security(settings),
     }
 
 
@@ -126,6 +131,7 @@ async def open_consumer(
         # Small prefetches: memory stays flat however long the backlog is.
         max_partition_fetch_bytes=256 * 1024,
         fetch_max_bytes=4 * 1024 * 1024,
+        **client_security(settings),
         **extra,
     )
     await _start(consumer, settings, "consumer")
@@ -178,7 +184,9 @@ async def ensure_topics(settings: KafkaSettings, partitions: dict[str, int]) -> 
 @asynccontextmanager
 async def _admin(settings: KafkaSettings) -> AsyncIterator[AIOKafkaAdminClient]:
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=settings.request_timeout_ms
+        bootstrap_servers=settings.bootstrap_servers,
+        request_timeout_ms=settings.request_timeout_ms,
+        **client_security(settings),
     )
     await _start(admin, settings, "admin client")
     try:

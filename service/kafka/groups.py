@@ -25,6 +25,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from service.errors import StartupError
+from service.kafka.security import client_security, start_failure
 from service.settings import KafkaSettings
 
 log = structlog.get_logger("service.kafka")
@@ -53,6 +54,7 @@ async def committed_offsets(
         bootstrap_servers=settings.bootstrap_servers,
         client_id=f"{settings.client_id}-admin",
         request_timeout_ms=settings.request_timeout_ms,
+        **client_security(settings),
     )
     last = "no answer"
     try:
@@ -60,7 +62,8 @@ async def committed_offsets(
             try:
                 await admin.start()
             except (KafkaError, OSError) as exc:
-                raise _unreachable(settings, _reason(exc)) from exc
+                refused = await start_failure(settings, "admin client", exc)
+                raise (refused or _unreachable(settings, _reason(exc))) from exc
             while True:
                 try:
                     return await _fetch(admin, settings)

@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from service.codec.avro import AvroCodec
 from service.kafka.clients import partitions_of
+from service.kafka.security import client_security
 from service.settings import KafkaSettings
 
 
@@ -45,6 +46,7 @@ async def read_outcomes(settings: KafkaSettings, codec: AvroCodec) -> OutcomeLog
         enable_auto_commit=False,
         group_id=None,
         isolation_level="read_committed",
+        **client_security(settings),
     )
     topics = await partitions_of(settings, [settings.completed_topic, settings.failed_topic])
     partitions = [TopicPartition(t, number) for t, numbers in topics.items() for number in numbers]

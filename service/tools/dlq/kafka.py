@@ -18,6 +18,7 @@ from service.codec.avro import AvroCodec
 from service.errors import PointsAdjusterError
 from service.kafka.clients import open_consumer, open_producer, partitions_of
 from service.kafka.deadletter import replayed_headers
+from service.kafka.security import client_security
 from service.settings import KafkaSettings, Settings
 from service.tools.dlq.masking import mask_text
 from service.tools.dlq.render import LIST_HEADER, describe, list_line, summary_lines
@@ -96,6 +97,7 @@ def _reader(settings: KafkaSettings) -> AIOKafkaConsumer:
         enable_auto_commit=False,
         isolation_level="read_committed",
         request_timeout_ms=settings.request_timeout_ms,
+        **client_security(settings),
     )
 
 
