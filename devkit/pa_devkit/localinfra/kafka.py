@@ -49,6 +49,7 @@ from pa_devkit.localinfra.broker_config import (
 )
 from pa_devkit.localinfra.errors import LocalKafkaError
 from pa_devkit.localinfra.jars import _read_resource, default_kafka_version, fetch_kafka
+from pa_devkit.localinfra.secure import SecureListeners
 
 DEFAULT_PORT = 9092
 HEAP_OPTS: tuple[str, ...] = ("-Xms256m", "-Xmx512m")
@@ -106,6 +107,7 @@ class LocalKafka:
         start_timeout: float = START_TIMEOUT_S,
         stop_timeout: float = STOP_TIMEOUT_S,
         extra_properties: Mapping[str, str] | None = None,
+        secure: SecureListeners | None = None,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be 0..65535, not {port}")
@@ -120,6 +122,7 @@ class LocalKafka:
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
         self._extra_properties = dict(extra_properties or {})
+        self._secure = secure
         self._process: subprocess.Popen[bytes] | None = None
         self._stdout: IO[bytes] | None = None
         self._server_log_offset = 0
@@ -138,6 +141,11 @@ class LocalKafka:
     def bootstrap_servers(self) -> str:
         """``127.0.0.1:<port>``, for the clients' bootstrap_servers."""
         return f"{HOST}:{self.port}"
+
+    @property
+    def secure(self) -> SecureListeners | None:
+        """The SASL_SSL and mutual-TLS listeners (their ports set by ``start``), if any."""
+        return self._secure
 
     @property
     def data_dir(self) -> Path:
@@ -252,7 +260,16 @@ class LocalKafka:
             self._controller_port = free_port()
         while self._port is None or self._port == self._controller_port:
             self._port = free_port()
-        for name, port in (("broker", self._port), ("controller", self._controller_port)):
+        ports = [("broker", self._port), ("controller", self._controller_port)]
+        if self._secure is not None:
+            taken = {self._port, self._controller_port}
+            while self._secure.sasl_port in taken or not self._secure.sasl_port:
+                self._secure.sasl_port = free_port()
+            taken.add(self._secure.sasl_port)
+            while self._secure.mtls_port in taken or not self._secure.mtls_port:
+                self._secure.mtls_port = free_port()
+            ports += [("SASL_SSL", self._secure.sasl_port), ("mTLS", self._secure.mtls_port)]
+        for name, port in ports:
             if not port_is_free(port):
                 raise LocalKafkaError(
                     f"the {name} port {HOST}:{port} is already in use (another broker?); "
@@ -265,7 +282,16 @@ class LocalKafka:
             port=port,
             controller_port=controller_port,
             log_dirs=data_dir / LOG_DIRS,
-            extra=self._extra_properties,
+            extra={
+                **(
+                    self._secure.properties(
+                        port=port, controller_port=controller_port, data_dir=data_dir
+                    )
+                    if self._secure is not None
+                    else {}
+                ),
+                **self._extra_properties,
+            },
         )
         (data_dir / SERVER_PROPERTIES).write_text(properties, encoding="utf-8")
         (data_dir / LOG4J_CONFIG).write_text(_read_resource(_LOG4J_RESOURCE), encoding="utf-8")
@@ -292,6 +318,7 @@ class LocalKafka:
             new_cluster_id(),
             "--config",
             str(data_dir / SERVER_PROPERTIES),
+            *(self._secure.format_arguments() if self._secure is not None else ()),
         ]
         try:
             result = subprocess.run(
