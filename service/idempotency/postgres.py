@@ -126,6 +126,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import structlog
+from pydantic import SecretStr
 
 from service.codec.outcome import outcome_from_record, stored_record
 from service.domain.outcome import Outcome
@@ -489,7 +490,7 @@ class PostgresStore:
         pool: asyncpg.Pool[asyncpg.Record],
         *,
         dsn: str,
-        password: str | None,
+        password: SecretStr | None,
         timeout_s: float,
         identity: str,
         created: bool,
@@ -510,7 +511,7 @@ class PostgresStore:
         cls,
         dsn: str,
         *,
-        password: str | None = None,
+        password: SecretStr | str | None = None,
         pool_size: int = 10,
         timeout_s: float = 5.0,
     ) -> PostgresStore:
@@ -521,9 +522,10 @@ class PostgresStore:
         shown = redact_url(dsn)
         place = _place(shown)
         doing = f"cannot connect to PostgreSQL at {place}"
+        secret = SecretStr(password) if isinstance(password, str) else password
         pool = asyncpg.create_pool(
             dsn,
-            password=password,
+            password=None if secret is None else secret.get_secret_value(),
             min_size=1,
             max_size=pool_size,
             timeout=timeout_s,
@@ -544,12 +546,12 @@ class PostgresStore:
             reason = _startup_reason(exc, timeout_s, shown)
             if reason is None:
                 raise
-            text = _cleaned(f"{doing}: {reason}", dsn, password)
+            text = _cleaned(f"{doing}: {reason}", dsn, secret)
             raise StartupError("idempotency store", text, setting=SETTING) from exc
         return cls(
             pool,
             dsn=dsn,
-            password=password,
+            password=secret,
             timeout_s=timeout_s,
             identity=identity,
             created=created,
@@ -880,8 +882,8 @@ def _startup_reason(exc: BaseException, timeout_s: float, shown: str) -> str | N
     return None
 
 
-def _cleaned(text: str, dsn: str, password: str | None) -> str:
+def _cleaned(text: str, dsn: str, password: SecretStr | None) -> str:
     """``text`` on one line, with the DSN's secrets and the password hidden."""
-    if password:
-        text = text.replace(password, MASK)
+    if password is not None and (value := password.get_secret_value()):
+        text = text.replace(value, MASK)
     return " ".join(redact_in_text(text, dsn).split())

@@ -104,6 +104,7 @@ from typing import Any, TypeVar
 import redis.asyncio
 import redis.exceptions
 import structlog
+from pydantic import SecretStr
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -382,7 +383,7 @@ class RedisStore:
         client: redis.asyncio.Redis,
         *,
         where: str,
-        password: str | None,
+        password: SecretStr | None,
         prefix: str,
         timeout_s: float,
         claim_ids: Callable[[], str],
@@ -423,7 +424,7 @@ class RedisStore:
         cls,
         url: str,
         *,
-        password: str | None = None,
+        password: SecretStr | str | None = None,
         prefix: str = "pa",
         timeout_s: float = 5.0,
         require_durable: bool = True,
@@ -455,12 +456,13 @@ class RedisStore:
                 f"cannot use {redact_url(url)}: {redact_in_text(str(exc), url)}",
                 setting=URL_SETTING,
             ) from None
-        if password is not None:
-            pool.connection_kwargs["password"] = password
+        secret = SecretStr(password) if isinstance(password, str) else password
+        if secret is not None:
+            pool.connection_kwargs["password"] = secret.get_secret_value()
         store = cls(
             redis.asyncio.Redis.from_pool(pool),
             where=where,
-            password=password,
+            password=secret,
             prefix=prefix,
             timeout_s=timeout_s,
             claim_ids=claim_ids,
@@ -575,8 +577,8 @@ class RedisStore:
     # -- calls -----------------------------------------------------------------------------------
 
     def _scrub(self, text: str) -> str:
-        if self._password:
-            text = text.replace(self._password, MASK)
+        if self._password is not None and (password := self._password.get_secret_value()):
+            text = text.replace(password, MASK)
         return text
 
     def _lost(self) -> StoreLostError:

@@ -42,15 +42,17 @@ class Credentials:
     one, ``pas_encryption``, ``decryption`` when the decryption key has a certificate)."""
 
 
-def _secret(value: SecretStr | None, path: Path | None, setting: str) -> str | None:
+def _secret(value: SecretStr | None, path: Path | None, setting: str) -> SecretStr | None:
+    """The secret from its file (stripped) when one is named, else the value; ``None`` for
+    neither or an empty one. Still a ``SecretStr``: unwrapped only where it is used."""
     if path is not None:
         try:
-            return path.read_text(encoding="utf-8").strip()
+            value = SecretStr(path.read_text(encoding="utf-8").strip())
         except OSError as exc:
             raise StartupError(
                 "PAS credentials", f"cannot read {path}: {exc.strerror}", setting=setting
             ) from exc
-    return value.get_secret_value() if value is not None else None
+    return value if value is not None and value.get_secret_value() else None
 
 
 def _key_problem(exc: KeyLoadError) -> str:
@@ -103,11 +105,18 @@ PASSWORD_PROBLEMS = frozenset({"wrong_password", "password_required", "unexpecte
 
 
 def _load_key(
-    component: str, path: Path, password: str | None, *, path_setting: str, password_setting: str
+    component: str,
+    path: Path,
+    password: SecretStr | None,
+    *,
+    path_setting: str,
+    password_setting: str,
 ) -> KeyAndCertificate:
     """A key (and its certificate, if the file has one); the error names the setting at fault."""
     try:
-        return load_key_and_certificate(path, password=password)
+        return load_key_and_certificate(
+            path, password=None if password is None else password.get_secret_value()
+        )
     except KeyLoadError as exc:
         setting = password_setting if exc.reason in PASSWORD_PROBLEMS else path_setting
         raise StartupError(component, _key_problem(exc), setting=setting) from exc
@@ -122,7 +131,7 @@ def load_credentials(settings: PasSettings, *, now: datetime) -> Credentials:
         settings.consumer_key_file,
         "PA_PAS__CONSUMER_KEY_FILE" if settings.consumer_key_file else "PA_PAS__CONSUMER_KEY",
     )
-    if not consumer_key:
+    if consumer_key is None:
         raise StartupError(
             "PAS credentials", "no OAuth1 consumer key is set", setting="PA_PAS__CONSUMER_KEY"
         )
@@ -189,13 +198,10 @@ def load_credentials(settings: PasSettings, *, now: datetime) -> Credentials:
         if settings.decryption_key_password_file
         else "PA_PAS__DECRYPTION_KEY_PASSWORD"
     )
-    decryption_password = (
-        _secret(
-            settings.decryption_key_password,
-            settings.decryption_key_password_file,
-            decryption_password_setting,
-        )
-        or None  # an empty value or file: the key has no password
+    decryption_password = _secret(  # an empty value or file: the key has no password
+        settings.decryption_key_password,
+        settings.decryption_key_password_file,
+        decryption_password_setting,
     )
     decryption = _load_key(
         "PAS decryption key",

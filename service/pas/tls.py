@@ -30,6 +30,7 @@ import certifi
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from pydantic import SecretBytes
 
 from service.errors import StartupError
 from service.security.errors import CertificateError
@@ -122,7 +123,9 @@ def _load_client_certificate(
             f" ({validity.remaining.days} days; setting PA_PAS__CLIENT_CERT_FILE)"
         )
     try:
-        context.load_cert_chain(cert_path, key_path, password=password)
+        context.load_cert_chain(
+            cert_path, key_path, password=None if password is None else password.get_secret_value()
+        )
     except (OSError, ssl.SSLError) as exc:
         raise StartupError(
             COMPONENT, f"{cert_path}: {_unreadable(exc, 'refused by OpenSSL')}", setting=key_setting
@@ -130,18 +133,22 @@ def _load_client_certificate(
     return certificate.subject.rfc4514_string(), warnings, validity.not_after
 
 
-def _password(path: Path | None) -> bytes | None:
+def _password(path: Path | None) -> SecretBytes | None:
+    """The client key's password, held as a secret from the moment it is read."""
     if path is None:
         return None
-    return _read(path, "PA_PAS__CLIENT_KEY_PASSWORD_FILE").rstrip(b"\r\n") or None
+    value = _read(path, "PA_PAS__CLIENT_KEY_PASSWORD_FILE").rstrip(b"\r\n")
+    return SecretBytes(value) if value else None
 
 
 def _private_key(
-    path: Path, password: bytes | None, setting: str, password_file: Path | None
+    path: Path, password: SecretBytes | None, setting: str, password_file: Path | None
 ) -> PrivateKeyTypes:
     data = _read(path, setting)
     try:
-        return serialization.load_pem_private_key(data, password)
+        return serialization.load_pem_private_key(
+            data, None if password is None else password.get_secret_value()
+        )
     except TypeError:  # a password is needed and there is none, or the other way round
         problem = (
             "the key is encrypted and no password is set"

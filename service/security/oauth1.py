@@ -34,6 +34,7 @@ from urllib.parse import quote, unquote, unquote_plus, urlsplit
 import httpx
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from pydantic import SecretStr
 
 SignatureMethod = Literal["RSA-SHA256", "RSA-PSS"]
 SIGNATURE_METHODS: tuple[SignatureMethod, ...] = get_args(SignatureMethod)
@@ -158,15 +159,18 @@ class OAuth1Signer:
 
     def __init__(
         self,
-        consumer_key: str,
+        consumer_key: SecretStr | str,
         private_key: rsa.RSAPrivateKey,
         *,
         signature_method: SignatureMethod = DEFAULT_SIGNATURE_METHOD,
         clock: Callable[[], float] = time.time,
         nonce: Callable[[], str] = make_nonce,
     ) -> None:
-        _check_header_safe("consumer_key", consumer_key)
+        if isinstance(consumer_key, str):
+            consumer_key = SecretStr(consumer_key)
+        _check_header_safe("consumer_key", consumer_key.get_secret_value())
         self._consumer_key = consumer_key
+        """Unwrapped only where the header is built: never in a repr, a log or an error."""
         self._private_key = private_key
         self._method = signature_method
         self._padding = signature_padding(signature_method)
@@ -174,7 +178,7 @@ class OAuth1Signer:
         self._nonce = nonce
 
     @property
-    def consumer_key(self) -> str:
+    def consumer_key(self) -> SecretStr:
         return self._consumer_key
 
     @property
@@ -186,7 +190,7 @@ class OAuth1Signer:
         nonce = self._nonce()
         _check_header_safe("nonce", nonce)
         params = {
-            "oauth_consumer_key": self._consumer_key,
+            "oauth_consumer_key": self._consumer_key.get_secret_value(),
             "oauth_nonce": nonce,
             "oauth_timestamp": str(int(self._clock())),
             "oauth_signature_method": self._method,

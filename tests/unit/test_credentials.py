@@ -49,7 +49,7 @@ def write_cert(path: Path, days_left: float) -> Path:
 def test_a_complete_key_set_loads(dev_keyset: DevKeySet) -> None:
     """The dev key set loads into a signer, an encrypter for PAS's kid and a decrypter."""
     credentials = load_credentials(settings_for(dev_keyset), now=NOW)
-    assert credentials.signer.consumer_key == "consumer-1"
+    assert credentials.signer.consumer_key.get_secret_value() == "consumer-1"
     assert len(credentials.encrypter.kid) == 64
     assert credentials.warnings == []
 
@@ -59,7 +59,7 @@ def test_consumer_key_can_come_from_a_file(dev_keyset: DevKeySet, tmp_path: Path
     secret = tmp_path / "consumer-key"
     secret.write_text("from-file\n")
     settings = settings_for(dev_keyset, consumer_key_file=secret)
-    assert load_credentials(settings, now=NOW).signer.consumer_key == "from-file"
+    assert load_credentials(settings, now=NOW).signer.consumer_key.get_secret_value() == "from-file"
 
 
 def encrypted_decryption_key(keyset: DevKeySet, path: Path, password: str) -> Path:

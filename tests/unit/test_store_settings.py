@@ -91,7 +91,9 @@ def test_the_password_comes_from_its_file(tmp_path: Path) -> None:
     secret = tmp_path / "password"
     secret.write_text(SECRET + "\n")
     settings = IdempotencySettings(dsn="redis://cache:6379/0", password_file=secret)
-    assert settings.password() == SECRET
+    password = settings.password()
+    assert password is not None
+    assert password.get_secret_value() == SECRET
     assert IdempotencySettings(dsn="redis://cache:6379/0").password() is None
 
 
