@@ -72,7 +72,7 @@ from service.domain.decisions import (
 )
 from service.domain.inbound import DecodedCommand
 from service.domain.limits import TEXT_LIMITS
-from service.domain.store import OwnershipLostError
+from service.domain.store import OwnershipLostError, StoreError
 from service.health import Health
 from service.kafka.deadletter import Failure
 from service.kafka.ports import (
@@ -132,11 +132,13 @@ def fault_part(exc: BaseException) -> str:
         return "claim"
     if isinstance(exc, KafkaError):
         return "kafka"
-    module = type(exc).__module__
-    if isinstance(exc, sqlite3.Error | OSError) or module.startswith("service.idempotency"):
-        return "store"
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, TimeoutError):  # before OSError, of which it is a kind
         return "kafka"  # the only waits of ours without their own error are Kafka's
+    module = type(exc).__module__
+    if isinstance(exc, StoreError | sqlite3.Error | OSError) or module.startswith(
+        "service.idempotency"
+    ):
+        return "store"
     return "other"
 
 

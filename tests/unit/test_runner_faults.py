@@ -13,14 +13,20 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 
 from service.app import command_decoder
 from service.codec.avro import COMMAND, AvroCodec
 from service.domain.processor import Processor
-from service.domain.store import OwnershipLostError, State
+from service.domain.store import (
+    OwnershipLostError,
+    State,
+    StoreLostError,
+    StoreUnavailableError,
+)
 from service.health import Health
 from service.idempotency.memory import MemoryStore
-from service.kafka.runner import CommandRunner
+from service.kafka.runner import CommandRunner, fault_part
 from service.metrics import Metrics
 from tests.fakes import ScriptedPas
 from tests.unit.runner_fakes import (
@@ -265,3 +271,21 @@ async def test_a_store_fault_pauses_every_partition_until_a_record_passes_again(
         await asyncio.wait_for(task, 10)
     assert len(pas.requests) == 2
     assert w.health.problem("records.store") is None
+
+
+@pytest.mark.parametrize(
+    ("error", "part"),
+    [
+        (StoreUnavailableError("no answer within 1 s", store="postgresql://db/x"), "store"),
+        (StoreLostError("replaced", store="redis://cache/0"), "store"),
+        (sqlite3.OperationalError("disk I/O error"), "store"),
+        (OwnershipLostError("taken over"), "claim"),
+        (KafkaError("broker gone"), "kafka"),
+        (TimeoutError(), "kafka"),
+        (ValueError("a bug"), "other"),
+    ],
+)
+def test_every_store_error_is_a_fault_of_the_store(error: Exception, part: str) -> None:
+    """The part a fault is counted and reported under, whichever store raised it (the store
+    errors live in the domain's port, not in the stores' package)."""
+    assert fault_part(error) == part
