@@ -53,6 +53,7 @@ from service.pas.guarded import GuardedHistory, GuardedPas
 from service.pas.history import PasHistoryClient, TimedHistoryPort
 from service.pas.limited import LimitedHistory, LimitedPas
 from service.pas.metered import MeteredHistory, MeteredPas
+from service.pas.rotation import CredentialStore, watch_credentials
 from service.pas.tls import PasTls, load_pas_tls
 from service.redact import redact_url
 from service.settings import (
@@ -132,7 +133,9 @@ def worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def install_signal_handlers(stop: asyncio.Event) -> None:
+def install_signal_handlers(stop: asyncio.Event, reload: asyncio.Event | None = None) -> None:
+    """SIGTERM and SIGINT set ``stop``; SIGHUP sets ``reload`` (the credentials are read
+    again, ``service.pas.rotation``), when given."""
     loop = asyncio.get_running_loop()
 
     def request_stop(signame: str) -> None:
@@ -142,6 +145,13 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, request_stop, sig.name)
+    if reload is not None:
+
+        def request_reload() -> None:
+            log.info("credentials.reload_requested", signal="SIGHUP")
+            reload.set()
+
+        loop.add_signal_handler(signal.SIGHUP, request_reload)
 
 
 def load_pas_security(pas: PasSettings) -> tuple[Credentials, PasTls]:
@@ -161,14 +171,31 @@ def load_pas_security(pas: PasSettings) -> tuple[Credentials, PasTls]:
     return credentials, tls
 
 
+def rotating_credentials(
+    pas: PasSettings, credentials: Credentials, tls: PasTls, metrics: Metrics
+) -> tuple[CredentialStore, dict[str, datetime]]:
+    """The credential store the PAS clients read, and the certificate expiry mapping the
+    expiry loop reports; the gauge is set now (from the first scrape on) and again after
+    each reload, from that mapping, updated in place."""
+    expiry = certificate_expiry(credentials, tls)
+    metrics.set_certificate_expiry(expiry, datetime.now(UTC))
+
+    def reloaded(fresh: Credentials) -> None:
+        expiry.clear()
+        expiry.update(certificate_expiry(fresh, tls))
+        metrics.set_certificate_expiry(expiry, datetime.now(UTC))
+
+    return CredentialStore(pas, credentials, on_reload=reloaded), expiry
+
+
 async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or ``stop``), then drain, commit and close everything."""
     stop = stop or asyncio.Event()
     credentials, tls = load_pas_security(settings.pas)
-    install_signal_handlers(stop)
+    reload_requested = asyncio.Event()
+    install_signal_handlers(stop, reload_requested)
     metrics = Metrics()
-    expiry = certificate_expiry(credentials, tls)
-    metrics.set_certificate_expiry(expiry, datetime.now(UTC))  # from the first scrape on
+    credential_store, expiry = rotating_credentials(settings.pas, credentials, tls, metrics)
     health = Health(on_change=metrics.set_ready)
     codec = AvroCodec.from_directory()
     owner = worker_id()
@@ -197,7 +224,8 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
             settings.circuit, time.monotonic, on_change=circuit_observer(metrics)
         )
         pas: PasPort = GuardedPas(
-            MeteredPas(PasClient(http, settings.pas, credentials, spans=spans), metrics), breaker
+            MeteredPas(PasClient(http, settings.pas, credential_store, spans=spans), metrics),
+            breaker,
         )
         processing = settings.processing
         metrics.pas_concurrency_limit.set(processing.max_in_flight)
@@ -210,7 +238,7 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
             metrics.pas_concurrency_limit.set(limit.limit)  # it starts low (slow start)
             pas = LimitedPas(pas, limit, RatePacer(time.monotonic))
         history: TimedHistoryPort = GuardedHistory(
-            MeteredHistory(PasHistoryClient(http, settings.pas, credentials), metrics), breaker
+            MeteredHistory(PasHistoryClient(http, settings.pas, credential_store), metrics), breaker
         )
         if isinstance(pas, LimitedPas):  # a lookup takes its slot from the calls' pool
             history = LimitedHistory(history, pas.slots, settings.pas.call_timeout_s)
@@ -301,6 +329,13 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
                     clock=lambda: datetime.now(UTC),
                 ),
                 "watchdog": watch(checks, health, stop),
+                "credentials": watch_credentials(
+                    credential_store,
+                    settings.pas,
+                    reload_requested,
+                    stop,
+                    poll_s=settings.pas.credentials_poll_s,
+                ),
             },
         )
     log.info("service.stopped")

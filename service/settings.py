@@ -296,6 +296,13 @@ class PasSettings(BaseModel):
     certificate_warning_days: int = Field(
         30, ge=0, description="Warn at start-up when a certificate expires within this many days."
     )
+    credentials_poll_s: float = Field(
+        10.0,
+        ge=0,
+        description="How often (seconds) the credential files are checked for a change"
+        " (mtime, size, inode of the resolved path) and reloaded; 0 turns the check off"
+        " (SIGHUP still reloads).",
+    )
     signature_method: Literal["RSA-SHA256", "RSA-PSS"] = Field(
         "RSA-SHA256",
         description="OAuth1 oauth_signature_method: RSA-SHA256 (PKCS#1 v1.5) or RSA-PSS"

@@ -48,6 +48,7 @@ from service.pas.bounded import (
 from service.pas.credentials import Credentials
 from service.pas.envelope import parse_envelope
 from service.pas.jwe_codec import JweBodyCodec
+from service.pas.rotation import CredentialStore
 from service.pas.tls import load_pas_tls
 from service.security.oauth1 import MastercardOAuth1Auth
 from service.settings import PasSettings
@@ -123,7 +124,7 @@ class PasClient:
         self,
         http: httpx.AsyncClient,
         settings: PasSettings,
-        credentials: Credentials,
+        credentials: Credentials | CredentialStore,
         *,
         spans: SpanSink = NO_SPANS,
     ) -> None:
@@ -131,10 +132,12 @@ class PasClient:
         self._spans = spans
         self._url = settings.base_url + settings.adjustment_path
         self._method = settings.method
-        self._codec: BodyCodec = JweBodyCodec(
-            credentials.encrypter, credentials.decrypter, settings.encrypted_field
+        self._credentials = (
+            credentials
+            if isinstance(credentials, CredentialStore)
+            else CredentialStore(settings, credentials)
         )
-        self._auth = MastercardOAuth1Auth(credentials.signer)
+        self._field = settings.encrypted_field
         self._call_timeout_s = settings.call_timeout_s
         self._max_bytes = settings.max_response_bytes
 
@@ -168,13 +171,17 @@ class PasClient:
                 problem=f"{max(remaining, 0.0) * 1000:.0f} ms left before the call's deadline:"
                 " not sent",
             )
+        # One snapshot of the credentials for the whole call: a key rotated meanwhile
+        # (service.pas.rotation) does not mix keys within it.
+        credentials = self._credentials.current
+        codec = JweBodyCodec(credentials.encrypter, self._credentials, self._field)
         try:
             answer = await exchange(
                 self._http,
-                self._build(request, remaining, span),
+                self._build(request, remaining, span, codec),
                 max_bytes=self._max_bytes,
                 timeout_s=remaining,
-                auth=self._auth,
+                auth=MastercardOAuth1Auth(credentials.signer),
             )
         except DeadlineError as exc:
             log.warning(
@@ -193,9 +200,11 @@ class PasClient:
                 time.monotonic() - started,
                 problem=_masked(describe(exc), request.bank_account_number),
             )
-        return self._read(answer, time.monotonic() - started, request)
+        return self._read(answer, time.monotonic() - started, request, codec)
 
-    def _build(self, request: PasRequest, remaining: float, span: Span | None) -> httpx.Request:
+    def _build(
+        self, request: PasRequest, remaining: float, span: Span | None, codec: BodyCodec
+    ) -> httpx.Request:
         """The encrypted request, its pool and connect timeouts cut to fit in ``remaining``.
 
         Waiting for a connection and connecting fail as "not sent" (safe to retry): they are
@@ -205,7 +214,7 @@ class PasClient:
         before_deadline = max(remaining - NOT_SENT_MARGIN_S, remaining / 2)
         timeout = self._http.timeout
         headers = {
-            "Content-Type": self._codec.content_type,
+            "Content-Type": codec.content_type,
             "Accept": "application/json",
             CORRELATION_HEADER: request.correlation_id,
         }
@@ -214,7 +223,7 @@ class PasClient:
         return self._http.build_request(
             self._method,
             self._url,
-            content=self._codec.encode(request.body()),
+            content=codec.encode(request.body()),
             headers=headers,
             timeout=httpx.Timeout(
                 connect=_at_most(timeout.connect, before_deadline),
@@ -224,7 +233,9 @@ class PasClient:
             ),
         )
 
-    def _read(self, answer: Answer, elapsed: float, request: PasRequest) -> PasReply:
+    def _read(
+        self, answer: Answer, elapsed: float, request: PasRequest, codec: BodyCodec
+    ) -> PasReply:
         their_id = answer.headers.get(RESPONSE_CORRELATION_HEADER)
         if answer.refused:
             log.warning(
@@ -235,11 +246,13 @@ class PasClient:
                 pas_correlation_id=their_id,
             )
         if answer.status == 200:
-            return self._applied(answer, elapsed, their_id)
+            return self._applied(answer, elapsed, their_id, codec)
         return self._error(answer, elapsed, their_id, request.bank_account_number)
 
-    def _applied(self, answer: Answer, elapsed: float, their_id: str | None) -> PasReply:
-        points = None if answer.body is None else self._points_adjusted(answer.body)
+    def _applied(
+        self, answer: Answer, elapsed: float, their_id: str | None, codec: BodyCodec
+    ) -> PasReply:
+        points = None if answer.body is None else _points_adjusted(answer.body, codec)
         if points is None:
             why = f": {answer.refused}" if answer.refused else ""
             return PasReply(
@@ -275,17 +288,18 @@ class PasClient:
             problem=f"HTTP {status} {codes}{why}",
         )
 
-    def _points_adjusted(self, body: bytes) -> int | None:
-        try:
-            document = self._codec.decode(body)
-        except ValueError:
-            return None
-        if not isinstance(document, dict):
-            return None
-        points = document.get("pointsAdjusted")
-        if isinstance(points, int) and not isinstance(points, bool):
-            return points
+
+def _points_adjusted(body: bytes, codec: BodyCodec) -> int | None:
+    try:
+        document = codec.decode(body)
+    except ValueError:
         return None
+    if not isinstance(document, dict):
+        return None
+    points = document.get("pointsAdjusted")
+    if isinstance(points, int) and not isinstance(points, bool):
+        return points
+    return None
 
 
 def _masked(text: str, account_number: str) -> str:

@@ -6,11 +6,14 @@ key material; certificates close to expiry come back as warnings for the caller 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pydantic import SecretStr
 
 from service.errors import StartupError
@@ -40,6 +43,26 @@ class Credentials:
     """When each loaded certificate expires, by its ``certificate`` label of
     ``points_adjuster_certificate_expiry_seconds`` (``signing`` when the signing key file has
     one, ``pas_encryption``, ``decryption`` when the decryption key has a certificate)."""
+    signing_fingerprint: str = ""
+    """Lowercase hex SHA-256 of the signing key's public key (DER SubjectPublicKeyInfo, as a
+    ``kid`` is): names the key in logs without showing it."""
+    decryption_fingerprint: str = ""
+    """The same for the response-decryption key."""
+
+    @property
+    def fingerprints(self) -> dict[str, str]:
+        """What identifies each key, for a log line: never key material."""
+        return {
+            "encryption_kid": self.encrypter.kid,
+            "signing_fingerprint": self.signing_fingerprint,
+            "decryption_fingerprint": self.decryption_fingerprint,
+        }
+
+
+def public_key_fingerprint(key: rsa.RSAPrivateKey) -> str:
+    """Lowercase hex SHA-256 of the DER SubjectPublicKeyInfo of ``key``'s public half."""
+    spki = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(spki).hexdigest()
 
 
 def _secret(value: SecretStr | None, path: Path | None, setting: str) -> SecretStr | None:
@@ -248,4 +271,6 @@ def load_credentials(settings: PasSettings, *, now: datetime) -> Credentials:
         decrypter=JweDecrypter(decryption.private_key, expected_kid=None),
         warnings=warnings,
         expiry=expiry,
+        signing_fingerprint=public_key_fingerprint(signing.private_key),
+        decryption_fingerprint=public_key_fingerprint(decryption.private_key),
     )

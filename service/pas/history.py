@@ -49,6 +49,7 @@ from service.pas.bounded import (
 from service.pas.credentials import Credentials
 from service.pas.envelope import parse_envelope
 from service.pas.jwe_codec import JweBodyCodec
+from service.pas.rotation import CredentialStore
 from service.security.oauth1 import MastercardOAuth1Auth
 from service.settings import PasSettings
 
@@ -99,7 +100,7 @@ class PasHistoryClient:
         self,
         http: httpx.AsyncClient,
         settings: PasSettings,
-        credentials: Credentials,
+        credentials: Credentials | CredentialStore,
         *,
         path: str = DEFAULT_HISTORY_PATH,
         user_id_type: str = DEFAULT_USER_ID_TYPE,
@@ -111,10 +112,12 @@ class PasHistoryClient:
         self._http = http
         self._url = settings.base_url + path
         self._user_id_type = user_id_type
-        self._codec = JweBodyCodec(
-            credentials.encrypter, credentials.decrypter, settings.encrypted_field
+        self._credentials = (
+            credentials
+            if isinstance(credentials, CredentialStore)
+            else CredentialStore(settings, credentials)
         )
-        self._auth = MastercardOAuth1Auth(credentials.signer)
+        self._field = settings.encrypted_field
         self._call_timeout_s = settings.call_timeout_s
         self._max_bytes = settings.max_response_bytes
 
@@ -136,13 +139,15 @@ class PasHistoryClient:
         if remaining < MIN_CALL_S:
             problem = f"{max(remaining, 0.0) * 1000:.0f} ms left before the deadline: not sent"
             return _failed(problem, None, started, correlation_id)
+        credentials = self._credentials.current  # one snapshot for the whole lookup
+        codec = JweBodyCodec(credentials.encrypter, self._credentials, self._field)
         try:
             answer = await exchange(
                 self._http,
                 self._build(account_number, correlation_id),
                 max_bytes=self._max_bytes,
                 timeout_s=remaining,
-                auth=self._auth,
+                auth=MastercardOAuth1Auth(credentials.signer),
             )
         except (httpx.HTTPError, httpx.InvalidURL, DeadlineError) as exc:
             problem = _mask(describe(exc), account_number)
@@ -151,7 +156,7 @@ class PasHistoryClient:
         if answer.status != 200 or answer.body is None:
             return _failed(_problem(answer), answer.status, started, correlation_id, their_id)
         try:
-            document, entries = self._read(answer.body)
+            document, entries = _read(answer.body, codec)
         except (MalformedHistoryError, ValueError, RecursionError) as exc:
             problem = _mask(f"HTTP 200 with an unreadable history: {exc}", account_number)
             return _failed(problem, 200, started, correlation_id, their_id)
@@ -173,14 +178,15 @@ class PasHistoryClient:
         params = {"user_id": account_number, "user_id_type": self._user_id_type}
         return self._http.build_request("GET", self._url, params=params, headers=headers)
 
-    def _read(self, body: bytes) -> tuple[dict[str, Any], list[HistoryEntry]]:
-        document = self._codec.decode(body)  # ValueError when not JSON or not decryptable
-        if not isinstance(document, dict):
-            raise MalformedHistoryError("not a JSON object")
-        adjustments = document.get("adjustments")
-        if not isinstance(adjustments, list):
-            raise MalformedHistoryError("no 'adjustments' list")
-        return document, [_entry(item, index) for index, item in enumerate(adjustments)]
+
+def _read(body: bytes, codec: JweBodyCodec) -> tuple[dict[str, Any], list[HistoryEntry]]:
+    document = codec.decode(body)  # ValueError when not JSON or not decryptable
+    if not isinstance(document, dict):
+        raise MalformedHistoryError("not a JSON object")
+    adjustments = document.get("adjustments")
+    if not isinstance(adjustments, list):
+        raise MalformedHistoryError("no 'adjustments' list")
+    return document, [_entry(item, index) for index, item in enumerate(adjustments)]
 
 
 # Fields by which common paging styles say there is more (cursor, page links, flags).

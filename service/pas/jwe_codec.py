@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import json
+from typing import Protocol
 
 from service.security.errors import DecryptionError
-from service.security.jwe import JweDecrypter, JweEncrypter, unwrap_payload, wrap_payload
+from service.security.jwe import JweEncrypter, unwrap_payload, wrap_payload
+
+
+class Decrypter(Protocol):
+    """A ``JweDecrypter``, or the credential store trying its current and previous keys."""
+
+    def decrypt(self, compact: str) -> bytes: ...
 
 
 class JweBodyCodec:
@@ -13,7 +20,7 @@ class JweBodyCodec:
 
     content_type = "application/json"
 
-    def __init__(self, encrypter: JweEncrypter, decrypter: JweDecrypter, field: str) -> None:
+    def __init__(self, encrypter: JweEncrypter, decrypter: Decrypter, field: str) -> None:
         self._encrypter = encrypter
         self._decrypter = decrypter
         self._field = field
