@@ -3,7 +3,8 @@
 The PAS sandbox's gateway uses it; the product only signs (``service.security.oauth1``), and
 this module reuses its base string, body hash and signature paddings so both sides agree by
 construction. Both of Mastercard's signature methods verify (``RSA-SHA256`` and ``RSA-PSS``)
-unless the verifier is told to accept only some of them.
+unless the verifier is told to accept only some of them. A consumer key may have several public
+keys (a signing key being rotated): a signature by any of them verifies.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import hmac
 import re
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
@@ -107,7 +108,7 @@ class OAuth1Verifier:
 
     def __init__(
         self,
-        public_key_by_consumer_key: Mapping[str, rsa.RSAPublicKey],
+        public_key_by_consumer_key: Mapping[str, rsa.RSAPublicKey | Sequence[rsa.RSAPublicKey]],
         *,
         clock: Callable[[], float] = time.time,
         max_skew_seconds: float = DEFAULT_MAX_SKEW_SECONDS,
@@ -122,7 +123,10 @@ class OAuth1Verifier:
         self._methods: tuple[SignatureMethod, ...] = tuple(
             m for m in SIGNATURE_METHODS if m in signature_methods
         )
-        self._keys = public_key_by_consumer_key
+        self._keys: dict[str, tuple[rsa.RSAPublicKey, ...]] = {
+            consumer_key: (keys,) if isinstance(keys, rsa.RSAPublicKey) else tuple(keys)
+            for consumer_key, keys in public_key_by_consumer_key.items()
+        }
         self._clock = clock
         self._skew = max_skew_seconds
         self._cache_size = nonce_cache_size
@@ -148,8 +152,8 @@ class OAuth1Verifier:
         if params["oauth_version"] != OAUTH_VERSION:
             raise SignatureError("unsupported_version", f"expected {OAUTH_VERSION}")
         consumer_key = params["oauth_consumer_key"]
-        public_key = self._keys.get(consumer_key)
-        if public_key is None:
+        public_keys = self._keys.get(consumer_key)
+        if not public_keys:
             raise SignatureError("unknown_consumer_key", "no key registered for this consumer")
 
         timestamp_text = params["oauth_timestamp"]
@@ -174,15 +178,8 @@ class OAuth1Verifier:
             base_string = signature_base_string(method, url, body, signed)
         except ValueError as exc:
             raise SignatureError("bad_signature", "the request URL cannot be normalized") from exc
-        try:
-            public_key.verify(
-                signature,
-                base_string.encode("utf-8"),
-                signature_padding(signing_method),
-                hashes.SHA256(),
-            )
-        except InvalidSignature as exc:
-            raise SignatureError("bad_signature", "signature does not verify") from exc
+        if not any(_verifies(key, signature, base_string, signing_method) for key in public_keys):
+            raise SignatureError("bad_signature", "signature does not verify")
 
         self._remember_nonce(consumer_key, params["oauth_nonce"], timestamp, now)
         return consumer_key
@@ -206,6 +203,19 @@ class OAuth1Verifier:
                 dropped_expiry, dropped = heapq.heappop(seen.heap)
                 del seen.expiry_by_nonce[dropped]
                 seen.floor = max(seen.floor, dropped_expiry)
+
+
+def _verifies(
+    public_key: rsa.RSAPublicKey, signature: bytes, base_string: str, method: SignatureMethod
+) -> bool:
+    """Whether ``signature`` is ``public_key``'s over ``base_string``."""
+    try:
+        public_key.verify(
+            signature, base_string.encode("utf-8"), signature_padding(method), hashes.SHA256()
+        )
+    except InvalidSignature:
+        return False
+    return True
 
 
 def _find_header(headers: Mapping[str, str], name: str) -> str | None:

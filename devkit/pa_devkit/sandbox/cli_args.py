@@ -62,6 +62,15 @@ def add_sandbox_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: off, plain JSON and no signature)",
     )
     parser.add_argument(
+        "--previous-keys-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="during a key rotation: the key set being replaced; calls signed with its "
+        "signing key and requests encrypted to its PAS key are accepted too (answers go "
+        "to --keys-dir's client certificate; with --keys-dir)",
+    )
+    parser.add_argument(
         "--consumer-key",
         default=DEFAULT_CONSUMER_KEY,
         metavar="KEY",
@@ -123,6 +132,8 @@ def config_from_arguments(args: argparse.Namespace) -> SandboxConfig:
     keys_dir: Path | None = args.keys_dir
     if keys_dir is None and args.plain_responses:
         raise ValueError("--plain-responses needs --keys-dir (without it no answer is encrypted)")
+    if keys_dir is None and args.previous_keys_dir is not None:
+        raise ValueError("--previous-keys-dir needs --keys-dir")
     if keys_dir is None and args.signature_methods:
         raise ValueError("--signature-method needs --keys-dir (without it nothing is verified)")
     security = None
@@ -133,6 +144,10 @@ def config_from_arguments(args: argparse.Namespace) -> SandboxConfig:
             encrypt_responses=not args.plain_responses,
             signature_methods=args.signature_methods or SIGNATURE_METHODS,
         )
+        if args.previous_keys_dir is not None:
+            security = security.with_previous(
+                dev_keyset_in(args.previous_keys_dir), args.consumer_key
+            )
         _check_security(keys_dir, security)
     tls = _tls_from_arguments(args)
     faults = FaultConfig() if args.faults is None else read_faults_file(args.faults)

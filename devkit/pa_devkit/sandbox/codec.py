@@ -35,7 +35,7 @@ The precise :class:`~service.security.errors.DecryptionError` reason goes to the
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -97,14 +97,28 @@ class JweCodec:
     """JWE-encrypted JSON, as PAS expects it (see the module docstring for the refusals).
 
     Args:
-        decrypter: holds the PAS private key and the one ``kid`` accepted.
+        decrypter: holds the PAS private key and the one ``kid`` accepted; or several, each
+            with its own ``kid`` (PAS's encryption key being rotated): a JWE is decrypted by
+            the one whose ``kid`` it names.
         response_encrypter: encrypts 200 answers to the client's certificate; ``None``
-            answers them in plain JSON.
+            answers them in plain JSON. ``respond_to`` changes it at run time (the client's
+            response key being rotated); an answer already being encoded keeps the key it
+            started with.
     """
 
-    def __init__(self, decrypter: JweDecrypter, response_encrypter: JweEncrypter | None) -> None:
-        self._decrypter = decrypter
+    def __init__(
+        self,
+        decrypter: JweDecrypter | Sequence[JweDecrypter],
+        response_encrypter: JweEncrypter | None,
+    ) -> None:
+        self._decrypters = (decrypter,) if isinstance(decrypter, JweDecrypter) else tuple(decrypter)
+        if not self._decrypters:
+            raise ValueError("JweCodec needs at least one decrypter")
         self._response_encrypter = response_encrypter
+
+    def respond_to(self, encrypter: JweEncrypter | None) -> None:
+        """Encrypt the answers decoded from now on to ``encrypter`` (``None``: plain JSON)."""
+        self._response_encrypter = encrypter
 
     def decode(self, body: bytes, headers: Mapping[str, str]) -> DecodedBody:
         """Unwrap, decrypt and parse the body; the answer uses the field name received."""
@@ -128,11 +142,22 @@ class JweCodec:
                 ReasonCode.INVALID_ENCRYPTED_PAYLOAD,
                 f"an encrypted body holds {field} and nothing else",
             )
-        try:
-            plaintext = self._decrypter.decrypt(compact)
-        except DecryptionError as exc:
-            raise _decryption_refusal(exc) from exc
+        plaintext = self._decrypt(compact)
         return DecodedBody(parse_json_object(plaintext), self._encoder_for(field))
+
+    def _decrypt(self, compact: str) -> bytes:
+        """With the decrypter whose ``kid`` the JWE names (the header is read before any
+        RSA work); ``INVALID_KID`` when none is."""
+        refusal: DecryptionError | None = None
+        for decrypter in self._decrypters:
+            try:
+                return decrypter.decrypt(compact)
+            except DecryptionError as exc:
+                if exc.reason != "kid_mismatch":
+                    raise _decryption_refusal(exc) from exc
+                refusal = refusal or exc
+        assert refusal is not None
+        raise _decryption_refusal(refusal) from refusal
 
     def _encoder_for(self, field: str) -> ResponseEncoder:
         encrypter = self._response_encrypter

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 
@@ -47,6 +47,11 @@ class SandboxSecurity:
         max_skew_seconds: how far ``oauth_timestamp`` may be from the sandbox's clock.
         signature_methods: the ``oauth_signature_method`` values the gateway accepts; both
             of Mastercard's (``RSA-SHA256``, ``RSA-PSS``) by default.
+        previous_clients: during a key rotation, a second signing certificate per consumer
+            key; a call signed by either key is accepted.
+        previous_pas_keys: during a rotation of PAS's encryption key, older (private key,
+            certificate) pairs; a request JWE whose ``kid`` is one of their certificates'
+            is decrypted with that key.
     """
 
     clients: Mapping[str, Path]
@@ -55,6 +60,8 @@ class SandboxSecurity:
     client_encryption_certificate: Path | None = None
     max_skew_seconds: int = DEFAULT_MAX_SKEW_SECONDS
     signature_methods: Collection[SignatureMethod] = frozenset(SIGNATURE_METHODS)
+    previous_clients: Mapping[str, Path] = field(default_factory=dict)
+    previous_pas_keys: tuple[tuple[Path, Path], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.clients:
@@ -73,6 +80,24 @@ class SandboxSecurity:
                 f" got {sorted(methods)}"
             )
         object.__setattr__(self, "signature_methods", methods)
+        unknown = sorted(set(self.previous_clients) - set(self.clients))
+        if unknown:
+            raise ValueError(f"previous_clients names unregistered consumer keys: {unknown}")
+        object.__setattr__(
+            self,
+            "previous_clients",
+            MappingProxyType({k: Path(v) for k, v in self.previous_clients.items()}),
+        )
+
+    def with_previous(self, previous: DevKeySet, consumer_key: str) -> SandboxSecurity:
+        """This security, also trusting ``previous``'s signing certificate (under
+        ``consumer_key``) and decrypting requests to ``previous``'s PAS key: both sides of a
+        key rotation at once. Answers still go to this one's client certificate."""
+        return replace(
+            self,
+            previous_clients={consumer_key: previous.client_signing_certificate},
+            previous_pas_keys=((previous.pas_decryption_key, previous.pas_encryption_certificate),),
+        )
 
     @classmethod
     def from_keyset(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -36,25 +37,32 @@ from service.security.oauth1 import SignatureMethod
 class SecurityMaterial:
     """The loaded keys and certificates of a :class:`SandboxSecurity`."""
 
-    client_signing_keys: Mapping[str, rsa.RSAPublicKey]
+    client_signing_keys: Mapping[str, tuple[rsa.RSAPublicKey, ...]]
+    """Each consumer key's signing keys: its current one, then any previous one."""
     pas_decryption_key: rsa.RSAPrivateKey
     pas_kid: str
     client_encryption_certificate: x509.Certificate | None
     max_skew_seconds: int
     signature_methods: Collection[SignatureMethod]
+    previous_pas_keys: tuple[tuple[rsa.RSAPrivateKey, str], ...] = ()
+    """Older PAS decryption keys and their kids, still accepted during a rotation."""
 
 
 def load_security_material(security: SandboxSecurity) -> SecurityMaterial:
     """Read and check every file; raises ``KeyLoadError`` or ``CertificateError``."""
-    signing_keys: dict[str, rsa.RSAPublicKey] = {}
+    signing_keys: dict[str, tuple[rsa.RSAPublicKey, ...]] = {}
     for consumer_key, path in security.clients.items():
-        public_key = load_certificate(path).public_key()
-        if not isinstance(public_key, rsa.RSAPublicKey):
-            raise CertificateError("not_rsa", f"the signing certificate of {consumer_key!r}")
-        signing_keys[consumer_key] = public_key
+        paths = [path, *filter(None, [security.previous_clients.get(consumer_key)])]
+        signing_keys[consumer_key] = tuple(_signing_key(consumer_key, each) for each in paths)
     pas_certificate = load_certificate(security.pas_encryption_certificate)
     pas_key = load_private_key(security.pas_decryption_key)
     check_key_matches_certificate(pas_key, pas_certificate)
+    previous_pas_keys = []
+    for key_path, certificate_path in security.previous_pas_keys:
+        certificate = load_certificate(certificate_path)
+        key = load_private_key(key_path)
+        check_key_matches_certificate(key, certificate)
+        previous_pas_keys.append((key, kid_for_certificate(certificate)))
     client_certificate = (
         None
         if security.client_encryption_certificate is None
@@ -67,7 +75,15 @@ def load_security_material(security: SandboxSecurity) -> SecurityMaterial:
         client_encryption_certificate=client_certificate,
         max_skew_seconds=security.max_skew_seconds,
         signature_methods=security.signature_methods,
+        previous_pas_keys=tuple(previous_pas_keys),
     )
+
+
+def _signing_key(consumer_key: str, path: Path) -> rsa.RSAPublicKey:
+    public_key = load_certificate(path).public_key()
+    if not isinstance(public_key, rsa.RSAPublicKey):
+        raise CertificateError("not_rsa", f"the signing certificate of {consumer_key!r}")
+    return public_key
 
 
 def secured_hooks(
@@ -77,7 +93,13 @@ def secured_hooks(
     logger: EventLogger | None = None,
 ) -> tuple[JweCodec, OAuth1Gateway]:
     """The JWE codec and the OAuth 1.0a gateway; ``clock`` gives Unix seconds."""
-    decrypter = JweDecrypter(material.pas_decryption_key, expected_kid=material.pas_kid)
+    decrypters = [
+        JweDecrypter(key, expected_kid=kid)
+        for key, kid in (
+            (material.pas_decryption_key, material.pas_kid),
+            *material.previous_pas_keys,
+        )
+    ]
     certificate = material.client_encryption_certificate
     encrypter = None if certificate is None else JweEncrypter(certificate)
     verifier = OAuth1Verifier(
@@ -86,4 +108,4 @@ def secured_hooks(
         max_skew_seconds=material.max_skew_seconds,
         signature_methods=material.signature_methods,
     )
-    return JweCodec(decrypter, encrypter), OAuth1Gateway(verifier, logger=logger)
+    return JweCodec(decrypters, encrypter), OAuth1Gateway(verifier, logger=logger)
