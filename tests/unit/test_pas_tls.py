@@ -19,7 +19,10 @@ from service.pas.tls import MIN_TLS_VERSION, load_pas_tls, tls_failure
 from service.settings import PasSettings
 from tests.conftest import CONSUMER_KEY
 
-NOW = dt.datetime.now(dt.UTC)
+# An hour after collection: this module is imported when the session starts, and the
+# certificates its tests make (during the session, perhaps many minutes later) are valid from
+# 5 minutes before they are made; read at import time, they would not be valid yet.
+NOW = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
 PASSWORD = "client-key-pw"
 
 

@@ -22,7 +22,10 @@ from service.security.jwe import JweEncrypter, wrap_payload
 from service.security.keys import load_certificate
 from service.settings import PasSettings
 
-NOW = dt.datetime.now(dt.UTC)
+# An hour after collection: this module is imported when the session starts, and the
+# certificates its tests make (during the session, perhaps many minutes later) are valid from
+# 5 minutes before they are made; read at import time, they would not be valid yet.
+NOW = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
 PASSWORD = DEV_P12_PASSWORD
 
 

@@ -11,7 +11,10 @@ from pa_devkit.keys import DevKeySet, generate_dev_keyset
 from service.pas.credentials import load_credentials
 from service.settings import IdempotencySettings, PasSettings, Settings
 
-NOW = dt.datetime.now(dt.UTC)
+# An hour after collection: this module is imported when the session starts, and the
+# certificates its tests make (during the session, perhaps many minutes later) are valid from
+# 5 minutes before they are made; read at import time, they would not be valid yet.
+NOW = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
 CONSUMER_KEY = "ck-distinctive-3f9a"
 P12_PASSWORD = "p12-distinctive-7c1e"
 KEY_PASSWORD = "keypw-distinctive-41d0"
