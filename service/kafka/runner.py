@@ -2,9 +2,10 @@
 
 Records are fetched into per-partition buffers and grouped by ordering key (the account,
 read from the value; with ``ordering=partition``, one key per partition: the slow
-baseline). Each key runs one record at a time; up to ``max_in_flight`` keys run at once.
-A record handed back for later (a retry, a claim held elsewhere, a reconciliation) keeps
-its key busy, so that account's later commands wait while other accounts go on.
+baseline). Each key runs one record at a time; up to ``max_in_flight`` keys run at once,
+the key whose next record was fetched first starting first. A record handed back for later
+(a retry, a claim held elsewhere, a reconciliation) keeps its key busy, so that account's
+later commands wait while other accounts go on.
 
 Offsets are committed only up to the contiguous prefix of finished records of each
 partition, and a record is finished only once its outcome (and any dead-letter copy) was
@@ -48,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
 import random
 import sqlite3
 import time
@@ -111,6 +113,8 @@ class _Pending:
 
     record: InboundRecord
     fetched_at: float
+    """``time.perf_counter()`` when it was taken from a fetch: records are taken one after
+    another, so it is also their order of fetching (the order in which they start)."""
     attempt: Attempt = field(default_factory=Attempt)
     decision: Publish | DeadLetterOnly | AlreadyPublished | None = None
     """Taken once; a fault after it retries only what is left of delivering it."""
@@ -317,7 +321,7 @@ class CommandRunner:
         self._slots = asyncio.Semaphore(max_in_flight)
         self._progress: dict[TopicPartition, PartitionProgress] = {}
         self._queues: dict[Key, deque[_Pending]] = {}
-        self._ready: deque[Key] = deque()
+        self._ready: list[tuple[float, Key]] = []  # a heap of (first record's fetched_at, key)
         self._wake = asyncio.Event()
         self._running: dict[TopicPartition, set[asyncio.Task[None]]] = {}
         self._timers: dict[Key, asyncio.TimerHandle] = {}
@@ -511,7 +515,17 @@ class CommandRunner:
             queue.append(_Pending(record, time.perf_counter()))
 
     def _make_ready(self, key: Key) -> None:
-        self._ready.append(key)
+        """``key``'s first record may start; it starts before every record fetched after it.
+
+        By fetch order, not by when the key became ready: the commit point of a partition is
+        the end of its finished prefix, so a record started late holds up the commit of every
+        later record of its partition. An account's next record (ready once the one before
+        it finished) and a record handed back for later were fetched before most of what
+        waits; sent to the back of the line, behind a full buffer of other accounts, they
+        held their partitions' commits for seconds while the records behind them finished,
+        and a rebalance then re-delivered all of those.
+        """
+        heapq.heappush(self._ready, (self._queues[key][0].fetched_at, key))
         self._wake.set()
 
     # -- dispatching --------------------------------------------------------------------
@@ -539,7 +553,7 @@ class CommandRunner:
         """The next key to start, or None (nothing ready, its records gone, or closing)."""
         if self._closed or not self._ready:
             return None
-        key = self._ready.popleft()
+        _, key = heapq.heappop(self._ready)
         if key not in self._queues or key[0] in self._revoked:
             return None
         return key
@@ -1057,7 +1071,8 @@ class CommandRunner:
             "partitions.revoked", partitions=sorted(f"{t.topic}/{t.partition}" for t in revoked)
         )
         self._revoked |= revoked
-        self._ready = deque(key for key in self._ready if key[0] not in revoked)
+        self._ready = [entry for entry in self._ready if entry[1][0] not in revoked]
+        heapq.heapify(self._ready)
         for key in [key for key in self._timers if key[0] in revoked]:
             self._timers.pop(key).cancel()
         await self._drain(revoked, self._drain_timeout_s)

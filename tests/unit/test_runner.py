@@ -379,6 +379,23 @@ async def test_records_of_one_account_run_one_after_the_other_and_other_accounts
     assert r.processor.overlaps == []
 
 
+async def test_an_accounts_next_record_starts_before_records_fetched_after_it() -> None:
+    """One slot, account a's two records first: a's second starts as soon as its first
+    finishes, ahead of b and c fetched after it, so the commit point follows the records as
+    they finish instead of stopping at a's second while b and c finish behind it."""
+    r = rig(max_in_flight=1)
+    r.consumer.feed(TP, value("a"), value("a"), value("b"), value("c"))
+    r.processor.gate(3)
+    async with running(r) as task:
+        await wait_until(lambda: 3 in r.processor.handled, while_running=task)
+        await r.fetches_later()
+        assert r.processor.handled == [0, 1, 2, 3]
+        assert r.consumer.last_commit() == 3  # all but c, which is in hand
+        r.processor.release(3)
+        await wait_until(lambda: r.consumer.last_commit() == 4, while_running=task)
+    assert r.processor.published_keys == r.keys(0, 1, 2, 3)
+
+
 async def test_a_retry_hands_the_record_back_after_its_delay_and_its_account_waits_meanwhile() -> (
     None
 ):
