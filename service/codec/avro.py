@@ -3,14 +3,16 @@
 A framed record is ``C3 01`` + the 8-byte little-endian CRC-64-AVRO fingerprint of the
 writer schema's Parsing Canonical Form + the Avro binary body (Avro specification,
 "Single-object encoding"). The fingerprint names the writer schema, so no registry is needed
-to read a record: the decoder knows every schema it was built with.
+to read a record: the decoder knows every schema it was built with, the current ones and
+every released version (``schemas/released``). A record is written with the current schema
+and read with writer/reader resolution: the writer schema its fingerprint names, resolved to
+the current schema of the same full name (Avro specification, "Schema Resolution"), so a
+record of an older or newer compatible version reads as the current version.
 """
 
 from __future__ import annotations
 
-import importlib.resources
 import io
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib.abc import Traversable
@@ -21,7 +23,26 @@ import fastavro
 from fastavro.schema import to_parsing_canonical_form
 
 from service.codec.crc64 import crc64_avro
+from service.codec.released import (
+    SCHEMA_STEMS,
+    current_schemas,
+    default_schema_dir,
+    released_schemas,
+)
 from service.errors import UndecodableRecordError
+
+__all__ = [
+    "COMMAND",
+    "COMPLETED",
+    "FAILED",
+    "HEADER_SIZE",
+    "MAGIC",
+    "SCHEMA_FILES",
+    "AvroCodec",
+    "SchemaEntry",
+    "default_schema_dir",
+    "schema_fingerprint",
+]
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
@@ -30,17 +51,7 @@ COMMAND = "loyalty.points.adjustment.v1.PointsAdjustmentRequested"
 COMPLETED = "loyalty.points.adjustment.v1.PointsAdjustmentCompleted"
 FAILED = "loyalty.points.adjustment.v1.PointsAdjustmentFailed"
 
-SCHEMA_FILES = (
-    "points_adjustment_requested.avsc",
-    "points_adjustment_completed.avsc",
-    "points_adjustment_failed.avsc",
-)
-
-
-def default_schema_dir() -> Traversable:
-    """The schemas shipped with the package (``service/schemas``: in a checkout, a link to the
-    top-level ``schemas/``; in a wheel, package data), found with ``importlib.resources``."""
-    return importlib.resources.files("service") / "schemas"
+SCHEMA_FILES = tuple(f"{stem}.avsc" for stem in SCHEMA_STEMS)
 
 
 @dataclass(frozen=True)
@@ -65,28 +76,29 @@ def schema_fingerprint(parsed: Any) -> int:
 class AvroCodec:
     """Encodes records by schema name; decodes any record framed with a known schema."""
 
-    def __init__(self, schemas: Iterable[Mapping[str, Any]]) -> None:
+    def __init__(
+        self,
+        schemas: Iterable[Mapping[str, Any]],
+        writers: Iterable[Mapping[str, Any]] = (),
+    ) -> None:
+        """``schemas``: the current schemas (written with, and read into); ``writers``: other
+        schemas records may have been written with (older or newer versions of them)."""
         self._by_name: dict[str, SchemaEntry] = {}
         self._by_fingerprint: dict[bytes, SchemaEntry] = {}
         for raw in schemas:
-            parsed = fastavro.parse_schema(dict(raw), named_schemas={})
-            if not isinstance(parsed, dict):
-                raise TypeError("a top-level schema must be a record")
-            entry = SchemaEntry(str(parsed["name"]), parsed, schema_fingerprint(parsed))
+            entry = _entry(raw)
             self._by_name[entry.name] = entry
             self._by_fingerprint[entry.fingerprint_bytes] = entry
+        for raw in writers:
+            entry = _entry(raw)
+            self._by_fingerprint.setdefault(entry.fingerprint_bytes, entry)
 
     @classmethod
     def from_directory(cls, directory: Path | Traversable | None = None) -> AvroCodec:
-        folder = directory or default_schema_dir()
-        loaded = []
-        for name in SCHEMA_FILES:
-            path = folder / name
-            try:
-                loaded.append(json.loads(path.read_text(encoding="utf-8")))
-            except (OSError, ValueError) as exc:
-                raise FileNotFoundError(f"cannot load Avro schema {path}: {exc}") from exc
-        return cls(loaded)
+        """The current schemas of ``directory`` (the shipped ones by default), and every
+        released version of them as writers."""
+        current = [item.raw for item in current_schemas(directory)]
+        return cls(current, [item.raw for item in released_schemas(directory)])
 
     def entry(self, name: str) -> SchemaEntry:
         return self._by_name[name]
@@ -109,18 +121,21 @@ class AvroCodec:
                 "NOT_SINGLE_OBJECT_ENCODED",
                 "the value does not start with the Avro single-object marker C3 01",
             )
-        entry = self._by_fingerprint.get(data[2:HEADER_SIZE])
-        if entry is None:
+        writer = self._by_fingerprint.get(data[2:HEADER_SIZE])
+        if writer is None:
             raise UndecodableRecordError(
                 "UNKNOWN_SCHEMA",
                 f"no known schema has fingerprint {data[2:HEADER_SIZE].hex()}",
             )
+        reader = self._by_name.get(writer.name, writer)
         body = io.BytesIO(data[HEADER_SIZE:])
         try:
-            record = fastavro.schemaless_reader(body, entry.parsed, None)
+            record = fastavro.schemaless_reader(
+                body, writer.parsed, None if reader is writer else reader.parsed
+            )
         except Exception as exc:  # fastavro raises many types on corrupt input
             raise UndecodableRecordError(
-                "CORRUPT_AVRO", f"the body does not match {entry.name}: {type(exc).__name__}"
+                "CORRUPT_AVRO", f"the body does not match {writer.name}: {type(exc).__name__}"
             ) from exc
         if body.tell() != len(data) - HEADER_SIZE:
             raise UndecodableRecordError(
@@ -128,4 +143,11 @@ class AvroCodec:
             )
         if not isinstance(record, dict):
             raise UndecodableRecordError("CORRUPT_AVRO", "the body is not a record")
-        return entry.name, record
+        return writer.name, record
+
+
+def _entry(raw: Mapping[str, Any]) -> SchemaEntry:
+    parsed = fastavro.parse_schema(dict(raw), named_schemas={})
+    if not isinstance(parsed, dict):
+        raise TypeError("a top-level schema must be a record")
+    return SchemaEntry(str(parsed["name"]), parsed, schema_fingerprint(parsed))

@@ -1,9 +1,10 @@
 """Reading a command record's value: a typed decoded command, or why it cannot be read.
 
 The one place where a command's Avro record becomes a domain value. The writer schema is
-the one the record's fingerprint names, and only the command schema is accepted, so the
-record holds exactly the command's fields with the types that schema gives them (a value
-of another type does not decode: ``CORRUPT_AVRO``).
+the one the record's fingerprint names, resolved to the current command schema, and only the
+command schema is accepted, so the record holds exactly the current command's fields with
+the types that schema gives them (a value of another type does not decode: ``CORRUPT_AVRO``;
+a field the writer did not have takes its default).
 """
 
 from __future__ import annotations
@@ -37,4 +38,5 @@ class CommandDecoder:
             requested_by=record["requested_by"],
             occurred_at=record["occurred_at"],
             metadata=record["metadata"],
+            channel=record.get("channel"),
         )

@@ -35,6 +35,7 @@ from service.domain.limits import (
     CUT_MARKER,
     DEFAULT_MAX_RECORD_BYTES,
     MAX_ACCOUNT_DIGITS,
+    MAX_CHANNEL_CHARS,
     MAX_IDEMPOTENCY_KEY_CHARS,
     MAX_METADATA_ENTRIES,
     MAX_METADATA_KEY_CHARS,
@@ -66,6 +67,7 @@ FIELD_REASONS: dict[str, str] = {
     "requested_by": "INVALID_REQUESTED_BY",
     "occurred_at": "INVALID_OCCURRED_AT",
     "metadata": "INVALID_METADATA",
+    "channel": "INVALID_CHANNEL",
     RECORD: "RECORD_TOO_LARGE",
 }
 
@@ -151,6 +153,9 @@ class AdjustmentCommand(BaseModel):
     requested_by: str
     occurred_at: datetime
     metadata: dict[str, str] = Field(default_factory=dict)
+    channel: str | None = None
+    """Where the adjustment was asked for (schema v2); context only: never sent to PAS, not
+    one of the business fields (a repeat from another channel is the same request)."""
 
     @field_validator("idempotency_key")
     @classmethod
@@ -167,6 +172,13 @@ class AdjustmentCommand(BaseModel):
         name = info.field_name
         assert name is not None  # always set for a field validator
         _refuse(_text_problem(value, TEXT_LIMITS[name], not_blank=name in _NOT_BLANK))
+        return value
+
+    @field_validator("channel")
+    @classmethod
+    def _channel(cls, value: str | None) -> str | None:
+        if value is not None:
+            _refuse(_text_problem(value, MAX_CHANNEL_CHARS, not_blank=True))
         return value
 
     @field_validator("metadata", mode="before")

@@ -32,6 +32,8 @@ class DecodedCommand:
     occurred_at: datetime
     metadata: dict[str, str] = field(default_factory=dict)
     """As read: possibly huge. Never mutated by the service."""
+    channel: str | None = None
+    """Since version 2 of the command schema; None when absent (a version 1 writer)."""
 
 
 COMMAND_FIELDS: tuple[str, ...] = tuple(item.name for item in fields(DecodedCommand))

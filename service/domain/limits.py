@@ -17,6 +17,8 @@ requested_by           1-128 characters                             ours
 metadata               at most 32 entries                           ours
 metadata key           at most 64 characters                        ours
 metadata value         at most 256 characters                       ours
+channel                absent (null), or 1-64 characters            ours (schema v2; never sent
+                                                                    to PAS)
 record                 at most ``max_record_bytes`` (key, value     setting
                        and headers; default 65,536)                 PA_PROCESSING__MAX_RECORD_BYTES
 =====================  ===========================================  ============================
@@ -41,6 +43,7 @@ MAX_REQUESTED_BY_CHARS: Final = 128
 MAX_METADATA_ENTRIES: Final = 32
 MAX_METADATA_KEY_CHARS: Final = 64
 MAX_METADATA_VALUE_CHARS: Final = 256
+MAX_CHANNEL_CHARS: Final = 64
 DEFAULT_MAX_RECORD_BYTES: Final = 65_536
 
 TEXT_LIMITS: Final = MappingProxyType(

@@ -295,6 +295,8 @@ class Processor:
         span: Span,
     ) -> Decision:
         key = command.idempotency_key
+        if command.channel is not None:  # valid: short, printable; every line of it says it
+            structlog.contextvars.bind_contextvars(channel=command.channel)
         info = command_info(command, record.source, received_at)
         lease_from = self._monotonic()  # the lease runs from (at latest) this instant
         claim = await self._claims.claim(key, command.fingerprint())

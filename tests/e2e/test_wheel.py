@@ -39,7 +39,10 @@ from tests.e2e.harness import (
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e, pytest.mark.timeout(600)]
 
 REPO = Path(__file__).resolve().parents[2]
-SCHEMAS = sorted(path.name for path in (REPO / "schemas").glob("*.avsc"))
+SCHEMAS = sorted(
+    path.relative_to(REPO / "schemas").as_posix() for path in (REPO / "schemas").rglob("*.avsc")
+)
+"""The current schemas and every released version (``released/``)."""
 COMMANDS = 12
 
 SERVICE_UID = 10001
@@ -239,11 +242,13 @@ def process_ids(pid: int) -> dict[str, list[int]]:
 
 
 def test_the_wheel_carries_the_schemas_and_no_devkit(tmp_path: Path) -> None:
-    """The built wheel holds every .avsc of schemas/ as package data, the product package,
-    and no dev-kit, test or benchmark module."""
+    """The built wheel holds every .avsc of schemas/ (released/ included) as package data,
+    the product package, and no dev-kit, test or benchmark module."""
     wheel = build_wheel(tmp_path)
     names = zipfile.ZipFile(wheel).namelist()
-    shipped = sorted(Path(n).name for n in names if n.startswith("service/schemas/"))
+    shipped = sorted(
+        n.removeprefix("service/schemas/") for n in names if n.startswith("service/schemas/")
+    )
     assert shipped == SCHEMAS
     assert "service/cli.py" in names
     assert not [n for n in names if n.startswith(("pa_devkit/", "tests/", "benchmarks/"))]

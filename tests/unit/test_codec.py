@@ -66,6 +66,7 @@ def requested_record() -> dict[str, Any]:
         "requested_by": "crm",
         "occurred_at": OCCURRED,
         "metadata": {"case": "1234", "channel": "phone"},
+        "channel": "call-centre",
     }
 
 

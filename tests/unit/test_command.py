@@ -387,6 +387,43 @@ def test_metadata_one_past_a_limit_names_field_and_limit(
     assert error.description == description
 
 
+@pytest.mark.parametrize("channel", [None, "c", "call-centre", "x" * 64])
+def test_a_channel_absent_or_of_1_to_64_characters_is_accepted(channel: str | None) -> None:
+    """The v2 channel is optional: None (a v1 writer) or 1-64 printable characters."""
+    command = validate_command(decoded(channel=channel), RULES)
+    assert isinstance(command, AdjustmentCommand), command
+    assert command.channel == channel
+
+
+@pytest.mark.parametrize(
+    ("channel", "description"),
+    [
+        ("x" * 65, "at most 64 characters (got 65)"),
+        ("", "must not be empty"),
+        ("   ", "must not be blank"),
+        ("web\n", "must not contain control or format characters (U+000A at 3)"),
+    ],
+    ids=["65-chars", "empty", "blank", "newline"],
+)
+def test_a_bad_channel_fails_on_channel(channel: str, description: str) -> None:
+    """A channel past its limit, empty, blank or with a control character: INVALID_CHANNEL."""
+    (error,) = errors_of(decoded(channel=channel))
+    assert (error.field, error.reason_code, error.description) == (
+        "channel",
+        "INVALID_CHANNEL",
+        description,
+    )
+
+
+def test_the_channel_is_not_a_business_field() -> None:
+    """Two commands differing only in channel are the same request (same fingerprint)."""
+    web = validate_command(decoded(channel="web"), RULES)
+    batch = validate_command(decoded(), RULES)
+    assert isinstance(web, AdjustmentCommand)
+    assert isinstance(batch, AdjustmentCommand)
+    assert web.fingerprint() == batch.fingerprint()
+
+
 def test_a_million_metadata_entries_are_refused_by_count() -> None:
     """A huge metadata map is refused by its size in one error, not entry by entry."""
     (error,) = errors_of(decoded(metadata={str(n): str(n) for n in range(1_000_000)}))

@@ -124,6 +124,7 @@ COMMAND_FIELDS = (
     ("requested_by", "string"),
     ("occurred_at", {"type": "long", "logicalType": "timestamp-millis"}),
     ("metadata", {"type": "map", "values": "string"}),
+    ("channel", ["null", "string"]),
 )
 STRING_FIELDS = tuple(name for name, kind in COMMAND_FIELDS if kind == "string")
 
@@ -406,7 +407,7 @@ def field_encodings(record: Mapping[str, Any]) -> list[bytes]:
     parts = []
     for name, kind in COMMAND_FIELDS:
         out = io.BytesIO()
-        fastavro.schemaless_writer(out, fastavro.parse_schema(kind), record[name])
+        fastavro.schemaless_writer(out, fastavro.parse_schema(kind), record.get(name))
         parts.append(out.getvalue())
     return parts
 
