@@ -17,6 +17,11 @@ PointsAdjusterError            base; ``retriable`` says whether trying again may
 │                              time; caught by the PAS adapters, which report it as a value
 ├── MalformedHistoryError      ``service.pas.history``: PAS's history answer is not its
 │                              shape; caught by the history adapter
+├── RegistryError              ``service.registry.errors``: the schema registry refused a
+│   │                          request (``status``, its ``code``)
+│   ├── SchemaNotFound         no such schema id, subject or version (404)
+│   └── RegistryUnavailable    unreachable, timing out, 5xx or 429 after the retries;
+│                              retriable
 ├── DeadLetterToolError        ``service.tools.dlq.kafka``: ``dlq`` cannot do what was asked
 └── InputError                 ``service.tools.send``: a line of a commands file is unusable
 

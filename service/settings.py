@@ -95,6 +95,14 @@ class KafkaSettings(BaseModel):
         " large parts replaced by their size and SHA-256, header pa.truncated). Keep it at or"
         " under the topics' max.message.bytes.",
     )
+    outcome_framing: Literal["single-object", "confluent"] = Field(
+        "single-object",
+        description="How outcome events are framed: single-object (Avro single-object"
+        " encoding, C3 01 + the schema's fingerprint; no registry needed) or confluent (00 +"
+        " the 4-byte schema id the registry gave the outcome schema, registered or looked up"
+        " at start-up; needs PA_SCHEMA_REGISTRY__URL). Commands are read in either framing"
+        " whatever this says.",
+    )
     transactions: bool = Field(
         False,
         description="Kafka transactions: at each commit, the outcome events, dead letters and"
@@ -581,6 +589,112 @@ class IdempotencySettings(BaseModel):
             ) from None
 
 
+class SchemaRegistrySettings(BaseModel):
+    """A schema registry speaking the Confluent REST API (Confluent's, Apicurio's ccompat)."""
+
+    url: str | None = Field(
+        None,
+        min_length=1,
+        description="Base URL of the registry's Confluent-compatible API (for instance"
+        " http://registry:8081, or http://apicurio:8080/apis/ccompat/v7). Unset: no registry:"
+        " Confluent-framed commands are dead-lettered as such and single-object commands are"
+        " read with the shipped schemas only.",
+    )
+    subject_strategy: Literal["topic", "record", "topic_record"] = Field(  # SubjectStrategy
+        "topic",
+        description="How subjects are named: topic (<topic>-value, Confluent's default),"
+        " record (the record's full name) or topic_record (<topic>-<full name>).",
+    )
+    username: str | None = Field(
+        None, min_length=1, description="Basic auth user name (with password_file)."
+    )
+    password_file: Path | None = Field(
+        None,
+        description="Basic auth: a file holding the password (one trailing newline ignored);"
+        " read at start-up, never logged.",
+    )
+    bearer_token_file: Path | None = Field(
+        None,
+        description="Bearer auth: a file holding the token, read again whenever it changes"
+        " (a token refreshed by a side-car). Not with username.",
+    )
+    ca_file: Path | None = Field(
+        None,
+        description="PEM bundle of the CA(s) that signed the registry's certificate (https);"
+        " unset: the system's trust store.",
+    )
+    timeout_s: float = Field(5.0, gt=0, le=120, description="Timeout of one registry request.")
+    max_retries: int = Field(
+        3,
+        ge=0,
+        le=20,
+        description="Retries of a request that failed for a transient reason (connection,"
+        " timeout, 5xx, 429), with exponential backoff from retry_backoff_s; then the registry"
+        " counts as unavailable (a command waiting for a schema is tried again later, its"
+        " partition paused).",
+    )
+    retry_backoff_s: float = Field(
+        0.2, ge=0, le=30, description="First pause between retries; doubles each retry."
+    )
+    startup_wait_s: float = Field(
+        60.0,
+        ge=0,
+        description="With PA_KAFKA__OUTCOME_FRAMING=confluent: how long start-up keeps trying"
+        " to register (or look up) the outcome schemas while the registry is unreachable,"
+        " before it fails naming PA_SCHEMA_REGISTRY__URL.",
+    )
+    rescan_interval_s: float = Field(
+        60.0,
+        ge=0,
+        description="A single-object command with an unknown fingerprint makes the service read"
+        " the versions registered under the command subject again, at most this often.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("expected an http:// or https:// URL")
+        return value.rstrip("/") if value is not None else None
+
+    @model_validator(mode="after")
+    def _auth_is_complete(self) -> SchemaRegistrySettings:
+        if (self.username is None) != (self.password_file is None):
+            given, missing = (
+                ("PA_SCHEMA_REGISTRY__USERNAME", "PA_SCHEMA_REGISTRY__PASSWORD_FILE")
+                if self.username is not None
+                else ("PA_SCHEMA_REGISTRY__PASSWORD_FILE", "PA_SCHEMA_REGISTRY__USERNAME")
+            )
+            raise ValueError(f"{missing}: required with {given} (basic auth)")
+        if self.username is not None and self.bearer_token_file is not None:
+            raise ValueError(
+                "PA_SCHEMA_REGISTRY__BEARER_TOKEN_FILE: not with PA_SCHEMA_REGISTRY__USERNAME"
+                " (basic or bearer auth, not both)"
+            )
+        return self
+
+    def password(self) -> SecretStr | None:
+        """The basic auth password from ``password_file``, or None; ``ConfigError`` naming
+        the setting when the file cannot be read."""
+        return _read_secret(self.password_file, "PA_SCHEMA_REGISTRY__PASSWORD_FILE")
+
+    def bearer_token(self) -> SecretStr | None:
+        """The bearer token from ``bearer_token_file``, or None; ``ConfigError`` naming the
+        setting when the file cannot be read."""
+        return _read_secret(self.bearer_token_file, "PA_SCHEMA_REGISTRY__BEARER_TOKEN_FILE")
+
+
+def _read_secret(path: Path | None, setting: str) -> SecretStr | None:
+    if path is None:
+        return None
+    try:
+        return SecretStr(path.read_text(encoding="utf-8").rstrip("\r\n"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            setting, f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+
+
 class MetricsSettings(BaseModel):
     """The HTTP endpoint serving /metrics, /livez (alias /healthz) and /readyz."""
 
@@ -632,6 +746,7 @@ class Settings(BaseSettings):
     reconciliation: ReconciliationSettings = ReconciliationSettings()
     circuit: CircuitSettings = CircuitSettings()
     idempotency: IdempotencySettings = IdempotencySettings()
+    schema_registry: SchemaRegistrySettings = SchemaRegistrySettings()
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
     tracing: TracingSettings = TracingSettings()
@@ -647,6 +762,15 @@ class Settings(BaseSettings):
         description="The asyncio event loop: uvloop (C, on libuv; about 5 % less CPU per"
         " adjustment) or the standard library's.",
     )
+
+    @model_validator(mode="after")
+    def _confluent_framing_has_a_registry(self) -> Settings:
+        if self.kafka.outcome_framing == "confluent" and self.schema_registry.url is None:
+            raise ValueError(
+                "PA_KAFKA__OUTCOME_FRAMING: confluent needs a schema registry"
+                " (set PA_SCHEMA_REGISTRY__URL, or use single-object)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _lease_outlasts_a_call(self) -> Settings:

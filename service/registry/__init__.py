@@ -1,0 +1,1 @@
+"""A schema registry client speaking the Confluent REST API (``client``), and its errors."""
