@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup lock audit kafka-jars helm-tools prometheus-tools store-tools demo test unit lint format bench bench-quick bench-transport bench-security bench-stores chaos clean help
+.PHONY: setup lock audit kafka-jars helm-tools prometheus-tools store-tools demo test unit lint format bench bench-quick profile bench-transport bench-security bench-stores chaos clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -135,6 +135,9 @@ bench: setup kafka-jars store-tools  ## end-to-end sweep, baseline, paced latenc
 
 bench-quick: setup kafka-jars store-tools  ## the reduced end-to-end sweep (about 4 min)
 	$(BIN)/python benchmarks/bench_throughput.py --quick
+
+profile: setup kafka-jars store-tools  ## py-spy profile of the service and of the plumbing floor over one bench row (sweep-p12-a10000, 5,000 commands): top frames in µs per adjustment, in .cache/profile/
+	$(BIN)/python benchmarks/bench_throughput.py --only sweep-p12-a10000 --commands 5000 --profile .cache/profile
 
 bench-transport: setup  ## client CPU per PAS call: httpx's transport vs aiohttp's
 	$(BIN)/python benchmarks/bench_transport.py

@@ -52,9 +52,11 @@ from pydantic import SecretStr
 
 from pa_devkit.keys import DEV_P12_PASSWORD, DevKeySet, generate_dev_keyset
 from service.domain.ports import PasRequest
+from service.pas.bounded import CORRELATION_HEADER
 from service.pas.client import PasClient, http_timeout
 from service.pas.credentials import Credentials, load_credentials
 from service.pas.jwe_codec import JweBodyCodec
+from service.security.oauth1 import MastercardOAuth1Auth
 from service.settings import PasSettings
 
 CONSUMER_KEY = "points-adjuster-bench"
@@ -194,18 +196,23 @@ async def crypto_per_request_us(
     url = settings.base_url + settings.adjustment_path
     body = make_requests(1)[0].body()
     wire = codec.encode(body)
-    async with httpx_default(settings) as http:  # one real answer, to time its decryption
-        client = PasClient(http, settings, credentials)
-        captured: list[bytes] = []
-
-        async def hook(response: httpx.Response) -> None:
-            captured.append(await response.aread())
-
-        http.event_hooks["response"] = [hook]
-        reply = await client.adjust(make_requests(1)[0], deadline=time.monotonic() + 60)
-        if reply.points_adjusted is None:
-            raise SystemExit(f"the sandbox refused the probe request: {reply.problem}")
-    answer = captured[0]
+    # One real answer, to time its decryption: sent as PasClient sends it (encrypted, signed),
+    # but read whole here. (A response hook reading the body broke PasClient's own streamed
+    # read of it: httpx.StreamConsumed.)
+    async with httpx_default(settings) as http:
+        response = await http.post(
+            url,
+            content=wire,
+            headers={
+                "Content-Type": codec.content_type,
+                "Accept": "application/json",
+                CORRELATION_HEADER: str(uuid.uuid4()),
+            },
+            auth=MastercardOAuth1Auth(credentials.signer),
+        )
+        if response.status_code != 200:
+            raise SystemExit(f"the sandbox refused the probe request: HTTP {response.status_code}")
+    answer = response.content
 
     def best(fn: Callable[[], object]) -> float:
         for _ in range(max(5, iterations // 20)):

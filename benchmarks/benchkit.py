@@ -47,6 +47,13 @@ def cpu_times(pid: int) -> tuple[float, float]:
     return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
 
 
+def main_thread_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process's main thread (the service's event loop)."""
+    text = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a live process (all its threads), in seconds."""
     return sum(cpu_times(pid))
@@ -418,6 +425,42 @@ def metric_sum(text: str, name: str) -> float:
         if sample == name or sample.startswith(name + "{"):
             total += float(value)
     return total
+
+
+def histogram_buckets(text: str, name: str) -> dict[float, float]:
+    """Cumulative bucket counts of histogram ``name`` (label sets summed), by upper bound."""
+    buckets: dict[float, float] = {}
+    prefix = name + "_bucket{"
+    for line in text.splitlines():
+        if not line.startswith(prefix):
+            continue
+        sample, _, value = line.rpartition(" ")
+        bound = sample.split('le="', 1)[1].split('"', 1)[0]
+        le = float("inf") if bound == "+Inf" else float(bound)
+        buckets[le] = buckets.get(le, 0.0) + float(value)
+    return buckets
+
+
+def histogram_quantile(
+    before: dict[float, float], after: dict[float, float], share: float
+) -> float:
+    """The ``share`` quantile of what was observed between two scrapes of one histogram,
+    interpolated linearly inside its bucket (as Prometheus's histogram_quantile); NaN when
+    nothing was, the last finite bound when it falls in the +Inf bucket."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return float("nan")
+    rank = share * counts[-1]
+    lower, below = 0.0, 0.0
+    for bound, cumulative in zip(bounds, counts, strict=True):
+        if cumulative >= rank:
+            if math.isinf(bound):
+                return lower
+            inside = cumulative - below
+            return lower + (bound - lower) * ((rank - below) / inside if inside else 1.0)
+        lower, below = bound, cumulative
+    return lower
 
 
 def percentile(values: Sequence[float], share: float) -> float:
