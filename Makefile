@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup lock audit kafka-jars helm-tools prometheus-tools store-tools demo test unit lint format bench bench-quick profile bench-transport bench-security bench-stores chaos clean help
+.PHONY: setup lock audit kafka-jars registry-jars helm-tools prometheus-tools store-tools demo test unit lint format bench bench-quick profile bench-transport bench-security bench-stores chaos clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -59,6 +59,11 @@ audit: setup  ## pip-audit requirements/product.lock against an advisory databas
 
 kafka-jars: setup  ## download Apache Kafka's jars once (cached in .cache/, git-ignored)
 	$(BIN)/python -m pa_devkit.localinfra.kafka fetch
+
+# Apicurio Registry (the Confluent-compatible schema registry the tests start, in memory) from
+# Maven Central, unpacked once into .cache/apicurio (devkit/pa_devkit/localinfra/registry.py).
+registry-jars: setup  ## download Apicurio Registry once (cached in .cache/) for the schema registry tests
+	$(BIN)/python -m pa_devkit.localinfra.registry fetch
 
 # Helm, built from source by the Go toolchain into .cache/bin (git-ignored) once, for the chart's
 # tests (tests/deploy/test_helm.py). Without Go the chart's tests are skipped, saying why; with
@@ -123,7 +128,7 @@ COVERAGE_FLOOR := 92
 COVERAGE := --cov=service --cov-branch --cov-report=term-missing:skip-covered \
 	--cov-fail-under=$(COVERAGE_FLOOR)
 
-test: setup kafka-jars helm-tools prometheus-tools store-tools lint  ## the whole suite with coverage: lint, unit, integration, end-to-end (starts its own broker)
+test: setup kafka-jars registry-jars helm-tools prometheus-tools store-tools lint  ## the whole suite with coverage: lint, unit, integration, end-to-end (starts its own broker)
 	$(BIN)/pytest $(COVERAGE)
 
 unit: setup  ## unit tests only (no broker)

@@ -1,5 +1,5 @@
-"""Shared test configuration: real-broker and store-server fixtures (tests/kafka_support.py,
-tests/store_support.py) and dev keys."""
+"""Shared test configuration: real-broker, store-server and schema-registry fixtures
+(tests/kafka_support.py, tests/store_support.py, tests/registry_support.py) and dev keys."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import structlog
 
 from pa_devkit.keys import DEV_P12_PASSWORD, DevKeySet, generate_dev_keyset
 
-pytest_plugins = ["tests.kafka_support", "tests.store_support"]
+pytest_plugins = ["tests.kafka_support", "tests.store_support", "tests.registry_support"]
 
 CONSUMER_KEY = "points-adjuster-test"
 CHAOS_SMALL = 600

@@ -5,7 +5,8 @@
     LocalInfraError            a local server could not be found, started or stopped
     ├── LocalKafkaError        the broker, its jar cache or its command line
     ├── LocalPostgresError     the PostgreSQL server (postgres.py)
-    └── LocalRedisError        the Redis server (redis.py)
+    ├── LocalRedisError        the Redis server (redis.py)
+    └── LocalRegistryError     the Apicurio schema registry, its download (registry.py)
 
 Every message says why; a failed start carries the tail of the server's log.
 """
@@ -27,3 +28,7 @@ class LocalPostgresError(LocalInfraError):
 
 class LocalRedisError(LocalInfraError):
     """The local Redis server's binary is missing, or it did not start or stop."""
+
+
+class LocalRegistryError(LocalInfraError):
+    """The local schema registry could not be downloaded, started or stopped."""
