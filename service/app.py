@@ -188,8 +188,24 @@ def rotating_credentials(
     return CredentialStore(pas, credentials, on_reload=reloaded), expiry
 
 
-async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
-    """Run until SIGTERM/SIGINT (or ``stop``), then drain, commit and close everything."""
+def listening(url: str, also: Callable[[str], None] | None) -> None:
+    log.info("endpoints.listening", url=url)
+    if also is not None:
+        also(url)
+
+
+async def run_service(
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    inherited_lock: int | None = None,
+    on_listening: Callable[[str], None] | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop``), then drain, commit and close everything.
+
+    A worker of ``run --workers N`` (``service.workers``) passes the SQLite owner's lock it
+    inherited (``inherited_lock``) and hears the URL its endpoints listen on (``on_listening``).
+    """
     stop = stop or asyncio.Event()
     credentials, tls = load_pas_security(settings.pas)
     reload_requested = asyncio.Event()
@@ -212,7 +228,8 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
         # First in, so last out: the spans of the drain are exported too.
         spans = stack.enter_context(open_span_sink(settings.tracing.otlp_endpoint))
         store: IdempotencyStore = MeteredStore(
-            await open_store(settings.idempotency, exclusive=True), metrics
+            await open_store(settings.idempotency, exclusive=True, inherited_lock=inherited_lock),
+            metrics,
         )
         stack.push_async_callback(store.close)
         override = await verify_continuity(store, settings.idempotency, settings.kafka)
@@ -246,7 +263,7 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
             url = await stack.enter_async_context(
                 serve_endpoints(metrics, health, settings.metrics.host, settings.metrics.port)
             )
-            log.info("endpoints.listening", url=url)
+            listening(url, on_listening)
         producer = await stack.enter_async_context(open_producer(settings.kafka))
         await require_topics(producer, settings.kafka)
         limits = await topic_message_limits(settings.kafka, service_topics(settings.kafka))

@@ -38,11 +38,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    commands.add_parser(
+    run = commands.add_parser(
         "run",
         help="consume commands and apply them (the service)",
         description="Run the service until SIGTERM or SIGINT, then drain in-flight commands, "
         "commit offsets and exit. Exit code 2 on a bad setting or an unreachable dependency.",
+    )
+    run.add_argument(
+        "--workers",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="consumer processes in the group, sharing the idempotency store, under one"
+        " parent serving one endpoint (default: PA_WORKERS, else 1)",
     )
     commands.add_parser(
         "check",
@@ -95,6 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 64 (got {text!r})")
+    return value
+
+
 def _fail(message: str, code: int = EXIT_USAGE) -> int:
     print(f"points-adjuster: error: {message}", file=sys.stderr)
     return code
@@ -115,8 +133,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    settings = load_settings()
+    workers = getattr(args, "workers", None)
+    settings = load_settings(**({"workers": workers} if workers is not None else {}))
     configure_logging(settings.log.level, settings.log.format)
+    if args.command == "run" and settings.workers > 1:
+        from service.workers.supervisor import supervise
+
+        return asyncio.run(supervise(settings))
     if args.command == "run":
         from service.app import run_service
         from service.eventloop import run

@@ -757,6 +757,15 @@ class Settings(BaseSettings):
         " for all of them); the final commit and stopping the Kafka clients add at most 9 s"
         " more when the broker does not answer.",
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Consumer processes of one `run` (`run --workers N` overrides it): above 1,"
+        " a parent process starts N workers, each a full consumer in the same group, sharing"
+        " the idempotency store (SQLite on this host, or a networked store), and serves one"
+        " /metrics, /livez and /readyz for them all. Not with the memory store.",
+    )
     event_loop: Literal["uvloop", "asyncio"] = Field(
         "uvloop",
         description="The asyncio event loop: uvloop (C, on libuv; about 5 % less CPU per"
@@ -769,6 +778,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 "PA_KAFKA__OUTCOME_FRAMING: confluent needs a schema registry"
                 " (set PA_SCHEMA_REGISTRY__URL, or use single-object)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _workers_share_a_store(self) -> Settings:
+        if self.workers > 1 and self.idempotency.kind == "memory":
+            raise ValueError(
+                f"PA_WORKERS: {self.workers} workers need a store they share (SQLite or a"
+                " networked one); the memory store lives in one process"
             )
         return self
 

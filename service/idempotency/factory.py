@@ -24,9 +24,13 @@ def _missing_driver(settings: IdempotencySettings, extra: str, module: str) -> S
     )
 
 
-async def open_store(settings: IdempotencySettings, *, exclusive: bool) -> IdempotencyStore:
+async def open_store(
+    settings: IdempotencySettings, *, exclusive: bool, inherited_lock: int | None = None
+) -> IdempotencyStore:
     """The store of ``settings``, open. ``exclusive``: the service's own open, which is the
     one owner of a SQLite file (a second ``run`` on it is refused); tools pass False.
+    ``inherited_lock``: a worker of ``run --workers N`` opens a SQLite file under its parent's
+    lock, this descriptor (ignored by the other stores).
 
     Raises ``StartupError`` (unreachable, refused, not durable enough, driver missing) or
     ``ConfigError`` (the password file cannot be read)."""
@@ -34,7 +38,9 @@ async def open_store(settings: IdempotencySettings, *, exclusive: bool) -> Idemp
     if kind == "memory":
         return MemoryStore()
     if kind == "sqlite":
-        return await SqliteStore.open(settings.sqlite_file, exclusive=exclusive)
+        return await SqliteStore.open(
+            settings.sqlite_file, exclusive=exclusive, inherited_lock=inherited_lock
+        )
     assert settings.dsn is not None  # a networked store is only named by its DSN
     password = settings.password()
     if kind == "postgresql":

@@ -44,10 +44,17 @@ outcome cannot be read back fails the call that read it with ``StoreError``.
 One owner: the service opens its store ``exclusive``: it holds an exclusive ``flock`` on a
 file beside the database (``<path>.lock``, holding the owner's pid) for as long as the store is
 open, and a second ``run`` on the same file is refused at start-up, naming the pid that holds
-it; the kernel lets go of the lock when the process ends, however it ends. Two processes
-writing one SQLite file would each take the other's claims for their own (SQLite serialises
-their writes, but nothing else about them agrees), and several replicas must share a networked
-store instead. Tools that only read (``check``, ``dlq``) open it without the lock.
+it; the kernel lets go of the lock when the process ends, however it ends. Several replicas
+must share a networked store instead (SQLite's own locks do not hold across hosts on a network
+file system). Tools that only read (``check``, ``dlq``) open it without the lock.
+
+Workers of one owner: ``run --workers N`` takes the lock in its parent process and hands the
+descriptor to its N workers; each opens the store with ``inherited_lock`` (checked to be that
+lock, held) and its own writer thread and connection. On one host SQLite serialises writers
+across processes: every batch runs in ``BEGIN IMMEDIATE`` (the database's write lock, waited
+for up to ``busy_timeout``) and each call reads its record inside that transaction, so claims
+of different workers (different owners) exclude each other as the calls of one process do.
+The lock is held as long as any of them runs: a second ``run`` is refused until all are gone.
 
 I/O failures: a batch that fails on the database (disk full, locked past ``busy_timeout``, an
 I/O error) fails its calls with ``StoreUnavailableError`` (the ``sqlite3`` error chained); the
@@ -278,10 +285,10 @@ def _lock_path(path: Path) -> Path:
     return path.with_name(path.name + ".lock")
 
 
-def _hold_exclusive(path: Path) -> int:
+def hold_owner_lock(path: Path) -> int:
     """Take the owner's lock of the store at ``path``: the descriptor that holds it; raise
     ``StartupError`` when another process holds it (naming its pid) or it cannot be taken."""
-    lock = _lock_path(path)
+    lock = _lock_path(path.absolute())
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -306,6 +313,33 @@ def _hold_exclusive(path: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
     return fd
+
+
+def check_inherited_lock(path: Path, fd: int) -> None:
+    """Check that descriptor ``fd``, inherited from the process that started this one, holds
+    the owner's lock of the store at ``path`` (a worker of ``run --workers N``); else raise
+    ``StartupError``. The descriptor shares the owner's open file description, so taking the
+    lock through it succeeds while the owner's lock holds, and fails for anyone else."""
+    lock = _lock_path(path.absolute())
+    problem = ""
+    try:
+        held, named = os.fstat(fd), os.stat(lock)
+    except OSError as exc:
+        problem = exc.strerror or type(exc).__name__
+    else:
+        if (held.st_dev, held.st_ino) != (named.st_dev, named.st_ino):
+            problem = "the descriptor is not that lock file"
+        else:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                problem = f"the lock is held by another process ({exc.strerror or exc})"
+    if problem:
+        raise StartupError(
+            "idempotency store",
+            f"a worker must run under the owner's lock of {path} ({lock}): {problem}",
+            setting="PA_IDEMPOTENCY__SQLITE_PATH",
+        )
 
 
 def _is_io_failure(exc: BaseException) -> bool:
@@ -370,12 +404,17 @@ class SqliteStore:
         """The descriptor holding the owner's flock (``open(exclusive=True)``)."""
 
     @classmethod
-    async def open(cls, path: Path, *, exclusive: bool = False) -> SqliteStore:
+    async def open(
+        cls, path: Path, *, exclusive: bool = False, inherited_lock: int | None = None
+    ) -> SqliteStore:
         """Open (or create) the store at ``path``; ``exclusive``: as its one owner (see the
-        module doc), else raise ``StartupError``."""
+        module doc), else raise ``StartupError``. ``inherited_lock``: as a worker of the owner,
+        whose lock this descriptor holds (``check_inherited_lock``); it stays the caller's."""
         store = cls(path)
-        if exclusive:
-            store._lock = _hold_exclusive(store._path)
+        if inherited_lock is not None:
+            check_inherited_lock(store._path, inherited_lock)
+        elif exclusive:
+            store._lock = hold_owner_lock(store._path)
         try:
             return await store._start()
         except BaseException:

@@ -20,6 +20,7 @@ from pa_devkit.cli import build_parser as build_devkit_parser
 from service.cli import build_parser as build_service_parser
 from service.metrics import Metrics
 from service.settings import Settings, env_name
+from service.workers.endpoints import WorkerMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -127,7 +128,7 @@ def test_every_setting_is_documented_with_its_default() -> None:
     assert wrong == []
 
 
-def _metric_labels(metrics: Metrics) -> dict[str, tuple[str, ...]]:
+def _metric_labels(metrics: Metrics | WorkerMetrics) -> dict[str, tuple[str, ...]]:
     """Each metric family's label names, from the wrappers (a family without children yet
     has no samples to read them from) and, for the rest, from the samples."""
     labels: dict[str, tuple[str, ...]] = {}
@@ -152,13 +153,14 @@ def _catalogue() -> dict[str, list[str]]:
 
 
 def _exported() -> dict[str, tuple[str, tuple[str, ...]]]:
-    """Each metric the service exports, as a query names it: its type and label names."""
-    metrics = Metrics()
-    labels = _metric_labels(metrics)
+    """Each metric the service exports (and the parent of ``run --workers N``), as a query
+    names it: its type and label names."""
     exported: dict[str, tuple[str, tuple[str, ...]]] = {}
-    for family in metrics.registry.collect():
-        suffix = {"counter": "_total", "info": "_info"}.get(family.type, "")
-        exported[family.name + suffix] = (family.type, labels[family.name])
+    for metrics in (Metrics(), WorkerMetrics()):
+        labels = _metric_labels(metrics)
+        for family in metrics.registry.collect():
+            suffix = {"counter": "_total", "info": "_info"}.get(family.type, "")
+            exported[family.name + suffix] = (family.type, labels[family.name])
     return exported
 
 
