@@ -115,11 +115,12 @@ store-tools:  ## install Debian's postgresql and redis-server packages once for 
 demo: setup kafka-jars  ## local broker + sandbox + service, a few hundred commands, a summary
 	$(BIN)/points-adjuster-devkit demo
 
-lint: setup  ## ruff (lint and format check) and mypy --strict on service/, the dev kit, tests and benchmarks
+lint: setup  ## ruff (lint and format check) and mypy --strict on service/, the dev kit, tests and benchmarks; schemas check (compatibility with the released schemas)
 	$(BIN)/ruff check service devkit tests benchmarks
 	$(BIN)/ruff format --check service devkit tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
+	$(BIN)/points-adjuster schemas check --dir schemas --transitive --no-registry
 
 # Branch coverage of the product, the service's child processes included ([tool.coverage.run]
 # in pyproject.toml). The floor sits a few points under what the whole suite measures

@@ -29,6 +29,26 @@ points-adjuster-devkit --help
 """
 
 
+SCHEMAS_CHECK_DESCRIPTION = """\
+For each schema <name>.avsc in the folder, compare the current version with the previous
+released version (released/<name>.v<N>.avsc) by Avro's schema resolution rules:
+
+  BACKWARD  the current schema reads what the released one wrote
+  FORWARD   the released schema reads what the current one writes
+
+Both ways: add or remove a field that has a default; string <-> bytes. BACKWARD only:
+widen int -> long -> float -> double; rename a record or a field with an alias of the old
+name; add an enum symbol (FORWARD too when the enum has a default symbol). Each
+incompatibility is printed with the field's path and the reason.
+
+When PA_SCHEMA_REGISTRY__URL is set, the current schema is also checked against the latest
+version of its subject in the registry (subject named by PA_SCHEMA_REGISTRY__SUBJECT_STRATEGY
+from the topic settings), under that subject's compatibility level. Nothing is registered.
+
+Exit status: 0 all compatible, 1 an incompatibility or a registry error, 2 unreadable schemas.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="points-adjuster",
@@ -96,6 +116,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="partitions of each topic created (default %(default)s)",
     )
 
+    schemas = commands.add_parser(
+        "schemas",
+        help="check the Avro schemas' compatibility",
+        description="Tools for the Avro schemas the service reads and writes.",
+    )
+    schema_commands = schemas.add_subparsers(
+        dest="schemas_command", metavar="ACTION", required=True
+    )
+    schemas_check = schema_commands.add_parser(
+        "check",
+        help="is each schema compatible with its released versions and the registry?",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=SCHEMAS_CHECK_DESCRIPTION,
+    )
+    schemas_check.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder of <name>.avsc files with released/<name>.v<N>.avsc beside them "
+        "(default: the schemas this installation ships)",
+    )
+    schemas_check.add_argument(
+        "--transitive",
+        action="store_true",
+        help="compare with every earlier released version, not only the previous one",
+    )
+    schemas_check.add_argument(
+        "--no-registry",
+        action="store_true",
+        help="do not ask the registry even when PA_SCHEMA_REGISTRY__URL is set",
+    )
+    schemas_check.add_argument("--json", action="store_true", help="print one JSON document")
+
     from service.tools.dlq import add_dlq_arguments
 
     add_dlq_arguments(commands)
@@ -157,11 +211,34 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.command == "send":
         return _send(args, settings)
+    if args.command == "schemas":
+        return _schemas_check(args, settings)
     if args.command == "dlq":
         from service.tools.dlq import run_dlq
 
         return run_dlq(args, settings)
     raise AssertionError(args.command)
+
+
+def _schemas_check(args: argparse.Namespace, settings: object) -> int:
+    from service.settings import Settings
+    from service.tools.avro_compat import SchemaShapeError
+    from service.tools.schemas import run_schemas_check
+
+    assert isinstance(settings, Settings)
+    try:
+        return asyncio.run(
+            run_schemas_check(
+                settings,
+                directory=args.dir,
+                transitive=args.transitive,
+                use_registry=not args.no_registry,
+                as_json_output=args.json,
+                out=sys.stdout,
+            )
+        )
+    except SchemaShapeError as exc:
+        return _fail(str(exc))
 
 
 def _send(args: argparse.Namespace, settings: object) -> int:
