@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from service import __version__
@@ -209,15 +209,18 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         asyncio.run(create_service_topics(settings.kafka, args.partitions, out=sys.stdout))
         return EXIT_OK
-    if args.command == "send":
-        return _send(args, settings)
-    if args.command == "schemas":
-        return _schemas_check(args, settings)
-    if args.command == "dlq":
-        from service.tools.dlq import run_dlq
+    handler = _TOOLS.get(args.command)
+    if handler is None:
+        raise AssertionError(args.command)
+    return handler(args, settings)
 
-        return run_dlq(args, settings)
-    raise AssertionError(args.command)
+
+def _dlq(args: argparse.Namespace, settings: object) -> int:
+    from service.settings import Settings
+    from service.tools.dlq import run_dlq
+
+    assert isinstance(settings, Settings)
+    return run_dlq(args, settings)
 
 
 def _schemas_check(args: argparse.Namespace, settings: object) -> int:
@@ -264,3 +267,12 @@ def _send(args: argparse.Namespace, settings: object) -> int:
     sent = asyncio.run(send_commands(settings.kafka, commands, codec=AvroCodec.from_directory()))
     print(f"sent {sent} commands to {settings.kafka.command_topic}")
     return EXIT_OK
+
+
+_TOOLS: dict[str, Callable[[argparse.Namespace, object], int]] = {
+    "send": _send,
+    "schemas": _schemas_check,
+    "dlq": _dlq,
+}
+"""The commands that only read their arguments and the settings (``send``, ``schemas``,
+``dlq``)."""
