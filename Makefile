@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup lock audit kafka-jars registry-jars helm-tools prometheus-tools store-tools demo test unit lint format bench bench-quick profile bench-transport bench-security bench-stores chaos clean help
+.PHONY: setup lock audit kafka-jars registry-jars helm-tools prometheus-tools store-tools demo test unit lint format bench bench-quick profile bench-transport bench-security bench-stores bench-workers chaos clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -135,9 +135,13 @@ test: setup kafka-jars registry-jars helm-tools prometheus-tools store-tools lin
 unit: setup  ## unit tests only (no broker)
 	$(BIN)/pytest tests/unit
 
-bench: setup kafka-jars store-tools  ## end-to-end sweep, baseline, paced latency, memory, then bench-stores (about 25 min)
+bench: setup kafka-jars store-tools  ## end-to-end sweep, baseline, paced latency, memory, then bench-stores and bench-workers (about 27 min)
 	$(BIN)/python benchmarks/bench_throughput.py --json .cache/bench-throughput.json
 	$(BIN)/python benchmarks/bench_stores.py --json .cache/bench-stores.json
+	$(BIN)/python benchmarks/bench_workers.py --json .cache/bench-workers.json
+
+bench-workers: setup kafka-jars  ## 1 vs 2 workers (run --workers N) on one SQLite store: the rate and the CPU of every process (about 2 min)
+	$(BIN)/python benchmarks/bench_workers.py --json .cache/bench-workers.json
 
 bench-quick: setup kafka-jars store-tools  ## the reduced end-to-end sweep (about 4 min)
 	$(BIN)/python benchmarks/bench_throughput.py --quick

@@ -1,0 +1,746 @@
+"""1 vs 2 workers (``points-adjuster run --workers N``) on one SQLite store, in one run.
+
+Each row runs ``points-adjuster run`` with ``PA_WORKERS`` = 1 (the single process every
+deployment has had: no parent) and then 2 (a parent and two worker processes sharing one
+SQLite file in WAL mode), against a local Kafka broker and the PAS sandbox (50 ms, signing
+and encryption on) started by this run, as ``bench_stores.py``'s replicas part does (the
+helpers of ``bench_throughput.py`` are reused, not copied): a pre-produced backlog of
+``--backlog`` commands over 10,000 accounts on 12 partitions, a fresh SQLite file, topics and
+consumer group per row.
+
+The rate is taken over the steady window: from the moment every worker holds partitions
+(the ``points_adjuster_assigned_partitions`` samples of the one /metrics, by ``worker``
+label, add up to 12, each above 0), and no sooner than 3 s after /readyz, to the last
+original outcome's record timestamp. Over the same window, CPU per adjustment (utime+stime
+from ``/proc``) of every process: each worker (over the adjustments its samples counted),
+the parent, the sandbox, the broker and this process (polling /metrics); the load
+generator (this process producing the backlog, before the window) per command; how busy
+the machine was, the share of it taken by processes this run did not start, and the bounds
+that leave: the box's cores over the sum of CPU per adjustment, and the part of the box the
+other processes left over the same sum. Exactly one original, completed outcome per command
+is checked as ``bench_throughput.py`` checks it.
+
+Usage (from the repository root)::
+
+    .venv/bin/python benchmarks/bench_workers.py [--backlog 12000] [--workers 1,2]
+        [--max-seconds 60] [--json out.json]
+
+Exit code 0 when every row ran and its outcomes checked out, 1 otherwise, 130 when
+interrupted. Linux only; needs the jars of ``make kafka-jars``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import platform
+import re
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from bench_throughput import (
+    SERVICE_SHUTDOWN_S,
+    STOP_WAIT_S,
+    OutcomeRecord,
+    Result,
+    Topology,
+    analyse,
+    cpu_model,
+    create_topics,
+    delete_topics,
+    git_facts,
+    process_cpu,
+    produce_backlog,
+    read_outcome_records,
+    wait_ready,
+    warm_up_broker,
+)
+from benchkit import (
+    CLOCK_TICKS,
+    BenchError,
+    Child,
+    Children,
+    Sandbox,
+    descendants,
+    filesystem_of,
+    machine_busy_pct,
+    machine_busy_ticks,
+    raise_keyboard_interrupt_on_sigterm,
+    start_sandbox,
+)
+
+from pa_devkit.demo import DEMO_CONSUMER_KEY, service_env
+from pa_devkit.keys import DevKeySet, generate_dev_keyset
+from pa_devkit.localinfra.broker_config import free_port
+from service.codec.avro import AvroCodec
+from service.tools.generate import generate_commands
+
+PARTITIONS = 12
+ACCOUNTS = 10_000
+DEFAULT_WORKERS = (1, 2)
+OUTCOMES_METRIC = "points_adjuster_outcomes_total"
+DUPLICATES_METRIC = "points_adjuster_duplicates_total"
+ASSIGNED_METRIC = "points_adjuster_assigned_partitions"
+STABLE_TIMEOUT_S = 60.0
+SETTLE_S = 3.0
+"""The window opens no sooner than this after /readyz: both rows leave out the same start-up
+(the adaptive concurrency limit's slow start)."""
+POLL_S = 0.5
+POLL_NEAR_S = 0.1
+WORKER_LABEL = re.compile(r'worker="(\d+)"')
+
+
+@dataclass(frozen=True)
+class Config:
+    backlog: int
+    cap_s: float
+    latency_ms: float
+    workers: tuple[int, ...]
+    json_path: Path | None
+    seed: int
+    workdir: Path | None
+    keep_workdir: bool
+
+
+def parse_args(argv: Sequence[str] | None) -> Config:
+    parser = argparse.ArgumentParser(
+        description="1 vs 2 workers (run --workers N) on one SQLite store: the rate and the"
+        " CPU of every process."
+    )
+    parser.add_argument("--backlog", type=int, default=12_000, help="commands per row (12000)")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=60.0,
+        help="stop a row this long after its workers hold their partitions (60)",
+    )
+    parser.add_argument("--latency-ms", type=float, default=50.0, help="sandbox latency (50)")
+    parser.add_argument(
+        "--workers",
+        default=",".join(str(n) for n in DEFAULT_WORKERS),
+        help="the rows: worker counts, comma-separated (1,2)",
+    )
+    parser.add_argument("--json", type=Path, dest="json_path", help="write every figure here")
+    parser.add_argument("--seed", type=int, default=7, help="data seed of the backlog (7)")
+    parser.add_argument("--workdir", type=Path, help="parent of the temporary folder")
+    parser.add_argument("--keep-workdir", action="store_true", help="keep logs and stores")
+    args = parser.parse_args(argv)
+    if args.backlog < 1000:
+        parser.error("--backlog takes at least 1000")
+    try:
+        workers = tuple(int(part) for part in args.workers.split(",") if part.strip())
+    except ValueError:
+        parser.error(f"--workers: {args.workers!r} is not a list of whole numbers")
+    if not workers or not all(1 <= n <= PARTITIONS for n in workers):
+        parser.error(f"--workers: each count from 1 to {PARTITIONS}")
+    return Config(
+        backlog=args.backlog,
+        cap_s=args.max_seconds,
+        latency_ms=args.latency_ms,
+        workers=workers,
+        json_path=args.json_path,
+        seed=args.seed,
+        workdir=args.workdir,
+        keep_workdir=args.keep_workdir,
+    )
+
+
+def fmt(value: float, digits: int = 1) -> str:
+    return "-" if math.isnan(value) else f"{value:,.{digits}f}"
+
+
+# --- one row -------------------------------------------------------------------------------
+
+
+@dataclass
+class WorkersRow:
+    """``points-adjuster run`` with ``workers`` workers on one SQLite file."""
+
+    workers: int
+    backlog: int
+    done: int = 0
+    capped: bool = False
+    stable_after_s: float = float("nan")
+    """From /readyz to every worker holding its partitions."""
+    window_s: float = 0.0
+    per_s: float = 0.0
+    """Original outcomes in the steady window / its length."""
+    from_ready_per_s: float = 0.0
+    """Every outcome / (the last one - ready): start-up included."""
+    outcomes_by_worker: list[int] = field(default_factory=list)
+    cpu_ms_by_worker: list[float] = field(default_factory=list)
+    loop_share_by_worker: list[float] = field(default_factory=list)
+    """Each worker's CPU seconds per second of the window: how full its one core was."""
+    parent_cpu_ms: float = float("nan")
+    """The parent's CPU per adjustment (NaN with 1 worker: there is no parent)."""
+    sandbox_cpu_ms: float = float("nan")
+    broker_cpu_ms: float = float("nan")
+    bench_cpu_ms: float = float("nan")
+    load_cpu_ms: float = float("nan")
+    """This process producing the backlog (before the window), per command."""
+    machine_busy_pct: float = float("nan")
+    others_pct: float = float("nan")
+    """CPU of processes this run did not start, as a share of the machine over the window."""
+    duplicates: int = 0
+    ledger: int = 0
+    notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.workers} worker" + ("s" if self.workers > 1 else "")
+
+    @property
+    def workers_cpu_ms(self) -> float:
+        """Every worker's CPU over every adjustment of the window."""
+        total = sum(self.outcomes_by_worker)
+        if not total:
+            return float("nan")
+        return (
+            sum(
+                ms * n for ms, n in zip(self.cpu_ms_by_worker, self.outcomes_by_worker, strict=True)
+            )
+            / total
+        )
+
+    @property
+    def all_cpu_ms(self) -> float:
+        parts = (
+            self.workers_cpu_ms,
+            self.parent_cpu_ms,
+            self.sandbox_cpu_ms,
+            self.broker_cpu_ms,
+            self.bench_cpu_ms,
+        )
+        return sum(p for p in parts if not math.isnan(p))
+
+    @property
+    def loop_bound_per_s(self) -> float:
+        """What the workers could do if each filled its one event-loop core:
+        workers x 1000 / the busiest worker's CPU ms per adjustment."""
+        worst = max(self.cpu_ms_by_worker, default=float("nan"))
+        return self.workers * 1000 / worst if worst > 0 else float("nan")
+
+    def box_bound_per_s(self, cores: int) -> float:
+        """The box's cores / the sum of every process's CPU per adjustment."""
+        return cores * 1000 / self.all_cpu_ms if self.all_cpu_ms > 0 else float("nan")
+
+    def left_bound_per_s(self, cores: int) -> float:
+        """What the other processes of the machine left of it / the same sum."""
+        if math.isnan(self.others_pct) or self.all_cpu_ms <= 0:
+            return float("nan")
+        return cores * (1 - self.others_pct / 100) * 1000 / self.all_cpu_ms
+
+
+@dataclass
+class Rig:
+    """What every row shares: the broker, the sandbox, the keys."""
+
+    children: Children
+    bootstrap: str
+    broker_pid: int | None
+    sandbox: Sandbox
+    keyset: DevKeySet
+    codec: AvroCodec
+    workdir: Path
+
+
+@dataclass(frozen=True)
+class Moment:
+    """CPU counters and outcome counts of everything involved, at one moment."""
+
+    at: float
+    workers: dict[int, float]
+    worker_pids: dict[int, int]
+    parent: float
+    outcomes: dict[int, int]
+    sandbox: float
+    broker: float
+    bench: float
+    busy_ticks: int
+    total_ticks: int
+
+
+def by_worker(text: str, name: str) -> dict[int, float]:
+    """The samples of ``name`` summed per ``worker`` label (0 when there is none: 1 worker)."""
+    found: dict[int, float] = {}
+    for line in text.splitlines():
+        if not line.startswith(name):
+            continue
+        sample, _, value = line.rpartition(" ")
+        if sample != name and not sample.startswith(name + "{"):
+            continue
+        match = WORKER_LABEL.search(sample)
+        worker = int(match.group(1)) if match else 0
+        found[worker] = found.get(worker, 0.0) + float(value)
+    return found
+
+
+def worker_pids(service: Child, workers: int) -> dict[int, int]:
+    """Each worker's pid by index: the service itself with 1 worker, else the parent's
+    children by their ``--index``."""
+    if workers == 1:
+        return {0: service.pid}
+    pids: dict[int, int] = {}
+    for pid in descendants(service.pid):
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"service.workers.child" in argv and b"--index" in argv:
+                pids[int(argv[argv.index(b"--index") + 1])] = pid
+    return pids
+
+
+async def adjustments(http: httpx.AsyncClient) -> dict[int, int]:
+    """Per worker: outcomes published less the duplicates absorbed (re-deliveries answered
+    from the store without a PAS call): the adjustments it made."""
+    text = (await http.get("/metrics")).text
+    outcomes, dups = by_worker(text, OUTCOMES_METRIC), by_worker(text, DUPLICATES_METRIC)
+    return {w: int(n - dups.get(w, 0.0)) for w, n in outcomes.items()}
+
+
+async def take_moment(rig: Rig, service: Child, workers: int, http: httpx.AsyncClient) -> Moment:
+    pids = worker_pids(service, workers)
+    outcomes = await adjustments(http)
+    busy, total = machine_busy_ticks()
+    return Moment(
+        time.time(),
+        {index: process_cpu(pid) for index, pid in pids.items()},
+        pids,
+        process_cpu(service.pid) if workers > 1 else float("nan"),
+        outcomes,
+        process_cpu(rig.sandbox.child.pid),
+        process_cpu(rig.broker_pid),
+        time.process_time(),
+        busy,
+        total,
+    )
+
+
+async def wait_stable(service: Child, workers: int, http: httpx.AsyncClient) -> None:
+    """Until every worker holds partitions and they add up to all of them."""
+    deadline = time.monotonic() + STABLE_TIMEOUT_S
+    while True:
+        if not service.alive:
+            raise BenchError(f"{service.name} exited:\n{service.log_tail()}")
+        counts = by_worker((await http.get("/metrics")).text, ASSIGNED_METRIC)
+        held = [counts.get(index, 0.0) for index in range(workers)]
+        if all(count > 0 for count in held) and sum(held) == PARTITIONS:
+            return
+        if time.monotonic() > deadline:
+            raise BenchError(f"partitions held {held} after {STABLE_TIMEOUT_S:.0f} s")
+        await asyncio.sleep(POLL_NEAR_S)
+
+
+async def wait_done(
+    service: Child, http: httpx.AsyncClient, expected: int, deadline: float
+) -> bool:
+    """Until ``expected`` adjustments in all (False) or the wall-clock deadline (True)."""
+    previous, previous_at = 0, time.time()
+    while True:
+        if not service.alive:
+            raise BenchError(f"{service.name} exited mid-run:\n{service.log_tail()}")
+        count = sum((await adjustments(http)).values())
+        now = time.time()
+        if count >= expected:
+            return False
+        if now >= deadline:
+            return True
+        rate = (count - previous) / max(now - previous_at, 1e-3)
+        previous, previous_at = count, now
+        near = rate > 0 and (expected - count) / rate < 2.0
+        await asyncio.sleep(min(POLL_NEAR_S if near else POLL_S, max(0.0, deadline - now)))
+
+
+async def run_row(rig: Rig, row: WorkersRow, cfg: Config) -> None:
+    topo = Topology(rig.bootstrap, f"workers{row.workers}-{uuid.uuid4().hex[:6]}")
+    names = topo.names
+    folder = rig.workdir / f"workers-{row.workers}"
+    folder.mkdir(parents=True, exist_ok=True)
+    await create_topics(
+        rig.bootstrap,
+        {
+            names["command"]: PARTITIONS,
+            names["completed"]: PARTITIONS,
+            names["failed"]: PARTITIONS,
+            names["dead_letter"]: 1,
+            names["review"]: 1,
+        },
+    )
+    try:
+        batch = await asyncio.to_thread(
+            generate_commands,
+            row.backlog,
+            accounts=ACCOUNTS,
+            seed=cfg.seed,
+            requested_by="points-adjuster-bench",
+        )
+        commands = batch.commands
+        produced = time.process_time()
+        sent_at = await produce_backlog(rig.bootstrap, names["command"], commands, rig.codec)
+        row.load_cpu_ms = (time.process_time() - produced) * 1000 / len(commands)
+        ready_at, end_at, before, after = await run_service(rig, row, topo, folder, cfg)
+        records = await read_outcome_records(
+            rig.bootstrap, [names["completed"], names["failed"]], rig.codec
+        )
+        row.ledger = await asyncio.to_thread(rig.sandbox.ledger_count)
+        check(row, commands, sent_at, records, ready_at, end_at)
+        attribute(row, before, after, records)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(rig.sandbox.reset)
+        with contextlib.suppress(Exception):
+            await delete_topics(rig.bootstrap, list(names.values()))
+
+
+async def run_service(
+    rig: Rig, row: WorkersRow, topo: Topology, folder: Path, cfg: Config
+) -> tuple[float, float, Moment, Moment]:
+    """Start the service, wait for the steady assignment, run the backlog out.
+
+    Returns (ready, end, the moment the window opened, the moment it closed)."""
+    port = free_port()
+    env = service_env(rig.bootstrap, rig.sandbox.base_url, folder, port, rig.keyset)
+    env.update(topo.env())
+    env.update(
+        PA_LOG__LEVEL="WARNING",
+        PA_SHUTDOWN_TIMEOUT_S=str(SERVICE_SHUTDOWN_S),
+        PA_PROCESSING__ORDERING="key",
+        PA_WORKERS=str(row.workers),
+    )
+    service = rig.children.start(
+        f"service {row.name}",
+        [sys.executable, "-m", "service", "run"],
+        env=env,
+        cwd=folder,
+        log_path=folder / "service.log",
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            ready_at = await wait_ready(service, http)
+            await wait_stable(service, row.workers, http)
+            row.stable_after_s = time.time() - ready_at
+            await asyncio.sleep(max(0.0, ready_at + SETTLE_S - time.time()))
+            before = await take_moment(rig, service, row.workers, http)
+            row.capped = await wait_done(service, http, row.backlog, before.at + cfg.cap_s)
+            after = await take_moment(rig, service, row.workers, http)
+    finally:
+        code = await asyncio.to_thread(rig.children.stop, service, STOP_WAIT_S)
+        if code not in (0, None):
+            row.notes.append(f"{service.name} exit code {code} after SIGTERM")
+    if before.worker_pids != after.worker_pids:
+        row.problems.append(f"a worker was restarted in the window: {service.log_tail()}")
+    return ready_at, after.at, before, after
+
+
+def check(
+    row: WorkersRow,
+    commands: list[dict[str, Any]],
+    sent_at: dict[str, int],
+    records: list[OutcomeRecord],
+    ready_at: float,
+    end_at: float,
+) -> None:
+    """Exactly one original, completed outcome per command: ``bench_throughput``'s checks."""
+    result = Result(row.name, "sweep", "key", PARTITIONS, ACCOUNTS, row.backlog)
+    result.capped, result.ready_at, result.end_at, result.ledger = (
+        row.capped,
+        ready_at,
+        end_at,
+        row.ledger,
+    )
+    analyse(result, commands, sent_at, records)
+    row.done = len({r.key for r in records if not r.duplicate})
+    row.duplicates = sum(1 for r in records if r.duplicate)
+    row.from_ready_per_s = result.throughput
+    row.notes.extend(result.notes)
+    row.problems.extend(result.problems)
+
+
+def attribute(row: WorkersRow, before: Moment, after: Moment, records: list[OutcomeRecord]) -> None:
+    """The steady window's rate, and CPU per adjustment of every process over it."""
+    opened_ms = before.at * 1000
+    stamps = sorted(
+        r.timestamp_ms for r in records if not r.duplicate and r.timestamp_ms >= opened_ms
+    )
+    if not stamps:
+        row.problems.append("no outcome in the steady window")
+        return
+    row.window_s = stamps[-1] / 1000 - before.at
+    row.per_s = len(stamps) / row.window_s if row.window_s > 0 else float("nan")
+    indexes = range(row.workers)
+    row.outcomes_by_worker = [after.outcomes.get(i, 0) - before.outcomes.get(i, 0) for i in indexes]
+    spent = [after.workers.get(i, math.nan) - before.workers.get(i, math.nan) for i in indexes]
+    row.cpu_ms_by_worker = [
+        s * 1000 / max(1, n) for s, n in zip(spent, row.outcomes_by_worker, strict=True)
+    ]
+    seconds = after.at - before.at
+    row.loop_share_by_worker = [s / seconds if seconds > 0 else math.nan for s in spent]
+    made = max(1, sum(row.outcomes_by_worker))
+
+    def per_adj(cpu_s: float) -> float:
+        return cpu_s * 1000 / made
+
+    row.parent_cpu_ms = per_adj(after.parent - before.parent)
+    row.sandbox_cpu_ms = per_adj(after.sandbox - before.sandbox)
+    row.broker_cpu_ms = per_adj(after.broker - before.broker)
+    row.bench_cpu_ms = per_adj(after.bench - before.bench)
+    total = after.total_ticks - before.total_ticks
+    if total > 0:
+        row.machine_busy_pct = 100.0 * (after.busy_ticks - before.busy_ticks) / total
+        ours = row.all_cpu_ms * made / 1000  # seconds of CPU
+        others = (after.busy_ticks - before.busy_ticks) / CLOCK_TICKS - ours
+        row.others_pct = max(0.0, 100.0 * others / (total / CLOCK_TICKS))
+
+
+async def run_rows(rig: Rig, cfg: Config) -> list[WorkersRow]:
+    print("warming the broker up (20,000 records through a 12-partition topic)...", flush=True)
+    print(f"    {await warm_up_broker(rig.bootstrap):.1f} s", flush=True)
+    rows = [WorkersRow(n, cfg.backlog) for n in cfg.workers]
+    for row in rows:
+        print(
+            f"{row.name}: points-adjuster run --workers {row.workers} on one SQLite file,"
+            f" {row.backlog:,} commands, {ACCOUNTS:,} accounts, {PARTITIONS} partitions",
+            flush=True,
+        )
+        try:
+            await run_row(rig, row, cfg)
+        except BenchError as exc:
+            row.problems.append(str(exc))
+            print(f"    failed: {exc}", flush=True)
+            continue
+        print(
+            f"    {row.per_s:,.1f}/s over {row.window_s:.1f} s (steady, after"
+            f" {fmt(row.stable_after_s)} s); worker CPU ms/adj"
+            f" {' / '.join(fmt(v, 2) for v in row.cpu_ms_by_worker)}; box"
+            f" {fmt(row.machine_busy_pct, 0)} % busy, others {fmt(row.others_pct, 0)} %",
+            flush=True,
+        )
+    return rows
+
+
+def print_rows(rows: list[WorkersRow]) -> None:
+    cores = os.cpu_count() or 1
+    print()
+    print("Workers on one SQLite store: the steady rate")
+    header = (
+        f"{'row':<11}{'adjusted':>10}{'dups':>6}{'stable s':>9}{'window s':>9}{'adj/s':>8}"
+        f"{'vs 1':>6}{'box busy':>9}{'others':>8}{'loop bound/s':>13}{'box bound/s':>12}"
+        f"{'left bound/s':>13}"
+    )
+    print(header)
+    print("-" * len(header))
+    single = next((r for r in rows if r.workers == 1 and not r.problems), None)
+    for r in rows:
+        if r.problems and not r.done:
+            print(f"{r.name:<11}  FAILED: {r.problems[0].splitlines()[0]}")
+            continue
+        versus = f"{r.per_s / single.per_s:.2f}" if single and single.per_s > 0 else "-"
+        print(
+            f"{r.name:<11}{r.done:>9,}{'c' if r.capped else ' '}{r.duplicates:>6,}"
+            f"{fmt(r.stable_after_s):>9}{r.window_s:>9.1f}{r.per_s:>8,.0f}{versus:>6}"
+            f"{fmt(r.machine_busy_pct, 0) + ' %':>9}{fmt(r.others_pct, 0) + ' %':>8}"
+            f"{fmt(r.loop_bound_per_s, 0):>13}{fmt(r.box_bound_per_s(cores), 0):>12}"
+            f"{fmt(r.left_bound_per_s(cores), 0):>13}"
+        )
+    print("-" * len(header))
+    print(
+        "adjusted: commands with their one original outcome (c: stopped at the cap); dups:"
+        " outcomes published again for re-delivered commands (answered from the store, no PAS"
+        " call); stable s: from /readyz until every worker held partitions; adj/s: original"
+        " outcomes whose record timestamp falls in the window (from stable, and at least"
+        f" {SETTLE_S:g} s after ready, to the last outcome) / its length; vs 1: against 1"
+        f" worker; box busy: all {cores} cores over the window; others: the share of them"
+        " used by processes this run did not start; loop bound: workers x 1000 / the busiest"
+        " worker's CPU ms per adjustment (each worker's event loop full); box bound:"
+        f" {cores} cores / the sum below; left bound: what the others left of the {cores}"
+        " cores / the same sum."
+    )
+    print()
+    print("CPU per adjustment over the window (ms), by process")
+    header = (
+        f"{'row':<11}{'worker 0':>18}{'worker 1':>18}{'parent':>8}{'sandbox':>8}"
+        f"{'broker':>7}{'bench':>7}{'sum':>7}{'load gen':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        if not r.done:
+            continue
+        each = [
+            f"{ms:.2f} ({n:,}, {share:.0%})"
+            for ms, n, share in zip(
+                r.cpu_ms_by_worker, r.outcomes_by_worker, r.loop_share_by_worker, strict=True
+            )
+        ] + ["-", "-"]
+        print(
+            f"{r.name:<11}{each[0]:>18}{each[1]:>18}{fmt(r.parent_cpu_ms, 3):>8}"
+            f"{fmt(r.sandbox_cpu_ms, 2):>8}{fmt(r.broker_cpu_ms, 2):>7}"
+            f"{fmt(r.bench_cpu_ms, 2):>7}{fmt(r.all_cpu_ms, 2):>7}{fmt(r.load_cpu_ms, 3):>9}"
+        )
+    print("-" * len(header))
+    print(
+        "worker N: that process's utime+stime over the adjustments its samples counted in the"
+        " window (in brackets, with its CPU seconds per second of the window: how full its"
+        " one core was); with 1 worker, the service process itself; parent: the parent of"
+        " --workers N (its merged /metrics scrapes included); sandbox, broker, bench (this"
+        " process polling /metrics): the co-located rest; sum: all of them (SQLite runs in"
+        " the workers); load gen: this process producing the backlog, per command, before"
+        " the window. From ready, start-up and rebalance included: "
+        + ", ".join(f"{r.name} {r.from_ready_per_s:,.0f}/s" for r in rows if r.done)
+        + "."
+    )
+
+
+# --- facts, main ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def local_broker() -> Iterator[tuple[str, int | None, str]]:
+    from pa_devkit.localinfra.kafka import LocalKafka
+
+    print("starting a local Kafka broker...", flush=True)
+    with LocalKafka(port=0) as kafka:
+        yield kafka.bootstrap_servers, kafka.pid, kafka.version
+
+
+def run(cfg: Config, facts: dict[str, Any], workdir: Path) -> list[WorkersRow]:
+    children = Children()
+    with local_broker() as (bootstrap, broker_pid, kafka_version):
+        facts["kafka"] = kafka_version
+        try:
+            keyset = generate_dev_keyset(workdir / "keys")
+            sandbox = start_sandbox(
+                children,
+                keys_dir=keyset.directory,
+                consumer_key=DEMO_CONSUMER_KEY,
+                latency_ms=cfg.latency_ms,
+                plain_responses=False,
+                workdir=workdir,
+            )
+            rig = Rig(
+                children,
+                bootstrap,
+                broker_pid,
+                sandbox,
+                keyset,
+                AvroCodec.from_directory(),
+                workdir,
+            )
+            return asyncio.run(run_rows(rig, cfg))
+        finally:
+            children.stop_all()  # before the broker goes
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    raise_keyboard_interrupt_on_sigterm()
+    wall = time.monotonic()
+    facts: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "python": platform.python_version(),
+        "loadavg_at_start": os.getloadavg(),
+        "git": git_facts(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    print(
+        f"points-adjuster workers benchmark: rows {', '.join(map(str, cfg.workers))};"
+        f" {facts['cpus']} CPUs ({facts['cpu_model']}), python {facts['python']}, commit"
+        f" {facts['git']['commit']} + {len(facts['git']['service_changes'])} changed file(s)"
+        " in service/",
+        flush=True,
+    )
+    idle = machine_busy_pct(1.0)
+    facts["machine_busy_pct_before"] = idle
+    if idle > 10:
+        print(
+            f"WARNING: the machine is already {idle:.0f} % busy before this run starts (other"
+            " processes): the figures below will be low",
+            flush=True,
+        )
+    workdir = Path(tempfile.mkdtemp(prefix="points-adjuster-bench-workers-", dir=cfg.workdir))
+    facts["workdir_filesystem"] = filesystem_of(workdir)
+    rows: list[WorkersRow] = []
+    status = 0
+    try:
+        rows = run(cfg, facts, workdir)
+    except KeyboardInterrupt:
+        print("\ninterrupted: every process this run started was stopped", file=sys.stderr)
+        status = 130
+    except BenchError as exc:
+        print(f"bench_workers: {exc}", file=sys.stderr)
+        status = 1
+    elapsed = time.monotonic() - wall
+    if rows:
+        print_rows(rows)
+    for row in rows:
+        for note in row.notes:
+            print(f"  note {row.name}: {note}")
+        for problem in row.problems:
+            print(f"  PROBLEM {row.name}: {problem}", file=sys.stderr)
+            status = status or 1
+    if cfg.json_path is not None and rows:
+        write_json(cfg, facts, rows, elapsed)
+    print(
+        f"\n{elapsed / 60:.1f} min in all; SQLite files on {facts['workdir_filesystem']}"
+        f" ({workdir.parent})"
+    )
+    if status != 0 or cfg.keep_workdir:
+        print(f"logs kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return status
+
+
+def write_json(cfg: Config, facts: dict[str, Any], rows: list[WorkersRow], elapsed: float) -> None:
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and math.isnan(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [clean(v) for v in value]
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    cores = os.cpu_count() or 1
+    document = {
+        "machine": facts,
+        "config": asdict(cfg),
+        "rows": [
+            {
+                **asdict(r),
+                "workers_cpu_ms": r.workers_cpu_ms,
+                "all_cpu_ms": r.all_cpu_ms,
+                "loop_bound_per_s": r.loop_bound_per_s,
+                "box_bound_per_s": r.box_bound_per_s(cores),
+                "left_bound_per_s": r.left_bound_per_s(cores),
+            }
+            for r in rows
+        ],
+        "elapsed_s": elapsed,
+    }
+    assert cfg.json_path is not None
+    cfg.json_path.parent.mkdir(parents=True, exist_ok=True)
+    cfg.json_path.write_text(json.dumps(clean(document), indent=2) + "\n")
+    print(f"figures written to {cfg.json_path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
