@@ -560,6 +560,7 @@ def test_numbers_and_lists_reach_the_service_as_it_reads_them(helm: Path) -> Non
     [
         ("PA_METRICS__PORT", "the chart sets it from metrics.port"),
         ("PA_METRICS__HOST", "the chart sets it from metrics.host"),
+        ("PA_WORKERS", "the chart sets it from workers"),
         ("PA_KAFKA__GROUP_INSTANCE_ID", "the chart sets it from the pod's name"),
         ("PA_IDEMPOTENCY__SQLITE_PATH", "the chart sets it from idempotency.sqlite"),
         ("PA_IDEMPOTENCY__DSN", "the chart sets it from idempotency.dsn"),
@@ -782,6 +783,23 @@ def test_the_resources_fit_the_measured_footprint(helm: Path) -> None:
 
     assert size(resources["requests"]["memory"]) * 1.048576 >= 110
     assert size(resources["limits"]["memory"]) >= size(resources["requests"]["memory"]) + 192
+
+
+def test_workers_reach_the_service_and_multiply_the_resources(helm: Path) -> None:
+    """``workers`` is PA_WORKERS (1 by default, resources as given); with 3, every CPU and
+    memory request and limit is three times the per-worker value."""
+    assert settings_passed(render(helm))["PA_WORKERS"] == "1"
+    manifests = render(helm, overrides={"workers": "3"})
+    assert settings_passed(manifests)["PA_WORKERS"] == "3"
+    assert container(manifests)["resources"] == {
+        "requests": {"cpu": "750m", "memory": "480Mi"},
+        "limits": {"cpu": "3000m", "memory": "1152Mi"},
+    }
+    kubernetes_validate.validate(one(manifests, "StatefulSet"), KUBERNETES_VERSION, strict=True)
+    error = refusal(
+        helm, overrides={"workers": "2", "resources": '{"requests": {"memory": "1.5Gi"}}'}
+    )
+    assert "resources.requests.memory: 1.5Gi cannot be multiplied by workers (2)" in error
 
 
 def test_the_disruption_budget_lets_a_drain_move_the_one_pod(helm: Path) -> None:
