@@ -24,7 +24,7 @@ from service.codec.avro import COMMAND, AvroCodec
 from service.kafka.clients import open_producer
 from service.tools.generate import generate_commands
 from service.tools.send import send_commands
-from tests.chaos.oracle import applications_per_key
+from tests.chaos.oracle import applications_per_key, wait_until
 from tests.e2e.harness import (
     ServiceProcess,
     Topology,
@@ -249,3 +249,132 @@ async def test_a_worker_killed_mid_stream_is_restarted_and_every_key_is_applied_
     applied = applications_per_key(ledger, keys)
     assert set(applied) == keys, "a ledger entry no key owns, or a key never applied"
     assert max(applied.values()) == 1, applied.most_common(3)
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie left for its dead parent's reaper counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+async def test_when_the_parent_dies_its_workers_drain_and_let_go_of_the_store(
+    kafka_bootstrap: str, tmp_path: Path, codec: AvroCodec, dev_keyset: DevKeySet
+) -> None:
+    """The parent SIGKILLed mid-stream: each worker sees its lifeline close, drains and exits
+    within the drain budget; the SQLite lock is free again, and a new run finishes the rest
+    with every key applied once."""
+    topology = Topology(kafka_bootstrap)
+    await create_topics(kafka_bootstrap, topology.topics(PARTITIONS))
+    batch = generate_commands(300, accounts=50, seed=41)
+    async with run_sandbox(secure_sandbox(dev_keyset, latency_ms=40)) as sandbox:
+        service = ServiceProcess(topology, sandbox.base_url, tmp_path, dev_keyset, **WORKERS_ENV)
+        await service.start()
+        try:
+            await send_commands(topology.kafka, batch.commands, codec=codec)
+            await wait_for_originals(topology.kafka, codec, 40, 60)
+            workers = worker_pids(service.log_path)
+            assert len(workers) == 2
+            await service.kill()  # SIGKILL: the parent has no say in what follows
+
+            async def workers_gone() -> bool:
+                return not any(alive(pid) for pid in workers.values())
+
+            assert await wait_until(workers_gone, SHUTDOWN_TIMEOUT_S + MARGIN_S, poll_s=0.2), (
+                service.log_tail()
+            )
+        finally:
+            await service.kill()
+        gone = {event.get("worker") for event in log_events(service.log_path, "worker.parent_gone")}
+        assert gone == {0, 1}
+        stopped = {event.get("worker") for event in log_events(service.log_path, "service.stopped")}
+        assert stopped == {0, 1}  # a drain, not a crash
+
+        again = ServiceProcess(topology, sandbox.base_url, tmp_path, dev_keyset, **WORKERS_ENV)
+        await again.start()  # the lock is free: the workers that held it are gone
+        try:
+            outcomes = await wait_for_originals(topology.kafka, codec, batch.distinct_keys, 120)
+            await asyncio.sleep(1)
+            outcomes = await wait_for_originals(topology.kafka, codec, batch.distinct_keys, 5)
+        finally:
+            assert await again.terminate() == 0, again.log_tail()
+        ledger = sandbox.ledger.entries()
+
+    per_key = originals_per_key(outcomes)
+    assert len(per_key) == batch.distinct_keys
+    assert max(per_key.values()) == 1
+    applied = ledger_per_correlation(ledger)
+    assert len(applied) == batch.distinct_keys
+    assert max(applied.values()) == 1
+
+
+async def test_two_workers_on_postgresql_apply_each_command_once(
+    kafka_bootstrap: str,
+    tmp_path: Path,
+    codec: AvroCodec,
+    dev_keyset: DevKeySet,
+    fresh_postgres_dsn: str,
+) -> None:
+    """The shared store works for workers as for replicas: both consume, each command is
+    applied once, and the parent's /metrics adds up to every record."""
+    topology = Topology(kafka_bootstrap)
+    await create_topics(kafka_bootstrap, topology.topics(PARTITIONS))
+    batch = generate_commands(200, duplicate_share=0.05, accounts=40, seed=51)
+    async with run_sandbox(secure_sandbox(dev_keyset, latency_ms=20)) as sandbox:
+        service = ServiceProcess(
+            topology,
+            sandbox.base_url,
+            tmp_path,
+            dev_keyset,
+            **WORKERS_ENV,
+            PA_IDEMPOTENCY__DSN=fresh_postgres_dsn,
+        )
+        await service.start()
+        try:
+            await send_commands(topology.kafka, batch.commands, codec=codec)
+            outcomes = await wait_for_originals(topology.kafka, codec, batch.distinct_keys, 120)
+            await asyncio.sleep(1)
+            outcomes = await wait_for_originals(topology.kafka, codec, batch.distinct_keys, 5)
+            metrics = await service.metrics()
+        finally:
+            code = await service.terminate()
+        ledger = sandbox.ledger.entries()
+
+    assert code == 0, service.log_tail()
+    consumed = metric_sum(
+        metrics, "points_adjuster_records_consumed_total", topic=topology.kafka.command_topic
+    )
+    assert sum(consumed.values()) == len(batch.commands), consumed
+    assert all(count > 0 for count in consumed.values()), consumed
+    per_key = originals_per_key(outcomes)
+    assert len(per_key) == batch.distinct_keys
+    assert max(per_key.values()) == 1
+    applied = ledger_per_correlation(ledger)
+    assert len(applied) == batch.distinct_keys
+    assert max(applied.values()) == 1
+
+
+async def test_a_start_up_error_is_reported_once_by_the_parent_before_any_worker(
+    kafka_bootstrap: str, tmp_path: Path, dev_keyset: DevKeySet
+) -> None:
+    """The topics do not exist: one error line naming them, exit 2, no worker started."""
+    topology = Topology(kafka_bootstrap)  # no topics created
+    service = ServiceProcess(topology, "http://127.0.0.1:9", tmp_path, dev_keyset, **WORKERS_ENV)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "service",
+        "run",
+        env=service.env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 90)
+    text = (out + err).decode()
+    assert process.returncode == 2, text
+    errors = [line for line in text.splitlines() if line.startswith("points-adjuster:")]
+    assert len(errors) == 1, text
+    assert "missing: " + topology.kafka.command_topic in errors[0]
+    assert "worker.started" not in text
