@@ -261,9 +261,11 @@ def _connect(path: Path) -> _Opened:
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
+        # First: with workers of one run (module doc) another process may be writing, and
+        # even switching to WAL (a no-op once the file is in WAL mode) may wait for it.
+        db.execute("PRAGMA busy_timeout=5000")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")  # the identity is on disk before it is used
-        db.execute("PRAGMA busy_timeout=5000")
         db.execute("BEGIN IMMEDIATE")
         try:
             store_id, created = _prepare(db)
