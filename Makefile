@@ -116,8 +116,8 @@ demo: setup kafka-jars  ## local broker + sandbox + service, a few hundred comma
 	$(BIN)/points-adjuster-devkit demo
 
 lint: setup  ## ruff (lint and format check) and mypy --strict on service/, the dev kit, tests and benchmarks; schemas check (compatibility with the released schemas)
-	$(BIN)/ruff check service devkit tests benchmarks
-	$(BIN)/ruff format --check service devkit tests benchmarks
+	$(BIN)/ruff check service devkit tests benchmarks examples
+	$(BIN)/ruff format --check service devkit tests benchmarks examples
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/points-adjuster schemas check --dir schemas --transitive --no-registry
@@ -162,8 +162,8 @@ chaos: setup kafka-jars store-tools  ## the chaos suite (5,000 commands, faults,
 	$(BIN)/pytest tests/chaos tests/hostile --chaos-full -s -p no:cacheprovider
 
 format: setup  ## apply ruff's formatting and fixes
-	$(BIN)/ruff format service devkit tests benchmarks
-	$(BIN)/ruff check --fix service devkit tests benchmarks
+	$(BIN)/ruff format service devkit tests benchmarks examples
+	$(BIN)/ruff check --fix service devkit tests benchmarks examples
 
 clean:  ## remove the virtualenv and caches (keeps the Kafka jar cache)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
