@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from service.idempotency.sqlite import SqliteStore, check_inherited_lock, hold_o
 from service.metrics import Metrics
 from service.settings import KafkaSettings, Settings, load_settings
 from service.workers.child import watch_lifeline
+from service.workers.endpoints import WorkerMetrics
 from service.workers.identity import worker_settings
 from service.workers.merge import WorkerAnswer, combine, exposition
 from service.workers.restarts import RestartPolicy
@@ -88,6 +91,35 @@ def test_the_merged_exposition_has_each_family_once_and_every_sample_by_worker()
     consumed = next(f for f in families if f.name == "points_adjuster_records_consumed")
     values = {s.labels["worker"]: s.value for s in consumed.samples if s.name.endswith("_total")}
     assert values == {"0": 3.0, "1": 4.0}
+
+
+def test_the_merged_exposition_passes_promtool() -> None:
+    """``promtool check metrics`` finds nothing to say about the parent's /metrics body: two
+    workers' whole expositions (every family of service/metrics.py) and the parent's own."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        reason = "promtool is not installed (make prometheus-tools installs Debian's prometheus)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    texts = {}
+    for worker in ("0", "1"):
+        metrics = Metrics()
+        metrics.records_consumed.labels(topic="t").inc()
+        metrics.outcomes.labels(kind="completed", reason="").inc()
+        texts[worker] = generate_latest(metrics.registry).decode()
+    parent = WorkerMetrics()
+    parent.restarts.labels(worker="1").inc()
+    parent.scrape_up.labels(worker="0").set(1)
+    checked = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=exposition(texts, parent.registry).decode(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (checked.returncode, checked.stdout + checked.stderr) == (0, "")
 
 
 def test_ready_only_when_every_worker_is_and_the_reasons_name_the_worker() -> None:
