@@ -19,14 +19,15 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from service import __version__
-from service.codec.avro import AvroCodec
+from service.codec.avro import COMMAND, AvroCodec
 from service.codec.command import CommandDecoder
+from service.codec.writers import RegistryWriters
 from service.domain.adaptive import AdaptiveLimit, RatePacer
 from service.domain.backoff import BackoffPolicy
 from service.domain.circuit import CircuitBreaker, CircuitState
 from service.domain.command import CommandRules
 from service.domain.ports import PasPort
-from service.domain.processor import Decode, Processor, ProcessorConfig
+from service.domain.processor import Processor, ProcessorConfig
 from service.domain.store import IdempotencyStore
 from service.endpoints import serve_endpoints
 from service.errors import StartupError
@@ -56,6 +57,9 @@ from service.pas.metered import MeteredHistory, MeteredPas
 from service.pas.rotation import CredentialStore, watch_credentials
 from service.pas.tls import PasTls, load_pas_tls
 from service.redact import redact_url
+from service.registry.client import SchemaRegistryClient
+from service.registry.outcomes import outcome_schema_ids, outcome_topics
+from service.registry.subjects import subject_name
 from service.settings import (
     LEASE_MARGIN_S,
     IdempotencySettings,
@@ -70,9 +74,42 @@ from service.watchdog import Check, kafka_check, watch
 log = structlog.get_logger("service.app")
 
 
-def command_decoder(codec: AvroCodec) -> Decode:
-    """What reads each command record's value into a typed value for the processor."""
-    return CommandDecoder(codec)
+def command_decoder(codec: AvroCodec, writers: RegistryWriters | None = None) -> CommandDecoder:
+    """What reads each command record's value into a typed value for the processor (its
+    ``prepare`` fetches the writer schemas the registry holds, when there is one)."""
+    return CommandDecoder(codec, writers)
+
+
+async def open_codecs(
+    stack: AsyncExitStack, settings: Settings, codec: AvroCodec
+) -> tuple[CommandDecoder, AvroCodec]:
+    """The command decoder (with the registry's writer schemas when there is a registry), and
+    the codec outcomes are written with: with ``PA_KAFKA__OUTCOME_FRAMING=confluent``, one
+    writing the registry ids of the outcome schemas, found or registered now."""
+    registry_settings = settings.schema_registry
+    if registry_settings.url is None:
+        return command_decoder(codec), codec
+    registry = await stack.enter_async_context(
+        SchemaRegistryClient.from_settings(registry_settings)
+    )
+    strategy = registry_settings.subject_strategy
+    writers = RegistryWriters(
+        codec,
+        registry,
+        subject_name(strategy, settings.kafka.command_topic, COMMAND),
+        rescan_interval_s=registry_settings.rescan_interval_s,
+    )
+    log.info("registry.configured", url=registry.where, command_subject=writers.subject)
+    if settings.kafka.outcome_framing != "confluent":
+        return command_decoder(codec, writers), codec
+    ids = await outcome_schema_ids(
+        registry,
+        codec,
+        outcome_topics(settings.kafka.completed_topic, settings.kafka.failed_topic),
+        strategy,
+        wait_s=registry_settings.startup_wait_s,
+    )
+    return command_decoder(codec, writers), codec.with_schema_ids(ids)
 
 
 def concurrency_observer(metrics: Metrics) -> Callable[[int], None]:
@@ -268,6 +305,7 @@ async def run_service(
         await require_topics(producer, settings.kafka)
         limits = await topic_message_limits(settings.kafka, service_topics(settings.kafka))
         log.info("kafka.topic_limits", max_message_bytes=limits)
+        decoder, outcome_codec = await open_codecs(stack, settings, codec)
         # With transactions, every record the service publishes goes through the
         # transactional producer; the idempotent one above only answers metadata questions.
         transactions: KafkaTransactions | None = None
@@ -277,7 +315,8 @@ async def run_service(
             sender = transactions
         consumer = await stack.enter_async_context(open_consumer(settings.kafka))
         processor = Processor(
-            decode=command_decoder(codec),
+            decode=decoder,
+            prepare=decoder.prepare,
             store=store,
             pas=pas,
             history=history,
@@ -307,7 +346,7 @@ async def run_service(
             consumer=consumer,
             topic=settings.kafka.command_topic,
             processor=processor,
-            publisher=OutcomePublisher(sender, codec, settings.kafka, topic_limits=limits),
+            publisher=OutcomePublisher(sender, outcome_codec, settings.kafka, topic_limits=limits),
             dead_letters=DeadLetterPublisher(
                 sender,
                 settings.kafka,

@@ -180,7 +180,7 @@ class Metrics:
         self.faults = Counter(
             "points_adjuster_faults_total",
             "Records held up by a fault of our own infrastructure and tried again later, by"
-            " part (kafka, store, claim, other).",
+            " part (kafka, store, claim, registry, other).",
             ["part"],
             registry=r,
         )

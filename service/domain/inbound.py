@@ -1,7 +1,7 @@
 """What a command record is once read: a decoded command, or the reason it cannot be read.
 
 The Kafka adapter decodes each record's value once (``service.codec.command``) and hands the
-processor one of these two typed values; nothing of the wire format (Avro, a dict of fields)
+processor one of these typed values; nothing of the wire format (Avro, a dict of fields)
 reaches the domain.
 """
 
@@ -48,5 +48,14 @@ class Undecodable:
     detail: str
 
 
-Decoded = DecodedCommand | Undecodable
+@dataclass(frozen=True, slots=True)
+class Unresolved:
+    """A record whose writer schema is not at hand yet (``what`` names it: a schema id, a
+    fingerprint): it is to be fetched (``Processor.prepare``) before the record can be read.
+    Never a reason to dead-letter: while it cannot be fetched, the record waits."""
+
+    what: str
+
+
+Decoded = DecodedCommand | Undecodable | Unresolved
 """What decoding one command record gives."""

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -59,7 +59,7 @@ from service.domain.decisions import (
     Publish,
     Retry,
 )
-from service.domain.inbound import Decoded, DecodedCommand, Undecodable
+from service.domain.inbound import Decoded, DecodedCommand, Undecodable, Unresolved
 from service.domain.outcome import CommandInfo, SourceRef
 from service.domain.outcome_builder import (
     OutcomeBuilder,
@@ -77,6 +77,10 @@ log = structlog.get_logger("service.processor")
 
 Decode = Callable[[bytes | None], Decoded]
 """Reads a command record's value (the Kafka adapter's decoder); never raises."""
+
+Prepare = Callable[[bytes | None], Awaitable[None]]
+"""Fetches what decoding a value found ``Unresolved`` needs (a writer schema); raises while
+it cannot (a fault of our infrastructure: the record waits and is tried again)."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,7 @@ class Processor:
         self,
         *,
         decode: Decode,
+        prepare: Prepare | None = None,
         store: IdempotencyStore,
         pas: PasPort,
         history: HistoryPort | None,
@@ -118,6 +123,7 @@ class Processor:
         spans: SpanSink = NO_SPANS,
     ) -> None:
         self._decode = decode
+        self._prepare = prepare
         self._spans = spans
         self._pas = pas
         self._config = config
@@ -155,6 +161,12 @@ class Processor:
         """
         return self._decode(value)
 
+    async def prepare(self, value: bytes | None) -> None:
+        """Fetch what decoding ``value`` needs when it was ``Unresolved``; raises while that
+        cannot be had (the caller holds the record back and tries again later)."""
+        if self._prepare is not None:
+            await self._prepare(value)
+
     def ordering_key(self, record: InboundRecord) -> str | None:
         """The account a record is for (in memory only), or None when it is unreadable."""
         decoded = record.payload if record.payload is not None else self._decode(record.value)
@@ -189,6 +201,11 @@ class Processor:
         received_at = attempt.received_at or self._clock()
         attempt = replace(attempt, received_at=received_at)
         decoded = record.payload if record.payload is not None else self._decode(record.value)
+        if isinstance(decoded, Unresolved):
+            await self.prepare(record.value)  # raises while the registry cannot answer
+            decoded = self._decode(record.value)
+            if isinstance(decoded, Unresolved):
+                raise RuntimeError(f"the writer schema ({decoded.what}) is still not at hand")
         if isinstance(decoded, Undecodable):
             log.warning("record.undecodable", reason=decoded.reason, detail=decoded.detail)
             return DeadLetterOnly(

@@ -184,6 +184,11 @@ class RecordProcessor(Protocol):
         """The key whose records must run one after the other (the account), if readable."""
         ...
 
+    async def prepare(self, value: bytes | None) -> None:
+        """Fetch what decoding ``value`` needs (its payload was ``Unresolved``: a writer
+        schema from the registry); raises while that cannot be had."""
+        ...
+
     async def handle(self, record: InboundRecord, attempt: Attempt) -> Decision:
         """Decide, once, for ``record``; a ``Retry`` asks for it again later."""
         ...

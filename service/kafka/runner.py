@@ -72,7 +72,7 @@ from service.domain.decisions import (
     Publish,
     Retry,
 )
-from service.domain.inbound import DecodedCommand
+from service.domain.inbound import DecodedCommand, Unresolved
 from service.domain.limits import TEXT_LIMITS
 from service.domain.store import OwnershipLostError, StoreError
 from service.health import Health
@@ -86,6 +86,7 @@ from service.kafka.ports import (
     Transactions,
 )
 from service.metrics import Metrics
+from service.registry.errors import RegistryError
 
 log = structlog.get_logger("service.runner")
 
@@ -106,6 +107,9 @@ group's offsets included."""
 
 Key = tuple[TopicPartition, str]
 
+SCHEMA_WAIT = "\x00writer schema"
+"""The pseudo ordering key under which a partition waiting for a writer schema is faulted."""
+
 
 @dataclass
 class _Pending:
@@ -123,6 +127,15 @@ class _Pending:
 
 
 @dataclass
+class _Blocked:
+    """A partition whose next record waits for its writer schema: that record and the ones
+    fetched after it, not accepted yet, and the task fetching the schema."""
+
+    messages: list[ConsumerMessage]
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass
 class _Transaction:
     """What one transaction commits: offsets, and the records whose outputs it carries."""
 
@@ -136,6 +149,8 @@ def fault_part(exc: BaseException) -> str:
         return "claim"
     if isinstance(exc, KafkaError):
         return "kafka"
+    if isinstance(exc, RegistryError):
+        return "registry"
     if isinstance(exc, TimeoutError):  # before OSError, of which it is a kind
         return "kafka"  # the only waits of ours without their own error are Kafka's
     module = type(exc).__module__
@@ -326,11 +341,12 @@ class CommandRunner:
         self._running: dict[TopicPartition, set[asyncio.Task[None]]] = {}
         self._timers: dict[Key, asyncio.TimerHandle] = {}
         self._revoked: set[TopicPartition] = set()
+        # Partitions whose next record needs a writer schema from the registry.
+        self._blocked: dict[TopicPartition, _Blocked] = {}
         self._paused: set[TopicPartition] = set()
         self._failure: BaseException | None = None
         self._last_commit = time.monotonic()
-        self._dispatching = False
-        """The dispatcher is running: buffered records can still finish."""
+        self._dispatching = False  # the dispatcher runs: buffered records can still finish
         self._closed = False
         """``run`` is ending: the dispatcher starts nothing more."""
         self._settled = asyncio.Event()
@@ -382,6 +398,9 @@ class CommandRunner:
         # One budget for the whole drain: finishing what was fetched, then what runs.
         deadline = time.monotonic() + self._drain_timeout_s
         await self._finish_buffered(deadline)
+        for task in self._unblock(set(self._blocked)):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         self._close_dispatcher()
         for handle in self._timers.values():
             handle.cancel()
@@ -470,7 +489,7 @@ class CommandRunner:
             or self._health.problem("records.store") is not None
             or self._health.problem("transactions") is not None  # nor failing transactions
         )
-        held = {tp for tp, _ in self._faulted}
+        held = {tp for tp, _ in self._faulted} | set(self._blocked)
         for tp, progress in self._progress.items():
             in_hand = self._in_hand(tp, progress)
             over = in_hand >= share or progress.bytes >= byte_share
@@ -489,7 +508,15 @@ class CommandRunner:
         progress = self._progress.get(tp)
         if progress is None or tp in self._revoked:
             return  # a fetch that raced a revocation: the new owner reads it
+        blocked = self._blocked.get(tp)
+        if blocked is not None:  # behind a record waiting for its writer schema
+            blocked.messages.append(message)
+            return
         keyed = self._ordering == "key"
+        payload = self._processor.payload_of(message.value) if keyed else None
+        if isinstance(payload, Unresolved):
+            self._block(tp, message)
+            return
         record = InboundRecord(
             tp.topic,
             tp.partition,
@@ -498,7 +525,7 @@ class CommandRunner:
             message.value,
             message.timestamp,
             tuple(message.headers or ()),
-            self._processor.payload_of(message.value) if keyed else None,
+            payload,
         )
         self._metrics.records_consumed.labels(tp.topic).inc()
         progress.add(record.offset, record.size, record.timestamp_ms)
@@ -513,6 +540,69 @@ class CommandRunner:
             self._make_ready(key)
         else:
             queue.append(_Pending(record, time.perf_counter()))
+
+    def _block(self, tp: TopicPartition, message: ConsumerMessage) -> None:
+        """``message``'s writer schema is to be fetched before it can be read (for its
+        ordering key): it and every later record of its partition wait, unaccepted, while a
+        task fetches it; the partition is paused, its commit stays before the record."""
+        blocked = self._blocked[tp] = _Blocked([message])
+        blocked.task = asyncio.create_task(
+            self._resolve(tp, message), name=f"schema {tp.topic}/{tp.partition}"
+        )
+
+    async def _resolve(self, tp: TopicPartition, message: ConsumerMessage) -> None:
+        """Fetch ``message``'s writer schema, trying again with a growing pause while the
+        registry cannot answer (a fault of part ``registry``: reported, never dead-lettered);
+        then accept the partition's waiting records in order."""
+        key = (tp, SCHEMA_WAIT)
+        faults = 0
+        context = {"topic": tp.topic, "partition": tp.partition, "offset": message.offset}
+        with structlog.contextvars.bound_contextvars(**context):
+            while True:
+                try:
+                    await self._processor.prepare(message.value)
+                    break
+                except Exception as exc:  # any fault: the partition waits, the service goes on
+                    faults += 1
+                    part = fault_part(exc)
+                    self._metrics.faults.labels(part).inc()
+                    self._faulted[key] = part
+                    self._health.report(f"records.{part}", f"decode waiting: {describe(exc)}")
+                    ceiling = min(
+                        FAULT_FIRST_PAUSE_S * 2 ** (faults - 1), self._fault_backoff_max_s
+                    )
+                    pause = random.uniform(ceiling / 2, ceiling)
+                    if not faults & (faults - 1):  # the 1st, 2nd, 4th, 8th... fault
+                        event = log.error if faults == 1 else log.warning
+                        event(
+                            "record.fault",
+                            part=part,
+                            stage="schema",
+                            faults=faults,
+                            retry_in_s=round(pause, 2),
+                            error=describe(exc),
+                        )
+                    await asyncio.sleep(pause)
+            if faults:
+                log.info("record.recovered", faults=faults)
+        self._unfault([key])
+        blocked = self._blocked.pop(tp, None)
+        for waiting in blocked.messages if blocked is not None else ():
+            self._accept(tp, waiting)
+
+    def _unblock(self, partitions: Collection[TopicPartition]) -> list[asyncio.Task[None]]:
+        """Stop waiting for writer schemas in ``partitions`` (revoked, or shutting down): their
+        waiting records are dropped unaccepted, so never committed; the next owner reads them."""
+        tasks: list[asyncio.Task[None]] = []
+        for tp in partitions:
+            blocked = self._blocked.pop(tp, None)
+            if blocked is not None and blocked.task is not None:
+                blocked.task.cancel()
+                tasks.append(blocked.task)
+        self._unfault(
+            [key for key in self._faulted if key[0] in partitions and key[1] == SCHEMA_WAIT]
+        )
+        return tasks
 
     def _make_ready(self, key: Key) -> None:
         """``key``'s first record may start; it starts before every record fetched after it.
@@ -1075,6 +1165,7 @@ class CommandRunner:
         heapq.heapify(self._ready)
         for key in [key for key in self._timers if key[0] in revoked]:
             self._timers.pop(key).cancel()
+        self._unblock(revoked)
         await self._drain(revoked, self._drain_timeout_s)
         await self.commit(revoked)
         for tp in revoked:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import httpx
 
+from service.codec.avro import COMMAND
 from service.errors import PointsAdjusterError
 from service.idempotency.factory import open_store
 from service.kafka.clients import list_topics
@@ -20,6 +21,8 @@ from service.pas.client import open_http_client
 from service.pas.credentials import load_credentials
 from service.pas.tls import PasTls, load_pas_tls, tls_failure
 from service.redact import redact_in_text, redact_url
+from service.registry.client import SchemaRegistryClient
+from service.registry.subjects import subject_name
 from service.settings import PasSettings, Settings
 from service.tools.topics import service_topics
 
@@ -66,6 +69,8 @@ async def run_checks(settings: Settings) -> int:
         results.append(await _probe_pas(settings.pas, tls))
 
     results.append(await _check_store(settings))
+    if settings.schema_registry.url is not None:
+        results.append(await _check_registry(settings))
 
     width = max(len(name) for name, _, _ in results)
     for name, ok, detail in results:
@@ -127,3 +132,29 @@ async def _check_store(settings: Settings) -> tuple[str, bool, str]:
         return ("idempotency store", False, str(exc))
     finally:
         await store.close()
+
+
+async def _check_registry(settings: Settings) -> tuple[str, bool, str]:
+    """The registry answers (with the credentials given), and what the command subject holds."""
+    registry_settings = settings.schema_registry
+    subject = subject_name(
+        registry_settings.subject_strategy, settings.kafka.command_topic, COMMAND
+    )
+    try:
+        async with SchemaRegistryClient.from_settings(registry_settings) as registry:
+            subjects = await registry.probe()
+            latest = await registry.latest(subject)
+    except PointsAdjusterError as exc:
+        return ("schema registry", False, f"{exc} (setting PA_SCHEMA_REGISTRY__URL)")
+    held = (
+        f"latest version {latest.version} (id {latest.id})"
+        if latest is not None
+        else "no version registered (commands framed with a shipped schema need none)"
+    )
+    framing = settings.kafka.outcome_framing
+    return (
+        "schema registry",
+        True,
+        f"{registry.where} answered ({subjects} subjects); command subject {subject}: {held};"
+        f" outcomes framed {framing}",
+    )

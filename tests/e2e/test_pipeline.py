@@ -93,7 +93,7 @@ async def test_every_command_gets_exactly_one_outcome_and_is_applied_once(
     # Undecodable records were counted and skipped, not lost silently.
     undecodable = sum(
         metric_value(metrics, "points_adjuster_undecodable_records_total", reason=reason)
-        for reason in ("NOT_SINGLE_OBJECT_ENCODED", "UNKNOWN_SCHEMA", "EMPTY_RECORD")
+        for reason in ("UNKNOWN_FRAMING", "UNKNOWN_SCHEMA", "EMPTY_RECORD")
     )
     assert undecodable == len(UNDECODABLE)
     assert metric_value(

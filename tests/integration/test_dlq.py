@@ -114,7 +114,7 @@ async def world(kafka_bootstrap: str) -> World:
             None,
             b"not avro at all",
             "UndecodableRecordError",
-            "NOT_SINGLE_OBJECT_ENCODED",
+            "UNKNOWN_FRAMING",
             [],
         ),
         (
@@ -218,7 +218,7 @@ async def test_list_counts_dead_letters_by_reason(
     assert counts == {
         "PAS_UNAVAILABLE": 4,
         "UNAUTHORIZED": 1,
-        "NOT_SINGLE_OBJECT_ENCODED": 1,
+        "UNKNOWN_FRAMING": 1,
         "UNKNOWN_SCHEMA": 1,
     }
     lines = output.split("partition/offset")[1].splitlines()[1:]
@@ -260,7 +260,7 @@ async def test_show_masks_the_account_and_prints_every_header(
     output = await _run(
         world, ["show", "--partition", str(junk.partition), "--offset", str(junk.offset)], capsys
     )
-    assert "undecodable (NOT_SINGLE_OBJECT_ENCODED)" in output
+    assert "undecodable (UNKNOWN_FRAMING)" in output
     assert b"not avro at all".hex(" ") in output
 
 
@@ -284,9 +284,7 @@ async def _write_leaky_dead_letter(world: World) -> Written:
             key=LEAKY_ACCOUNT.encode(),
             value=LEAKY_VALUE,
             headers=[("x-source-account", f"acct {LEAKY_ACCOUNT}".encode())],
-            failure=Failure(
-                "UndecodableRecordError", "NOT_SINGLE_OBJECT_ENCODED", "no marker", 1, T0, T0
-            ),
+            failure=Failure("UndecodableRecordError", "UNKNOWN_FRAMING", "no marker", 1, T0, T0),
         )
         metadata = await future
     return Written(
@@ -296,7 +294,7 @@ async def _write_leaky_dead_letter(world: World) -> Written:
         LEAKY_ACCOUNT.encode(),
         LEAKY_VALUE,
         LEAKY_ACCOUNT,
-        "NOT_SINGLE_OBJECT_ENCODED",
+        "UNKNOWN_FRAMING",
     )
 
 
@@ -335,7 +333,7 @@ async def test_show_masks_account_like_digit_runs_of_an_undecodable_record(
     assert LEAKY_ACCOUNT not in output
     assert run_hex not in output
     assert LEAKY_ACCOUNT.encode().hex() not in output
-    assert "undecodable (NOT_SINGLE_OBJECT_ENCODED)" in output
+    assert "undecodable (UNKNOWN_FRAMING)" in output
     preview = next(line for line in output.splitlines() if "first bytes:" in line)
     masked = " ".join([LEAKY_HEAD.hex(" "), *["**"] * len(LEAKY_ACCOUNT), LEAKY_TAIL.hex(" ")])
     assert preview == f"  first bytes: {masked}"

@@ -244,19 +244,47 @@ def test_decode_of_nothing_is_empty_record(codec: AvroCodec, data: bytes | None)
 
 
 @pytest.mark.parametrize(
-    "data",
+    ("data", "found"),
     [
-        b'{"idempotency_key": "k"}',
-        b"\xc3\x02" + bytes(8) + b"\x00",
-        b"\x01\xc3" + bytes(8) + b"\x00",
-        b"\xc3\x01\x00\x01\x02",
-        b"\xc3",
+        (b'{"idempotency_key": "k"}', "7b 22 69 64 (JSON text?)"),
+        (b"\xc3\x02" + bytes(8) + b"\x00", "c3 02 00 00 (C3 but not C3 01"),
+        (
+            b"\x01\xc3" + bytes(8) + b"\x00",
+            "01 c3 00 00 (the single-object marker's bytes swapped?)",
+        ),
+        (b"Obj\x01" + bytes(8), "4f 62 6a 01 (an Avro object container file"),
     ],
-    ids=["json", "wrong-second-byte", "swapped-magic", "short-header", "one-byte"],
+    ids=["json", "wrong-second-byte", "swapped-magic", "container-file"],
 )
-def test_decode_without_magic_is_not_single_object_encoded(codec: AvroCodec, data: bytes) -> None:
-    """Bytes that do not start with a whole C3 01 header are NOT_SINGLE_OBJECT_ENCODED."""
-    expect_reason(codec, data, "NOT_SINGLE_OBJECT_ENCODED")
+def test_decode_of_an_unknown_framing_names_both_framings_and_what_it_found(
+    codec: AvroCodec, data: bytes, found: str
+) -> None:
+    """Bytes starting with neither C3 01 nor 00 are UNKNOWN_FRAMING: the detail names both
+    framings expected and the first bytes found, with what they look like."""
+    error = expect_reason(codec, data, "UNKNOWN_FRAMING")
+    assert "C3 01 + an 8-byte schema fingerprint" in error.detail
+    assert "00 + a 4-byte schema id" in error.detail
+    assert found in error.detail
+
+
+@pytest.mark.parametrize(
+    ("data", "framing"),
+    [
+        (b"\xc3\x01\x00\x01\x02", "Avro single-object encoding, whose header is 10 bytes"),
+        (b"\xc3", "Avro single-object encoding, whose header is 10 bytes"),
+        (b"\x00\x00\x01", "the Confluent wire format, whose header is 5 bytes"),
+        (b"\x00", "the Confluent wire format, whose header is 5 bytes"),
+    ],
+    ids=["short-single-object", "one-byte-c3", "short-confluent", "one-byte-00"],
+)
+def test_a_header_cut_short_is_a_truncated_frame_naming_its_framing(
+    codec: AvroCodec, data: bytes, framing: str
+) -> None:
+    """A value shorter than its framing's header is TRUNCATED_FRAME: which framing it looks
+    like, the header's size and the value's."""
+    error = expect_reason(codec, data, "TRUNCATED_FRAME")
+    assert framing in error.detail
+    assert f"the value has {len(data)}" in error.detail
 
 
 def test_decode_with_unknown_fingerprint_is_unknown_schema(codec: AvroCodec) -> None:

@@ -61,7 +61,7 @@ def test_values_of_any_content_decode_as_they_are(codec: AvroCodec) -> None:
     [
         (None, "EMPTY_RECORD"),
         (b"", "EMPTY_RECORD"),
-        (b'{"idempotency_key": "k"}', "NOT_SINGLE_OBJECT_ENCODED"),
+        (b'{"idempotency_key": "k"}', "UNKNOWN_FRAMING"),
         (b"\xc3\x01" + bytes(8) + b"\x00", "UNKNOWN_SCHEMA"),
     ],
     ids=["none", "empty", "json", "unknown-schema"],
@@ -105,4 +105,8 @@ def test_another_known_schema_is_not_a_command(codec: AvroCodec) -> None:
         "service_version": "1",
     }
     decoded = command_decoder(codec)(codec.encode(COMPLETED, event))
-    assert decoded == Undecodable("UNEXPECTED_SCHEMA", f"a {COMPLETED} is not a command")
+    assert decoded == Undecodable(
+        "UNEXPECTED_SCHEMA",
+        f"a {COMPLETED} (fingerprint {codec.entry(COMPLETED).fingerprint_bytes.hex()})"
+        f" is not a command ({COMMAND})",
+    )

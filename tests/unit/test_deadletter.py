@@ -650,7 +650,7 @@ def test_read_dead_letter_decodes_commands_and_names_undecodable_values(
     assert letter(codec).masked_account == "************2345"
     for value, reason in [
         (b"", "EMPTY_RECORD"),
-        (b"plain text", "NOT_SINGLE_OBJECT_ENCODED"),
+        (b"plain text", "UNKNOWN_FRAMING"),
         (b"\xc3\x01" + b"\x00" * 8 + b"body", "UNKNOWN_SCHEMA"),
     ]:
         dead = letter(codec, value=value)
@@ -789,7 +789,7 @@ def test_show_prints_undecodable_values_as_hex(codec: AvroCodec) -> None:
     """An undecodable value shows its reason and first 64 bytes in hex."""
     value = bytes(range(100, 200))  # no ASCII digits: nothing for show to mask
     text = "\n".join(describe(letter(codec, value=value), "dlt"))
-    assert "undecodable (NOT_SINGLE_OBJECT_ENCODED), 100 bytes" in text
+    assert "undecodable (UNKNOWN_FRAMING), 100 bytes" in text
     assert value[:64].hex(" ") in text
     assert value[:65].hex(" ") not in text
 

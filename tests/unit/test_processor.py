@@ -473,7 +473,7 @@ async def test_invalid_command_with_an_unusable_key_is_not_stored(h: Harness, ke
     [
         (None, "EMPTY_RECORD"),
         (b"", "EMPTY_RECORD"),
-        (b'{"idempotency_key": "k"}', "NOT_SINGLE_OBJECT_ENCODED"),
+        (b'{"idempotency_key": "k"}', "UNKNOWN_FRAMING"),
         (b"\xc3\x01" + bytes(8) + b"\x00", "UNKNOWN_SCHEMA"),
     ],
     ids=["none", "empty", "json", "unknown-schema"],
@@ -507,7 +507,8 @@ async def test_outcome_event_on_the_command_topic_is_dead_lettered(h: Harness) -
             "dlt",
             "UndecodableRecordError",
             "UNEXPECTED_SCHEMA",
-            f"a {COMPLETED} is not a command",
+            f"a {COMPLETED} (fingerprint {h.codec.entry(COMPLETED).fingerprint_bytes.hex()})"
+            f" is not a command ({COMMAND})",
             0,
             T0,
             T0,
@@ -552,8 +553,9 @@ async def test_a_record_read_once_is_not_decoded_again(codec: AvroCodec) -> None
     unreadable = h.record(value=b"junk")
     undecodable = h.processor.payload_of(unreadable.value)
     assert undecodable == Undecodable(
-        "NOT_SINGLE_OBJECT_ENCODED",
-        "the value does not start with the Avro single-object marker C3 01",
+        "UNKNOWN_FRAMING",
+        "expected Avro single-object encoding (C3 01 + an 8-byte schema fingerprint) or the"
+        " Confluent wire format (00 + a 4-byte schema id); the value starts with 6a 75 6e 6b",
     )
     unreadable = replace(unreadable, payload=undecodable)
     assert h.processor.ordering_key(unreadable) is None

@@ -25,12 +25,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from service.app import run_tasks
 from service.domain.decisions import Attempt, Decision, InboundRecord, Publish, Retry
-from service.domain.inbound import Decoded, DecodedCommand
+from service.domain.inbound import Decoded, DecodedCommand, Unresolved
 from service.domain.outcome import CommandInfo, Completed
 from service.health import Health
 from service.kafka import runner as runner_module
 from service.kafka.runner import CommandRunner, PartitionProgress
 from service.metrics import Metrics
+from service.registry.errors import RegistryUnavailable
 from tests.unit.runner_fakes import (
     TOPIC,
     TP,
@@ -124,6 +125,11 @@ class ScriptedProcessor:
         self.overlaps: list[str] = []
         """Accounts seen handled twice at once (never, if the runner keeps their order)."""
         self._busy: set[str] = set()
+        self.unresolved: set[bytes] = set()
+        """Values whose payload is ``Unresolved`` until ``prepare`` passes for them."""
+        self.prepare_failures = 0
+        """How many more calls of ``prepare`` raise ``RegistryUnavailable``."""
+        self.prepared: list[bytes | None] = []
 
     def gate(self, *offsets: int) -> None:
         """Hold the records at ``offsets`` in hand until ``release``."""
@@ -134,7 +140,16 @@ class ScriptedProcessor:
         for offset in offsets:
             self.gates[offset].set()
 
+    async def prepare(self, value: bytes | None) -> None:
+        self.prepared.append(value)
+        if self.prepare_failures:
+            self.prepare_failures -= 1
+            raise RegistryUnavailable("GET /schemas/ids/7: connection refused")
+        self.unresolved.discard(value or b"")
+
     def payload_of(self, value: bytes | None) -> Decoded | None:
+        if value in self.unresolved:
+            return Unresolved("schema id 7")
         if not self.decode or value is None:
             return None
         account, _, n = value.decode().partition("|")
@@ -441,6 +456,44 @@ async def test_a_raising_processor_has_its_record_retried_as_a_fault_and_the_run
     assert r.metrics.faults.labels("other")._value.get() == 1
     assert any("RuntimeError: a bug in the decoder" in problem for problem in problems)
     assert r.health.problem("records.other") is None
+
+
+async def test_a_record_waiting_for_its_writer_schema_holds_its_partition_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A record whose writer schema must come from an unreachable registry: its partition
+    pauses, readiness says records.registry, the record and the ones after it wait (nothing
+    dead-lettered, nothing committed past it) while the fetch is tried again; once it
+    passes, they all go through once each, the account's records in their order."""
+    monkeypatch.setattr(runner_module, "FAULT_FIRST_PAUSE_S", 0.02)
+    r = rig()
+    waiting = b"a|needs-schema"
+    r.consumer.feed(TP, value("a"), waiting, value("a"), value("b"))
+    r.processor.unresolved.add(waiting)
+    r.processor.prepare_failures = 3
+    problems: list[str] = []
+    held: list[int | None] = []
+
+    def done() -> bool:
+        problem = r.health.problem("records.registry")
+        if problem is not None:
+            problems.append(problem)
+            held.append(r.consumer.last_commit())
+            assert TP in r.consumer.paused
+        return r.consumer.last_commit() == 4
+
+    async with running(r) as task:
+        await wait_until(done, while_running=task)
+    assert sorted(r.processor.handled) == [0, 1, 2, 3]  # each once
+    handled = r.processor.handled
+    assert handled.index(0) < handled.index(1) < handled.index(2)  # account a in order
+    assert r.processor.prepared == [waiting] * 4
+    assert r.metrics.faults.labels("registry")._value.get() == 3
+    assert any("RegistryUnavailable" in problem for problem in problems)
+    assert held
+    assert all(offset in (None, 1) for offset in held)  # never past the waiting record
+    assert r.dead_letters.sent == []
+    assert r.health.problem("records.registry") is None
 
 
 async def test_a_base_exception_from_the_processor_stops_the_runner_and_is_raised() -> None:
