@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import structlog
 
 from service.app import command_decoder
 from service.codec.avro import COMMAND, COMPLETED, FAILED, AvroCodec
@@ -527,6 +528,24 @@ async def test_ordering_key_is_the_account_or_none(h: Harness) -> None:
     assert h.processor.ordering_key(h.record(value=b"junk")) is None
     assert h.pas.requests == []
     assert h.store.records == {}
+
+
+async def test_a_v2_channel_is_on_the_records_log_lines_and_never_sent_to_pas(
+    h: Harness,
+) -> None:
+    """A command with a channel (schema v2): PAS gets exactly the fields it got before, and
+    the channel is bound to every log line of the record's handling."""
+    h.pas.then(APPLIED)
+
+    async def handled() -> dict[str, Any]:
+        await h.publish(raw_command(channel="call-centre"), published=False)
+        return structlog.contextvars.get_contextvars()
+
+    bound = await asyncio.create_task(handled())  # a task: its context is its own
+    assert bound.get("channel") == "call-centre"
+    assert h.pas.requests == [
+        PasRequest(ACCOUNT, 250, "GOODWILL", f"Late delivery {REF}", "agent-0042", "corr-1")
+    ]
 
 
 async def test_a_record_read_once_is_not_decoded_again(codec: AvroCodec) -> None:
