@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from service.metrics import Metrics
+from service.workers.endpoints import WorkerMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -60,7 +61,8 @@ def exported_metric_names() -> set[str]:
     """Every series name the service exports: counters with _total, histograms' parts, info
     metrics with _info (a labelled family has no sample until first used)."""
     names: set[str] = set()
-    for family in Metrics().registry.collect():
+    families = [*Metrics().registry.collect(), *WorkerMetrics().registry.collect()]
+    for family in families:
         names.add(family.name)
         names.update(sample.name for sample in family.samples)
         if family.type == "counter":
