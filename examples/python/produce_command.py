@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             value = single_object(schema, command)
             producer.produce(args.topic, key=key_bytes, value=value, on_delivery=delivered)
     remaining = producer.flush(30)
+    if framing == "confluent":
+        registry.close()
     if remaining or delivery_errors:
         print(f"not delivered: {remaining} pending, errors {delivery_errors}", file=sys.stderr)
         return 1

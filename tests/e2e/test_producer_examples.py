@@ -4,22 +4,32 @@ command they publish is applied and answered by a completed event."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from confluent_kafka import Consumer
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.serialization import MessageField, SerializationContext
 
 from pa_devkit.keys import DevKeySet
 from pa_devkit.localinfra.jars import resolve_cache_dir
 from pa_devkit.sandbox.app import run_sandbox
 from service.codec.avro import AvroCodec
+from service.domain.command import account_ref
 from tests.e2e.harness import ServiceProcess, Topology, secure_sandbox, wait_for_originals
 from tests.kafka_support import create_topics
+from tests.registry_support import unique_name
 
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -36,20 +46,44 @@ class RunningService:
     service: ServiceProcess
 
 
-@pytest.fixture
-async def running_service(
-    kafka_bootstrap: str, tmp_path: Path, dev_keyset: DevKeySet
+@contextlib.asynccontextmanager
+async def _service(
+    bootstrap: str, workdir: Path, keyset: DevKeySet, **env: str
 ) -> AsyncIterator[RunningService]:
-    """The service on topics of this test's own, applying through the sandbox."""
-    topology = Topology(kafka_bootstrap)
-    await create_topics(kafka_bootstrap, topology.topics(2))
-    async with run_sandbox(secure_sandbox(dev_keyset)) as sandbox:
-        service = ServiceProcess(topology, sandbox.base_url, tmp_path, dev_keyset)
+    """The service on topics of its own, applying through the sandbox."""
+    topology = Topology(bootstrap)
+    await create_topics(bootstrap, topology.topics(2))
+    async with run_sandbox(secure_sandbox(keyset)) as sandbox:
+        service = ServiceProcess(topology, sandbox.base_url, workdir, keyset, **env)
         await service.start()
         try:
             yield RunningService(topology, service)
         finally:
             assert await service.terminate() == 0, service.log_tail()
+
+
+@pytest.fixture
+async def running_service(
+    kafka_bootstrap: str, tmp_path: Path, dev_keyset: DevKeySet
+) -> AsyncIterator[RunningService]:
+    """The service with its default framing of outcomes (single-object), no registry."""
+    async with _service(kafka_bootstrap, tmp_path, dev_keyset) as running:
+        yield running
+
+
+@pytest.fixture
+async def confluent_service(
+    kafka_bootstrap: str, registry_url: str, tmp_path: Path, dev_keyset: DevKeySet
+) -> AsyncIterator[RunningService]:
+    """The service with a registry, publishing outcomes in the Confluent wire format."""
+    async with _service(
+        kafka_bootstrap,
+        tmp_path,
+        dev_keyset,
+        PA_SCHEMA_REGISTRY__URL=registry_url,
+        PA_KAFKA__OUTCOME_FRAMING="confluent",
+    ) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")
@@ -155,3 +189,106 @@ async def test_java_example_single_object_with_each_released_schema(
     )
     assert len(keys) == 2
     await _assert_completed(running_service, keys)
+
+
+def _read_completed_with_confluent(
+    topic: str, bootstrap: str, registry_url: str, expected: int, timeout_s: float = 90
+) -> dict[str, dict[str, Any]]:
+    """Completed events read as another team would: confluent-kafka's consumer and its
+    AvroDeserializer fetching the writer schema from the registry by the id in each record."""
+    registry = SchemaRegistryClient({"url": registry_url})
+    deserialize = AvroDeserializer(registry)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": unique_name("example-reader"),
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    events: dict[str, dict[str, Any]] = {}
+    try:
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + timeout_s
+        while len(events) < expected and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None:
+                continue
+            assert message.error() is None, message.error()
+            value = message.value()
+            assert value is not None
+            assert value[:1] == b"\x00"  # the Confluent wire format
+            event = deserialize(value, SerializationContext(topic, MessageField.VALUE))
+            assert isinstance(event, dict)
+            events[str(event["idempotency_key"])] = event
+    finally:
+        consumer.close()
+        registry.close()
+    return events
+
+
+@pytest.mark.registry
+async def test_python_example_with_confluents_serializer_and_deserializer(
+    confluent_service: RunningService, registry_url: str
+) -> None:
+    topology = confluent_service.topology
+    keys = _run(
+        [
+            sys.executable,
+            str(PYTHON_EXAMPLE),
+            "--bootstrap-servers",
+            topology.bootstrap,
+            "--topic",
+            topology.kafka.command_topic,
+            "--registry-url",
+            registry_url,
+            "--points",
+            "150",
+            "--count",
+            "3",
+        ]
+    )
+    events = await asyncio.to_thread(
+        _read_completed_with_confluent,
+        topology.kafka.completed_topic,
+        topology.bootstrap,
+        registry_url,
+        len(keys),
+    )
+    assert set(events) == set(keys), confluent_service.service.log_tail()
+    assert all(event["points_adjusted"] == 150 for event in events.values())
+    assert all(event["account_ref"] == account_ref("5500000000000004") for event in events.values())
+
+
+@pytest.mark.registry
+async def test_java_example_with_the_confluent_framing_by_hand(
+    confluent_service: RunningService, registry_url: str, java_example: list[str]
+) -> None:
+    topology = confluent_service.topology
+    keys = _run(
+        [
+            *java_example,
+            "-bootstrap-servers",
+            topology.bootstrap,
+            "-topic",
+            topology.kafka.command_topic,
+            "-schema",
+            str(SCHEMAS / "points_adjustment_requested.avsc"),
+            "-framing",
+            "confluent",
+            "-registry-url",
+            registry_url,
+            "-points",
+            "150",
+            "-count",
+            "2",
+        ]
+    )
+    events = await asyncio.to_thread(
+        _read_completed_with_confluent,
+        topology.kafka.completed_topic,
+        topology.bootstrap,
+        registry_url,
+        len(keys),
+    )
+    assert set(events) == set(keys), confluent_service.service.log_tail()
