@@ -55,6 +55,10 @@ across processes: every batch runs in ``BEGIN IMMEDIATE`` (the database's write 
 for up to ``busy_timeout``) and each call reads its record inside that transaction, so claims
 of different workers (different owners) exclude each other as the calls of one process do.
 The lock is held as long as any of them runs: a second ``run`` is refused until all are gone.
+The rest holds across processes as it does in one: the file check compares the path with the
+device and inode each process opened (the same file for all), SQLite's automatic checkpoint
+runs in whichever process commits past its threshold, and each worker prunes on its own
+schedule (the same idempotent ``DELETE``: a second finds nothing).
 
 I/O failures: a batch that fails on the database (disk full, locked past ``busy_timeout``, an
 I/O error) fails its calls with ``StoreUnavailableError`` (the ``sqlite3`` error chained); the

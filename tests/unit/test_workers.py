@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.cli import main
 from service.errors import ConfigError, StartupError
 from service.idempotency.sqlite import SqliteStore, check_inherited_lock, hold_owner_lock
+from service.kafka.transactions import transactional_id
 from service.metrics import Metrics
 from service.settings import KafkaSettings, Settings, load_settings
 from service.workers.child import watch_lifeline
@@ -40,6 +41,8 @@ def test_each_worker_has_its_own_client_and_instance_id_and_a_private_endpoint()
     assert (one.metrics.host, one.metrics.port, one.workers) == ("127.0.0.1", 0, 1)
     assert one.kafka.group_id == settings.kafka.group_id  # one consumer group
     assert worker_settings(Settings(), 0).kafka.group_instance_id is None  # dynamic stays
+    ids = {transactional_id(worker_settings(settings, n).kafka) for n in range(3)}
+    assert len(ids) == 3  # under transactions, no worker fences another
 
 
 def test_workers_with_the_memory_store_are_refused() -> None:
