@@ -130,7 +130,12 @@ class Supervisor:
     async def _keep(self, worker: _Worker) -> None:
         """Start ``worker``, and again each time it dies, until stopping or giving up."""
         while not self._stop.is_set():
-            code = await self._run_once(worker)
+            try:
+                code = await self._run_once(worker)
+            except OSError as exc:  # not even started (no memory, no such program): a death
+                log.error("worker.start_failed", worker=worker.index, error=str(exc))
+                worker.started_at = self._clock()
+                code = EXIT_FAILED
             if self._stop.is_set():
                 return
             up_s = self._clock() - worker.started_at

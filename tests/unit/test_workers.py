@@ -198,6 +198,18 @@ async def test_a_crash_loop_ends_the_run_non_zero(caplog: pytest.LogCaptureFixtu
     assert supervisor.metrics.restarts.labels(worker="0")._value.get() == 2
 
 
+async def test_a_worker_that_cannot_even_be_started_counts_as_a_death() -> None:
+    """No such program: each failed start is a death; the crash loop ends the run with 1."""
+    supervisor = Supervisor(
+        1,
+        lock=None,
+        shutdown_timeout_s=1,
+        policy=FAST,
+        command=lambda index, lifeline, lock: ["/nonexistent/points-adjuster-worker"],
+    )
+    assert await asyncio.wait_for(supervisor.run(), 30) == 1
+
+
 async def test_a_start_up_error_of_a_first_start_ends_the_run_with_2() -> None:
     """Exit 2 at a worker's first start is a start-up error, not a crash to retry."""
     supervisor = Supervisor(
