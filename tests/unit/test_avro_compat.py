@@ -5,7 +5,10 @@ the rules and an independent implementation agree on every example."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
+import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -272,3 +275,109 @@ def test_what_is_not_a_schema_is_named() -> None:
         incompatibilities(record(f("a", "Missing")), record(f("a", "string")))
     with pytest.raises(SchemaShapeError, match="without a name or a type"):
         incompatibilities(record({"name": "a"}), record(f("a", "string")))
+
+
+# --- random pairs: whatever the rules call compatible, fastavro resolves -----------------------
+
+PRIMITIVE_DATA: dict[str, Any] = {
+    "null": lambda rng: None,
+    "boolean": lambda rng: rng.random() < 0.5,
+    "int": lambda rng: rng.randint(-1000, 1000),
+    "long": lambda rng: rng.randint(-(2**40), 2**40),
+    "float": lambda rng: float(rng.randint(-100, 100)),
+    "double": lambda rng: rng.random(),
+    "bytes": lambda rng: rng.choice([b"x", b"yz", b""]),  # UTF-8: bytes may be read as string
+    "string": lambda rng: rng.choice(["a", "bc", ""]),
+}
+KINDS = list(PRIMITIVE_DATA)
+
+
+def _random_type(rng: random.Random, depth: int, names: Iterator[int]) -> Any:
+    roll = rng.random()
+    if depth > 2 or roll < 0.5:
+        return rng.choice(KINDS[1:])
+    if roll < 0.6:
+        return ["null", rng.choice(KINDS[1:])]
+    if roll < 0.7:
+        return {
+            "type": "enum",
+            "name": f"E{next(names)}",
+            "symbols": ["A", "B", "C"][: rng.randint(1, 3)],
+        }
+    if roll < 0.8:
+        return {"type": "array", "items": _random_type(rng, depth + 1, names)}
+    if roll < 0.9:
+        return {"type": "map", "values": _random_type(rng, depth + 1, names)}
+    return _random_record(rng, depth + 1, names)
+
+
+def _random_record(rng: random.Random, depth: int, names: Iterator[int]) -> dict[str, Any]:
+    fields = [
+        {"name": f"f{index}", "type": _random_type(rng, depth, names)}
+        for index in range(rng.randint(1, 4))
+    ]
+    return {"type": "record", "name": f"R{next(names)}", "fields": fields}
+
+
+def _mutate(rng: random.Random, schema: Any) -> Any:
+    """A changed copy: each node may be swapped for another type, widened, narrowed..."""
+    if isinstance(schema, str):
+        roll = rng.random()
+        if roll < 0.15:
+            return rng.choice(KINDS[1:])
+        if roll < 0.3:
+            return ["null", schema]
+        return schema
+    if isinstance(schema, list):
+        return schema if rng.random() < 0.7 else schema[1]
+    kind = schema["type"]
+    if kind == "enum":
+        symbols = ["A", "B", "C", "D"][: rng.randint(1, 4)]
+        changed = {**schema, "symbols": symbols}
+        if rng.random() < 0.3:
+            changed["default"] = symbols[0]
+        return changed
+    if kind == "array":
+        return {**schema, "items": _mutate(rng, schema["items"])}
+    if kind == "map":
+        return {**schema, "values": _mutate(rng, schema["values"])}
+    fields = [{**field, "type": _mutate(rng, field["type"])} for field in schema["fields"]]
+    if len(fields) > 1 and rng.random() < 0.2:
+        fields.pop(rng.randrange(len(fields)))
+    if rng.random() < 0.3:
+        added: dict[str, Any] = {"name": f"new{len(fields)}", "type": "int"}
+        if rng.random() < 0.5:
+            added["default"] = 0
+        fields.append(added)
+    return {**schema, "fields": fields}
+
+
+def _datum(rng: random.Random, schema: Any) -> Any:
+    if isinstance(schema, str):
+        return PRIMITIVE_DATA[schema](rng)
+    if isinstance(schema, list):
+        return _datum(rng, rng.choice(schema))
+    kind = schema["type"]
+    if kind == "enum":
+        return rng.choice(schema["symbols"])
+    if kind == "array":
+        return [_datum(rng, schema["items"]) for _ in range(rng.randint(0, 2))]
+    if kind == "map":
+        return {f"k{i}": _datum(rng, schema["values"]) for i in range(rng.randint(0, 2))}
+    return {field["name"]: _datum(rng, field["type"]) for field in schema["fields"]}
+
+
+def test_whatever_the_rules_call_compatible_fastavro_resolves() -> None:
+    rng = random.Random(14)
+    verdicts = {True: 0, False: 0}
+    for _ in range(400):
+        names = itertools.count()
+        writer = _random_record(rng, 0, names)
+        reader = _mutate(rng, json.loads(json.dumps(writer)))
+        compatible = not incompatibilities(reader, writer)
+        verdicts[compatible] += 1
+        for _ in range(3):
+            case = Case("random", reader, writer, _datum(rng, writer), compatible)
+            if compatible:
+                assert _resolves_with_fastavro(case), (reader, writer, case.datum)
+    assert min(verdicts.values()) > 50, verdicts  # both verdicts were exercised
