@@ -312,3 +312,37 @@ def test_check_reports_unusable_tls_settings_and_warns_of_plain_http(
     assert _check_line(output, "pas tls").startswith("ok")
     assert "WARNING plain HTTP, no TLS (PA_PAS__ALLOW_PLAIN_HTTP=true)" in output
     assert _check_line(output, "pas").endswith("answered HTTP 200")
+
+
+def test_check_probes_the_schema_registry_when_one_is_configured(
+    kafka_env: KafkaSettings,
+    pas_keys_in_env: DevKeySet,
+    pas_port: int,
+    registry_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """No registry set: no registry line. The real registry: ok, with what the command
+    subject holds. A registry where nothing listens: FAIL naming the request and the setting,
+    after the client's retries."""
+    monkeypatch.setenv("PA_PAS__BASE_URL", f"http://127.0.0.1:{pas_port}")
+    monkeypatch.setenv("PA_PAS__ALLOW_PLAIN_HTTP", "true")
+    main(["check"])
+    assert "schema registry" not in capsys.readouterr().out
+
+    monkeypatch.setenv("PA_SCHEMA_REGISTRY__URL", registry_url)
+    main(["check"])
+    line = _check_line(capsys.readouterr().out, "schema registry")
+    assert line.startswith("ok")
+    assert f"{registry_url} answered" in line
+    subject = f"{kafka_env.command_topic}-value"
+    assert f"command subject {subject}: no version registered" in line
+    assert line.endswith("outcomes framed single-object")
+
+    monkeypatch.setenv("PA_SCHEMA_REGISTRY__URL", "http://127.0.0.1:1/apis/ccompat/v7")
+    monkeypatch.setenv("PA_SCHEMA_REGISTRY__MAX_RETRIES", "0")
+    assert main(["check"]) == 1
+    line = _check_line(capsys.readouterr().out, "schema registry")
+    assert line.startswith("FAIL")
+    assert "GET /subjects at http://127.0.0.1:1/apis/ccompat/v7" in line
+    assert line.endswith("(setting PA_SCHEMA_REGISTRY__URL)")
