@@ -23,7 +23,9 @@ PointsAdjusterError            base; ``retriable`` says whether trying again may
 │   └── RegistryUnavailable    unreachable, timing out, 5xx or 429 after the retries;
 │                              retriable
 ├── DeadLetterToolError        ``service.tools.dlq.kafka``: ``dlq`` cannot do what was asked
-└── InputError                 ``service.tools.send``: a line of a commands file is unusable
+├── InputError                 ``service.tools.send``: a line of a commands file is unusable
+└── SchemaShapeError           ``service.tools.avro_compat``: ``schemas check`` met a file
+                               that is not an Avro schema it understands
 
 Outside the tree, on purpose:
 

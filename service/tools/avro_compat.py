@@ -37,6 +37,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from service.errors import PointsAdjusterError
+
 PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 NAMED = frozenset({"record", "error", "enum", "fixed"})
 PROMOTIONS: Mapping[str, frozenset[str]] = {
@@ -48,7 +50,7 @@ PROMOTIONS: Mapping[str, frozenset[str]] = {
 }
 
 
-class SchemaShapeError(ValueError):
+class SchemaShapeError(PointsAdjusterError):
     """The JSON is not an Avro schema this module understands; the message says where."""
 
 
