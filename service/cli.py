@@ -196,8 +196,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         return asyncio.run(supervise(settings))
     if args.command == "run":
         from service.app import run_service
-        from service.eventloop import run
+        from service.eventloop import collect_less, run
 
+        collect_less()
         run(run_service(settings), settings.event_loop)
         return EXIT_OK
     if args.command == "check":

@@ -37,3 +37,18 @@ def test_unknown_loop_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("PA_EVENT_LOOP", "tokio")
     with pytest.raises(ConfigError, match="PA_EVENT_LOOP"):
         load_settings()
+
+
+def test_collect_less_freezes_start_up_and_raises_the_thresholds() -> None:
+    import gc
+
+    from service.eventloop import GC_THRESHOLDS, collect_less
+
+    before = gc.get_threshold()
+    try:
+        collect_less()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
