@@ -7,10 +7,13 @@ import platform
 from collections.abc import Mapping
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from service import __version__
+
+M = TypeVar("M", Counter, Gauge, Histogram)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 COMMAND_BUCKETS = (
@@ -41,6 +44,22 @@ def build_labels() -> dict[str, str]:
         "python": platform.python_version(),
         "aiokafka": _distribution_version("aiokafka"),
     }
+
+
+class Children(Generic[M]):
+    """The labelled children of one metric, each looked up once: ``labels()`` checks and
+    copies the values and takes the metric's lock on every call, which the per-command
+    metrics would pay several times per command. Label sets are bounded, and so is this."""
+
+    def __init__(self, metric: M) -> None:
+        self._metric: M = metric
+        self._children: dict[tuple[str, ...], M] = {}
+
+    def __call__(self, *values: str) -> M:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
 
 
 class Metrics:
@@ -243,6 +262,14 @@ class Metrics:
             ["certificate"],
             registry=r,
         )
+
+        # The per-command metrics' children, looked up once (``Children``).
+        self.records_consumed_for = Children(self.records_consumed)
+        self.outcomes_for = Children(self.outcomes)
+        self.pas_requests_for = Children(self.pas_requests)
+        self.pas_latency_for = Children(self.pas_latency)
+        self.store_latency_for = Children(self.store_latency)
+        self.store_errors_for = Children(self.store_errors)
 
     def set_certificate_expiry(self, expiry: Mapping[str, datetime], now: datetime) -> None:
         """Set each certificate's seconds to expiry, as of ``now`` (timezone-aware)."""

@@ -12,8 +12,7 @@ store's health. ``close`` and ``adopt`` (once per process) are passed on unmeasu
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TypeVar
 
@@ -62,22 +61,17 @@ class MeteredStore:
     def inner(self) -> IdempotencyStore:
         return self._inner
 
-    @contextmanager
-    def _measured(self, operation: str) -> Iterator[None]:
+    async def _call(self, operation: str, call: Awaitable[T]) -> T:
         started = self._clock()
         try:
-            yield
+            return await call
         except OwnershipLostError:
             raise
         except Exception:
-            self._metrics.store_errors.labels(operation).inc()
+            self._metrics.store_errors_for(operation).inc()
             raise
         finally:
-            self._metrics.store_latency.labels(operation).observe(self._clock() - started)
-
-    async def _call(self, operation: str, call: Awaitable[T]) -> T:
-        with self._measured(operation):
-            return await call
+            self._metrics.store_latency_for(operation).observe(self._clock() - started)
 
     async def claim(
         self, key: str, fingerprint: str, *, owner: str, now: datetime, lease_s: float

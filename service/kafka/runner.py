@@ -527,7 +527,7 @@ class CommandRunner:
             tuple(message.headers or ()),
             payload,
         )
-        self._metrics.records_consumed.labels(tp.topic).inc()
+        self._metrics.records_consumed_for(tp.topic).inc()
         progress.add(record.offset, record.size, record.timestamp_ms)
         ordering = ""  # ordering=partition: one key per partition, the slow baseline
         if keyed:
@@ -679,25 +679,28 @@ class CommandRunner:
         self._stop.set()
 
     async def _run_one(self, key: Key) -> None:
-        """Try ``key``'s first record once, with its log context bound."""
+        """Try ``key``'s first record once, with its log context bound. Always a task of
+        its own (``_start``)."""
         queue = self._queues[key]
         progress = self._progress[key[0]]
         pending = queue[0]
-        with structlog.contextvars.bound_contextvars(**log_context(pending.record)):
-            try:
-                decided = await self._try(key, pending)
-            except Exception as exc:  # any fault: this record waits, the service goes on
-                self._fault(key, pending, exc)
-                return
-            except asyncio.CancelledError:
-                raise  # the drain ran out of time: the record is re-read by the next owner
-            except BaseException as exc:  # kept, and raised by ``run`` once drained
-                # Not retried, and not raised here either: asyncio would let a SystemExit out
-                # of the event loop at once, past the drain and the commit.
-                self._crashed(exc)
-                return
-            if decided:
-                self._finished(key, queue, progress)
+        # Bound for the rest of this task, which is this record's alone (``_start``): its
+        # context is a copy, dropped with it, so nothing needs unbinding.
+        structlog.contextvars.bind_contextvars(**log_context(pending.record))
+        try:
+            decided = await self._try(key, pending)
+        except Exception as exc:  # any fault: this record waits, the service goes on
+            self._fault(key, pending, exc)
+            return
+        except asyncio.CancelledError:
+            raise  # the drain ran out of time: the record is re-read by the next owner
+        except BaseException as exc:  # kept, and raised by ``run`` once drained
+            # Not retried, and not raised here either: asyncio would let a SystemExit out
+            # of the event loop at once, past the drain and the commit.
+            self._crashed(exc)
+            return
+        if decided:
+            self._finished(key, queue, progress)
 
     async def _try(self, key: Key, pending: _Pending) -> bool:
         """Decide (unless decided already) and deliver; False when handed back for later."""
@@ -856,7 +859,7 @@ class CommandRunner:
 
     def _count(self, decision: Publish) -> None:
         reason = decision.reason_code or ""
-        self._metrics.outcomes.labels(decision.kind, reason).inc()
+        self._metrics.outcomes_for(decision.kind, reason).inc()
         if decision.duplicate_kind:
             self._metrics.duplicates.labels(decision.duplicate_kind).inc()
         if reason == "VALIDATION_FAILED" and not decision.duplicate:

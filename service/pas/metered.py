@@ -27,8 +27,8 @@ class MeteredPas:
         seen = reply.observation
         action = reply.rule.action.value
         status = str(seen.status) if seen.status is not None else (seen.transport or "")
-        self._metrics.pas_requests.labels(action, status).inc()
-        self._metrics.pas_latency.labels(action).observe(reply.duration_s)
+        self._metrics.pas_requests_for(action, status).inc()
+        self._metrics.pas_latency_for(action).observe(reply.duration_s)
         return reply
 
 
