@@ -31,7 +31,7 @@ from service.domain.decisions import (
     Publish,
     Retry,
 )
-from service.domain.inbound import Decoded, DecodedCommand, Undecodable
+from service.domain.inbound import Decoded, DecodedCommand, Undecodable, Unresolved
 from service.domain.outcome import (
     CommandInfo,
     Completed,
@@ -51,6 +51,7 @@ from service.domain.reconcile import (
 )
 from service.domain.store import IdempotencyRecord, State
 from service.idempotency.memory import MemoryStore
+from service.registry.errors import RegistryUnavailable
 from tests.fakes import FakeHistory, FakeWallClock, ScriptedPas
 
 T0 = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
@@ -546,6 +547,47 @@ async def test_a_v2_channel_is_on_the_records_log_lines_and_never_sent_to_pas(
     assert h.pas.requests == [
         PasRequest(ACCOUNT, 250, "GOODWILL", f"Late delivery {REF}", "agent-0042", "corr-1")
     ]
+
+
+async def test_an_unresolved_record_is_prepared_then_decoded_and_a_failing_fetch_raises(
+    codec: AvroCodec,
+) -> None:
+    """A value whose writer schema is still to be fetched (Unresolved): handle calls prepare
+    first; while prepare raises (the registry is down) the error goes out of handle, for the
+    runner to hold the record back (never a dead letter); once it passes, the command is
+    decided as any other."""
+    h = Harness(codec)
+    data = codec.encode(COMMAND, raw_command())
+    fetched: list[bytes | None] = []
+    down = [True]
+
+    def decode(value: bytes | None) -> Decoded:
+        return command_decoder(codec)(value) if fetched and not down[0] else Unresolved("id 7")
+
+    async def prepare(value: bytes | None) -> None:
+        if down[0]:
+            raise RegistryUnavailable("GET /schemas/ids/7: connection refused")
+        fetched.append(value)
+
+    h.processor = Processor(
+        decode=decode,
+        prepare=prepare,
+        store=h.store,
+        pas=h.pas,
+        history=h.history,
+        config=CONFIG,
+        clock=h.clock,
+    )
+    h.pas.then(APPLIED)
+    record = h.record(value=data)
+    with pytest.raises(RegistryUnavailable):
+        await h.handle(record)
+    assert h.pas.requests == []
+    down[0] = False
+    decision = await h.handle(record)
+    assert isinstance(decision, Publish)
+    assert decision.kind == "completed"
+    assert fetched == [data]
 
 
 async def test_a_record_read_once_is_not_decoded_again(codec: AvroCodec) -> None:
