@@ -217,7 +217,8 @@ class AvroCodec:
         """The body of ``frame`` written with ``writer``, resolved to the current schema of
         the same full name (or read as written when there is none)."""
         reader = self._by_name.get(writer.name, writer)
-        body = io.BytesIO(frame.body)
+        body = io.BytesIO(frame.data)
+        body.seek(frame.offset)
         try:
             record = fastavro.schemaless_reader(
                 body, writer.parsed, None if reader is writer else reader.parsed
@@ -227,9 +228,9 @@ class AvroCodec:
                 "CORRUPT_AVRO",
                 f"the body does not match {writer.name} ({frame.names()}): {type(exc).__name__}",
             ) from exc
-        if body.tell() != len(frame.body):
+        if body.tell() != len(frame.data):
             raise UndecodableRecordError(
-                "CORRUPT_AVRO", f"{len(frame.body) - body.tell()} trailing bytes"
+                "CORRUPT_AVRO", f"{len(frame.data) - body.tell()} trailing bytes"
             )
         if not isinstance(record, dict):
             raise UndecodableRecordError("CORRUPT_AVRO", "the body is not a record")
