@@ -29,7 +29,14 @@ import kubernetes_validate  # type: ignore[import-untyped]  # ships no type info
 import pytest
 from pydantic import BaseModel, SecretStr
 
-from service.settings import IdempotencySettings, Settings, env_name
+from service.settings import (
+    IdempotencySettings,
+    KafkaSettings,
+    PasSettings,
+    SchemaRegistrySettings,
+    Settings,
+    env_name,
+)
 from tests.deploy import test_observability as observability
 
 # PyPI's PyYAML comes with kubernetes-validate; its type stubs are no dependency of the
@@ -567,6 +574,17 @@ def test_numbers_and_lists_reach_the_service_as_it_reads_them(helm: Path) -> Non
         ("PA_IDEMPOTENCY__PASSWORD_FILE", "the chart sets it from idempotency.passwordSecret"),
         ("PA_PAS__SIGNING_KEY_PATH", "the chart sets it from credentials.signingKey"),
         ("PA_PAS__CONSUMER_KEY_FILE", "the chart sets it from credentials.consumerKey"),
+        ("PA_KAFKA__SECURITY_PROTOCOL", "the chart sets it from kafka.securityProtocol"),
+        ("PA_KAFKA__SASL_USERNAME", "the chart sets it from kafka.sasl.username"),
+        ("PA_KAFKA__SASL_PASSWORD_FILE", "the chart sets it from kafka.sasl.passwordSecret"),
+        ("PA_KAFKA__SSL_CHECK_HOSTNAME", "the chart sets it from kafka.tls.checkHostname"),
+        ("PA_KAFKA__SSL_KEY_FILE", "the chart sets it from kafka.tls.clientKeySecret"),
+        ("PA_PAS__CLIENT_CERT_FILE", "the chart sets it from pasTls.clientCertificateSecret"),
+        ("PA_SCHEMA_REGISTRY__URL", "the chart sets it from schemaRegistry.url"),
+        (
+            "PA_SCHEMA_REGISTRY__BEARER_TOKEN_FILE",
+            "the chart sets it from schemaRegistry.bearerTokenSecret",
+        ),
     ],
 )
 def test_a_setting_the_chart_computes_is_refused_in_the_settings_map(
@@ -621,7 +639,10 @@ def test_no_rendered_manifest_holds_a_secret_value(helm: Path, values: Path | No
     pointing = {
         name: PurePosixPath(value)
         for name, value in passed.items()
-        if (name.startswith("PA_PAS__") and name.endswith(("_FILE", "_PATH")))
+        if (
+            name.startswith(("PA_PAS__", "PA_KAFKA__", "PA_SCHEMA_REGISTRY__"))
+            and name.endswith(("_FILE", "_PATH"))
+        )
         or name == "PA_IDEMPOTENCY__PASSWORD_FILE"
     }
     assert {path.parent for path in pointing.values()} == {SECRETS_MOUNT}
@@ -667,6 +688,417 @@ def test_each_credential_comes_from_the_secret_its_entry_names(helm: Path) -> No
         "points-adjuster-pas",
         "decryption-certificate.pem",
     )
+
+
+# -- Kafka security, PAS TLS and the schema registry ----------------------------------------
+
+
+def secret_ref(name: str, key: str) -> str:
+    """A --set-json value naming `key` of the Secret `name`."""
+    return f'{{"name": "{name}", "key": "{key}"}}'
+
+
+def mounted_files(manifests: list[Manifest]) -> dict[str, tuple[str, str]]:
+    """The credentials volume's files: file name -> (Secret, key)."""
+    volumes = one(manifests, "StatefulSet")["spec"]["template"]["spec"]["volumes"]
+    (projected,) = [v["projected"] for v in volumes if v["name"] == "credentials"]
+    return {
+        s["secret"]["items"][0]["path"]: (s["secret"]["name"], s["secret"]["items"][0]["key"])
+        for s in projected["sources"]
+    }
+
+
+def group_fields(passed: dict[str, Any], group: str) -> dict[str, Any]:
+    """The variables of one settings group as the field names of its model (those the
+    ConfigMap holds: the group instance id comes from the downward API)."""
+    prefix = env_name((group, ""))
+    return {
+        name.removeprefix(prefix).lower(): value
+        for name, value in passed.items()
+        if name.startswith(prefix) and isinstance(value, str)
+    }
+
+
+SECURE_KAFKA = CHART / "ci" / "secure-kafka.yaml"
+
+SASL_SSL = {
+    "kafka.securityProtocol": '"SASL_SSL"',
+    "kafka.sasl.username": '"points-adjuster"',
+    "kafka.sasl.passwordSecret": secret_ref("kafka-user", "password"),
+    "kafka.tls.caSecret": secret_ref("kafka-ca", "ca.crt"),
+}
+KAFKA_MTLS = {
+    "kafka.securityProtocol": '"SSL"',
+    "kafka.tls.checkHostname": "false",
+    "kafka.tls.clientCertificateSecret": secret_ref("kafka-client", "tls.crt"),
+    "kafka.tls.clientKeySecret": secret_ref("kafka-client", "tls.key"),
+    "kafka.tls.keyPasswordSecret": secret_ref("kafka-client-key", "password"),
+}
+PAS_MTLS = {
+    "pasTls.caSecret": secret_ref("pas-ca", "ca.pem"),
+    "pasTls.clientCertificateSecret": secret_ref("pas-mtls", "tls.crt"),
+    "pasTls.clientKeySecret": secret_ref("pas-mtls", "tls.key"),
+}
+REGISTRY_BASIC = {
+    "schemaRegistry.url": '"https://registry.schemas.svc/apis/ccompat/v7"',
+    "schemaRegistry.username": '"points-adjuster"',
+    "schemaRegistry.passwordSecret": secret_ref("registry-user", "password"),
+    "schemaRegistry.caSecret": secret_ref("registry-ca", "ca.crt"),
+}
+REGISTRY_BEARER = {
+    "schemaRegistry.url": '"http://registry:8081"',
+    "schemaRegistry.bearerTokenSecret": secret_ref("registry-token", "token"),
+}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "files", "plain"),
+    [
+        (
+            SASL_SSL,
+            {
+                "PA_KAFKA__SASL_PASSWORD_FILE": ("kafka-user", "password"),
+                "PA_KAFKA__SSL_CA_FILE": ("kafka-ca", "ca.crt"),
+            },
+            {
+                "PA_KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
+                "PA_KAFKA__SASL_MECHANISM": "SCRAM-SHA-512",
+                "PA_KAFKA__SASL_USERNAME": "points-adjuster",
+                "PA_KAFKA__SSL_CHECK_HOSTNAME": "true",
+            },
+        ),
+        (
+            {
+                "kafka.securityProtocol": '"SASL_PLAINTEXT"',
+                "kafka.sasl.mechanism": '"SCRAM-SHA-256"',
+                "kafka.sasl.username": '"pa"',
+                "kafka.sasl.passwordSecret": secret_ref("kafka-user", "pw"),
+            },
+            {"PA_KAFKA__SASL_PASSWORD_FILE": ("kafka-user", "pw")},
+            {
+                "PA_KAFKA__SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                "PA_KAFKA__SASL_MECHANISM": "SCRAM-SHA-256",
+                "PA_KAFKA__SASL_USERNAME": "pa",
+            },
+        ),
+        (
+            KAFKA_MTLS,
+            {
+                "PA_KAFKA__SSL_CERT_FILE": ("kafka-client", "tls.crt"),
+                "PA_KAFKA__SSL_KEY_FILE": ("kafka-client", "tls.key"),
+                "PA_KAFKA__SSL_KEY_PASSWORD_FILE": ("kafka-client-key", "password"),
+            },
+            {"PA_KAFKA__SECURITY_PROTOCOL": "SSL", "PA_KAFKA__SSL_CHECK_HOSTNAME": "false"},
+        ),
+        (
+            PAS_MTLS,
+            {
+                "PA_PAS__CA_FILE": ("pas-ca", "ca.pem"),
+                "PA_PAS__CLIENT_CERT_FILE": ("pas-mtls", "tls.crt"),
+                "PA_PAS__CLIENT_KEY_FILE": ("pas-mtls", "tls.key"),
+            },
+            {"PA_KAFKA__SECURITY_PROTOCOL": "PLAINTEXT"},
+        ),
+        (
+            {**PAS_MTLS, "pasTls.keyPasswordSecret": secret_ref("pas-mtls-key", "password")},
+            {
+                "PA_PAS__CA_FILE": ("pas-ca", "ca.pem"),
+                "PA_PAS__CLIENT_CERT_FILE": ("pas-mtls", "tls.crt"),
+                "PA_PAS__CLIENT_KEY_FILE": ("pas-mtls", "tls.key"),
+                "PA_PAS__CLIENT_KEY_PASSWORD_FILE": ("pas-mtls-key", "password"),
+            },
+            {},
+        ),
+        (
+            REGISTRY_BASIC,
+            {
+                "PA_SCHEMA_REGISTRY__PASSWORD_FILE": ("registry-user", "password"),
+                "PA_SCHEMA_REGISTRY__CA_FILE": ("registry-ca", "ca.crt"),
+            },
+            {
+                "PA_SCHEMA_REGISTRY__URL": "https://registry.schemas.svc/apis/ccompat/v7",
+                "PA_SCHEMA_REGISTRY__USERNAME": "points-adjuster",
+            },
+        ),
+        (
+            REGISTRY_BEARER,
+            {"PA_SCHEMA_REGISTRY__BEARER_TOKEN_FILE": ("registry-token", "token")},
+            {"PA_SCHEMA_REGISTRY__URL": "http://registry:8081"},
+        ),
+        (
+            {**SASL_SSL, **KAFKA_MTLS, "kafka.securityProtocol": '"SASL_SSL"', **PAS_MTLS},
+            {
+                "PA_KAFKA__SASL_PASSWORD_FILE": ("kafka-user", "password"),
+                "PA_KAFKA__SSL_CA_FILE": ("kafka-ca", "ca.crt"),
+                "PA_KAFKA__SSL_CERT_FILE": ("kafka-client", "tls.crt"),
+                "PA_KAFKA__SSL_KEY_FILE": ("kafka-client", "tls.key"),
+                "PA_KAFKA__SSL_KEY_PASSWORD_FILE": ("kafka-client-key", "password"),
+                "PA_PAS__CA_FILE": ("pas-ca", "ca.pem"),
+                "PA_PAS__CLIENT_CERT_FILE": ("pas-mtls", "tls.crt"),
+                "PA_PAS__CLIENT_KEY_FILE": ("pas-mtls", "tls.key"),
+            },
+            {
+                "PA_KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
+                "PA_KAFKA__SASL_MECHANISM": "SCRAM-SHA-512",
+                "PA_KAFKA__SASL_USERNAME": "points-adjuster",
+                "PA_KAFKA__SSL_CHECK_HOSTNAME": "false",
+            },
+        ),
+    ],
+    ids=[
+        "kafka-sasl-ssl",
+        "kafka-sasl-plaintext",
+        "kafka-mtls",
+        "pas-mtls",
+        "pas-mtls-key-password",
+        "registry-basic",
+        "registry-bearer",
+        "kafka-and-pas-everything",
+    ],
+)
+def test_each_security_file_is_mounted_from_its_secret_and_its_setting_points_at_it(
+    helm: Path,
+    overrides: dict[str, str],
+    files: dict[str, tuple[str, str]],
+    plain: dict[str, str],
+) -> None:
+    """Each Secret the security values name is mounted read-only in the credentials volume
+    under a fixed file name, its setting points at that file, the plain values reach the
+    ConfigMap, nothing else of Kafka's, PAS's TLS or the registry's is set, and what the pod
+    gets loads as the service's Kafka, PAS and registry settings."""
+    manifests = render(helm, overrides=overrides)
+    passed = settings_passed(manifests)
+    mounted = mounted_files(manifests)
+    for setting, (secret, key) in files.items():
+        path = PurePosixPath(passed[setting])
+        assert path.parent == SECRETS_MOUNT, setting
+        assert mounted[path.name] == (secret, key), setting
+    security = {
+        name
+        for name in passed
+        if name.startswith(("PA_KAFKA__SASL", "PA_KAFKA__SSL", "PA_SCHEMA_REGISTRY__"))
+        or name in {"PA_PAS__CA_FILE"}
+        or name.startswith("PA_PAS__CLIENT_")
+    }
+    assert security == (set(files) | set(plain)) - {"PA_KAFKA__SECURITY_PROTOCOL"}
+    for setting, value in plain.items():
+        assert passed[setting] == value, setting
+    default_files = set(mounted_files(render(helm)))
+    assert set(mounted) - default_files == {
+        PurePosixPath(passed[setting]).name for setting in files
+    }
+    KafkaSettings.model_validate(group_fields(passed, "kafka"))
+    PasSettings.model_validate(group_fields(passed, "pas"))
+    SchemaRegistrySettings.model_validate(group_fields(passed, "schema_registry"))
+
+
+def test_by_default_kafka_is_plaintext_and_no_security_file_is_mounted(helm: Path) -> None:
+    """Without security values the chart says PLAINTEXT, mounts the PAS credentials only and
+    names no registry."""
+    manifests = render(helm)
+    passed = settings_passed(manifests)
+    assert passed["PA_KAFKA__SECURITY_PROTOCOL"] == "PLAINTEXT"
+    assert not [n for n in passed if n.startswith(("PA_KAFKA__SASL", "PA_KAFKA__SSL"))]
+    assert not [n for n in passed if n.startswith("PA_SCHEMA_REGISTRY__")]
+    assert not [n for n in passed if n.startswith(("PA_PAS__CA", "PA_PAS__CLIENT"))]
+    assert not {f for f in mounted_files(manifests) if f.startswith(("kafka-", "pas-", "schema-"))}
+
+
+def test_the_secure_example_reaches_the_service_as_it_reads_it(helm: Path) -> None:
+    """ci/secure-kafka.yaml (SASL_SSL with a CA and a client certificate, PAS mTLS, a
+    registry with a bearer token) passes settings the service accepts, each file from the
+    Secret the example names."""
+    manifests = render(helm, SECURE_KAFKA)
+    passed = settings_passed(manifests)
+    kafka = KafkaSettings.model_validate(group_fields(passed, "kafka"))
+    assert kafka.security_protocol == "SASL_SSL"
+    assert kafka.ssl_cert_file == Path(SECRETS_MOUNT / "kafka-client-certificate")
+    assert kafka.ssl_key_file == Path(SECRETS_MOUNT / "kafka-client-key")
+    pas = PasSettings.model_validate(group_fields(passed, "pas"))
+    assert pas.client_cert_file == Path(SECRETS_MOUNT / "pas-client-certificate")
+    assert pas.client_key_password_file == Path(SECRETS_MOUNT / "pas-client-key-password")
+    registry = SchemaRegistrySettings.model_validate(group_fields(passed, "schema_registry"))
+    assert registry.bearer_token_file == Path(SECRETS_MOUNT / "schema-registry-bearer-token")
+    assert registry.url == values_of(SECURE_KAFKA)["schemaRegistry"]["url"]
+    values = values_of(SECURE_KAFKA)
+    mounted = mounted_files(manifests)
+    assert mounted["kafka-sasl-password"] == (
+        values["kafka"]["sasl"]["passwordSecret"]["name"],
+        values["kafka"]["sasl"]["passwordSecret"]["key"],
+    )
+    assert (
+        mounted["schema-registry-bearer-token"][0]
+        == (values["schemaRegistry"]["bearerTokenSecret"]["name"])
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        (
+            {"kafka.securityProtocol": '"SASL_SSL"', "kafka.sasl.username": '"pa"'},
+            "kafka.sasl.passwordSecret.name is required with kafka.securityProtocol SASL_SSL",
+        ),
+        (
+            {
+                "kafka.securityProtocol": '"SASL_PLAINTEXT"',
+                "kafka.sasl.passwordSecret": secret_ref("kafka-user", "password"),
+            },
+            "kafka.sasl.username is required with kafka.securityProtocol SASL_PLAINTEXT",
+        ),
+        (
+            {"kafka.sasl.username": '"pa"'},
+            "kafka.sasl is refused with kafka.securityProtocol PLAINTEXT",
+        ),
+        (
+            {"kafka.securityProtocol": '"SSL"', "kafka.sasl.passwordSecret": secret_ref("k", "p")},
+            "kafka.sasl is refused with kafka.securityProtocol SSL",
+        ),
+        (
+            {"kafka.tls.caSecret": secret_ref("kafka-ca", "ca.crt")},
+            "kafka.tls.caSecret.name is refused with kafka.securityProtocol PLAINTEXT",
+        ),
+        (
+            {
+                **SASL_SSL,
+                "kafka.securityProtocol": '"SASL_PLAINTEXT"',
+            },
+            "kafka.tls.caSecret.name is refused with kafka.securityProtocol SASL_PLAINTEXT",
+        ),
+        (
+            {"kafka.tls.checkHostname": "false"},
+            "kafka.tls.checkHostname false is refused with kafka.securityProtocol PLAINTEXT",
+        ),
+        (
+            {
+                "kafka.securityProtocol": '"SSL"',
+                "kafka.tls.clientCertificateSecret": secret_ref("kafka-client", "tls.crt"),
+            },
+            "kafka.tls.clientCertificateSecret.name is set without kafka.tls.clientKeySecret.name",
+        ),
+        (
+            {
+                "kafka.securityProtocol": '"SSL"',
+                "kafka.tls.clientKeySecret": secret_ref("kafka-client", "tls.key"),
+            },
+            "kafka.tls.clientKeySecret.name is set without kafka.tls.clientCertificateSecret.name",
+        ),
+        (
+            {
+                "kafka.securityProtocol": '"SSL"',
+                "kafka.tls.keyPasswordSecret": secret_ref("kafka-client-key", "password"),
+            },
+            "kafka.tls.keyPasswordSecret.name is set without kafka.tls.clientKeySecret.name",
+        ),
+        (
+            {"pasTls.clientCertificateSecret": secret_ref("pas-mtls", "tls.crt")},
+            "pasTls.clientCertificateSecret.name is set without pasTls.clientKeySecret.name",
+        ),
+        (
+            {"pasTls.keyPasswordSecret": secret_ref("pas-mtls-key", "password")},
+            "pasTls.keyPasswordSecret.name is set without pasTls.clientKeySecret.name",
+        ),
+        (
+            {"schemaRegistry.username": '"pa"'},
+            "schemaRegistry.username is refused without schemaRegistry.url",
+        ),
+        (
+            {"schemaRegistry.bearerTokenSecret": secret_ref("registry-token", "token")},
+            "schemaRegistry.bearerTokenSecret is refused without schemaRegistry.url",
+        ),
+        (
+            {"settings.PA_KAFKA__OUTCOME_FRAMING": '"confluent"'},
+            "schemaRegistry.url is required with settings.PA_KAFKA__OUTCOME_FRAMING confluent",
+        ),
+        (
+            {**REGISTRY_BASIC, "schemaRegistry.passwordSecret": secret_ref("", "password")},
+            "schemaRegistry.passwordSecret.name is required with schemaRegistry.username",
+        ),
+        (
+            {**REGISTRY_BEARER, "schemaRegistry.passwordSecret": secret_ref("r", "password")},
+            "schemaRegistry.username is required with schemaRegistry.passwordSecret.name",
+        ),
+        (
+            {**REGISTRY_BASIC, "schemaRegistry.bearerTokenSecret": secret_ref("t", "token")},
+            "schemaRegistry.bearerTokenSecret.name is refused with schemaRegistry.username",
+        ),
+        (
+            {**REGISTRY_BEARER, "schemaRegistry.caSecret": secret_ref("registry-ca", "ca.crt")},
+            "schemaRegistry.caSecret.name is refused with an http:// schemaRegistry.url",
+        ),
+        (
+            {"schemaRegistry.url": '"registry:8081"'},
+            "schemaRegistry.url is refused: it starts neither with http:// nor with https://",
+        ),
+        (
+            {"schemaRegistry.url": '"https:///apis/ccompat/v7"'},
+            "schemaRegistry.url is refused: it names no host",
+        ),
+    ],
+)
+def test_inconsistent_security_values_are_refused_saying_why(
+    helm: Path, overrides: dict[str, str], words: str
+) -> None:
+    """SASL without its user or password Secret (or SASL values without SASL), TLS files
+    without TLS, a client certificate without its key (or a key or key password without
+    it), registry values without a URL, half of basic auth, basic and bearer auth together,
+    a CA for an http:// registry and a URL that is not one are refused, naming the values."""
+    assert words in refusal(helm, overrides=overrides)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://pa:s3cret-value@registry:8081",
+        "http://:s3cret-value@registry/apis/ccompat/v7",
+        "https://s3cret-value@registry",
+    ],
+)
+def test_a_registry_url_with_credentials_is_refused_without_repeating_it(
+    helm: Path, url: str
+) -> None:
+    """A registry URL carrying a user or password is refused before it could reach a
+    ConfigMap, pointing at schemaRegistry.username and passwordSecret, and the message
+    repeats neither the password nor the URL."""
+    error = refusal(helm, overrides={"schemaRegistry.url": f'"{url}"'})
+    assert "schemaRegistry.url is refused: it carries credentials" in error
+    assert "schemaRegistry.passwordSecret" in error
+    assert "s3cret-value" not in error
+
+
+@pytest.mark.parametrize(
+    ("overrides", "ports"),
+    [
+        ({"schemaRegistry.url": '"https://registry.schemas.svc/apis/ccompat/v7"'}, [443]),
+        ({"schemaRegistry.url": '"http://registry:8081"'}, [8081]),
+        ({"schemaRegistry.url": '"http://registry.schemas.svc"'}, [80]),
+        ({"schemaRegistry.url": '"https://[fd00::20]:8443/"'}, [8443]),
+        (
+            {
+                "schemaRegistry.url": '"https://registry"',
+                "networkPolicy.schemaRegistry.ports": "[8443, 9443]",
+            },
+            [8443, 9443],
+        ),
+    ],
+)
+def test_the_network_policy_opens_the_registrys_port(
+    helm: Path, overrides: dict[str, str], ports: list[int]
+) -> None:
+    """With a registry the NetworkPolicy gains one egress rule after DNS, Kafka and PAS:
+    networkPolicy.schemaRegistry.ports, or the port of the URL (443 or 80 by its scheme
+    when it names none), to networkPolicy.schemaRegistry.to."""
+    rules = one(render(helm, overrides=overrides), "NetworkPolicy")["spec"]["egress"]
+    assert [r["ports"][0]["port"] for r in rules[:3]] == [53, 9092, 443]
+    assert len(rules) == 4
+    assert rules[3]["ports"] == [{"port": port, "protocol": "TCP"} for port in ports]
+    assert "to" not in rules[3]
+    narrowed = {
+        **overrides,
+        "networkPolicy.schemaRegistry.to": '[{"ipBlock": {"cidr": "10.40.0.0/16"}}]',
+    }
+    rules = one(render(helm, overrides=narrowed), "NetworkPolicy")["spec"]["egress"]
+    assert rules[3]["to"] == [{"ipBlock": {"cidr": "10.40.0.0/16"}}]
 
 
 # -- the pod ---------------------------------------------------------------------------------
@@ -1018,3 +1450,30 @@ def test_the_notes_of_a_shared_store_name_it_and_the_replica_limit(
     ):
         assert needed in text, needed
     assert "SQLite" not in text
+
+
+def test_the_notes_mount_the_kafka_files_in_the_one_off_topics_pod(
+    helm: Path, tmp_path: Path
+) -> None:
+    """With Kafka security the one-off pod that creates the topics gets the Kafka files the
+    ConfigMap's settings point at (and only those), mounted where the service has them; the
+    registry's port is listed among the allowed egress."""
+    text = notes(helm, tmp_path, SECURE_KAFKA)
+    (overrides,) = re.findall(r"--overrides='([^']*)'", text)
+    spec = yaml.safe_load(overrides)["spec"]
+    (volume,) = spec["volumes"]
+    paths = {source["secret"]["items"][0]["path"] for source in volume["projected"]["sources"]}
+    assert paths == {
+        "kafka-sasl-password",
+        "kafka-ca",
+        "kafka-client-certificate",
+        "kafka-client-key",
+    }
+    (topics,) = spec["containers"]
+    assert topics["args"] == ["topics", "--partitions", "12"]
+    assert topics["volumeMounts"] == [
+        {"name": volume["name"], "mountPath": str(SECRETS_MOUNT), "readOnly": True}
+    ]
+    assert "the schema registry (ports 8443)" in " ".join(text.split())
+    plain = yaml.safe_load(re.findall(r"--overrides='([^']*)'", notes(helm, tmp_path / "d"))[0])
+    assert "volumes" not in plain["spec"]

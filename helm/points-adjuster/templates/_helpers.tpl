@@ -127,7 +127,9 @@ whether it is always mounted (the service cannot start without it).
 {{/*
 The credential files this release mounts, as a list of the entries above, then the shared
 store's password (idempotency.passwordSecret) when the store is PostgreSQL or Redis and the
-values name a Secret: one mechanism, one read-only volume for every secret file.
+values name a Secret, then the files of Kafka's security, PAS's TLS and the schema registry
+whose Secrets the values name (_security.tpl): one mechanism, one read-only volume for every
+secret file.
 */}}
 {{- define "points-adjuster.mountedCredentials" -}}
 {{- $mounted := list -}}
@@ -142,6 +144,7 @@ values name a Secret: one mechanism, one read-only volume for every secret file.
 {{- if and (include "points-adjuster.sharedStore" .) $password.name -}}
 {{- $mounted = append $mounted (dict "file" "idempotency-password" "setting" "PA_IDEMPOTENCY__PASSWORD_FILE" "secret" $password.name "key" $password.key) -}}
 {{- end -}}
+{{- $mounted = concat $mounted (include "points-adjuster.mountedSecurityFiles" . | fromYamlArray) -}}
 {{- toYaml $mounted -}}
 {{- end -}}
 
@@ -224,6 +227,7 @@ PA_IDEMPOTENCY__DSN: {{ .Values.idempotency.dsn | quote }}
 PA_IDEMPOTENCY__BACKEND: {{ .Values.idempotency.backend | quote }}
 PA_IDEMPOTENCY__SQLITE_PATH: {{ include "points-adjuster.sqlitePath" . | quote }}
 {{- end }}
+{{- include "points-adjuster.securitySettings" . | nindent 0 }}
 {{- range (include "points-adjuster.mountedCredentials" . | fromYamlArray) }}
 {{ .setting }}: {{ printf "%s/%s" (include "points-adjuster.credentialsDir" $) .file | quote }}
 {{- end }}
@@ -237,6 +241,7 @@ Refusals with their reasons, included by the StatefulSet (so by every install an
 {{- fail (printf "replicaCount: %d is refused with idempotency.backend sqlite: each replica keeps its own SQLite store on its own volume, so a partition moving to another replica in a rebalance would meet a store that knows none of its claims, and a re-delivered command would be applied twice. Run one replica on SQLite, or several on a store they share: idempotency.backend postgresql (recommended) or redis, with idempotency.dsn (docs/helm.md, Several replicas on a shared store)." (int .Values.replicaCount)) -}}
 {{- end -}}
 {{- include "points-adjuster.validateStore" . -}}
+{{- include "points-adjuster.validateSecurity" . -}}
 {{- $secrets := list "PA_PAS__CONSUMER_KEY" "PA_PAS__SIGNING_KEY_PASSWORD" "PA_PAS__DECRYPTION_KEY_PASSWORD" -}}
 {{- $computed := dict
     "PA_KAFKA__GROUP_INSTANCE_ID" "the pod's name"
@@ -251,6 +256,9 @@ Refusals with their reasons, included by the StatefulSet (so by every install an
 -}}
 {{- range (include "points-adjuster.credentialFiles" . | fromYamlArray) -}}
 {{- $_ := set $computed .setting (printf "credentials.%s" .value) -}}
+{{- end -}}
+{{- range $name, $value := (include "points-adjuster.securityComputed" . | fromYaml) -}}
+{{- $_ := set $computed $name $value -}}
 {{- end -}}
 {{- range $name, $_ := .Values.settings -}}
 {{- if has $name $secrets -}}
