@@ -22,7 +22,10 @@ from typing import Any
 import pytest
 import yaml
 
+from service.kafka.runner import fault_part
 from service.metrics import Metrics
+from service.registry.errors import RegistryUnavailable
+from service.settings import PasSettings
 from service.workers.endpoints import WorkerMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -200,6 +203,43 @@ def test_the_dashboard_shows_what_on_call_reads_first() -> None:
     assert quantiles >= {"0.5", "0.95", "0.99"}
     per_partition = [e for e in exprs if "consumer_lag" in e and "by (partition)" in e]
     assert len(per_partition) >= 2
+
+
+def test_the_dashboard_shows_days_left_per_certificate_at_the_alerts_thresholds() -> None:
+    """One panel shows each certificate's time to expiry in days (seconds over 86,400, one
+    series per certificate label), red under the days of CertificateExpiringSoon (14) and
+    orange under the start-up warning's 30 (PA_PAS__CERTIFICATE_WARNING_DAYS' default)."""
+    (panel,) = [
+        p
+        for p in panels()
+        if any("points_adjuster_certificate_expiry_seconds" in t["expr"] for t in p["targets"])
+    ]
+    (target,) = panel["targets"]
+    assert "by (certificate)" in target["expr"]
+    assert target["expr"].rstrip().endswith("/ 86400")
+    assert target["legendFormat"] == "{{certificate}}"
+    defaults = panel["fieldConfig"]["defaults"]
+    assert defaults["unit"] == "d"
+    steps = [(step["color"], step["value"]) for step in defaults["thresholds"]["steps"]]
+    alert = re.fullmatch(r".*< (\d+) \* 86400", rules()["CertificateExpiringSoon"]["expr"].strip())
+    assert alert is not None
+    alert_days = int(alert.group(1))
+    warning_days = PasSettings.model_fields["certificate_warning_days"].default
+    assert steps == [("red", None), ("orange", alert_days), ("green", warning_days)]
+    assert (alert_days, warning_days) == (14, 30)
+
+
+def test_the_dashboard_shows_the_schema_registrys_faults() -> None:
+    """A panel shows the records held up by the schema registry (faults of part registry),
+    the part the runner counts a RegistryError under."""
+    assert fault_part(RegistryUnavailable("GET /schemas/ids/7: timed out")) == "registry"
+    registry = [
+        t["expr"]
+        for p in panels()
+        for t in p["targets"]
+        if "points_adjuster_faults_total" in t["expr"] and 'part="registry"' in t["expr"]
+    ]
+    assert len(registry) == 1
 
 
 def test_the_dashboard_is_a_grafana_dashboard_laid_out_without_overlap() -> None:
