@@ -685,21 +685,17 @@ class SqliteStore:
             status = decide_claim(existing, fingerprint, owner, now)
             token = next_token(existing)
             if status is ClaimStatus.CLAIMED and existing is None:
-                self._db.execute(
-                    "INSERT INTO idempotency (key, fingerprint, state, owner, lease_until,"
-                    " attempts, created_at, updated_at, token)"
-                    " VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?)",
-                    (
-                        key,
-                        fingerprint,
-                        State.IN_FLIGHT.value,
-                        owner,
-                        _ts(lease_until),
-                        _ts(now),
-                        _ts(now),
-                        token,
-                    ),
+                row = (
+                    *(key, fingerprint, State.IN_FLIGHT.value, owner, _ts(lease_until), 0),
+                    *(_ts(now), _ts(now), None, None, 0, None, token),
                 )
+                self._db.execute(
+                    f"INSERT INTO idempotency ({COLUMNS}) VALUES ({', '.join('?' * len(row))})",
+                    row,
+                )
+                # The row as a SELECT would read it back (TEXT, INTEGER and REAL keep Python's
+                # str, int and float exactly), without reading it back.
+                return Claim(status, _row_to_record(row, str(self._path)))
             elif status is ClaimStatus.CLAIMED:  # a released key, taken again by its command
                 self._db.execute(
                     "UPDATE idempotency SET state = ?, owner = ?, lease_until = ?, attempts = 0,"

@@ -288,6 +288,24 @@ async def test_concurrent_claims_are_group_committed_and_persisted(tmp_path: Pat
         await reopened.close()
 
 
+async def test_a_fresh_claim_returns_the_record_as_stored(tmp_path: Path) -> None:
+    """The record of a new claim is built from the values inserted, not read back: it is the
+    record the store then reads, field for field."""
+    store = await SqliteStore.open(tmp_path / "fresh.sqlite3")
+    try:
+        claim = await store.claim("k-fresh", FP, owner=ME, now=T0, lease_s=LEASE_S)
+        assert claim.status is ClaimStatus.CLAIMED
+        assert await store.get("k-fresh") == claim.record
+        assert claim.record.lease_until == T0 + timedelta(seconds=LEASE_S)
+        assert (claim.record.attempts, claim.record.published, claim.record.outcome) == (
+            0,
+            False,
+            None,
+        )
+    finally:
+        await store.close()
+
+
 async def test_a_call_losing_ownership_in_a_batch_fails_alone(tmp_path: Path) -> None:
     """A finish by a non-owner batched among claims raises OwnershipLostError; the claims
     around it in the same transaction are committed, and the record it aimed at is intact."""
