@@ -365,9 +365,10 @@ async def wait_done(
 
 
 async def run_row(rig: Rig, row: WorkersRow, cfg: Config) -> None:
-    topo = Topology(rig.bootstrap, f"workers{row.workers}-{uuid.uuid4().hex[:6]}")
+    run_id = uuid.uuid4().hex[:6]
+    topo = Topology(rig.bootstrap, f"workers{row.workers}-{run_id}")
     names = topo.names
-    folder = rig.workdir / f"workers-{row.workers}"
+    folder = rig.workdir / f"workers-{row.workers}-{run_id}"  # a fresh SQLite file per row
     folder.mkdir(parents=True, exist_ok=True)
     await create_topics(
         rig.bootstrap,
