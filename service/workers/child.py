@@ -76,8 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = worker_settings(load_settings(), args.index)
         configure_logging(settings.log.level, settings.log.format)
-        from service.eventloop import run
+        from service.app import run_service  # noqa: F401  (imported before the freeze)
+        from service.eventloop import collect_less, run
 
+        collect_less()  # as a single-process run does (service.cli)
         run(run_worker(settings, lifeline, args.lock), settings.event_loop)
     except (ConfigError, StartupError) as exc:
         what = f"invalid setting {exc}" if isinstance(exc, ConfigError) else str(exc)
