@@ -149,7 +149,7 @@ bench-quick: setup kafka-jars store-tools  ## the reduced end-to-end sweep (abou
 profile: setup kafka-jars store-tools  ## py-spy profile of the service and of the plumbing floor over one bench row (sweep-p12-a10000, 5,000 commands): top frames in µs per adjustment, in .cache/profile/
 	$(BIN)/python benchmarks/bench_throughput.py --only sweep-p12-a10000 --commands 5000 --profile .cache/profile
 
-bench-transport: setup  ## client CPU per PAS call: httpx's transport vs aiohttp's
+bench-transport: setup  ## client CPU per PAS call: httpx's transport, aiohttp's and ours
 	$(BIN)/python benchmarks/bench_transport.py
 
 bench-security: setup  ## per-request signing/encryption cost next to the raw RSA/AES floor

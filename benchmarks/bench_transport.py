@@ -1,11 +1,13 @@
-"""Client CPU per signed + encrypted PAS call: httpx's own transport vs httpx + aiohttp.
+"""Client CPU per signed + encrypted PAS call: httpx's own transport, httpx + aiohttp, ours.
 
 The service's ``PasClient`` (JWE-encrypt, OAuth1-sign, POST, decrypt the answer) calls the
 PAS sandbox running as a separate process with no latency, through
 
 * ``httpx`` with its default transport (httpcore's connection pool), as the service does;
 * ``httpx`` with the ``httpx-aiohttp`` transport (``AiohttpTransport``: aiohttp's connector
-  underneath the same ``httpx.AsyncClient`` API),
+  underneath the same ``httpx.AsyncClient`` API);
+* ``httpx`` with our own transport (``service.pas.native.NativeTransport``: HTTP/1.1
+  keep-alive on asyncio, ``PA_PAS__HTTP_TRANSPORT=native``),
 
 at concurrency 1 and 100 (``--concurrency``). For each it reports this process's CPU time
 (``time.process_time``) per request, and that minus the crypto of one request (encrypt + sign
@@ -28,6 +30,7 @@ import importlib.util
 import json
 import platform
 import shutil
+import ssl
 import sys
 import tempfile
 import time
@@ -93,9 +96,22 @@ async def httpx_aiohttp(settings: PasSettings) -> AsyncIterator[httpx.AsyncClien
         yield client
 
 
+@asynccontextmanager
+async def httpx_native(settings: PasSettings) -> AsyncIterator[httpx.AsyncClient]:
+    """The same client on our own transport (``service.pas.native``)."""
+    from service.pas.native import NativeTransport
+
+    transport = NativeTransport(ssl_context=ssl.create_default_context(), limits=limits(settings))
+    async with httpx.AsyncClient(
+        timeout=http_timeout(settings), transport=transport, follow_redirects=False
+    ) as client:
+        yield client
+
+
 TRANSPORTS: dict[str, HttpFactory] = {
     "httpx (httpcore)": httpx_default,
     "httpx + aiohttp": httpx_aiohttp,
+    "httpx + native": httpx_native,
 }
 
 
@@ -312,6 +328,14 @@ def report(args: argparse.Namespace, figures: Figures, floor: CryptoFloor) -> di
                 f"c={concurrency}: httpx+aiohttp's rest is {ratio:.2f}x httpcore's: it uses"
                 f" {saved:,.0f} µs {'less' if saved >= 0 else 'more'} CPU per request"
                 f" ({abs(saved) / base.cpu_us * 100:.0f} % of httpcore's whole request)"
+            )
+        native = by_name.get("httpx + native")
+        if other and native and other.rest_us(crypto_us) > 0:
+            saved = other.cpu_us - native.cpu_us
+            print(
+                f"c={concurrency}: native's rest is"
+                f" {native.rest_us(crypto_us) / other.rest_us(crypto_us):.2f}x httpx+aiohttp's:"
+                f" {abs(saved):,.0f} µs {'less' if saved >= 0 else 'more'} CPU per request"
             )
     return ratios
 

@@ -15,8 +15,9 @@ A refused answer comes back as an ``Answer`` whose ``body`` is ``None`` and ``re
 why; the response is always closed, so an unread one drops its connection. Transport
 failures are httpx's ``RequestError``s, left to the caller to classify.
 
-Neither transport inflates under ``aiter_raw``: httpcore hands over the bytes as received,
-and httpx-aiohttp's transport passes ``auto_decompress=False`` to aiohttp on every request.
+No transport inflates under ``aiter_raw``: httpcore and ours (``service.pas.native``) hand
+over the bytes as received, and httpx-aiohttp's transport passes ``auto_decompress=False``
+to aiohttp on every request.
 
 Both PAS clients (the adjustment and the history) exchange through here, and share what
 goes with it: the correlation headers, the least time worth sending a request with, and how

@@ -370,14 +370,15 @@ async def open_http_client(
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The one pooled HTTP client of the process, on the transport the settings choose.
 
-    Both transports get the same TLS context: ``tls``, or the one the settings describe
+    Every transport gets the same TLS context: ``tls``, or the one the settings describe
     (``service.pas.tls``: TLS 1.2 at least, the certificate and host name always verified,
     the CA bundle and client certificate of the settings). Redirects are never followed:
     a 3xx is PAS's answer, not a place to send a signed adjustment to.
 
-    Neither transport decompresses what ``bounded.exchange`` reads: httpcore returns the
-    bytes as received, and httpx-aiohttp's transport passes ``auto_decompress=False`` to
-    aiohttp on each request (``tests/integration/test_pas_hostile.py`` holds it to that).
+    No transport decompresses what ``bounded.exchange`` reads: httpcore and our own
+    (``service.pas.native``) return the bytes as received, and httpx-aiohttp's transport
+    passes ``auto_decompress=False`` to aiohttp on each request
+    (``tests/integration/test_pas_hostile.py`` holds each to that).
     """
     if tls is None:
         tls = load_pas_tls(settings, now=datetime.now(UTC)).context
@@ -390,6 +391,10 @@ async def open_http_client(
         from httpx_aiohttp import AiohttpTransport
 
         transport = AiohttpTransport(verify=tls, limits=limits)
+    elif settings.http_transport == "native":
+        from service.pas.native import NativeTransport
+
+        transport = NativeTransport(ssl_context=tls, limits=limits)
     async with _CookielessClient(
         timeout=http_timeout(settings),
         limits=limits,

@@ -1,7 +1,7 @@
 """TLS of the connection to PAS: the one ``ssl.SSLContext`` the HTTP client is given.
 
-Both transports under httpx (httpcore's and aiohttp's) take this context, so what it says
-holds whichever is chosen:
+Every transport under httpx (httpcore's, aiohttp's and ours, ``service.pas.native``) takes
+this context, so what it says holds whichever is chosen:
 
 - TLS 1.2 at least (``MIN_TLS_VERSION``); the certificate chain verified and the host name
   checked, always (no setting turns either off);

@@ -1,6 +1,6 @@
 """A hostile PAS over a real socket cannot hold a call past its deadline or exhaust memory.
 
-The server is aiohttp.web on 127.0.0.1 (port 0); every test runs on both HTTP transports
+The server is aiohttp.web on 127.0.0.1 (port 0); every test runs on each HTTP transport
 under httpx. The base URL names the server's behaviour: ``/stall``, ``/trickle``, ``/huge``,
 ``/bomb`` or ``/ok``, each followed by the adjustment path.
 """
@@ -35,7 +35,7 @@ HUGE_BYTES = 50 * 1024 * 1024
 BOMB_INFLATED_BYTES = 100 * 1024 * 1024
 CHUNK = b"x" * 65_536
 PEAK_LIMIT = 4 * 1024 * 1024
-TRANSPORTS = pytest.mark.parametrize("transport", ["httpx", "aiohttp"])
+TRANSPORTS = pytest.mark.parametrize("transport", ["httpx", "aiohttp", "native"])
 
 
 @pytest.fixture(scope="module")

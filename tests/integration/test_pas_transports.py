@@ -1,4 +1,4 @@
-"""Both HTTP transports classify every way a call can end the same, against the real sandbox."""
+"""Every HTTP transport classifies every way a call can end the same, against the real sandbox."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ async def call(settings: PasSettings) -> tuple[Transport | None, int | None, Act
     return seen.transport, seen.status, classify(seen).action
 
 
-@pytest.mark.parametrize("transport", ["httpx", "aiohttp"])
+@pytest.mark.parametrize("transport", ["httpx", "aiohttp", "native"])
 @pytest.mark.parametrize(
     ("faults", "expected_transport", "expected_action", "applied"),
     [
@@ -88,7 +88,7 @@ async def test_each_ending_is_classified_safely(
     assert ledger == applied
 
 
-@pytest.mark.parametrize("transport", ["httpx", "aiohttp"])
+@pytest.mark.parametrize("transport", ["httpx", "aiohttp", "native"])
 async def test_a_refused_connection_is_not_sent(dev_keyset: DevKeySet, transport: str) -> None:
     """Nothing listening: the call is classified as never sent, so retrying is safe."""
     port = free_port()
