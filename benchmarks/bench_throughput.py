@@ -224,7 +224,7 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     parser.add_argument("--max-buffered", type=int, help="PA_PROCESSING__MAX_BUFFERED")
     parser.add_argument(
         "--http-transport",
-        choices=("httpx", "aiohttp"),
+        choices=("httpx", "aiohttp", "native"),
         help="PA_PAS__HTTP_TRANSPORT (default: the service's own default)",
     )
     parser.add_argument("--workdir", type=Path, help="parent of the temporary folder")
