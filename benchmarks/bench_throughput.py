@@ -31,6 +31,13 @@ Usage (from the repository root)::
 
     .venv/bin/python benchmarks/bench_throughput.py [--quick] [--commands N]
         [--latency-ms 50] [--plain-responses] [--only SCENARIO[,SCENARIO...]] [--json out.json]
+        [--http-transport aiohttp|native|httpx] [--pin [--service-core N]]
+
+``--pin`` (2 or more cores) gives every service process of the run a core of its own and
+pins the broker, the sandbox and this process (the load generator) to the others
+(``pinning.py``), for all rows: with ``--only sweep-p12-a<widest>,paced`` the paced rate is
+half the pinned setup's maximum. Each row prints every core's busy share and where the
+service's threads ran, and the service's ``PA_PAS__HTTP_TRANSPORT``.
 
 Exit code 0 when every scenario ran and its outcomes checked out (targets missed do not
 fail the run), 1 otherwise, 130 when interrupted. Linux only.
@@ -88,6 +95,17 @@ from benchkit import (
     self_cpu_seconds,
     start_sandbox,
 )
+from pinning import (
+    CorePlan,
+    affinity,
+    core_busy_pct,
+    core_list,
+    format_core_busy,
+    pin_process,
+    pin_tree,
+    read_core_ticks,
+    threads_by_cpu,
+)
 from profile_summary import read as read_profile
 from profile_summary import render as render_profile
 
@@ -96,7 +114,7 @@ from pa_devkit.keys import DevKeySet, generate_dev_keyset
 from pa_devkit.localinfra.broker_config import free_port
 from service.codec.avro import COMMAND, COMPLETED, AvroCodec
 from service.kafka.clients import ensure_topics, partitions_of
-from service.settings import KafkaSettings
+from service.settings import KafkaSettings, PasSettings
 from service.tools.generate import generate_commands
 from service.tools.send import command_key
 
@@ -154,6 +172,8 @@ class Config:
     plumbing_floor: bool = True
     profile_dir: Path | None = None
     profile_rate: int = 200
+    pin: bool = False
+    service_core: int | None = None
 
     @property
     def encrypted_responses(self) -> bool:
@@ -249,7 +269,22 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     parser.add_argument(
         "--profile-rate", type=int, default=200, help="py-spy samples per second (200)"
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="give the service (every service process of the run, and the plumbing floor's"
+        " pipeline) a core of its own and pin the broker, the sandbox and this load generator"
+        " to the other cores (sched_setaffinity, every thread); needs 2 or more cores",
+    )
+    parser.add_argument(
+        "--service-core",
+        type=int,
+        metavar="N",
+        help="with --pin: the service's core (default: the highest this process may use)",
+    )
     args = parser.parse_args(argv)
+    if args.service_core is not None and not args.pin:
+        parser.error("--service-core goes with --pin")
     quick: bool = args.quick
 
     def pick(value: Any, full: Any, reduced: Any) -> Any:
@@ -295,6 +330,8 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         plumbing_floor=args.plumbing_floor,
         profile_dir=args.profile_dir.resolve() if args.profile_dir else None,
         profile_rate=args.profile_rate,
+        pin=args.pin,
+        service_core=args.service_core,
     )
 
 
@@ -418,6 +455,10 @@ class Result:
     others_cpu_ms_per_adj: float = float("nan")  # CPU of processes this run did not start
     others_pct: float = float("nan")  # the same as a share of the machine over the run
     idle_cpu_ms_per_s: float = float("nan")  # the service's CPU with nothing to do (paced)
+    core_busy_pct: dict[int, float] = field(default_factory=dict)  # each core, ready -> end
+    http_transport: str = ""  # the service's PA_PAS__HTTP_TRANSPORT
+    service_cores: str = ""  # the cores the service may run on (its affinity), e.g. "1"
+    service_threads_by_cpu: dict[int, int] = field(default_factory=dict)  # at the end
     peak_rss_mb: float = 0.0
     rss_mb_at_end: float = 0.0
     paced_rate: float = 0.0
@@ -474,6 +515,7 @@ class Bench:
     workdir: Path
     results: list[Result] = field(default_factory=list)
     plumbing: PlumbingFloor | None = None
+    cores: CorePlan | None = None  # --pin: the service's core and the others'
 
     def result(self, name: str) -> Result | None:
         return next((r for r in self.results if r.name == name and not r.problems), None)
@@ -885,6 +927,7 @@ async def measure_plumbing_floor(bench: Bench) -> PlumbingFloor:
             cwd=folder,
             log_path=folder / "plumbing.log",
         )
+        pin_service(bench, child.pid)
         try:
             ready = out.with_suffix(".ready")
             deadline = time.monotonic() + READY_TIMEOUT_S
@@ -892,6 +935,7 @@ async def measure_plumbing_floor(bench: Bench) -> PlumbingFloor:
                 if not child.alive or time.monotonic() > deadline:
                     raise BenchError(f"the plumbing floor did not start:\n{child.log_tail()}")
                 await asyncio.sleep(0.05)
+            pin_service(bench, child.pid)  # threads started before the first pinning
             before = Snapshot.take(bench, child)
             async with profiled(cfg, sc.name, child.pid) as profile:
                 deadline = time.monotonic() + sc.cap_s
@@ -970,6 +1014,58 @@ def report_profile(path: Path, loop_ms_per_adj: float) -> None:
     print("\n".join("    " + line for line in text.splitlines()[:24]), flush=True)
 
 
+def service_transport(env: dict[str, str]) -> str:
+    """The PA_PAS__HTTP_TRANSPORT the service runs with: its environment's (names are not
+    case-sensitive to the service's settings), else the settings' default."""
+    for name, value in env.items():
+        if name.upper() == "PA_PAS__HTTP_TRANSPORT":
+            return value
+    return str(PasSettings.model_fields["http_transport"].default)
+
+
+def pin_service(bench: Bench, pid: int) -> None:
+    """With --pin: every thread of the service process ``pid`` onto the service's core."""
+    if bench.cores is not None:
+        pin_tree(pid, bench.cores.service)
+
+
+def placement(result: Result) -> str:
+    """Each core's busy share over the row, and where the service ran with which transport."""
+    threads = ", ".join(
+        f"cpu{core} x{count}" for core, count in sorted(result.service_threads_by_cpu.items())
+    )
+    return (
+        f"cores busy (ready -> last outcome): {format_core_busy(result.core_busy_pct)}; the"
+        f" service (PA_PAS__HTTP_TRANSPORT={result.http_transport}) may run on CPU"
+        f" {result.service_cores or '-'}, its threads last ran on {threads or '-'}"
+    )
+
+
+def pin_the_rest(bench: Bench) -> None:
+    """With --pin: the broker, the sandbox and this process (the load generator and the
+    outcome reader) onto the other cores, every thread; says which core runs what."""
+    plan = bench.cores
+    if plan is None:
+        return
+    print(f"pinning (--pin): {plan.describe()}", flush=True)
+    parts = []
+    if bench.broker_pid is None:
+        parts.append("the broker is external: not pinned")
+    else:
+        threads = pin_tree(bench.broker_pid, plan.others)
+        parts.append(f"broker pid {bench.broker_pid} ({threads} threads)")
+    sandbox_pid = bench.sandbox.child.pid
+    parts.append(f"sandbox pid {sandbox_pid} ({pin_tree(sandbox_pid, plan.others)} threads)")
+    own = pin_process(os.getpid(), plan.others)
+    parts.append(f"this benchmark (the load generator) pid {os.getpid()} ({own} threads)")
+    print(f"    on CPU {core_list(plan.others)}: " + "; ".join(parts), flush=True)
+    print(
+        f"    on CPU {core_list(plan.service)}: each service process (and the plumbing"
+        " floor's), pinned as it starts and again once ready",
+        flush=True,
+    )
+
+
 def paced_rate(bench: Bench, result: Result, share: float) -> float:
     """``share`` of the maximum rate; ``--paced-rate`` gives the rate at a share of 0.5."""
     cfg = bench.cfg
@@ -1018,6 +1114,7 @@ async def measure_service(
         env["PYTHONPATH"] = os.pathsep.join(
             part for part in (str(cfg.service_root), env.get("PYTHONPATH", "")) if part
         )
+    result.http_transport = service_transport(env)
     launched = time.time()
     child = bench.children.start(
         f"service {sc.name}",
@@ -1026,6 +1123,7 @@ async def measure_service(
         cwd=scenario_dir,
         log_path=scenario_dir / "service.log",
     )
+    pin_service(bench, child.pid)  # before the interpreter has started any thread
     pacer: asyncio.Task[None] | None = None
     profile: Path | None = None
     try:
@@ -1034,6 +1132,8 @@ async def measure_service(
         ) as http:
             ready_at = await wait_ready(child, http)
             result.ready_s = ready_at - launched
+            pin_service(bench, child.pid)  # again: a thread that slipped through the first
+            result.service_cores = core_list(affinity(child.pid))
             before = Snapshot.take(bench, child)
             result.startup_cpu_s = before.service_user + before.service_sys
             durations0 = await command_durations(http)
@@ -1056,6 +1156,7 @@ async def measure_service(
                     child, http, len(commands), ready_at + sc.cap_s
                 )
                 after = Snapshot.take(bench, child)
+                result.service_threads_by_cpu = threads_by_cpu(child.pid)
             durations1 = await command_durations(http)
             result.acked_p50_ms = histogram_quantile(durations0, durations1, 0.50) * 1000
             result.acked_p99_ms = histogram_quantile(durations0, durations1, 0.99) * 1000
@@ -1093,6 +1194,7 @@ class Snapshot:
     bench: float
     busy_ticks: int
     total_ticks: int
+    core_ticks: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     @classmethod
     def take(cls, bench: Bench, service: Child) -> Snapshot:
@@ -1107,6 +1209,7 @@ class Snapshot:
             self_cpu_seconds(),
             busy,
             total,
+            read_core_ticks(),
         )
 
 
@@ -1123,6 +1226,7 @@ def attribute_cpu(result: Result, before: Snapshot, after: Snapshot, adjustments
     result.sandbox_cpu_ms_per_adj = per_adj(after.sandbox - before.sandbox)
     result.broker_cpu_ms_per_adj = per_adj(after.broker - before.broker)
     result.bench_cpu_ms_per_adj = per_adj(after.bench - before.bench)
+    result.core_busy_pct = core_busy_pct(before.core_ticks, after.core_ticks)
     total = after.total_ticks - before.total_ticks
     if total <= 0:
         return
@@ -1468,6 +1572,8 @@ def evaluate(bench_results: list[Result], cfg: Config, floor: CryptoFloor) -> li
                 f"{paced.paced_rate:.0f}/s, p50 {fmt(paced.acked_p50_ms, 0)} ms; end to end"
                 f" p50/p99 {fmt(paced.e2e_p50_ms, 0)}/{fmt(paced.e2e_p99_ms, 0)} ms; box"
                 f" {fmt(paced.machine_busy_pct, 0)} % busy"
+                f" ({format_core_busy(paced.core_busy_pct)}); {paced.http_transport}"
+                + (f"; service pinned to CPU {paced.service_cores}" if cfg.pin else "")
                 if paced
                 else "",
             )
@@ -1598,6 +1704,7 @@ async def run_all(bench: Bench, scenarios: list[Scenario]) -> None:
                 f" {result.peak_rss_mb:.1f} MB  ({result.wall_s:.0f} s wall)",
                 flush=True,
             )
+            print(f"    {placement(result)}", flush=True)
             if result.kind == "paced":
                 print(
                     f"    in service (received -> outcome acknowledged, the service's histogram)"
@@ -1626,6 +1733,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not scenarios:
         print(f"no scenario matches {', '.join(cfg.only)}", file=sys.stderr)
         return 2
+    try:
+        pinning = CorePlan.choose(os.sched_getaffinity(0), cfg.service_core) if cfg.pin else None
+    except BenchError as exc:
+        print(f"bench_throughput: {exc}", file=sys.stderr)
+        return 2
+    transport = cfg.http_transport or service_transport(dict(os.environ))
     facts: dict[str, Any] = {
         "cpus": os.cpu_count(),
         "cpu_model": cpu_model(),
@@ -1634,6 +1747,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "loadavg_at_start": os.getloadavg(),
         "git": git_facts(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "service_http_transport": transport,
+        "pinning": (
+            {"service": sorted(pinning.service), "others": sorted(pinning.others)}
+            if pinning
+            else None
+        ),
     }
     print(
         f"points-adjuster throughput benchmark{' (--quick)' if cfg.quick else ''}:"
@@ -1643,7 +1762,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" commit {facts['git']['commit']}"
         + (f" + {len(facts['git']['service_changes'])} changed file(s) in service/")
         + (f", service from {cfg.service_root}" if cfg.service_root else "")
-        + (f", PA_PAS__HTTP_TRANSPORT={cfg.http_transport}" if cfg.http_transport else ""),
+        + f", the service's PA_PAS__HTTP_TRANSPORT={transport}"
+        + (" (--http-transport)" if cfg.http_transport else " (its default here)")
+        + (f", pinned: {pinning.describe()}" if pinning else ", not pinned"),
         flush=True,
     )
     idle = machine_busy_pct(1.0)
@@ -1700,7 +1821,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     keyset,
                     AvroCodec.from_directory(),
                     workdir,
+                    cores=pinning,
                 )
+                pin_the_rest(bench)
                 asyncio.run(run_all(bench, scenarios))
             finally:
                 children.stop_all()  # before the broker goes
