@@ -82,6 +82,7 @@ from benchkit import (
     Sandbox,
     cpu_times,
     filesystem_of,
+    format_window,
     histogram_buckets,
     histogram_quantile,
     machine_busy_pct,
@@ -94,6 +95,7 @@ from benchkit import (
     raise_keyboard_interrupt_on_sigterm,
     self_cpu_seconds,
     start_sandbox,
+    window_counts,
 )
 from pinning import (
     CorePlan,
@@ -120,6 +122,7 @@ from service.tools.send import command_key
 
 REPO = Path(__file__).resolve().parent.parent
 OUTCOMES_METRIC = "points_adjuster_outcomes_total"
+PAS_DURATION_METRIC = "points_adjuster_pas_request_duration_seconds"
 COMMAND_DURATION_METRIC = "points_adjuster_command_duration_seconds"
 """The service's histogram of each command's time in it: from taking the record from a fetch
 to its outcome acknowledged by the broker (acks=all)."""
@@ -459,6 +462,12 @@ class Result:
     http_transport: str = ""  # the service's PA_PAS__HTTP_TRANSPORT
     service_cores: str = ""  # the cores the service may run on (its affinity), e.g. "1"
     service_threads_by_cpu: dict[int, int] = field(default_factory=dict)  # at the end
+    # The window's observations by bucket (upper bound s, count): the service's histograms
+    # of a command's time in it and of its PAS calls (as the client times them).
+    acked_buckets: list[tuple[float, float]] = field(default_factory=list)
+    pas_buckets: list[tuple[float, float]] = field(default_factory=list)
+    pas_p50_ms: float = float("nan")
+    pas_p99_ms: float = float("nan")
     peak_rss_mb: float = 0.0
     rss_mb_at_end: float = 0.0
     paced_rate: float = 0.0
@@ -780,8 +789,13 @@ async def wait_ready(child: Child, http: httpx.AsyncClient) -> float:
     raise BenchError(f"the service was not ready after {READY_TIMEOUT_S:.0f} s")
 
 
-async def command_durations(http: httpx.AsyncClient) -> dict[float, float]:
-    return histogram_buckets((await http.get("/metrics")).text, COMMAND_DURATION_METRIC)
+async def durations(http: httpx.AsyncClient) -> dict[str, dict[float, float]]:
+    """The service's histograms of a command's time in it and of its PAS calls."""
+    text = (await http.get("/metrics")).text
+    return {
+        name: histogram_buckets(text, name)
+        for name in (COMMAND_DURATION_METRIC, PAS_DURATION_METRIC)
+    }
 
 
 async def outcome_count(http: httpx.AsyncClient) -> int:
@@ -1136,7 +1150,7 @@ async def measure_service(
             result.service_cores = core_list(affinity(child.pid))
             before = Snapshot.take(bench, child)
             result.startup_cpu_s = before.service_user + before.service_sys
-            durations0 = await command_durations(http)
+            durations0 = await durations(http)
             if sc.kind == "paced":
                 await asyncio.sleep(1.0)  # let the group settle
                 idle0 = sum(cpu_times(child.pid))
@@ -1144,7 +1158,7 @@ async def measure_service(
                 idle1 = sum(cpu_times(child.pid))
                 result.idle_cpu_ms_per_s = (idle1 - idle0) * 1000 / IDLE_SAMPLE_S
                 before = Snapshot.take(bench, child)
-                durations0 = await command_durations(http)
+                durations0 = await durations(http)
                 rate = result.paced_rate
                 pacer = asyncio.create_task(
                     produce_paced(
@@ -1157,9 +1171,18 @@ async def measure_service(
                 )
                 after = Snapshot.take(bench, child)
                 result.service_threads_by_cpu = threads_by_cpu(child.pid)
-            durations1 = await command_durations(http)
-            result.acked_p50_ms = histogram_quantile(durations0, durations1, 0.50) * 1000
-            result.acked_p99_ms = histogram_quantile(durations0, durations1, 0.99) * 1000
+            durations1 = await durations(http)
+            acked0, acked1 = (
+                durations0[COMMAND_DURATION_METRIC],
+                durations1[COMMAND_DURATION_METRIC],
+            )
+            result.acked_p50_ms = histogram_quantile(acked0, acked1, 0.50) * 1000
+            result.acked_p99_ms = histogram_quantile(acked0, acked1, 0.99) * 1000
+            result.acked_buckets = window_counts(acked0, acked1)
+            pas0, pas1 = durations0[PAS_DURATION_METRIC], durations1[PAS_DURATION_METRIC]
+            result.pas_p50_ms = histogram_quantile(pas0, pas1, 0.50) * 1000
+            result.pas_p99_ms = histogram_quantile(pas0, pas1, 0.99) * 1000
+            result.pas_buckets = window_counts(pas0, pas1)
             result.peak_rss_mb, result.rss_mb_at_end = memory_mb(child.pid)
             if pacer is not None:
                 if capped and not pacer.done():
@@ -1717,6 +1740,13 @@ async def run_all(bench: Bench, scenarios: list[Scenario]) -> None:
                     + " ".join(fmt(v, 0) for v in result.p99_by_second_ms),
                     flush=True,
                 )
+                print(
+                    f"    in service by bucket: {format_window(result.acked_buckets)}; its PAS"
+                    f" calls (the client's timing) p50/p99 {fmt(result.pas_p50_ms, 0)}/"
+                    f"{fmt(result.pas_p99_ms, 0)} ms, by bucket:"
+                    f" {format_window(result.pas_buckets)}",
+                    flush=True,
+                )
         bench.results.append(result)
 
 
@@ -1882,6 +1912,8 @@ def write_json(
     def clean(value: Any) -> Any:
         if isinstance(value, float) and math.isnan(value):
             return None
+        if isinstance(value, float) and math.isinf(value):
+            return "+Inf" if value > 0 else "-Inf"  # a histogram's last bound
         if isinstance(value, dict):
             return {k: clean(v) for k, v in value.items()}
         if isinstance(value, list | tuple):

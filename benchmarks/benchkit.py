@@ -463,6 +463,37 @@ def histogram_quantile(
     return lower
 
 
+def window_counts(
+    before: dict[float, float], after: dict[float, float]
+) -> list[tuple[float, float]]:
+    """(upper bound, observations in that bucket alone) of what a histogram observed between
+    two scrapes, by bound; the +Inf bucket last."""
+    counts: list[tuple[float, float]] = []
+    below = 0.0
+    for bound in sorted(after):
+        cumulative = after[bound] - before.get(bound, 0.0)
+        counts.append((bound, cumulative - below))
+        below = cumulative
+    return counts
+
+
+def format_window(counts: list[tuple[float, float]]) -> str:
+    """``<=50 ms 3, 50-60 ms 120, >30000 ms 1``: the buckets that observed anything."""
+    parts: list[str] = []
+    lower = 0.0
+    for bound, count in counts:
+        if count > 0:
+            if math.isinf(bound):
+                label = f">{lower * 1000:g} ms"
+            elif lower == 0:
+                label = f"<={bound * 1000:g} ms"
+            else:
+                label = f"{lower * 1000:g}-{bound * 1000:g} ms"
+            parts.append(f"{label} {count:,.0f}")
+        lower = bound
+    return ", ".join(parts) or "nothing observed"
+
+
 def percentile(values: Sequence[float], share: float) -> float:
     """Nearest-rank percentile (``share`` in 0..1) of ``values``; NaN when empty."""
     if not values:

@@ -17,7 +17,14 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from bench_throughput import parse_args, service_transport
-from benchkit import BenchError, descendants, histogram_buckets, histogram_quantile
+from benchkit import (
+    BenchError,
+    descendants,
+    format_window,
+    histogram_buckets,
+    histogram_quantile,
+    window_counts,
+)
 from pinning import (
     CorePlan,
     affinity,
@@ -173,3 +180,13 @@ def test_pin_tree_pins_every_thread_of_a_process_and_of_its_children() -> None:
             os.kill(pid, signal.SIGTERM)
         parent.terminate()
         parent.wait(10)
+
+
+def test_window_counts_are_each_buckets_own_observations_between_two_scrapes() -> None:
+    before = {0.05: 10.0, 0.06: 10.0, 0.1: 10.0, math.inf: 10.0}
+    after = histogram_buckets(SCRAPE, "points_adjuster_command_duration_seconds")
+    counts = window_counts(before, after)
+    assert counts == [(0.05, 0.0), (0.06, 50.0), (0.1, 30.0), (math.inf, 10.0)]
+    assert format_window(counts) == "50-60 ms 50, 60-100 ms 30, >100 ms 10"
+    assert format_window([(0.05, 3.0), (math.inf, 0.0)]) == "<=50 ms 3"
+    assert format_window(window_counts(after, after)) == "nothing observed"
