@@ -254,10 +254,10 @@ class PasSettings(BaseModel):
     )
     pool_timeout_s: float = Field(5.0, gt=0, description="Wait for a free pooled connection.")
     http_transport: Literal["httpx", "aiohttp", "native"] = Field(
-        "aiohttp",
-        description="HTTP transport under httpx: its own (httpcore), aiohttp's (less CPU per"
-        " request), or ours (native: HTTP/1.1 keep-alive on asyncio, the least CPU; see"
-        " docs/benchmarks.md).",
+        "native",
+        description="HTTP transport under httpx: ours (native, the default: HTTP/1.1"
+        " keep-alive on asyncio, the least CPU), aiohttp's, or httpx's own (httpcore); see"
+        " docs/benchmarks.md.",
     )
     max_connections: int = Field(100, ge=1, description="Size of the HTTP connection pool.")
     max_points: int = Field(1_000_000, ge=1, description="Largest absolute pointsToAdjust.")
