@@ -212,7 +212,10 @@ async def negotiated_version(port: int, tls: DevTlsSet) -> str | None:
         version: str | None = writer.get_extra_info("ssl_object").version()
     finally:
         writer.close()
-        await writer.wait_closed()
+        # The handshake server may drop the connection with a reset once the handshake is
+        # done (seen once in CI): the version was read already, the close is only tidying.
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
     return version
 
 
