@@ -124,6 +124,7 @@ REPO = Path(__file__).resolve().parent.parent
 OUTCOMES_METRIC = "points_adjuster_outcomes_total"
 PAS_DURATION_METRIC = "points_adjuster_pas_request_duration_seconds"
 COMMAND_DURATION_METRIC = "points_adjuster_command_duration_seconds"
+ADDED_METRIC = "points_adjuster_command_service_added_seconds"
 """The service's histogram of each command's time in it: from taking the record from a fetch
 to its outcome acknowledged by the broker (acks=all)."""
 READY_TIMEOUT_S = 90.0
@@ -468,6 +469,11 @@ class Result:
     pas_buckets: list[tuple[float, float]] = field(default_factory=list)
     pas_p50_ms: float = float("nan")
     pas_p99_ms: float = float("nan")
+    # What the service adds to a command's PAS calls (its time in service less theirs),
+    # per command, from the service's own histogram over the same window.
+    added_buckets: list[tuple[float, float]] = field(default_factory=list)
+    added_p50_ms: float = float("nan")
+    added_p99_ms: float = float("nan")
     peak_rss_mb: float = 0.0
     rss_mb_at_end: float = 0.0
     paced_rate: float = 0.0
@@ -790,11 +796,12 @@ async def wait_ready(child: Child, http: httpx.AsyncClient) -> float:
 
 
 async def durations(http: httpx.AsyncClient) -> dict[str, dict[float, float]]:
-    """The service's histograms of a command's time in it and of its PAS calls."""
+    """The service's histograms of a command's time in it, of its PAS calls and of what it
+    adds to them."""
     text = (await http.get("/metrics")).text
     return {
         name: histogram_buckets(text, name)
-        for name in (COMMAND_DURATION_METRIC, PAS_DURATION_METRIC)
+        for name in (COMMAND_DURATION_METRIC, PAS_DURATION_METRIC, ADDED_METRIC)
     }
 
 
@@ -1183,6 +1190,10 @@ async def measure_service(
             result.pas_p50_ms = histogram_quantile(pas0, pas1, 0.50) * 1000
             result.pas_p99_ms = histogram_quantile(pas0, pas1, 0.99) * 1000
             result.pas_buckets = window_counts(pas0, pas1)
+            added0, added1 = durations0[ADDED_METRIC], durations1[ADDED_METRIC]
+            result.added_p50_ms = histogram_quantile(added0, added1, 0.50) * 1000
+            result.added_p99_ms = histogram_quantile(added0, added1, 0.99) * 1000
+            result.added_buckets = window_counts(added0, added1)
             result.peak_rss_mb, result.rss_mb_at_end = memory_mb(child.pid)
             if pacer is not None:
                 if capped and not pacer.done():
@@ -1601,6 +1612,21 @@ def evaluate(bench_results: list[Result], cfg: Config, floor: CryptoFloor) -> li
                 else "",
             )
         )
+    half = ok.get(f"paced-p12-a{widest}")
+    targets.append(
+        Target(
+            "the same, per command: p99 added to its PAS calls",
+            half.added_p99_ms if half else None,
+            TARGET_LATENCY_SLACK_MS,
+            False,
+            " ms",
+            f"p50 {fmt(half.added_p50_ms, 0)} ms; the PAS calls themselves p50/p99"
+            f" {fmt(half.pas_p50_ms, 0)}/{fmt(half.pas_p99_ms, 0)} ms (sandbox latency"
+            f" {cfg.latency_ms:.0f} ms)"
+            if half
+            else "",
+        )
+    )
     small, large = (ok.get(f"memory-{n}") for n in cfg.memory_backlogs)
     scaled = "" if cfg.memory_backlogs == (10_000, 100_000) else " (scaled down)"
     labels = f"{cfg.memory_backlogs[1]:,} vs {cfg.memory_backlogs[0]:,} backlog{scaled}"
@@ -1745,6 +1771,13 @@ async def run_all(bench: Bench, scenarios: list[Scenario]) -> None:
                     f" calls (the client's timing) p50/p99 {fmt(result.pas_p50_ms, 0)}/"
                     f"{fmt(result.pas_p99_ms, 0)} ms, by bucket:"
                     f" {format_window(result.pas_buckets)}",
+                    flush=True,
+                )
+                print(
+                    "    added by the service to its PAS calls (in service less their time, per"
+                    f" command) p50/p99 {fmt(result.added_p50_ms, 0)}/"
+                    f"{fmt(result.added_p99_ms, 0)} ms, by bucket:"
+                    f" {format_window(result.added_buckets)}",
                     flush=True,
                 )
         bench.results.append(result)

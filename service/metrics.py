@@ -22,6 +22,13 @@ COMMAND_BUCKETS = (
 )
 """A command's time in the service is the PAS call (tens of milliseconds) and a little more:
 10 ms steps from 50 to 100 ms, so that a p99 against "the API's latency + 50 ms" can be read."""
+ADDED_BUCKETS = (
+    *(0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.075, 0.1, 0.25, 0.5),
+    *(1.0, 2.5, 5.0, 10.0, 30.0),
+)
+"""What the service adds to a command's PAS calls: a few milliseconds when healthy (the claim,
+the outcome stored, the produce and its acknowledgement), 10 ms steps up to 60 ms so that a
+p99 against "the API's latency + 50 ms" can be read."""
 STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 """The idempotency store answers in well under a millisecond when healthy (SQLite, WAL)."""
 
@@ -135,6 +142,14 @@ class Metrics:
             "points_adjuster_command_duration_seconds",
             "From taking a command to its outcome being acknowledged by Kafka.",
             buckets=COMMAND_BUCKETS,
+            registry=r,
+        )
+        self.service_added = Histogram(
+            "points_adjuster_command_service_added_seconds",
+            "A command's time in the service (points_adjuster_command_duration_seconds) minus"
+            " the time its PAS calls took: what the service adds to the API's latency,"
+            " including any backoff before a retry.",
+            buckets=ADDED_BUCKETS,
             registry=r,
         )
         self.retries = Counter(

@@ -62,6 +62,8 @@ import structlog
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
+from service import api_clock
+from service.api_clock import ApiClock
 from service.domain.command import safe_text
 from service.domain.decisions import (
     AlreadyPublished,
@@ -124,6 +126,8 @@ class _Pending:
     """Taken once; a fault after it retries only what is left of delivering it."""
     delivered: bool = False
     faults: int = 0
+    api: ApiClock = field(default_factory=ApiClock)
+    """Its PAS calls' time so far, over every try (``service.api_clock``)."""
 
 
 @dataclass
@@ -687,6 +691,7 @@ class CommandRunner:
         # Bound for the rest of this task, which is this record's alone (``_start``): its
         # context is a copy, dropped with it, so nothing needs unbinding.
         structlog.contextvars.bind_contextvars(**log_context(pending.record))
+        api_clock.bind(pending.api)
         try:
             decided = await self._try(key, pending)
         except Exception as exc:  # any fault: this record waits, the service goes on
@@ -725,7 +730,9 @@ class CommandRunner:
         tp = key[0]
         pending = queue[0]
         self._passed(key, pending)
-        self._metrics.processing.observe(time.perf_counter() - pending.fetched_at)
+        took = time.perf_counter() - pending.fetched_at
+        self._metrics.processing.observe(took)
+        self._metrics.service_added.observe(max(took - pending.api.seconds, 0.0))
         if self._progress.get(tp) is not progress:
             return  # the partition was revoked meanwhile
         record = pending.record

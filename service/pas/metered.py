@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Unpack
 
+from service import api_clock
 from service.domain.ports import PasPort, PasReply, PasRequest
 from service.domain.reconcile import HistoryFound, HistoryLookup
 from service.metrics import Metrics
@@ -29,6 +30,7 @@ class MeteredPas:
         status = str(seen.status) if seen.status is not None else (seen.transport or "")
         self._metrics.pas_requests_for(action, status).inc()
         self._metrics.pas_latency_for(action).observe(reply.duration_s)
+        api_clock.add(reply.duration_s)
         return reply
 
 
@@ -48,7 +50,9 @@ class MeteredHistory:
         found = await self._inner.lookup(account_number, **options)
         result, status = _labels(found)
         self._metrics.pas_history_requests.labels(result, status).inc()
-        self._metrics.pas_history_latency.labels(result).observe(self._clock() - started)
+        took = self._clock() - started
+        self._metrics.pas_history_latency.labels(result).observe(took)
+        api_clock.add(took)
         return found
 
 

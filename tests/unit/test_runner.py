@@ -23,6 +23,7 @@ import pytest
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from service import api_clock
 from service.app import run_tasks
 from service.domain.decisions import Attempt, Decision, InboundRecord, Publish, Retry
 from service.domain.inbound import Decoded, DecodedCommand, Unresolved
@@ -428,6 +429,36 @@ async def test_a_retry_hands_the_record_back_after_its_delay_and_its_account_wai
     assert r.processor.handled_at[1][0] >= second
     assert r.processor.published_keys[-2:] == r.keys(0, 1)
     assert r.metrics.retries.labels("backoff")._value.get() == 1
+
+
+async def test_the_time_the_service_adds_is_its_time_in_service_less_its_pas_calls() -> None:
+    """Two tries of one record, each with a PAS call timed at 40 ms (counted on the record's
+    clock as the metered PAS client does) and a backoff between them: the histogram of what
+    the service adds gets the record's time in service less those 80 ms, once."""
+
+    def calling_pas(then: Step) -> Step:
+        async def step(record: InboundRecord, attempt: Attempt) -> Decision:
+            await asyncio.sleep(0.045)
+            api_clock.add(0.04)
+            return await then(record, attempt)
+
+        return step
+
+    async def complete(record: InboundRecord, attempt: Attempt) -> Decision:
+        return completed(record)
+
+    r = rig()
+    r.consumer.feed(TP, value("a"))
+    r.processor.steps[0].extend([calling_pas(retry(0.02)), calling_pas(complete)])
+    async with running(r) as task:
+        await wait_until(lambda: r.consumer.last_commit() == 1, while_running=task)
+    sample = r.metrics.registry.get_sample_value
+    in_service = sample("points_adjuster_command_duration_seconds_sum")
+    added = sample("points_adjuster_command_service_added_seconds_sum")
+    assert sample("points_adjuster_command_service_added_seconds_count") == 1
+    assert in_service is not None
+    assert in_service >= 0.045 * 2 + 0.02
+    assert added == pytest.approx(in_service - 0.08, abs=1e-9)
 
 
 # -- a processor that raises ---------------------------------------------------------------
