@@ -27,13 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
-import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -41,10 +38,14 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from pa_devkit.localinfra.errors import LocalKafkaError
 from pa_devkit.localinfra.kafka import LocalKafka
+from tests.service_support import Container, ExternalService
 
 BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"
 IMAGE_ENV = "KAFKA_TEST_IMAGE"
 DEFAULT_IMAGE = "confluentinc/cp-kafka:8.1.0"  # Confluent Platform 8.1 ships Apache Kafka 4.1
+KAFKA = ExternalService(
+    "Kafka broker", BOOTSTRAP_ENV, env_example="=host:port", errors=LocalKafkaError
+)
 
 
 @dataclass(frozen=True)
@@ -59,30 +60,13 @@ class KafkaUnderTest:
 @pytest.fixture(scope="session")
 def kafka_under_test() -> Iterator[KafkaUnderTest]:
     """Find or start one broker for the session; stop at the end whatever was started here."""
-    configured = os.environ.get(BOOTSTRAP_ENV, "").strip()
-    if configured:
-        yield KafkaUnderTest(configured, "env")
-        return
-    reasons: list[str] = []
-    container = _start_container(reasons)
-    if container is not None:
-        try:
-            yield KafkaUnderTest(str(container.get_bootstrap_server()), "container")
-        finally:
-            container.stop()
-        return
-    broker = LocalKafka(port=0)
-    failure: LocalKafkaError | None = None
-    try:
-        broker.start()
-    except LocalKafkaError as exc:
-        failure = exc
-    if failure is not None:  # outside the except block: no chained traceback in the report
-        _unavailable([*reasons, f"local broker: {failure}"])
-    try:
-        yield KafkaUnderTest(broker.bootstrap_servers, "local", broker)
-    finally:
-        broker.stop()
+    yield from KAFKA.find_or_start(
+        from_env=lambda servers: KafkaUnderTest(servers, "env"),
+        container=Container(_kafka_container, _container_under_test),
+        local=lambda: LocalKafka(port=0),
+        from_local=lambda broker: KafkaUnderTest(broker.bootstrap_servers, "local", broker),
+        local_label="local broker",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -102,71 +86,19 @@ def own_broker(**options: Any) -> Iterator[LocalKafka]:
     """A local broker of the caller's own (one a test may stop, start again or configure),
     on a free port, stopped at the end; when it cannot start, the test fails under CI and
     is skipped with the reason elsewhere."""
-    broker = LocalKafka(port=0, **options)
-    failure: LocalKafkaError | None = None
-    try:
-        broker.start()
-    except LocalKafkaError as exc:
-        failure = exc
-    if failure is not None:  # outside the except block: no chained traceback in the report
-        _unavailable([f"local broker (make kafka-jars fetches it): {failure}"])
-    try:
+    label = "local broker (make kafka-jars fetches it)"
+    with KAFKA.started(LocalKafka(port=0, **options), label) as broker:
         yield broker
-    finally:
-        broker.stop()
 
 
-def _unavailable(reasons: list[str]) -> NoReturn:
-    header = f"no Kafka broker for the tests (set {BOOTSTRAP_ENV}=host:port to use a running one):"
-    message = "\n- ".join([header, *reasons])
-    if os.environ.get("CI") == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+def _kafka_container() -> Any:
+    from testcontainers.community.kafka import KafkaContainer
+
+    return KafkaContainer(os.environ.get(IMAGE_ENV, DEFAULT_IMAGE)).with_kraft()
 
 
-def _docker_unavailable_reason() -> str | None:
-    """None when a Docker engine answers a ping, else why not."""
-    if not os.environ.get("DOCKER_HOST") and not Path("/var/run/docker.sock").exists():
-        return "no Docker engine (no DOCKER_HOST, no /var/run/docker.sock)"
-    reason: str | None = None
-    # A failed connection leaves an unclosed socket behind; collect it here, quietly, rather
-    # than let its ResourceWarning surface in some later test as an error.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            import docker  # type: ignore[import-untyped]
-
-            client = docker.from_env(timeout=3)
-            try:
-                client.ping()
-            finally:
-                client.close()
-        except Exception as exc:  # any failure means "no usable engine"
-            reason = f"no Docker engine answers ({type(exc).__name__}: {exc})"
-        gc.collect()
-    return reason
-
-
-def _start_container(reasons: list[str]) -> Any | None:
-    """A started testcontainers KafkaContainer, or None with the reason appended."""
-    reason = _docker_unavailable_reason()
-    if reason is not None:
-        reasons.append(f"testcontainers: {reason}")
-        return None
-    try:
-        from testcontainers.community.kafka import KafkaContainer
-    except ImportError as exc:
-        reasons.append(f"testcontainers: not importable ({exc})")
-        return None
-    container = KafkaContainer(os.environ.get(IMAGE_ENV, DEFAULT_IMAGE)).with_kraft()
-    try:
-        container.start()
-    except Exception as exc:  # image pull or container start failed: fall back
-        reasons.append(f"testcontainers: the container did not start ({exc})")
-        with contextlib.suppress(Exception):
-            container.stop()
-        return None
-    return container
+def _container_under_test(container: Any) -> KafkaUnderTest:
+    return KafkaUnderTest(str(container.get_bootstrap_server()), "container")
 
 
 async def create_topics(

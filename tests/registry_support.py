@@ -33,21 +33,22 @@ end.
 from __future__ import annotations
 
 import contextlib
-import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
 import pytest
 
-from pa_devkit.localinfra.errors import LocalInfraError
 from pa_devkit.localinfra.registry import LocalRegistry
+from tests.service_support import ExternalService
 
 REGISTRY_URL_ENV = "PA_TEST_SCHEMA_REGISTRY_URL"
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
+REGISTRY = ExternalService("schema registry", REGISTRY_URL_ENV)
+LOCAL_LABEL = "local registry (make registry-jars fetches it)"
 
 
 @dataclass(frozen=True)
@@ -62,12 +63,12 @@ class RegistryUnderTest:
 @pytest.fixture(scope="session")
 def registry_under_test() -> Iterator[RegistryUnderTest]:
     """Find or start one registry for the session; stop it at the end if started here."""
-    configured = os.environ.get(REGISTRY_URL_ENV, "").strip()
-    if configured:
-        yield RegistryUnderTest(configured.rstrip("/"), "env")
-        return
-    with own_registry() as server:
-        yield RegistryUnderTest(server.url, "local", server)
+    yield from REGISTRY.find_or_start(
+        from_env=lambda url: RegistryUnderTest(url.rstrip("/"), "env"),
+        local=lambda: LocalRegistry(port=0),
+        from_local=lambda server: RegistryUnderTest(server.url, "local", server),
+        local_label=LOCAL_LABEL,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -117,23 +118,5 @@ def registry_request(
 def own_registry(**options: Any) -> Iterator[LocalRegistry]:
     """A ``LocalRegistry`` of the caller's own on a free port, stopped at the end; when it
     cannot start, the test fails under CI and is skipped with the reason elsewhere."""
-    server = LocalRegistry(port=0, **options)
-    failure: LocalInfraError | None = None
-    try:
-        server.start()
-    except LocalInfraError as exc:
-        failure = exc
-    if failure is not None:  # outside the except block: no chained traceback in the report
-        _unavailable([f"local registry (make registry-jars fetches it): {failure}"])
-    try:
+    with REGISTRY.started(LocalRegistry(port=0, **options), LOCAL_LABEL) as server:
         yield server
-    finally:
-        server.stop()
-
-
-def _unavailable(reasons: list[str]) -> NoReturn:
-    header = f"no schema registry for the tests (set {REGISTRY_URL_ENV} to use a running one):"
-    message = "\n- ".join([header, *reasons])
-    if os.environ.get("CI") == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)

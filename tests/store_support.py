@@ -50,7 +50,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NoReturn, TypeVar
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -60,8 +60,7 @@ import redis.asyncio
 from pa_devkit.localinfra.errors import LocalInfraError
 from pa_devkit.localinfra.postgres import LocalPostgres, find_postgres_bindir
 from pa_devkit.localinfra.redis import LocalRedis
-from pa_devkit.localinfra.server_process import LocalServer
-from tests.kafka_support import _docker_unavailable_reason
+from tests.service_support import Container, ExternalService
 
 POSTGRES_DSN_ENV = "PA_TEST_POSTGRES_DSN"
 REDIS_URL_ENV = "PA_TEST_REDIS_URL"
@@ -70,9 +69,12 @@ REDIS_IMAGE_ENV = "PA_TEST_REDIS_IMAGE"
 DEFAULT_POSTGRES_IMAGE = "postgres:17"
 DEFAULT_REDIS_IMAGE = "redis:7"
 DURABLE_REDIS_COMMAND = "redis-server --appendonly yes --appendfsync always --save ''"
+STORE_TOOLS = "make store-tools installs one"
+POSTGRES = ExternalService("PostgreSQL server", POSTGRES_DSN_ENV, install_hint=STORE_TOOLS)
+REDIS = ExternalService("Redis server", REDIS_URL_ENV, install_hint=STORE_TOOLS)
+LOCAL_LABEL = "local server"
 
 Source = Literal["env", "container", "local"]
-S = TypeVar("S", bound=LocalServer)
 
 
 @dataclass(frozen=True)
@@ -99,20 +101,13 @@ class RedisServer:
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """Find or start one PostgreSQL server for the session; stop what was started here."""
-    configured = os.environ.get(POSTGRES_DSN_ENV, "").strip()
-    if configured:
-        yield PostgresServer(configured, "env")
-        return
-    reasons: list[str] = []
-    container = _start_postgres_container(reasons)
-    if container is not None:
-        try:
-            yield PostgresServer(str(container.get_connection_url(driver=None)), "container")
-        finally:
-            container.stop()
-        return
-    with _started(LocalPostgres(port=0), POSTGRES_DSN_ENV, reasons) as server:
-        yield PostgresServer(server.dsn, "local", server)
+    yield from POSTGRES.find_or_start(
+        from_env=lambda dsn: PostgresServer(dsn, "env"),
+        container=Container(_postgres_container, _postgres_container_under_test),
+        local=lambda: LocalPostgres(port=0),
+        from_local=lambda server: PostgresServer(server.dsn, "local", server),
+        local_label=LOCAL_LABEL,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -143,7 +138,7 @@ async def _execute(dsn: str, sql: str) -> None:
 @contextlib.contextmanager
 def own_postgres(**options: Any) -> Iterator[LocalPostgres]:
     """A ``LocalPostgres`` of the caller's own on a free port, stopped at the end."""
-    with _started(LocalPostgres(port=0, **options), POSTGRES_DSN_ENV, []) as server:
+    with POSTGRES.started(LocalPostgres(port=0, **options), LOCAL_LABEL) as server:
         yield server
 
 
@@ -155,22 +150,19 @@ def postgres_bindir() -> Path:
         return find_postgres_bindir()
     except LocalInfraError as exc:
         failure = exc
-    _unavailable("PostgreSQL", POSTGRES_DSN_ENV, [f"local server: {failure}"])
+    POSTGRES.unavailable([f"{LOCAL_LABEL}: {failure}"])
 
 
-def _start_postgres_container(reasons: list[str]) -> Any | None:
-    """A started testcontainers PostgresContainer, or None with the reason appended."""
-    reason = _docker_unavailable_reason()
-    if reason is not None:
-        reasons.append(f"testcontainers: {reason}")
-        return None
-    try:
-        from testcontainers.community.postgres import PostgresContainer
-    except ImportError as exc:
-        reasons.append(f"testcontainers: not importable ({exc})")
-        return None
-    image = os.environ.get(POSTGRES_IMAGE_ENV, DEFAULT_POSTGRES_IMAGE)
-    return _start_container(PostgresContainer(image, driver=None), reasons)
+def _postgres_container() -> Any:
+    from testcontainers.community.postgres import PostgresContainer
+
+    return PostgresContainer(
+        os.environ.get(POSTGRES_IMAGE_ENV, DEFAULT_POSTGRES_IMAGE), driver=None
+    )
+
+
+def _postgres_container_under_test(container: Any) -> PostgresServer:
+    return PostgresServer(str(container.get_connection_url(driver=None)), "container")
 
 
 # --- Redis ---------------------------------------------------------------------------------
@@ -179,22 +171,13 @@ def _start_postgres_container(reasons: list[str]) -> Any | None:
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """Find or start one Redis server for the session; stop what was started here."""
-    configured = os.environ.get(REDIS_URL_ENV, "").strip()
-    if configured:
-        yield RedisServer(configured, "env")
-        return
-    reasons: list[str] = []
-    container = _start_redis_container(reasons)
-    if container is not None:
-        try:
-            host = container.get_container_host_ip()
-            port = container.get_exposed_port(container.port)
-            yield RedisServer(f"redis://{host}:{port}/0", "container")
-        finally:
-            container.stop()
-        return
-    with _started(LocalRedis(port=0), REDIS_URL_ENV, reasons) as server:
-        yield RedisServer(server.url, "local", server)
+    yield from REDIS.find_or_start(
+        from_env=lambda url: RedisServer(url, "env"),
+        container=Container(_redis_container, _redis_container_under_test),
+        local=lambda: LocalRedis(port=0),
+        from_local=lambda server: RedisServer(server.url, "local", server),
+        local_label=LOCAL_LABEL,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -217,61 +200,19 @@ async def fresh_redis_url(redis_url: str) -> str:
 @contextlib.contextmanager
 def own_redis(**options: Any) -> Iterator[LocalRedis]:
     """A ``LocalRedis`` of the caller's own on a free port, stopped at the end."""
-    with _started(LocalRedis(port=0, **options), REDIS_URL_ENV, []) as server:
+    with REDIS.started(LocalRedis(port=0, **options), LOCAL_LABEL) as server:
         yield server
 
 
-def _start_redis_container(reasons: list[str]) -> Any | None:
-    """A started, durable testcontainers RedisContainer, or None with the reason appended."""
-    reason = _docker_unavailable_reason()
-    if reason is not None:
-        reasons.append(f"testcontainers: {reason}")
-        return None
-    try:
-        from testcontainers.community.redis import RedisContainer
-    except ImportError as exc:
-        reasons.append(f"testcontainers: not importable ({exc})")
-        return None
+def _redis_container() -> Any:
+    """A durable testcontainers RedisContainer."""
+    from testcontainers.community.redis import RedisContainer
+
     image = os.environ.get(REDIS_IMAGE_ENV, DEFAULT_REDIS_IMAGE)
-    return _start_container(RedisContainer(image).with_command(DURABLE_REDIS_COMMAND), reasons)
+    return RedisContainer(image).with_command(DURABLE_REDIS_COMMAND)
 
 
-# --- shared --------------------------------------------------------------------------------
-
-
-def _start_container(container: Any, reasons: list[str]) -> Any | None:
-    try:
-        container.start()
-    except Exception as exc:  # image pull or container start failed: fall back
-        reasons.append(f"testcontainers: the container did not start ({exc})")
-        with contextlib.suppress(Exception):
-            container.stop()
-        return None
-    return container
-
-
-@contextlib.contextmanager
-def _started(server: S, env: str, reasons: list[str]) -> Iterator[S]:
-    """Start ``server``, or skip (fail under CI) with ``reasons`` and why it did not start."""
-    failure: LocalInfraError | None = None
-    try:
-        server.start()
-    except LocalInfraError as exc:
-        failure = exc
-    if failure is not None:  # outside the except block: no chained traceback in the report
-        _unavailable(server.server_name, env, [*reasons, f"local server: {failure}"])
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def _unavailable(name: str, env: str, reasons: list[str]) -> NoReturn:
-    header = (
-        f"no {name} server for the tests (make store-tools installs one; "
-        f"set {env} to use a running one):"
-    )
-    message = "\n- ".join([header, *reasons])
-    if os.environ.get("CI") == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+def _redis_container_under_test(container: Any) -> RedisServer:
+    host = container.get_container_host_ip()
+    port = container.get_exposed_port(container.port)
+    return RedisServer(f"redis://{host}:{port}/0", "container")
