@@ -17,7 +17,8 @@ Two parts in one invocation, each measured against a baseline run in the same in
   such as PostgreSQL's backends, and the children it reaped: ``/proc/<pid>/stat``).
 * **replicas**: ``points-adjuster run`` as separate processes, with a local Kafka broker and
   the PAS sandbox (50 ms, signing and encryption on) as ``bench_throughput.py`` runs them
-  (its helpers are reused, not copied): a pre-produced backlog of ``--backlog`` commands over
+  (the rig of ``e2ekit.py``; the steady-window rows of ``steady.py``, which
+  ``bench_workers.py`` shares): a pre-produced backlog of ``--backlog`` commands over
   10,000 accounts on 12 partitions, run by 1 replica and by 2 replicas in one consumer group
   sharing one PostgreSQL store (a fresh database each), and by 1 replica on SQLite as the
   reference (a SQLite file refuses a second ``run``: its lock). The rate is taken over the
@@ -47,15 +48,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import logging
 import math
 import os
-import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -67,47 +64,53 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from bench_throughput import (
-    SERVICE_SHUTDOWN_S,
-    STOP_WAIT_S,
-    OutcomeRecord,
-    Result,
-    Topology,
-    analyse,
-    cpu_model,
-    create_topics,
-    delete_topics,
-    git_facts,
-    process_cpu,
-    produce_backlog,
-    read_outcome_records,
-    wait_ready,
-    warm_up_broker,
-)
 from benchkit import (
-    CLOCK_TICKS,
     BenchError,
     Child,
     Children,
-    Sandbox,
     cpu_seconds,
-    filesystem_of,
-    machine_busy_pct,
-    machine_busy_ticks,
     metric_sum,
     percentile,
-    raise_keyboard_interrupt_on_sigterm,
-    start_sandbox,
     tree_cpu_seconds,
 )
+from e2ekit import (
+    STOP_WAIT_S,
+    OutcomeRecord,
+    Rig,
+    Topology,
+    finish,
+    fmt,
+    guarded,
+    machine_facts,
+    make_workdir,
+    print_problems,
+    quiet_logging,
+    started_rig,
+    wait_ready,
+    warn_if_busy,
+    write_figures,
+)
+from steady import (
+    ACCOUNTS,
+    ASSIGNED_METRIC,
+    DUPLICATES_METRIC,
+    OUTCOMES_METRIC,
+    PARTITIONS,
+    SETTLE_S,
+    Machine,
+    add_output_arguments,
+    attribute_rest,
+    open_window,
+    run_backlog_row,
+    run_rows,
+    service_run_env,
+    wait_done,
+    wait_stable,
+)
 
-from pa_devkit.demo import DEMO_CONSUMER_KEY, service_env
-from pa_devkit.keys import DevKeySet, generate_dev_keyset
-from pa_devkit.localinfra.broker_config import free_port
 from pa_devkit.localinfra.postgres import LocalPostgres
 from pa_devkit.localinfra.redis import LocalRedis
 from service import __version__
-from service.codec.avro import AvroCodec
 from service.domain.claims import Claims
 from service.domain.outcome import CommandInfo, Completed, SourceRef
 from service.domain.store import ClaimStatus, State, StoreError
@@ -115,25 +118,13 @@ from service.idempotency.factory import open_store
 from service.idempotency.metered import MeteredStore
 from service.metrics import Metrics
 from service.settings import IdempotencySettings
-from service.tools.generate import generate_commands
 
 STORE_KINDS = ("memory", "sqlite", "postgresql", "redis")
 BASELINE_KIND = "memory"
 CONCURRENCIES = (1, 32)
 WARM_UP_KEYS = 200
 LEASE_S = 60.0
-PARTITIONS = 12
-ACCOUNTS = 10_000
-OUTCOMES_METRIC = "points_adjuster_outcomes_total"
-DUPLICATES_METRIC = "points_adjuster_duplicates_total"
-ASSIGNED_METRIC = "points_adjuster_assigned_partitions"
 DEFAULT_ROWS = ("sqlite-1", "postgresql-1", "postgresql-2")
-STABLE_TIMEOUT_S = 60.0
-SETTLE_S = 3.0
-"""The window opens no sooner than this after the first /readyz, so that every row's window
-leaves out the same start-up (the adaptive concurrency limit's slow start)."""
-POLL_S = 0.5
-POLL_NEAR_S = 0.1
 
 
 # --- configuration -------------------------------------------------------------------------
@@ -180,10 +171,7 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         help="replicas rows, <store>-<replicas> comma-separated, store one of sqlite,"
         f" postgresql, redis ({','.join(DEFAULT_ROWS)})",
     )
-    parser.add_argument("--json", type=Path, dest="json_path", help="write every figure here")
-    parser.add_argument("--seed", type=int, default=7, help="data seed of the backlog (7)")
-    parser.add_argument("--workdir", type=Path, help="parent of the temporary folder")
-    parser.add_argument("--keep-workdir", action="store_true", help="keep logs and stores")
+    add_output_arguments(parser)
     args = parser.parse_args(argv)
     if args.keys < 100 or args.backlog < 1000:
         parser.error("--keys takes at least 100 and --backlog at least 1000")
@@ -206,10 +194,6 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         workdir=args.workdir,
         keep_workdir=args.keep_workdir,
     )
-
-
-def fmt(value: float, digits: int = 1) -> str:
-    return "-" if math.isnan(value) else f"{value:,.{digits}f}"
 
 
 # --- part 1: the store calls of one adjustment ---------------------------------------------
@@ -522,50 +506,25 @@ class ReplicaRow:
         return sum(p for p in parts if not math.isnan(p))
 
 
-@dataclass
-class Rig:
-    """What every replicas row shares: the broker, the sandbox, the keys, the servers."""
-
-    children: Children
-    bootstrap: str
-    broker_pid: int | None
-    sandbox: Sandbox
-    keyset: DevKeySet
-    codec: AvroCodec
-    servers: Servers
-    workdir: Path
-
-
 @dataclass(frozen=True)
 class Moment:
     """CPU counters and outcome counts of everything involved, at one moment."""
 
-    at: float
     services: list[float]
     outcomes: list[int]
     store: float
-    sandbox: float
-    broker: float
-    bench: float
-    busy_ticks: int
-    total_ticks: int
+    rest: Machine
 
 
 async def take_moment(
     rig: Rig, replicas: list[Child], https: list[httpx.AsyncClient], store_pid: int | None
 ) -> Moment:
     outcomes = [await originals(http) for http in https]
-    busy, total = machine_busy_ticks()
     return Moment(
-        time.time(),
         [cpu_seconds(child.pid) for child in replicas],
         outcomes,
         tree_cpu_seconds(store_pid) if store_pid is not None else float("nan"),
-        process_cpu(rig.sandbox.child.pid),
-        process_cpu(rig.broker_pid),
-        time.process_time(),
-        busy,
-        total,
+        Machine.take(rig),
     )
 
 
@@ -580,107 +539,35 @@ async def originals(http: httpx.AsyncClient) -> int:
     return int(metric_sum(text, OUTCOMES_METRIC) - metric_sum(text, DUPLICATES_METRIC))
 
 
-async def wait_stable(replicas: list[Child], https: list[httpx.AsyncClient]) -> None:
-    """Until every replica holds partitions and they add up to all of them."""
-    deadline = time.monotonic() + STABLE_TIMEOUT_S
-    while True:
-        for child in replicas:
-            if not child.alive:
-                raise BenchError(f"{child.name} exited:\n{child.log_tail()}")
-        counts = [await assigned(http) for http in https]
-        if all(count > 0 for count in counts) and sum(counts) == PARTITIONS:
-            return
-        if time.monotonic() > deadline:
-            raise BenchError(f"partitions held {counts} after {STABLE_TIMEOUT_S:.0f} s")
-        await asyncio.sleep(POLL_NEAR_S)
-
-
-async def wait_done(
-    replicas: list[Child], https: list[httpx.AsyncClient], expected: int, deadline: float
-) -> bool:
-    """Until ``expected`` outcomes in all (False) or the wall-clock deadline (True: capped)."""
-    previous, previous_at = 0, time.time()
-    while True:
-        for child in replicas:
-            if not child.alive:
-                raise BenchError(f"{child.name} exited mid-run:\n{child.log_tail()}")
-        count = sum([await originals(http) for http in https])
-        now = time.time()
-        if count >= expected:
-            return False
-        if now >= deadline:
-            return True
-        rate = (count - previous) / max(now - previous_at, 1e-3)
-        previous, previous_at = count, now
-        near = rate > 0 and (expected - count) / rate < 2.0
-        await asyncio.sleep(min(POLL_NEAR_S if near else POLL_S, max(0.0, deadline - now)))
-
-
 def replica_env(
     rig: Rig, topo: Topology, folder: Path, dsn: str | None
 ) -> tuple[dict[str, str], int]:
-    port = free_port()
-    env = service_env(rig.bootstrap, rig.sandbox.base_url, folder, port, rig.keyset)
-    env.update(topo.env())
-    env.update(
-        PA_LOG__LEVEL="WARNING",
-        PA_SHUTDOWN_TIMEOUT_S=str(SERVICE_SHUTDOWN_S),
-        PA_PROCESSING__ORDERING="key",
-    )
+    env, port = service_run_env(rig, topo, folder)
     if dsn is not None:
         env["PA_IDEMPOTENCY__DSN"] = dsn
         env["PA_IDEMPOTENCY__REDIS_PREFIX"] = topo.group  # a fresh store per row on Redis
     return env, port
 
 
-async def run_replicas(rig: Rig, row: ReplicaRow, cfg: Config) -> None:
+async def run_replicas(rig: Rig, servers: Servers, row: ReplicaRow, cfg: Config) -> None:
     topo = Topology(rig.bootstrap, f"{row.name}-{uuid.uuid4().hex[:6]}")
-    names = topo.names
     folder = rig.workdir / row.name
     folder.mkdir(parents=True, exist_ok=True)
-    await create_topics(
-        rig.bootstrap,
-        {
-            names["command"]: PARTITIONS,
-            names["completed"]: PARTITIONS,
-            names["failed"]: PARTITIONS,
-            names["dead_letter"]: 1,
-            names["review"]: 1,
-        },
-    )
-    try:
-        batch = await asyncio.to_thread(
-            generate_commands,
-            row.backlog,
-            accounts=ACCOUNTS,
-            seed=cfg.seed,
-            requested_by="points-adjuster-bench",
-        )
-        commands = batch.commands
-        sent_at = await produce_backlog(rig.bootstrap, names["command"], commands, rig.codec)
+
+    async def serve() -> tuple[float, float, Moment, Moment]:
         dsn, store_pid = None, None
         if row.store == "postgresql":
-            assert rig.servers.postgres is not None
+            assert servers.postgres is not None
             database = f"replicas_{row.name.replace('-', '_')}_{uuid.uuid4().hex[:6]}"
-            dsn = await asyncio.to_thread(rig.servers.postgres.create_database, database)
-            store_pid = rig.servers.postgres.pid
+            dsn = await asyncio.to_thread(servers.postgres.create_database, database)
+            store_pid = servers.postgres.pid
         elif row.store == "redis":
-            assert rig.servers.redis is not None
-            dsn, store_pid = rig.servers.redis.url, rig.servers.redis.pid
-        ready_at, end_at, before, after = await run_services(
-            rig, row, topo, folder, dsn, store_pid, cfg
-        )
-        records = await read_outcome_records(
-            rig.bootstrap, [names["completed"], names["failed"]], rig.codec
-        )
-        row.ledger = await asyncio.to_thread(rig.sandbox.ledger_count)
-        check(row, commands, sent_at, records, ready_at, end_at)
-        attribute(row, before, after, records)
-    finally:
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(rig.sandbox.reset)
-        with contextlib.suppress(Exception):
-            await delete_topics(rig.bootstrap, list(names.values()))
+            assert servers.redis is not None
+            dsn, store_pid = servers.redis.url, servers.redis.pid
+        return await run_services(rig, row, topo, folder, dsn, store_pid, cfg)
+
+    before, after, records, _ = await run_backlog_row(rig, row, topo, cfg.seed, serve)
+    attribute(row, before, after, records)
 
 
 async def run_services(
@@ -717,15 +604,22 @@ async def run_services(
                         httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10)
                     )
                 )
+
+            async def held() -> list[int]:
+                return [await assigned(http) for http in https]
+
+            async def made() -> int:
+                return sum([await originals(http) for http in https])
+
             ready = await asyncio.gather(  # together: each replica's own moment
                 *(wait_ready(child, http) for child, http in zip(replicas, https, strict=True))
             )
             ready_at = min(ready)
-            await wait_stable(replicas, https)
+            await wait_stable(replicas, held)
             row.stable_after_s = time.time() - ready_at
             await asyncio.sleep(max(0.0, ready_at + SETTLE_S - time.time()))
             before = await take_moment(rig, replicas, https, store_pid)
-            row.capped = await wait_done(replicas, https, row.backlog, before.at + cfg.cap_s)
+            row.capped = await wait_done(replicas, made, row.backlog, before.rest.at + cfg.cap_s)
             after = await take_moment(rig, replicas, https, store_pid)
     finally:
         codes = await asyncio.gather(
@@ -734,65 +628,22 @@ async def run_services(
         for child, code in zip(replicas, codes, strict=True):
             if code not in (0, None):
                 row.notes.append(f"{child.name} exit code {code} after SIGTERM")
-    return ready_at, after.at, before, after
-
-
-def check(
-    row: ReplicaRow,
-    commands: list[dict[str, Any]],
-    sent_at: dict[str, int],
-    records: list[OutcomeRecord],
-    ready_at: float,
-    end_at: float,
-) -> None:
-    """Exactly one original, completed outcome per command: ``bench_throughput``'s checks."""
-    result = Result(row.name, "sweep", "key", PARTITIONS, ACCOUNTS, row.backlog)
-    result.capped, result.ready_at, result.end_at, result.ledger = (
-        row.capped,
-        ready_at,
-        end_at,
-        row.ledger,
-    )
-    analyse(result, commands, sent_at, records)
-    row.done = len({r.key for r in records if not r.duplicate})
-    row.duplicates = sum(1 for r in records if r.duplicate)
-    row.from_ready_per_s = result.throughput
-    row.notes.extend(result.notes)
-    row.problems.extend(result.problems)
+    return ready_at, after.rest.at, before, after
 
 
 def attribute(row: ReplicaRow, before: Moment, after: Moment, records: list[OutcomeRecord]) -> None:
     """The steady window's rate, and CPU per adjustment of every process over it."""
-    opened_ms = before.at * 1000
-    stamps = sorted(
-        r.timestamp_ms for r in records if not r.duplicate and r.timestamp_ms >= opened_ms
-    )
-    if not stamps:
-        row.problems.append("no outcome in the steady window")
+    if not open_window(row, before.rest, records):
         return
-    row.window_s = stamps[-1] / 1000 - before.at
-    row.per_s = len(stamps) / row.window_s if row.window_s > 0 else float("nan")
     row.outcomes_by_replica = [b - a for a, b in zip(before.outcomes, after.outcomes, strict=True)]
     row.cpu_ms_by_replica = [
         (b - a) * 1000 / max(1, n)
         for a, b, n in zip(before.services, after.services, row.outcomes_by_replica, strict=True)
     ]
     adjustments = max(1, sum(row.outcomes_by_replica))
-
-    def per_adj(seconds: float) -> float:
-        return seconds * 1000 / adjustments
-
-    row.services_cpu_ms = per_adj(sum(after.services) - sum(before.services))
-    row.store_cpu_ms = per_adj(after.store - before.store)
-    row.sandbox_cpu_ms = per_adj(after.sandbox - before.sandbox)
-    row.broker_cpu_ms = per_adj(after.broker - before.broker)
-    row.bench_cpu_ms = per_adj(after.bench - before.bench)
-    total = after.total_ticks - before.total_ticks
-    if total > 0:
-        row.machine_busy_pct = 100.0 * (after.busy_ticks - before.busy_ticks) / total
-        ours = row.all_cpu_ms * adjustments / 1000  # seconds of CPU
-        others = (after.busy_ticks - before.busy_ticks) / CLOCK_TICKS - ours
-        row.others_pct = max(0.0, 100.0 * others / (total / CLOCK_TICKS))
+    row.services_cpu_ms = (sum(after.services) - sum(before.services)) * 1000 / adjustments
+    row.store_cpu_ms = (after.store - before.store) * 1000 / adjustments
+    attribute_rest(row, before.rest, after.rest, adjustments)
 
 
 def replica_rows(cfg: Config) -> list[ReplicaRow]:
@@ -803,29 +654,23 @@ def replica_rows(cfg: Config) -> list[ReplicaRow]:
     return rows
 
 
-async def run_all_replicas(rig: Rig, cfg: Config) -> list[ReplicaRow]:
-    print("warming the broker up (20,000 records through a 12-partition topic)...", flush=True)
-    print(f"    {await warm_up_broker(rig.bootstrap):.1f} s", flush=True)
+async def run_all_replicas(rig: Rig, servers: Servers, cfg: Config) -> list[ReplicaRow]:
     rows = replica_rows(cfg)
-    for row in rows:
-        print(
+    await run_rows(
+        rig,
+        rows,
+        lambda row: (
             f"replicas {row.name}: {row.replicas} x points-adjuster run on {row.store},"
-            f" {row.backlog:,} commands, {ACCOUNTS:,} accounts, {PARTITIONS} partitions",
-            flush=True,
-        )
-        try:
-            await run_replicas(rig, row, cfg)
-        except BenchError as exc:
-            row.problems.append(str(exc))
-            print(f"    failed: {exc}", flush=True)
-            continue
-        print(
+            f" {row.backlog:,} commands, {ACCOUNTS:,} accounts, {PARTITIONS} partitions"
+        ),
+        lambda row: run_replicas(rig, servers, row, cfg),
+        lambda row: (
             f"    {row.per_s:,.1f}/s over {row.window_s:.1f} s (steady, after"
             f" {fmt(row.stable_after_s)} s); service CPU ms/adj"
             f" {' / '.join(fmt(v, 2) for v in row.cpu_ms_by_replica)}, store"
-            f" {fmt(row.store_cpu_ms, 2)}; box {fmt(row.machine_busy_pct, 0)} % busy",
-            flush=True,
-        )
+            f" {fmt(row.store_cpu_ms, 2)}; box {fmt(row.machine_busy_pct, 0)} % busy"
+        ),
+    )
     return rows
 
 
@@ -926,21 +771,11 @@ def local_servers(need_redis: bool) -> Iterator[Servers]:
         yield servers
 
 
-@contextlib.contextmanager
-def local_broker() -> Iterator[tuple[str, int | None, str]]:
-    from pa_devkit.localinfra.kafka import LocalKafka
-
-    print("starting a local Kafka broker...", flush=True)
-    with LocalKafka(port=0) as kafka:
-        yield kafka.bootstrap_servers, kafka.pid, kafka.version
-
-
 def run(
     cfg: Config, facts: dict[str, Any], workdir: Path
 ) -> tuple[list[StoreRun], list[ReplicaRow]]:
     store_runs: list[StoreRun] = []
     rows: list[ReplicaRow] = []
-    children = Children()
     replicas_on_redis = "replicas" in cfg.parts and any(r.startswith("redis-") for r in cfg.rows)
     with local_servers(need_redis="stores" in cfg.parts or replicas_on_redis) as servers:
         facts["servers"] = servers.versions
@@ -951,96 +786,36 @@ def run(
                 servers.redis.stop()  # idle from here on
         if "replicas" not in cfg.parts:
             return store_runs, rows
-        with local_broker() as (bootstrap, broker_pid, kafka_version):
-            facts["kafka"] = kafka_version
-            try:
-                keyset = generate_dev_keyset(workdir / "keys")
-                sandbox = start_sandbox(
-                    children,
-                    keys_dir=keyset.directory,
-                    consumer_key=DEMO_CONSUMER_KEY,
-                    latency_ms=cfg.latency_ms,
-                    plain_responses=False,
-                    workdir=workdir,
-                )
-                rig = Rig(
-                    children,
-                    bootstrap,
-                    broker_pid,
-                    sandbox,
-                    keyset,
-                    AvroCodec.from_directory(),
-                    servers,
-                    workdir,
-                )
-                rows = asyncio.run(run_all_replicas(rig, cfg))
-            finally:
-                children.stop_all()  # before the broker goes
+        with started_rig(Children(), workdir, facts, latency_ms=cfg.latency_ms) as rig:
+            rows = asyncio.run(run_all_replicas(rig, servers, cfg))
     return store_runs, rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    raise_keyboard_interrupt_on_sigterm()
+    quiet_logging()
     wall = time.monotonic()
-    facts: dict[str, Any] = {
-        "cpus": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "python": platform.python_version(),
-        "loadavg_at_start": os.getloadavg(),
-        "git": git_facts(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    facts = machine_facts()
     print(
         f"points-adjuster store benchmark: {', '.join(cfg.parts)}; {facts['cpus']} CPUs"
         f" ({facts['cpu_model']}), python {facts['python']}, commit {facts['git']['commit']}"
         f" + {len(facts['git']['service_changes'])} changed file(s) in service/",
         flush=True,
     )
-    idle = machine_busy_pct(1.0)
-    facts["machine_busy_pct_before"] = idle
-    if idle > 10:
-        print(
-            f"WARNING: the machine is already {idle:.0f} % busy before this run starts (other"
-            " processes): the figures below will be low",
-            flush=True,
-        )
-    workdir = Path(tempfile.mkdtemp(prefix="points-adjuster-bench-stores-", dir=cfg.workdir))
-    facts["workdir_filesystem"] = filesystem_of(workdir)
-    store_runs: list[StoreRun] = []
-    rows: list[ReplicaRow] = []
-    status = 0
-    try:
-        store_runs, rows = run(cfg, facts, workdir)
-    except KeyboardInterrupt:
-        print("\ninterrupted: every process this run started was stopped", file=sys.stderr)
-        status = 130
-    except BenchError as exc:
-        print(f"bench_stores: {exc}", file=sys.stderr)
-        status = 1
+    warn_if_busy(facts, "the figures below will be low")
+    workdir = make_workdir("points-adjuster-bench-stores-", cfg.workdir, facts)
+    empty: tuple[list[StoreRun], list[ReplicaRow]] = ([], [])
+    (store_runs, rows), status = guarded("bench_stores", lambda: run(cfg, facts, workdir), empty)
     elapsed = time.monotonic() - wall
     if store_runs:
         print_stores(store_runs, cfg)
     if rows:
         print_replicas(rows)
-    for row in rows:
-        for note in row.notes:
-            print(f"  note {row.name}: {note}")
-        for problem in row.problems:
-            print(f"  PROBLEM {row.name}: {problem}", file=sys.stderr)
-            status = status or 1
+    if print_problems(rows):
+        status = status or 1
     if cfg.json_path is not None and (store_runs or rows):
         write_json(cfg, facts, store_runs, rows, elapsed)
-    print(
-        f"\n{elapsed / 60:.1f} min in all; SQLite file on {facts['workdir_filesystem']}"
-        f" ({workdir.parent})"
-    )
-    if status != 0 or cfg.keep_workdir:
-        print(f"logs kept in {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
+    finish(status, elapsed, facts, workdir, cfg.keep_workdir, "SQLite file")
     return status
 
 
@@ -1051,17 +826,6 @@ def write_json(
     rows: list[ReplicaRow],
     elapsed: float,
 ) -> None:
-    def clean(value: Any) -> Any:
-        if isinstance(value, float) and math.isnan(value):
-            return None
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [clean(v) for v in value]
-        if isinstance(value, Path):
-            return str(value)
-        return value
-
     document = {
         "machine": facts,
         "config": asdict(cfg),
@@ -1073,9 +837,7 @@ def write_json(
         "elapsed_s": elapsed,
     }
     assert cfg.json_path is not None
-    cfg.json_path.parent.mkdir(parents=True, exist_ok=True)
-    cfg.json_path.write_text(json.dumps(clean(document), indent=2) + "\n")
-    print(f"figures written to {cfg.json_path}")
+    write_figures(cfg.json_path, document)
 
 
 if __name__ == "__main__":

@@ -50,28 +50,23 @@ import asyncio
 import contextlib
 import fnmatch
 import json
-import logging
 import math
 import os
-import platform
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import cryptography
 import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaProducer
 from benchkit import (
     BODY_200,
     CLOCK_TICKS,
@@ -81,21 +76,41 @@ from benchkit import (
     CryptoFloor,
     Sandbox,
     cpu_times,
-    filesystem_of,
     format_window,
     histogram_buckets,
     histogram_quantile,
-    machine_busy_pct,
     machine_busy_ticks,
     main_thread_cpu_seconds,
     measure_crypto_floor,
     memory_mb,
     metric_sum,
     percentile,
-    raise_keyboard_interrupt_on_sigterm,
     self_cpu_seconds,
-    start_sandbox,
     window_counts,
+)
+from e2ekit import (
+    READY_TIMEOUT_S,
+    SERVICE_SHUTDOWN_S,
+    STOP_WAIT_S,
+    OutcomeRecord,
+    Topology,
+    create_topics,
+    discard,
+    encode_all,
+    finish,
+    guarded,
+    machine_facts,
+    make_workdir,
+    print_problems,
+    process_cpu,
+    produce_backlog,
+    quiet_logging,
+    read_outcome_records,
+    started_rig,
+    wait_ready,
+    warm_up_broker,
+    warn_if_busy,
+    write_figures,
 )
 from pinning import (
     CorePlan,
@@ -111,14 +126,12 @@ from pinning import (
 from profile_summary import read as read_profile
 from profile_summary import render as render_profile
 
-from pa_devkit.demo import DEMO_CONSUMER_KEY, service_env
-from pa_devkit.keys import DevKeySet, generate_dev_keyset
+from pa_devkit.demo import service_env
+from pa_devkit.keys import DevKeySet
 from pa_devkit.localinfra.broker_config import free_port
-from service.codec.avro import COMMAND, COMPLETED, AvroCodec
-from service.kafka.clients import ensure_topics, partitions_of
-from service.settings import KafkaSettings, PasSettings
+from service.codec.avro import AvroCodec
+from service.settings import PasSettings
 from service.tools.generate import generate_commands
-from service.tools.send import command_key
 
 REPO = Path(__file__).resolve().parent.parent
 OUTCOMES_METRIC = "points_adjuster_outcomes_total"
@@ -127,13 +140,9 @@ COMMAND_DURATION_METRIC = "points_adjuster_command_duration_seconds"
 ADDED_METRIC = "points_adjuster_command_service_added_seconds"
 """The service's histogram of each command's time in it: from taking the record from a fetch
 to its outcome acknowledged by the broker (acks=all)."""
-READY_TIMEOUT_S = 90.0
 METRICS_POLL_S = 1.0
 METRICS_POLL_NEAR_S = 0.1
 IDLE_SAMPLE_S = 3.0  # the paced run first measures the service's CPU with nothing to do
-SERVICE_SHUTDOWN_S = 10  # PA_SHUTDOWN_TIMEOUT_S of the service: a capped run stops quickly
-STOP_WAIT_S = 40.0
-READ_TIMEOUT_S = 180.0
 
 # The issue's targets.
 TARGET_VS_BASELINE = 50.0
@@ -536,133 +545,7 @@ class Bench:
         return next((r for r in self.results if r.name == name and not r.problems), None)
 
 
-@dataclass(frozen=True)
-class Topology:
-    bootstrap: str
-    suffix: str
-
-    @property
-    def names(self) -> dict[str, str]:
-        return {
-            "command": f"bench-{self.suffix}-commands",
-            "completed": f"bench-{self.suffix}-completed",
-            "failed": f"bench-{self.suffix}-failed",
-            "dead_letter": f"bench-{self.suffix}-dlt",
-            "review": f"bench-{self.suffix}-review",
-        }
-
-    @property
-    def group(self) -> str:
-        return f"bench-{self.suffix}"
-
-    def env(self) -> dict[str, str]:
-        n = self.names
-        return {
-            "PA_KAFKA__GROUP_ID": self.group,
-            "PA_KAFKA__COMMAND_TOPIC": n["command"],
-            "PA_KAFKA__COMPLETED_TOPIC": n["completed"],
-            "PA_KAFKA__FAILED_TOPIC": n["failed"],
-            "PA_KAFKA__DEAD_LETTER_TOPIC": n["dead_letter"],
-            "PA_KAFKA__REVIEW_TOPIC": n["review"],
-        }
-
-
-async def wait_for_leaders(bootstrap: str, topics: list[str], timeout_s: float = 30.0) -> None:
-    """Wait until every partition of ``topics`` has a leader (fresh topics need a moment)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            described = await admin.describe_topics(topics)
-            ready = len(described) == len(topics) and all(
-                topic["error_code"] == 0
-                and topic["partitions"]
-                and all(p["error_code"] == 0 and p["leader"] >= 0 for p in topic["partitions"])
-                for topic in described
-            )
-            if ready:
-                return
-            if time.monotonic() > deadline:
-                raise BenchError(f"topics {topics} have no leader after {timeout_s:.0f} s")
-            await asyncio.sleep(0.1)
-    finally:
-        await admin.close()
-
-
-async def create_topics(bootstrap: str, partitions: dict[str, int]) -> None:
-    await ensure_topics(KafkaSettings(bootstrap_servers=bootstrap), partitions)
-    await wait_for_leaders(bootstrap, list(partitions))
-
-
-async def warm_up_broker(bootstrap: str, records: int = 20_000) -> float:
-    """Produce and read back a few thousand records so the JVM's JIT is warm; seconds taken."""
-    started = time.monotonic()
-    topic = f"bench-warmup-{uuid.uuid4().hex[:6]}"
-    await create_topics(bootstrap, {topic: 12})
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        payload = b"w" * 300
-        futures = [
-            await producer.send(topic, value=payload, key=str(i % 1000).encode())
-            for i in range(records)
-        ]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=f"{topic}-group", auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    try:
-        seen = 0
-        deadline = time.monotonic() + 60
-        while seen < records and time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=500)
-            seen += sum(len(messages) for messages in batches.values())
-            await consumer.commit()
-    finally:
-        await consumer.stop()
-    await delete_topics(bootstrap, [topic])
-    return time.monotonic() - started
-
-
-async def delete_topics(bootstrap: str, topics: list[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics(topics)
-    finally:
-        await admin.close()
-
-
 # --- producing -----------------------------------------------------------------------------
-
-
-def encode_all(codec: AvroCodec, commands: list[dict[str, Any]]) -> list[tuple[bytes, bytes]]:
-    return [(codec.encode(COMMAND, c), command_key(c) or b"") for c in commands]
-
-
-async def produce_backlog(
-    bootstrap: str, topic: str, commands: list[dict[str, Any]], codec: AvroCodec
-) -> dict[str, int]:
-    """Publish every command as fast as the broker takes them (acks=all); their timestamps."""
-    records = encode_all(codec, commands)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=20,
-        max_batch_size=512 * 1024,
-    )
-    await producer.start()
-    try:
-        futures = [await producer.send(topic, value=value, key=key) for value, key in records]
-        metadata = await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-    return {c["idempotency_key"]: int(m.timestamp) for c, m in zip(commands, metadata, strict=True)}
 
 
 async def produce_paced(
@@ -699,75 +582,6 @@ async def produce_paced(
         await producer.stop()
 
 
-# --- reading the outcomes once at the end --------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OutcomeRecord:
-    kind: str  # completed | failed
-    key: str
-    duplicate: bool
-    reason: str | None
-    timestamp_ms: int
-    received_ms: int
-
-
-async def read_outcome_records(
-    bootstrap: str, topics: list[str], codec: AvroCodec
-) -> list[OutcomeRecord]:
-    settings = KafkaSettings(bootstrap_servers=bootstrap)
-    described = await partitions_of(settings, topics)
-    partitions = [TopicPartition(t, p) for t, numbers in described.items() for p in numbers]
-    result: list[OutcomeRecord] = []
-    if not partitions:
-        return result
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-        fetch_max_bytes=64 * 1024 * 1024,
-    )
-    await consumer.start()
-    try:
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        remaining = {tp for tp in partitions if ends[tp] > 0}
-        deadline = time.monotonic() + READ_TIMEOUT_S
-        while remaining:
-            if time.monotonic() > deadline:
-                raise BenchError(f"reading the outcomes took over {READ_TIMEOUT_S:.0f} s")
-            batches = await consumer.getmany(timeout_ms=1000, max_records=20_000)
-            for messages in batches.values():
-                for message in messages:
-                    name, event = codec.decode(message.value)
-                    received = event.get("received_at")
-                    result.append(
-                        OutcomeRecord(
-                            kind="completed" if name == COMPLETED else "failed",
-                            key=str(event["idempotency_key"]),
-                            duplicate=bool(event.get("duplicate")),
-                            reason=event.get("reason_code"),
-                            timestamp_ms=int(message.timestamp),
-                            received_ms=(
-                                int(received.timestamp() * 1000)
-                                if isinstance(received, datetime)
-                                else int(message.timestamp)
-                            ),
-                        )
-                    )
-            # By position, not by the last record's offset: under transactions the last
-            # offsets of a partition are commit markers, which are never handed out.
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-        return result
-    finally:
-        await consumer.stop()
-
-
 # --- one scenario --------------------------------------------------------------------------
 
 
@@ -778,21 +592,6 @@ def scenario_commands(sc: Scenario, cfg: Config, count: int) -> list[dict[str, A
         total, accounts=sc.accounts, seed=sc.seed, requested_by="points-adjuster-bench"
     )
     return batch.commands[:count]
-
-
-async def wait_ready(child: Child, http: httpx.AsyncClient) -> float:
-    """Poll /readyz; the wall-clock moment it first answered 200."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if not child.alive:
-            raise BenchError(f"the service exited before it was ready:\n{child.log_tail()}")
-        try:
-            if (await http.get("/readyz")).status_code == 200:
-                return time.time()
-        except httpx.TransportError:
-            pass
-        await asyncio.sleep(0.05)
-    raise BenchError(f"the service was not ready after {READY_TIMEOUT_S:.0f} s")
 
 
 async def durations(http: httpx.AsyncClient) -> dict[str, dict[float, float]]:
@@ -835,15 +634,6 @@ async def wait_for_outcomes(
         await asyncio.sleep(min(pause, max(0.0, deadline - now)))
 
 
-def process_cpu(pid: int | None) -> float:
-    if pid is None:
-        return float("nan")
-    try:
-        return sum(cpu_times(pid))
-    except OSError:
-        return float("nan")
-
-
 async def run_scenario(bench: Bench, sc: Scenario) -> Result:
     cfg = bench.cfg
     started = time.monotonic()
@@ -853,16 +643,7 @@ async def run_scenario(bench: Bench, sc: Scenario) -> Result:
     names = topo.names
     scenario_dir = bench.workdir / sc.name
     scenario_dir.mkdir(parents=True, exist_ok=True)
-    await create_topics(
-        bench.bootstrap,
-        {
-            names["command"]: sc.partitions,
-            names["completed"]: sc.partitions,
-            names["failed"]: sc.partitions,
-            names["dead_letter"]: 1,
-            names["review"]: 1,
-        },
-    )
+    await create_topics(bench.bootstrap, topo.partitions(sc.partitions))
     try:
         if sc.kind == "paced":
             rate = paced_rate(bench, result, sc.share)
@@ -886,10 +667,7 @@ async def run_scenario(bench: Bench, sc: Scenario) -> Result:
         result.ledger = await asyncio.to_thread(bench.sandbox.ledger_count)
         analyse(result, commands, sent_at, outcomes)
     finally:
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(bench.sandbox.reset)
-        with contextlib.suppress(Exception):
-            await delete_topics(bench.bootstrap, list(names.values()))
+        await discard(bench.sandbox, topo)
         result.wall_s = time.monotonic() - started
     return result
 
@@ -914,16 +692,7 @@ async def measure_plumbing_floor(bench: Bench) -> PlumbingFloor:
     names = topo.names
     folder = bench.workdir / sc.name
     folder.mkdir(parents=True, exist_ok=True)
-    await create_topics(
-        bench.bootstrap,
-        {
-            names["command"]: sc.partitions,
-            names["completed"]: sc.partitions,
-            names["failed"]: sc.partitions,
-            names["dead_letter"]: 1,
-            names["review"]: 1,
-        },
-    )
+    await create_topics(bench.bootstrap, topo.partitions(sc.partitions))
     out = folder / "figures.json"
     try:
         commands = await asyncio.to_thread(scenario_commands, sc, cfg, sc.commands)
@@ -982,10 +751,7 @@ async def measure_plumbing_floor(bench: Bench) -> PlumbingFloor:
     except BenchError as exc:
         floor.problem = str(exc)
     finally:
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(bench.sandbox.reset)
-        with contextlib.suppress(Exception):
-            await delete_topics(bench.bootstrap, list(names.values()))
+        await discard(bench.sandbox, topo)
     return floor
 
 
@@ -1659,53 +1425,6 @@ def print_targets(targets: list[Target]) -> None:
         print(target.line())
 
 
-def print_problems(results: list[Result]) -> bool:
-    any_problem = False
-    for r in results:
-        for note in r.notes:
-            print(f"  note {r.name}: {note}")
-    for r in results:
-        for problem in r.problems:
-            any_problem = True
-            print(f"  PROBLEM {r.name}: {problem}", file=sys.stderr)
-    return any_problem
-
-
-# --- environment facts ---------------------------------------------------------------------
-
-
-def git_facts() -> dict[str, Any]:
-    def run(*args: str) -> str:
-        completed = subprocess.run(
-            ["git", *args], cwd=REPO, capture_output=True, text=True, check=False
-        )
-        return completed.stdout.strip()
-
-    changed = [line for line in run("status", "--porcelain", "--", "service").splitlines() if line]
-    return {"commit": run("rev-parse", "--short", "HEAD"), "service_changes": changed}
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-@contextlib.contextmanager
-def broker(cfg: Config) -> Iterator[tuple[str, int | None, str]]:
-    """(bootstrap servers, broker pid when we started it, Kafka version)."""
-    if cfg.bootstrap_servers:
-        yield cfg.bootstrap_servers, None, "external"
-        return
-    from pa_devkit.localinfra.kafka import LocalKafka
-
-    print("starting a local Kafka broker...", flush=True)
-    with LocalKafka(port=0) as local:
-        yield local.bootstrap_servers, local.pid, local.version
-
-
 # --- main ----------------------------------------------------------------------------------
 
 
@@ -1785,12 +1504,7 @@ async def run_all(bench: Bench, scenarios: list[Scenario]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_args(argv)
-    # aiokafka logs each retry of a produce to a partition whose leader is still being
-    # elected, and the coordinator's first moments on a fresh broker; it retries by itself
-    # and raises what it cannot overcome, so its log is only noise here.
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    raise_keyboard_interrupt_on_sigterm()
+    quiet_logging()
     wall = time.monotonic()
     scenarios = plan(cfg)
     if not scenarios:
@@ -1802,21 +1516,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench_throughput: {exc}", file=sys.stderr)
         return 2
     transport = cfg.http_transport or service_transport(dict(os.environ))
-    facts: dict[str, Any] = {
-        "cpus": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "python": platform.python_version(),
-        "cryptography": cryptography.__version__,
-        "loadavg_at_start": os.getloadavg(),
-        "git": git_facts(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "service_http_transport": transport,
-        "pinning": (
-            {"service": sorted(pinning.service), "others": sorted(pinning.others)}
-            if pinning
-            else None
-        ),
-    }
+    facts = machine_facts(cryptography=cryptography.__version__)
+    facts["service_http_transport"] = transport
+    facts["pinning"] = (
+        {"service": sorted(pinning.service), "others": sorted(pinning.others)} if pinning else None
+    )
     print(
         f"points-adjuster throughput benchmark{' (--quick)' if cfg.quick else ''}:"
         f" {len(scenarios)} scenarios, sandbox latency {cfg.latency_ms:g} ms,"
@@ -1830,14 +1534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         + (f", pinned: {pinning.describe()}" if pinning else ", not pinned"),
         flush=True,
     )
-    idle = machine_busy_pct(1.0)
-    facts["machine_busy_pct_before"] = idle
-    if idle > 10:
-        print(
-            f"WARNING: the machine is already {idle:.0f} % busy before this run starts (other"
-            " processes): every figure below will be low; see the 'others' column",
-            flush=True,
-        )
+    warn_if_busy(facts, "every figure below will be low; see the 'others' column")
     print("measuring the crypto floor (before anything else starts)...", flush=True)
     floor = measure_crypto_floor(cfg.floor_iterations, 3)
     floor_us = floor.adjustment_us(cfg.encrypted_responses)
@@ -1858,44 +1555,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     children = Children()
-    workdir = Path(tempfile.mkdtemp(prefix="points-adjuster-bench-", dir=cfg.workdir))
-    facts["workdir_filesystem"] = filesystem_of(workdir)
+    workdir = make_workdir("points-adjuster-bench-", cfg.workdir, facts)
     bench: Bench | None = None
-    status = 0
+
+    def run() -> None:
+        nonlocal bench
+        with started_rig(
+            children,
+            workdir,
+            facts,
+            latency_ms=cfg.latency_ms,
+            plain_responses=cfg.plain_responses,
+            bootstrap_servers=cfg.bootstrap_servers,
+        ) as rig:
+            bench = Bench(
+                cfg,
+                rig.children,
+                rig.bootstrap,
+                rig.broker_pid,
+                rig.sandbox,
+                rig.keyset,
+                rig.codec,
+                rig.workdir,
+                cores=pinning,
+            )
+            pin_the_rest(bench)
+            asyncio.run(run_all(bench, scenarios))
+
     try:
-        with broker(cfg) as (bootstrap, broker_pid, kafka_version):
-            facts["kafka"] = kafka_version
-            try:
-                keyset = generate_dev_keyset(workdir / "keys")
-                sandbox = start_sandbox(
-                    children,
-                    keys_dir=keyset.directory,
-                    consumer_key=DEMO_CONSUMER_KEY,
-                    latency_ms=cfg.latency_ms,
-                    plain_responses=cfg.plain_responses,
-                    workdir=workdir,
-                )
-                bench = Bench(
-                    cfg,
-                    children,
-                    bootstrap,
-                    broker_pid,
-                    sandbox,
-                    keyset,
-                    AvroCodec.from_directory(),
-                    workdir,
-                    cores=pinning,
-                )
-                pin_the_rest(bench)
-                asyncio.run(run_all(bench, scenarios))
-            finally:
-                children.stop_all()  # before the broker goes
-    except KeyboardInterrupt:
-        print("\ninterrupted: every process this run started was stopped", file=sys.stderr)
-        status = 130
-    except BenchError as exc:
-        print(f"bench_throughput: {exc}", file=sys.stderr)
-        status = 1
+        _, status = guarded("bench_throughput", run, None)
     finally:
         children.stop_all()
     results = bench.results if bench is not None else []
@@ -1922,14 +1610,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 elapsed,
                 bench.plumbing if bench is not None else None,
             )
-    print(
-        f"\n{elapsed / 60:.1f} min in all; SQLite stores on {facts['workdir_filesystem']}"
-        f" ({workdir.parent})"
-    )
-    if status != 0 or cfg.keep_workdir:
-        print(f"logs kept in {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
+    finish(status, elapsed, facts, workdir, cfg.keep_workdir, "SQLite stores")
     return status
 
 
@@ -1942,19 +1623,6 @@ def write_json(
     elapsed: float,
     plumbing: PlumbingFloor | None = None,
 ) -> None:
-    def clean(value: Any) -> Any:
-        if isinstance(value, float) and math.isnan(value):
-            return None
-        if isinstance(value, float) and math.isinf(value):
-            return "+Inf" if value > 0 else "-Inf"  # a histogram's last bound
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [clean(v) for v in value]
-        if isinstance(value, Path):
-            return str(value)
-        return value
-
     document = {
         "machine": facts,
         "config": asdict(cfg),
@@ -1975,8 +1643,7 @@ def write_json(
         "elapsed_s": elapsed,
     }
     assert cfg.json_path is not None
-    cfg.json_path.write_text(json.dumps(clean(document), indent=2) + "\n")
-    print(f"figures written to {cfg.json_path}")
+    write_figures(cfg.json_path, document)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 Each row runs ``points-adjuster run`` with ``PA_WORKERS`` = 1 (the single process every
 deployment has had: no parent) and then 2 (a parent and two worker processes sharing one
 SQLite file in WAL mode), against a local Kafka broker and the PAS sandbox (50 ms, signing
-and encryption on) started by this run, as ``bench_stores.py``'s replicas part does (the
-helpers of ``bench_throughput.py`` are reused, not copied): a pre-produced backlog of
+and encryption on) started by this run, as ``bench_stores.py``'s replicas part does (the rig
+of ``e2ekit.py`` and the steady-window rows of ``steady.py``): a pre-produced backlog of
 ``--backlog`` commands over 10,000 accounts on 12 partitions, a fresh SQLite file, topics and
 consumer group per row.
 
@@ -34,72 +34,56 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import logging
 import math
 import os
-import platform
 import re
-import shutil
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-from bench_throughput import (
-    SERVICE_SHUTDOWN_S,
+from benchkit import Child, Children, descendants
+from e2ekit import (
     STOP_WAIT_S,
     OutcomeRecord,
-    Result,
+    Rig,
     Topology,
-    analyse,
-    cpu_model,
-    create_topics,
-    delete_topics,
-    git_facts,
+    finish,
+    fmt,
+    guarded,
+    machine_facts,
+    make_workdir,
+    print_problems,
     process_cpu,
-    produce_backlog,
-    read_outcome_records,
+    quiet_logging,
+    started_rig,
     wait_ready,
-    warm_up_broker,
+    warn_if_busy,
+    write_figures,
 )
-from benchkit import (
-    CLOCK_TICKS,
-    BenchError,
-    Child,
-    Children,
-    Sandbox,
-    descendants,
-    filesystem_of,
-    machine_busy_pct,
-    machine_busy_ticks,
-    raise_keyboard_interrupt_on_sigterm,
-    start_sandbox,
+from steady import (
+    ACCOUNTS,
+    ASSIGNED_METRIC,
+    DUPLICATES_METRIC,
+    OUTCOMES_METRIC,
+    PARTITIONS,
+    SETTLE_S,
+    Machine,
+    add_output_arguments,
+    attribute_rest,
+    open_window,
+    run_backlog_row,
+    run_rows,
+    service_run_env,
+    wait_done,
+    wait_stable,
 )
 
-from pa_devkit.demo import DEMO_CONSUMER_KEY, service_env
-from pa_devkit.keys import DevKeySet, generate_dev_keyset
-from pa_devkit.localinfra.broker_config import free_port
-from service.codec.avro import AvroCodec
-from service.tools.generate import generate_commands
-
-PARTITIONS = 12
-ACCOUNTS = 10_000
 DEFAULT_WORKERS = (1, 2)
-OUTCOMES_METRIC = "points_adjuster_outcomes_total"
-DUPLICATES_METRIC = "points_adjuster_duplicates_total"
-ASSIGNED_METRIC = "points_adjuster_assigned_partitions"
-STABLE_TIMEOUT_S = 60.0
-SETTLE_S = 3.0
-"""The window opens no sooner than this after /readyz: both rows leave out the same start-up
-(the adaptive concurrency limit's slow start)."""
-POLL_S = 0.5
-POLL_NEAR_S = 0.1
 WORKER_LABEL = re.compile(r'worker="(\d+)"')
 
 
@@ -133,10 +117,7 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         default=",".join(str(n) for n in DEFAULT_WORKERS),
         help="the rows: worker counts, comma-separated (1,2)",
     )
-    parser.add_argument("--json", type=Path, dest="json_path", help="write every figure here")
-    parser.add_argument("--seed", type=int, default=7, help="data seed of the backlog (7)")
-    parser.add_argument("--workdir", type=Path, help="parent of the temporary folder")
-    parser.add_argument("--keep-workdir", action="store_true", help="keep logs and stores")
+    add_output_arguments(parser)
     args = parser.parse_args(argv)
     if args.backlog < 1000:
         parser.error("--backlog takes at least 1000")
@@ -156,10 +137,6 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         workdir=args.workdir,
         keep_workdir=args.keep_workdir,
     )
-
-
-def fmt(value: float, digits: int = 1) -> str:
-    return "-" if math.isnan(value) else f"{value:,.{digits}f}"
 
 
 # --- one row -------------------------------------------------------------------------------
@@ -245,33 +222,15 @@ class WorkersRow:
         return cores * (1 - self.others_pct / 100) * 1000 / self.all_cpu_ms
 
 
-@dataclass
-class Rig:
-    """What every row shares: the broker, the sandbox, the keys."""
-
-    children: Children
-    bootstrap: str
-    broker_pid: int | None
-    sandbox: Sandbox
-    keyset: DevKeySet
-    codec: AvroCodec
-    workdir: Path
-
-
 @dataclass(frozen=True)
 class Moment:
     """CPU counters and outcome counts of everything involved, at one moment."""
 
-    at: float
     workers: dict[int, float]
     worker_pids: dict[int, int]
     parent: float
     outcomes: dict[int, int]
-    sandbox: float
-    broker: float
-    bench: float
-    busy_ticks: int
-    total_ticks: int
+    rest: Machine
 
 
 def by_worker(text: str, name: str) -> dict[int, float]:
@@ -314,96 +273,24 @@ async def adjustments(http: httpx.AsyncClient) -> dict[int, int]:
 async def take_moment(rig: Rig, service: Child, workers: int, http: httpx.AsyncClient) -> Moment:
     pids = worker_pids(service, workers)
     outcomes = await adjustments(http)
-    busy, total = machine_busy_ticks()
     return Moment(
-        time.time(),
         {index: process_cpu(pid) for index, pid in pids.items()},
         pids,
         process_cpu(service.pid) if workers > 1 else float("nan"),
         outcomes,
-        process_cpu(rig.sandbox.child.pid),
-        process_cpu(rig.broker_pid),
-        time.process_time(),
-        busy,
-        total,
+        Machine.take(rig),
     )
-
-
-async def wait_stable(service: Child, workers: int, http: httpx.AsyncClient) -> None:
-    """Until every worker holds partitions and they add up to all of them."""
-    deadline = time.monotonic() + STABLE_TIMEOUT_S
-    while True:
-        if not service.alive:
-            raise BenchError(f"{service.name} exited:\n{service.log_tail()}")
-        counts = by_worker((await http.get("/metrics")).text, ASSIGNED_METRIC)
-        held = [counts.get(index, 0.0) for index in range(workers)]
-        if all(count > 0 for count in held) and sum(held) == PARTITIONS:
-            return
-        if time.monotonic() > deadline:
-            raise BenchError(f"partitions held {held} after {STABLE_TIMEOUT_S:.0f} s")
-        await asyncio.sleep(POLL_NEAR_S)
-
-
-async def wait_done(
-    service: Child, http: httpx.AsyncClient, expected: int, deadline: float
-) -> bool:
-    """Until ``expected`` adjustments in all (False) or the wall-clock deadline (True)."""
-    previous, previous_at = 0, time.time()
-    while True:
-        if not service.alive:
-            raise BenchError(f"{service.name} exited mid-run:\n{service.log_tail()}")
-        count = sum((await adjustments(http)).values())
-        now = time.time()
-        if count >= expected:
-            return False
-        if now >= deadline:
-            return True
-        rate = (count - previous) / max(now - previous_at, 1e-3)
-        previous, previous_at = count, now
-        near = rate > 0 and (expected - count) / rate < 2.0
-        await asyncio.sleep(min(POLL_NEAR_S if near else POLL_S, max(0.0, deadline - now)))
 
 
 async def run_row(rig: Rig, row: WorkersRow, cfg: Config) -> None:
     run_id = uuid.uuid4().hex[:6]
     topo = Topology(rig.bootstrap, f"workers{row.workers}-{run_id}")
-    names = topo.names
     folder = rig.workdir / f"workers-{row.workers}-{run_id}"  # a fresh SQLite file per row
     folder.mkdir(parents=True, exist_ok=True)
-    await create_topics(
-        rig.bootstrap,
-        {
-            names["command"]: PARTITIONS,
-            names["completed"]: PARTITIONS,
-            names["failed"]: PARTITIONS,
-            names["dead_letter"]: 1,
-            names["review"]: 1,
-        },
+    before, after, records, row.load_cpu_ms = await run_backlog_row(
+        rig, row, topo, cfg.seed, lambda: run_service(rig, row, topo, folder, cfg)
     )
-    try:
-        batch = await asyncio.to_thread(
-            generate_commands,
-            row.backlog,
-            accounts=ACCOUNTS,
-            seed=cfg.seed,
-            requested_by="points-adjuster-bench",
-        )
-        commands = batch.commands
-        produced = time.process_time()
-        sent_at = await produce_backlog(rig.bootstrap, names["command"], commands, rig.codec)
-        row.load_cpu_ms = (time.process_time() - produced) * 1000 / len(commands)
-        ready_at, end_at, before, after = await run_service(rig, row, topo, folder, cfg)
-        records = await read_outcome_records(
-            rig.bootstrap, [names["completed"], names["failed"]], rig.codec
-        )
-        row.ledger = await asyncio.to_thread(rig.sandbox.ledger_count)
-        check(row, commands, sent_at, records, ready_at, end_at)
-        attribute(row, before, after, records)
-    finally:
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(rig.sandbox.reset)
-        with contextlib.suppress(Exception):
-            await delete_topics(rig.bootstrap, list(names.values()))
+    attribute(row, before, after, records)
 
 
 async def run_service(
@@ -412,15 +299,7 @@ async def run_service(
     """Start the service, wait for the steady assignment, run the backlog out.
 
     Returns (ready, end, the moment the window opened, the moment it closed)."""
-    port = free_port()
-    env = service_env(rig.bootstrap, rig.sandbox.base_url, folder, port, rig.keyset)
-    env.update(topo.env())
-    env.update(
-        PA_LOG__LEVEL="WARNING",
-        PA_SHUTDOWN_TIMEOUT_S=str(SERVICE_SHUTDOWN_S),
-        PA_PROCESSING__ORDERING="key",
-        PA_WORKERS=str(row.workers),
-    )
+    env, port = service_run_env(rig, topo, folder, PA_WORKERS=str(row.workers))
     service = rig.children.start(
         f"service {row.name}",
         [sys.executable, "-m", "service", "run"],
@@ -430,12 +309,20 @@ async def run_service(
     )
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+
+            async def held() -> list[float]:
+                counts = by_worker((await http.get("/metrics")).text, ASSIGNED_METRIC)
+                return [counts.get(index, 0.0) for index in range(row.workers)]
+
+            async def made() -> int:
+                return sum((await adjustments(http)).values())
+
             ready_at = await wait_ready(service, http)
-            await wait_stable(service, row.workers, http)
+            await wait_stable([service], held)
             row.stable_after_s = time.time() - ready_at
             await asyncio.sleep(max(0.0, ready_at + SETTLE_S - time.time()))
             before = await take_moment(rig, service, row.workers, http)
-            row.capped = await wait_done(service, http, row.backlog, before.at + cfg.cap_s)
+            row.capped = await wait_done([service], made, row.backlog, before.rest.at + cfg.cap_s)
             after = await take_moment(rig, service, row.workers, http)
     finally:
         code = await asyncio.to_thread(rig.children.stop, service, STOP_WAIT_S)
@@ -443,92 +330,43 @@ async def run_service(
             row.notes.append(f"{service.name} exit code {code} after SIGTERM")
     if before.worker_pids != after.worker_pids:
         row.problems.append(f"a worker was restarted in the window: {service.log_tail()}")
-    return ready_at, after.at, before, after
-
-
-def check(
-    row: WorkersRow,
-    commands: list[dict[str, Any]],
-    sent_at: dict[str, int],
-    records: list[OutcomeRecord],
-    ready_at: float,
-    end_at: float,
-) -> None:
-    """Exactly one original, completed outcome per command: ``bench_throughput``'s checks."""
-    result = Result(row.name, "sweep", "key", PARTITIONS, ACCOUNTS, row.backlog)
-    result.capped, result.ready_at, result.end_at, result.ledger = (
-        row.capped,
-        ready_at,
-        end_at,
-        row.ledger,
-    )
-    analyse(result, commands, sent_at, records)
-    row.done = len({r.key for r in records if not r.duplicate})
-    row.duplicates = sum(1 for r in records if r.duplicate)
-    row.from_ready_per_s = result.throughput
-    row.notes.extend(result.notes)
-    row.problems.extend(result.problems)
+    return ready_at, after.rest.at, before, after
 
 
 def attribute(row: WorkersRow, before: Moment, after: Moment, records: list[OutcomeRecord]) -> None:
     """The steady window's rate, and CPU per adjustment of every process over it."""
-    opened_ms = before.at * 1000
-    stamps = sorted(
-        r.timestamp_ms for r in records if not r.duplicate and r.timestamp_ms >= opened_ms
-    )
-    if not stamps:
-        row.problems.append("no outcome in the steady window")
+    if not open_window(row, before.rest, records):
         return
-    row.window_s = stamps[-1] / 1000 - before.at
-    row.per_s = len(stamps) / row.window_s if row.window_s > 0 else float("nan")
     indexes = range(row.workers)
     row.outcomes_by_worker = [after.outcomes.get(i, 0) - before.outcomes.get(i, 0) for i in indexes]
     spent = [after.workers.get(i, math.nan) - before.workers.get(i, math.nan) for i in indexes]
     row.cpu_ms_by_worker = [
         s * 1000 / max(1, n) for s, n in zip(spent, row.outcomes_by_worker, strict=True)
     ]
-    seconds = after.at - before.at
+    seconds = after.rest.at - before.rest.at
     row.loop_share_by_worker = [s / seconds if seconds > 0 else math.nan for s in spent]
     made = max(1, sum(row.outcomes_by_worker))
-
-    def per_adj(cpu_s: float) -> float:
-        return cpu_s * 1000 / made
-
-    row.parent_cpu_ms = per_adj(after.parent - before.parent)
-    row.sandbox_cpu_ms = per_adj(after.sandbox - before.sandbox)
-    row.broker_cpu_ms = per_adj(after.broker - before.broker)
-    row.bench_cpu_ms = per_adj(after.bench - before.bench)
-    total = after.total_ticks - before.total_ticks
-    if total > 0:
-        row.machine_busy_pct = 100.0 * (after.busy_ticks - before.busy_ticks) / total
-        ours = row.all_cpu_ms * made / 1000  # seconds of CPU
-        others = (after.busy_ticks - before.busy_ticks) / CLOCK_TICKS - ours
-        row.others_pct = max(0.0, 100.0 * others / (total / CLOCK_TICKS))
+    row.parent_cpu_ms = (after.parent - before.parent) * 1000 / made
+    attribute_rest(row, before.rest, after.rest, made)
 
 
-async def run_rows(rig: Rig, cfg: Config) -> list[WorkersRow]:
-    print("warming the broker up (20,000 records through a 12-partition topic)...", flush=True)
-    print(f"    {await warm_up_broker(rig.bootstrap):.1f} s", flush=True)
+async def run_all_rows(rig: Rig, cfg: Config) -> list[WorkersRow]:
     rows = [WorkersRow(n, cfg.backlog) for n in cfg.workers]
-    for row in rows:
-        print(
+    await run_rows(
+        rig,
+        rows,
+        lambda row: (
             f"{row.name}: points-adjuster run --workers {row.workers} on one SQLite file,"
-            f" {row.backlog:,} commands, {ACCOUNTS:,} accounts, {PARTITIONS} partitions",
-            flush=True,
-        )
-        try:
-            await run_row(rig, row, cfg)
-        except BenchError as exc:
-            row.problems.append(str(exc))
-            print(f"    failed: {exc}", flush=True)
-            continue
-        print(
+            f" {row.backlog:,} commands, {ACCOUNTS:,} accounts, {PARTITIONS} partitions"
+        ),
+        lambda row: run_row(rig, row, cfg),
+        lambda row: (
             f"    {row.per_s:,.1f}/s over {row.window_s:.1f} s (steady, after"
             f" {fmt(row.stable_after_s)} s); worker CPU ms/adj"
             f" {' / '.join(fmt(v, 2) for v in row.cpu_ms_by_worker)}; box"
-            f" {fmt(row.machine_busy_pct, 0)} % busy, others {fmt(row.others_pct, 0)} %",
-            flush=True,
-        )
+            f" {fmt(row.machine_busy_pct, 0)} % busy, others {fmt(row.others_pct, 0)} %"
+        ),
+    )
     return rows
 
 
@@ -605,60 +443,19 @@ def print_rows(rows: list[WorkersRow]) -> None:
     )
 
 
-# --- facts, main ---------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def local_broker() -> Iterator[tuple[str, int | None, str]]:
-    from pa_devkit.localinfra.kafka import LocalKafka
-
-    print("starting a local Kafka broker...", flush=True)
-    with LocalKafka(port=0) as kafka:
-        yield kafka.bootstrap_servers, kafka.pid, kafka.version
+# --- main ----------------------------------------------------------------------------------
 
 
 def run(cfg: Config, facts: dict[str, Any], workdir: Path) -> list[WorkersRow]:
-    children = Children()
-    with local_broker() as (bootstrap, broker_pid, kafka_version):
-        facts["kafka"] = kafka_version
-        try:
-            keyset = generate_dev_keyset(workdir / "keys")
-            sandbox = start_sandbox(
-                children,
-                keys_dir=keyset.directory,
-                consumer_key=DEMO_CONSUMER_KEY,
-                latency_ms=cfg.latency_ms,
-                plain_responses=False,
-                workdir=workdir,
-            )
-            rig = Rig(
-                children,
-                bootstrap,
-                broker_pid,
-                sandbox,
-                keyset,
-                AvroCodec.from_directory(),
-                workdir,
-            )
-            return asyncio.run(run_rows(rig, cfg))
-        finally:
-            children.stop_all()  # before the broker goes
+    with started_rig(Children(), workdir, facts, latency_ms=cfg.latency_ms) as rig:
+        return asyncio.run(run_all_rows(rig, cfg))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    raise_keyboard_interrupt_on_sigterm()
+    quiet_logging()
     wall = time.monotonic()
-    facts: dict[str, Any] = {
-        "cpus": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "python": platform.python_version(),
-        "loadavg_at_start": os.getloadavg(),
-        "git": git_facts(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    facts = machine_facts()
     print(
         f"points-adjuster workers benchmark: rows {', '.join(map(str, cfg.workers))};"
         f" {facts['cpus']} CPUs ({facts['cpu_model']}), python {facts['python']}, commit"
@@ -666,60 +463,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         " in service/",
         flush=True,
     )
-    idle = machine_busy_pct(1.0)
-    facts["machine_busy_pct_before"] = idle
-    if idle > 10:
-        print(
-            f"WARNING: the machine is already {idle:.0f} % busy before this run starts (other"
-            " processes): the figures below will be low",
-            flush=True,
-        )
-    workdir = Path(tempfile.mkdtemp(prefix="points-adjuster-bench-workers-", dir=cfg.workdir))
-    facts["workdir_filesystem"] = filesystem_of(workdir)
-    rows: list[WorkersRow] = []
-    status = 0
-    try:
-        rows = run(cfg, facts, workdir)
-    except KeyboardInterrupt:
-        print("\ninterrupted: every process this run started was stopped", file=sys.stderr)
-        status = 130
-    except BenchError as exc:
-        print(f"bench_workers: {exc}", file=sys.stderr)
-        status = 1
+    warn_if_busy(facts, "the figures below will be low")
+    workdir = make_workdir("points-adjuster-bench-workers-", cfg.workdir, facts)
+    empty: list[WorkersRow] = []
+    rows, status = guarded("bench_workers", lambda: run(cfg, facts, workdir), empty)
     elapsed = time.monotonic() - wall
     if rows:
         print_rows(rows)
-    for row in rows:
-        for note in row.notes:
-            print(f"  note {row.name}: {note}")
-        for problem in row.problems:
-            print(f"  PROBLEM {row.name}: {problem}", file=sys.stderr)
-            status = status or 1
+    if print_problems(rows):
+        status = status or 1
     if cfg.json_path is not None and rows:
         write_json(cfg, facts, rows, elapsed)
-    print(
-        f"\n{elapsed / 60:.1f} min in all; SQLite files on {facts['workdir_filesystem']}"
-        f" ({workdir.parent})"
-    )
-    if status != 0 or cfg.keep_workdir:
-        print(f"logs kept in {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
+    finish(status, elapsed, facts, workdir, cfg.keep_workdir, "SQLite files")
     return status
 
 
 def write_json(cfg: Config, facts: dict[str, Any], rows: list[WorkersRow], elapsed: float) -> None:
-    def clean(value: Any) -> Any:
-        if isinstance(value, float) and math.isnan(value):
-            return None
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [clean(v) for v in value]
-        if isinstance(value, Path):
-            return str(value)
-        return value
-
     cores = os.cpu_count() or 1
     document = {
         "machine": facts,
@@ -738,9 +497,7 @@ def write_json(cfg: Config, facts: dict[str, Any], rows: list[WorkersRow], elaps
         "elapsed_s": elapsed,
     }
     assert cfg.json_path is not None
-    cfg.json_path.parent.mkdir(parents=True, exist_ok=True)
-    cfg.json_path.write_text(json.dumps(clean(document), indent=2) + "\n")
-    print(f"figures written to {cfg.json_path}")
+    write_figures(cfg.json_path, document)
 
 
 if __name__ == "__main__":

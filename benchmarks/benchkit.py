@@ -1,9 +1,9 @@
 """Shared pieces of the end-to-end benchmarks: child processes, /proc readings, the sandbox
 process, the raw crypto floor and Prometheus text parsing.
 
-Imported by ``bench_throughput.py``, ``bench_transport.py`` and ``bench_stores.py`` (all run
-as scripts from the repository root, so this folder is on ``sys.path``). Linux only: CPU time
-and peak RSS come from ``/proc/<pid>``.
+Imported by the benchmark scripts and by ``e2ekit.py`` (the end-to-end rig they share; all
+run as scripts from the repository root, so this folder is on ``sys.path``). Linux only: CPU
+time and peak RSS come from ``/proc/<pid>``.
 """
 
 from __future__ import annotations
