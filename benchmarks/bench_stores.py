@@ -78,6 +78,7 @@ from e2ekit import (
     OutcomeRecord,
     Rig,
     Topology,
+    describe_machine,
     finish,
     fmt,
     guarded,
@@ -85,6 +86,7 @@ from e2ekit import (
     make_workdir,
     print_problems,
     quiet_logging,
+    start_service,
     started_rig,
     wait_ready,
     warn_if_busy,
@@ -98,6 +100,7 @@ from steady import (
     PARTITIONS,
     SETTLE_S,
     Machine,
+    add_backlog_arguments,
     add_output_arguments,
     attribute_rest,
     open_window,
@@ -152,16 +155,7 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     parser.add_argument(
         "--keys", type=int, default=5000, help="adjustments per store and concurrency (5000)"
     )
-    parser.add_argument(
-        "--backlog", type=int, default=12_000, help="commands per replicas row (12000)"
-    )
-    parser.add_argument(
-        "--max-seconds",
-        type=float,
-        default=60.0,
-        help="stop a replicas row this long after its replicas hold their partitions (60)",
-    )
-    parser.add_argument("--latency-ms", type=float, default=50.0, help="sandbox latency (50)")
+    add_backlog_arguments(parser, "replicas row", "replicas")
     parser.add_argument(
         "--only", choices=("stores", "replicas"), help="run one part (default: both)"
     )
@@ -590,15 +584,8 @@ async def run_services(
                 replica_dir = folder / f"replica-{index + 1}"
                 replica_dir.mkdir(exist_ok=True)
                 env, port = replica_env(rig, topo, replica_dir, dsn)
-                replicas.append(
-                    rig.children.start(
-                        f"service {row.name} #{index + 1}",
-                        [sys.executable, "-m", "service", "run"],
-                        env=env,
-                        cwd=replica_dir,
-                        log_path=replica_dir / "service.log",
-                    )
-                )
+                name = f"service {row.name} #{index + 1}"
+                replicas.append(start_service(rig.children, name, env, replica_dir))
                 https.append(
                     await stack.enter_async_context(
                         httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10)
@@ -797,9 +784,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     wall = time.monotonic()
     facts = machine_facts()
     print(
-        f"points-adjuster store benchmark: {', '.join(cfg.parts)}; {facts['cpus']} CPUs"
-        f" ({facts['cpu_model']}), python {facts['python']}, commit {facts['git']['commit']}"
-        f" + {len(facts['git']['service_changes'])} changed file(s) in service/",
+        f"points-adjuster store benchmark: {', '.join(cfg.parts)}; {describe_machine(facts)}",
         flush=True,
     )
     warn_if_busy(facts, "the figures below will be low")

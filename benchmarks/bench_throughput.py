@@ -74,7 +74,6 @@ from benchkit import (
     Child,
     Children,
     CryptoFloor,
-    Sandbox,
     cpu_times,
     format_window,
     histogram_buckets,
@@ -93,8 +92,10 @@ from e2ekit import (
     SERVICE_SHUTDOWN_S,
     STOP_WAIT_S,
     OutcomeRecord,
+    Rig,
     Topology,
     create_topics,
+    describe_machine,
     discard,
     encode_all,
     finish,
@@ -127,7 +128,6 @@ from profile_summary import read as read_profile
 from profile_summary import render as render_profile
 
 from pa_devkit.demo import service_env
-from pa_devkit.keys import DevKeySet
 from pa_devkit.localinfra.broker_config import free_port
 from service.codec.avro import AvroCodec
 from service.settings import PasSettings
@@ -528,15 +528,10 @@ class PlumbingFloor:
 
 
 @dataclass
-class Bench:
+class Bench(Rig):
+    """The rig, with this run's configuration and what it has measured so far."""
+
     cfg: Config
-    children: Children
-    bootstrap: str
-    broker_pid: int | None
-    sandbox: Sandbox
-    keyset: DevKeySet
-    codec: AvroCodec
-    workdir: Path
     results: list[Result] = field(default_factory=list)
     plumbing: PlumbingFloor | None = None
     cores: CorePlan | None = None  # --pin: the service's core and the others'
@@ -1525,9 +1520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"points-adjuster throughput benchmark{' (--quick)' if cfg.quick else ''}:"
         f" {len(scenarios)} scenarios, sandbox latency {cfg.latency_ms:g} ms,"
         f" {'plain' if cfg.plain_responses else 'encrypted'} responses,"
-        f" {facts['cpus']} CPUs ({facts['cpu_model']}), python {facts['python']},"
-        f" commit {facts['git']['commit']}"
-        + (f" + {len(facts['git']['service_changes'])} changed file(s) in service/")
+        f" {describe_machine(facts)}"
         + (f", service from {cfg.service_root}" if cfg.service_root else "")
         + f", the service's PA_PAS__HTTP_TRANSPORT={transport}"
         + (" (--http-transport)" if cfg.http_transport else " (its default here)")
@@ -1568,17 +1561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             plain_responses=cfg.plain_responses,
             bootstrap_servers=cfg.bootstrap_servers,
         ) as rig:
-            bench = Bench(
-                cfg,
-                rig.children,
-                rig.bootstrap,
-                rig.broker_pid,
-                rig.sandbox,
-                rig.keyset,
-                rig.codec,
-                rig.workdir,
-                cores=pinning,
-            )
+            bench = Bench(**vars(rig), cfg=cfg, cores=pinning)  # vars: the rig's fields
             pin_the_rest(bench)
             asyncio.run(run_all(bench, scenarios))
 

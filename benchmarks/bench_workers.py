@@ -52,6 +52,7 @@ from e2ekit import (
     OutcomeRecord,
     Rig,
     Topology,
+    describe_machine,
     finish,
     fmt,
     guarded,
@@ -60,6 +61,7 @@ from e2ekit import (
     print_problems,
     process_cpu,
     quiet_logging,
+    start_service,
     started_rig,
     wait_ready,
     warn_if_busy,
@@ -73,6 +75,7 @@ from steady import (
     PARTITIONS,
     SETTLE_S,
     Machine,
+    add_backlog_arguments,
     add_output_arguments,
     attribute_rest,
     open_window,
@@ -104,14 +107,7 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         description="1 vs 2 workers (run --workers N) on one SQLite store: the rate and the"
         " CPU of every process."
     )
-    parser.add_argument("--backlog", type=int, default=12_000, help="commands per row (12000)")
-    parser.add_argument(
-        "--max-seconds",
-        type=float,
-        default=60.0,
-        help="stop a row this long after its workers hold their partitions (60)",
-    )
-    parser.add_argument("--latency-ms", type=float, default=50.0, help="sandbox latency (50)")
+    add_backlog_arguments(parser, "row", "workers")
     parser.add_argument(
         "--workers",
         default=",".join(str(n) for n in DEFAULT_WORKERS),
@@ -300,13 +296,7 @@ async def run_service(
 
     Returns (ready, end, the moment the window opened, the moment it closed)."""
     env, port = service_run_env(rig, topo, folder, PA_WORKERS=str(row.workers))
-    service = rig.children.start(
-        f"service {row.name}",
-        [sys.executable, "-m", "service", "run"],
-        env=env,
-        cwd=folder,
-        log_path=folder / "service.log",
-    )
+    service = start_service(rig.children, f"service {row.name}", env, folder)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
 
@@ -458,9 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     facts = machine_facts()
     print(
         f"points-adjuster workers benchmark: rows {', '.join(map(str, cfg.workers))};"
-        f" {facts['cpus']} CPUs ({facts['cpu_model']}), python {facts['python']}, commit"
-        f" {facts['git']['commit']} + {len(facts['git']['service_changes'])} changed file(s)"
-        " in service/",
+        f" {describe_machine(facts)}",
         flush=True,
     )
     warn_if_busy(facts, "the figures below will be low")

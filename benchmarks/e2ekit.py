@@ -385,6 +385,17 @@ async def wait_ready(child: Child, http: httpx.AsyncClient) -> float:
     raise BenchError(f"the service was not ready after {READY_TIMEOUT_S:.0f} s")
 
 
+def start_service(children: Children, name: str, env: dict[str, str], folder: Path) -> Child:
+    """``points-adjuster run`` (``python -m service run``) in ``folder``, its log there."""
+    return children.start(
+        name,
+        [sys.executable, "-m", "service", "run"],
+        env=env,
+        cwd=folder,
+        log_path=folder / "service.log",
+    )
+
+
 def process_cpu(pid: int | None) -> float:
     if pid is None:
         return float("nan")
@@ -438,6 +449,15 @@ def machine_facts(**after_python: Any) -> dict[str, Any]:
         "git": git_facts(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def describe_machine(facts: dict[str, Any]) -> str:
+    """``2 CPUs (model), python 3.11.7, commit abc1234 + 0 changed file(s) in service/``."""
+    return (
+        f"{facts['cpus']} CPUs ({facts['cpu_model']}), python {facts['python']}, commit"
+        f" {facts['git']['commit']} + {len(facts['git']['service_changes'])} changed file(s)"
+        " in service/"
+    )
 
 
 def warn_if_busy(facts: dict[str, Any], consequence: str) -> None:

@@ -274,6 +274,19 @@ async def run_rows(
         print(summary(row), flush=True)
 
 
+def add_backlog_arguments(parser: argparse.ArgumentParser, row: str, holders: str) -> None:
+    """--backlog, --max-seconds, --latency-ms; ``row`` and ``holders`` name the script's row
+    and its processes in the help."""
+    parser.add_argument("--backlog", type=int, default=12_000, help=f"commands per {row} (12000)")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=60.0,
+        help=f"stop a {row} this long after its {holders} hold their partitions (60)",
+    )
+    parser.add_argument("--latency-ms", type=float, default=50.0, help="sandbox latency (50)")
+
+
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     """The options both scripts end with: --json, --seed, --workdir, --keep-workdir."""
     parser.add_argument("--json", type=Path, dest="json_path", help="write every figure here")
