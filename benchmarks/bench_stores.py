@@ -98,12 +98,17 @@ from steady import (
     DUPLICATES_METRIC,
     OUTCOMES_METRIC,
     PARTITIONS,
+    RATE_HEADER,
     SETTLE_S,
     Machine,
     add_backlog_arguments,
     add_output_arguments,
     attribute_rest,
+    failed_line,
+    from_ready,
     open_window,
+    print_table,
+    rate_cells,
     run_backlog_row,
     run_rows,
     service_run_env,
@@ -663,30 +668,23 @@ async def run_all_replicas(rig: Rig, servers: Servers, cfg: Config) -> list[Repl
 
 def print_replicas(rows: list[ReplicaRow]) -> None:
     cores = os.cpu_count() or 1
-    print()
-    print("Replicas on one store: the steady rate")
-    header = (
-        f"{'row':<14}{'adjusted':>10}{'dups':>6}{'stable s':>9}{'window s':>9}{'adj/s':>8}"
-        f"{'vs 1':>6}{'box busy':>9}{'others':>8}{'1-loop bound/s':>16}{'box bound/s':>13}"
-    )
-    print(header)
-    print("-" * len(header))
     single = {r.store: r for r in rows if r.replicas == 1 and not r.problems}
+    lines: list[str] = []
     for r in rows:
         if r.problems and not r.done:
-            print(f"{r.name:<14}  FAILED: {r.problems[0].splitlines()[0]}")
+            lines.append(failed_line(r, 14))
             continue
         ref = single.get(r.store)
         versus = f"{r.per_s / ref.per_s:.2f}" if ref and ref.per_s > 0 else "-"
         box = cores * 1000 / r.all_cpu_ms if r.all_cpu_ms > 0 else float("nan")
-        print(
-            f"{r.name:<14}{r.done:>9,}{'c' if r.capped else ' '}{r.duplicates:>6,}"
-            f"{fmt(r.stable_after_s):>9}{r.window_s:>9.1f}{r.per_s:>8,.0f}{versus:>6}"
-            f"{fmt(r.machine_busy_pct, 0) + ' %':>9}{fmt(r.others_pct, 0) + ' %':>8}"
+        lines.append(
+            f"{r.name:<14}{rate_cells(r, versus)}"
             f"{fmt(r.replica_bound_per_s, 0):>16}{fmt(box, 0):>13}"
         )
-    print("-" * len(header))
-    print(
+    print_table(
+        "Replicas on one store: the steady rate",
+        f"{'row':<14}{RATE_HEADER}{'1-loop bound/s':>16}{'box bound/s':>13}",
+        lines,
         "adjusted: commands with their one original outcome (c: stopped at the cap); dups:"
         " outcomes published again for commands re-delivered by the start-up rebalance (the"
         " store answered DUPLICATE, no PAS call); stable s: from the first /readyz until every"
@@ -696,16 +694,9 @@ def print_replicas(rows: list[ReplicaRow]) -> None:
         f" {cores} cores over the window; others: the share of them used by processes this"
         " run did not start; 1-loop bound: 1000 / the busiest replica's CPU ms per"
         " adjustment, the rate at which one replica fills its one event-loop thread; box"
-        f" bound: {cores} cores / the sum below, if CPU alone limited the co-located processes."
+        f" bound: {cores} cores / the sum below, if CPU alone limited the co-located processes.",
     )
-    print()
-    print("CPU per adjustment over the window (ms), by process")
-    header = (
-        f"{'row':<14}{'replica 1':>16}{'replica 2':>16}{'services':>9}{'store':>7}"
-        f"{'sandbox':>8}{'broker':>7}{'bench':>7}{'sum':>7}"
-    )
-    print(header)
-    print("-" * len(header))
+    lines = []
     for r in rows:
         if not r.done:
             continue
@@ -713,21 +704,22 @@ def print_replicas(rows: list[ReplicaRow]) -> None:
             f"{ms:.2f} ({n:,})"
             for ms, n in zip(r.cpu_ms_by_replica, r.outcomes_by_replica, strict=True)
         ] + ["-", "-"]
-        print(
+        lines.append(
             f"{r.name:<14}{each[0]:>16}{each[1]:>16}{fmt(r.services_cpu_ms, 2):>9}"
             f"{fmt(r.store_cpu_ms, 2):>7}{fmt(r.sandbox_cpu_ms, 2):>8}"
             f"{fmt(r.broker_cpu_ms, 2):>7}{fmt(r.bench_cpu_ms, 2):>7}{fmt(r.all_cpu_ms, 2):>7}"
         )
-    print("-" * len(header))
-    print(
+    print_table(
+        "CPU per adjustment over the window (ms), by process",
+        f"{'row':<14}{'replica 1':>16}{'replica 2':>16}{'services':>9}{'store':>7}"
+        f"{'sandbox':>8}{'broker':>7}{'bench':>7}{'sum':>7}",
+        lines,
         "replica N: that service process's utime+stime over the adjustments its /metrics"
         " counted in the window (in brackets); services: all of them over all adjustments;"
         " store: the PostgreSQL server (its backends and reaped children included) or the"
         " Redis server (SQLite runs inside the service); sandbox, broker, bench (this"
         " process: metrics polling): the co-located rest. From the first ready, start-up"
-        " and rebalance included: "
-        + ", ".join(f"{r.name} {r.from_ready_per_s:,.0f}/s" for r in rows if r.done)
-        + "."
+        f" and rebalance included: {from_ready(rows)}.",
     )
 
 

@@ -73,12 +73,17 @@ from steady import (
     DUPLICATES_METRIC,
     OUTCOMES_METRIC,
     PARTITIONS,
+    RATE_HEADER,
     SETTLE_S,
     Machine,
     add_backlog_arguments,
     add_output_arguments,
     attribute_rest,
+    failed_line,
+    from_ready,
     open_window,
+    print_table,
+    rate_cells,
     run_backlog_row,
     run_rows,
     service_run_env,
@@ -362,30 +367,22 @@ async def run_all_rows(rig: Rig, cfg: Config) -> list[WorkersRow]:
 
 def print_rows(rows: list[WorkersRow]) -> None:
     cores = os.cpu_count() or 1
-    print()
-    print("Workers on one SQLite store: the steady rate")
-    header = (
-        f"{'row':<11}{'adjusted':>10}{'dups':>6}{'stable s':>9}{'window s':>9}{'adj/s':>8}"
-        f"{'vs 1':>6}{'box busy':>9}{'others':>8}{'loop bound/s':>13}{'box bound/s':>12}"
-        f"{'left bound/s':>13}"
-    )
-    print(header)
-    print("-" * len(header))
     single = next((r for r in rows if r.workers == 1 and not r.problems), None)
+    lines: list[str] = []
     for r in rows:
         if r.problems and not r.done:
-            print(f"{r.name:<11}  FAILED: {r.problems[0].splitlines()[0]}")
+            lines.append(failed_line(r, 11))
             continue
         versus = f"{r.per_s / single.per_s:.2f}" if single and single.per_s > 0 else "-"
-        print(
-            f"{r.name:<11}{r.done:>9,}{'c' if r.capped else ' '}{r.duplicates:>6,}"
-            f"{fmt(r.stable_after_s):>9}{r.window_s:>9.1f}{r.per_s:>8,.0f}{versus:>6}"
-            f"{fmt(r.machine_busy_pct, 0) + ' %':>9}{fmt(r.others_pct, 0) + ' %':>8}"
+        lines.append(
+            f"{r.name:<11}{rate_cells(r, versus)}"
             f"{fmt(r.loop_bound_per_s, 0):>13}{fmt(r.box_bound_per_s(cores), 0):>12}"
             f"{fmt(r.left_bound_per_s(cores), 0):>13}"
         )
-    print("-" * len(header))
-    print(
+    print_table(
+        "Workers on one SQLite store: the steady rate",
+        f"{'row':<11}{RATE_HEADER}{'loop bound/s':>13}{'box bound/s':>12}{'left bound/s':>13}",
+        lines,
         "adjusted: commands with their one original outcome (c: stopped at the cap); dups:"
         " outcomes published again for re-delivered commands (answered from the store, no PAS"
         " call); stable s: from /readyz until every worker held partitions; adj/s: original"
@@ -395,16 +392,9 @@ def print_rows(rows: list[WorkersRow]) -> None:
         " used by processes this run did not start; loop bound: workers x 1000 / the busiest"
         " worker's CPU ms per adjustment (each worker's event loop full); box bound:"
         f" {cores} cores / the sum below; left bound: what the others left of the {cores}"
-        " cores / the same sum."
+        " cores / the same sum.",
     )
-    print()
-    print("CPU per adjustment over the window (ms), by process")
-    header = (
-        f"{'row':<11}{'worker 0':>18}{'worker 1':>18}{'parent':>8}{'sandbox':>8}"
-        f"{'broker':>7}{'bench':>7}{'sum':>7}{'load gen':>9}"
-    )
-    print(header)
-    print("-" * len(header))
+    lines = []
     for r in rows:
         if not r.done:
             continue
@@ -414,22 +404,23 @@ def print_rows(rows: list[WorkersRow]) -> None:
                 r.cpu_ms_by_worker, r.outcomes_by_worker, r.loop_share_by_worker, strict=True
             )
         ] + ["-", "-"]
-        print(
+        lines.append(
             f"{r.name:<11}{each[0]:>18}{each[1]:>18}{fmt(r.parent_cpu_ms, 3):>8}"
             f"{fmt(r.sandbox_cpu_ms, 2):>8}{fmt(r.broker_cpu_ms, 2):>7}"
             f"{fmt(r.bench_cpu_ms, 2):>7}{fmt(r.all_cpu_ms, 2):>7}{fmt(r.load_cpu_ms, 3):>9}"
         )
-    print("-" * len(header))
-    print(
+    print_table(
+        "CPU per adjustment over the window (ms), by process",
+        f"{'row':<11}{'worker 0':>18}{'worker 1':>18}{'parent':>8}{'sandbox':>8}"
+        f"{'broker':>7}{'bench':>7}{'sum':>7}{'load gen':>9}",
+        lines,
         "worker N: that process's utime+stime over the adjustments its samples counted in the"
         " window (in brackets, with its CPU seconds per second of the window: how full its"
         " one core was); with 1 worker, the service process itself; parent: the parent of"
         " --workers N (its merged /metrics scrapes included); sandbox, broker, bench (this"
         " process polling /metrics): the co-located rest; sum: all of them (SQLite runs in"
         " the workers); load gen: this process producing the backlog, per command, before"
-        " the window. From ready, start-up and rebalance included: "
-        + ", ".join(f"{r.name} {r.from_ready_per_s:,.0f}/s" for r in rows if r.done)
-        + "."
+        f" the window. From ready, start-up and rebalance included: {from_ready(rows)}.",
     )
 
 

@@ -31,6 +31,7 @@ from e2ekit import (
     backlog_commands,
     create_topics,
     discard,
+    fmt,
     process_cpu,
     produce_backlog,
     read_outcome_records,
@@ -65,6 +66,7 @@ class SteadyRow(Protocol):
     backlog: int
     done: int
     capped: bool
+    stable_after_s: float
     window_s: float
     per_s: float
     from_ready_per_s: float
@@ -272,6 +274,50 @@ async def run_rows(
             print(f"    failed: {exc}", flush=True)
             continue
         print(summary(row), flush=True)
+
+
+# --- the tables ----------------------------------------------------------------------------
+
+RATE_HEADER = (
+    f"{'adjusted':>10}{'dups':>6}{'stable s':>9}{'window s':>9}{'adj/s':>8}{'vs 1':>6}"
+    f"{'box busy':>9}{'others':>8}"
+)
+"""The columns both scripts' rate tables start with, after the row's name."""
+
+
+def rate_cells(row: SteadyRow, versus: str) -> str:
+    """A row's cells under ``RATE_HEADER``; ``versus``: its rate against the 1-process row."""
+    return (
+        f"{row.done:>9,}{'c' if row.capped else ' '}{row.duplicates:>6,}"
+        f"{fmt(row.stable_after_s):>9}{row.window_s:>9.1f}{row.per_s:>8,.0f}{versus:>6}"
+        f"{fmt(row.machine_busy_pct, 0) + ' %':>9}{fmt(row.others_pct, 0) + ' %':>8}"
+    )
+
+
+def failed_line(row: SteadyRow, width: int) -> str:
+    """The line of a row that did not run: its name and the first line of its problem."""
+    return f"{row.name:<{width}}  FAILED: {row.problems[0].splitlines()[0]}"
+
+
+def print_table(title: str, header: str, lines: Sequence[str], legend: str) -> None:
+    """A blank line, ``title``, ``header`` and ``lines`` between rules as wide as it, then
+    ``legend``."""
+    print()
+    print(title)
+    print(header)
+    print("-" * len(header))
+    for line in lines:
+        print(line)
+    print("-" * len(header))
+    print(legend)
+
+
+def from_ready(rows: Sequence[SteadyRow]) -> str:
+    """``1 worker 792/s, 2 workers 725/s``: each row's rate from ready, start-up included."""
+    return ", ".join(f"{r.name} {r.from_ready_per_s:,.0f}/s" for r in rows if r.done)
+
+
+# --- options -------------------------------------------------------------------------------
 
 
 def add_backlog_arguments(parser: argparse.ArgumentParser, row: str, holders: str) -> None:
