@@ -1,10 +1,12 @@
 """What the chaos tests share: the sandbox faults they inject, the service settings that let
-those faults resolve within a test, and the oracle's readings of the outcome topics, the
-sandbox ledger and the consumer group."""
+those faults resolve within a test, the replay of the dead letters once the faults stop
+(``replay_and_settle``), and the oracle's readings of the outcome topics, the sandbox ledger
+and the consumer group."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -12,10 +14,13 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pa_devkit.sandbox.ledger import LedgerEntry
+from service.codec.avro import AvroCodec
 from service.domain.reconcile import reference_for
 from service.kafka.clients import partitions_of
-from service.settings import KafkaSettings
-from service.tools.outcomes import OutcomeLog
+from service.settings import KafkaSettings, Settings
+from service.tools.dlq.kafka import ReplayOptions, ReplayReport, replay_dead_letters
+from service.tools.dlq.selection import Selection
+from service.tools.outcomes import OutcomeLog, read_outcomes
 
 # 503 without Recoverable may have been applied: reconciliation settles it. 502 marked
 # Recoverable and 429s are retried; two attempts make some run out, to the DLT and back.
@@ -105,6 +110,35 @@ async def group_lag(kafka: KafkaSettings, topic: str, group: str) -> int:
         return lag
     finally:
         await consumer.stop()
+
+
+async def replay_and_settle(
+    settings: Settings, codec: AvroCodec, valid_keys: set[str], logs: Callable[[], str]
+) -> tuple[ReplayReport, OutcomeLog]:
+    """Once the faults have stopped: replay what was retryable (``PAS_UNAVAILABLE``) from the
+    dead-letter topic, with ``settings`` naming the service's store; assert that every valid
+    key gets a terminal outcome and that every record, the replayed ones included, is
+    processed and committed (``logs()`` says why not); the replay's report and the outcomes.
+    """
+    kafka = settings.kafka
+    report = await replay_dead_letters(
+        settings,
+        ReplayOptions(selection=Selection(reasons=frozenset({"PAS_UNAVAILABLE"}))),
+        out=io.StringIO(),
+        err=io.StringIO(),
+    )
+
+    async def every_valid_key_decided() -> bool:
+        decided = terminal_ids_per_key(await read_outcomes(kafka, codec))
+        return valid_keys <= set(decided)
+
+    assert await wait_until(every_valid_key_decided, 300), logs()
+
+    async def quiet() -> bool:
+        return await group_lag(kafka, kafka.command_topic, kafka.group_id) == 0
+
+    assert await wait_until(quiet, 120), logs()
+    return report, await read_outcomes(kafka, codec)
 
 
 async def wait_until(

@@ -11,7 +11,6 @@ the dead-letter topic. A small run is part of the normal test command;
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import random
 from pathlib import Path
@@ -25,8 +24,7 @@ from pa_devkit.sandbox.app import run_sandbox
 from pa_devkit.sandbox.faults import FaultConfig
 from service.codec.avro import AvroCodec
 from service.settings import Settings
-from service.tools.dlq.kafka import ReplayOptions, replay_dead_letters, scan_dead_letters
-from service.tools.dlq.selection import Selection
+from service.tools.dlq.kafka import scan_dead_letters
 from service.tools.generate import generate_commands
 from service.tools.outcomes import read_outcomes
 from service.tools.send import send_commands
@@ -34,7 +32,7 @@ from tests.chaos.oracle import (
     FAULTS,
     SERVICE_ENV,
     applications_per_key,
-    group_lag,
+    replay_and_settle,
     terminal_ids_per_key,
     wait_until,
 )
@@ -119,25 +117,7 @@ async def test_chaos_exactly_once(
             kafka=kafka,
             idempotency={"sqlite_path": tmp_path / "idempotency.sqlite3"},  # the service's store
         )
-        report = await replay_dead_letters(
-            settings,
-            ReplayOptions(selection=Selection(reasons=frozenset({"PAS_UNAVAILABLE"}))),
-            out=io.StringIO(),
-            err=io.StringIO(),
-        )
-
-        async def every_valid_key_decided() -> bool:
-            decided = terminal_ids_per_key(await read_outcomes(kafka, codec))
-            return valid_keys <= set(decided)
-
-        assert await wait_until(every_valid_key_decided, 300), service.log_tail()
-
-        async def quiet() -> bool:
-            return await group_lag(kafka, kafka.command_topic, kafka.group_id) == 0
-
-        # Every record, the replayed ones included, is processed and committed.
-        assert await wait_until(quiet, 120), service.log_tail()
-        outcomes = await read_outcomes(kafka, codec)
+        report, outcomes = await replay_and_settle(settings, codec, valid_keys, service.log_tail)
         assert await service.terminate() == 0, service.log_tail()
         ledger = sandbox.ledger.entries()
         fault_counts = sandbox.faults.counts()

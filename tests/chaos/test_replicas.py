@@ -13,7 +13,6 @@ tests/chaos/test_chaos.py. The normal test command runs 300 commands per store;
 from __future__ import annotations
 
 import asyncio
-import io
 import random
 import time
 import uuid
@@ -29,16 +28,15 @@ from pa_devkit.sandbox.app import run_sandbox
 from pa_devkit.sandbox.faults import FaultConfig
 from service.codec.avro import AvroCodec
 from service.settings import Settings
-from service.tools.dlq.kafka import ReplayOptions, replay_dead_letters, scan_dead_letters
-from service.tools.dlq.selection import Selection
+from service.tools.dlq.kafka import scan_dead_letters
 from service.tools.generate import generate_commands
 from service.tools.outcomes import read_outcomes
 from service.tools.send import send_commands
 from tests.chaos.oracle import (
     FAULTS,
     SERVICE_ENV,
-    group_lag,
     ledger_entries_per_key,
+    replay_and_settle,
     terminal_ids_per_key,
     wait_until,
 )
@@ -259,25 +257,8 @@ async def run_scenario(
 
         # The faults stop; what was retryable is replayed from the dead-letter topic.
         sandbox.faults.replace(FaultConfig())
-        report = await replay_dead_letters(
-            Settings(kafka=kafka, idempotency=store.settings),  # the replicas' store
-            ReplayOptions(selection=Selection(reasons=frozenset({"PAS_UNAVAILABLE"}))),
-            out=io.StringIO(),
-            err=io.StringIO(),
-        )
-
-        async def every_valid_key_decided() -> bool:
-            decided = terminal_ids_per_key(await read_outcomes(kafka, codec))
-            return valid_keys <= set(decided)
-
-        assert await wait_until(every_valid_key_decided, 300), replicas.log_tails()
-
-        async def quiet() -> bool:
-            return await group_lag(kafka, kafka.command_topic, kafka.group_id) == 0
-
-        # Every record, the replayed ones included, is processed and committed.
-        assert await wait_until(quiet, 120), replicas.log_tails()
-        outcomes = await read_outcomes(kafka, codec)
+        settings = Settings(kafka=kafka, idempotency=store.settings)  # the replicas' store
+        report, outcomes = await replay_and_settle(settings, codec, valid_keys, replicas.log_tails)
         consumed = await replicas.consumed()
         crashed = replicas.exited_by_themselves()
         exit_codes = {name: await service.terminate() for name, service in replicas.live().items()}

@@ -172,12 +172,51 @@ async def wait_for_originals(
         await asyncio.sleep(0.5)
 
 
+async def settled_originals(
+    kafka: KafkaSettings,
+    codec: AvroCodec,
+    expected: int,
+    timeout_s: float = 120.0,
+    straggler_wait_s: float = 1.0,
+) -> OutcomeLog:
+    """Wait for ``expected`` original outcomes, give a straggling extra one (there must be
+    none) ``straggler_wait_s`` to show up, then read them all again."""
+    await wait_for_originals(kafka, codec, expected, timeout_s)
+    await asyncio.sleep(straggler_wait_s)
+    return await wait_for_originals(kafka, codec, expected, 5)
+
+
+async def run_until_settled(
+    service: ServiceProcess, kafka: KafkaSettings, codec: AvroCodec, expected: int
+) -> OutcomeLog:
+    """Start ``service``, wait for ``settled_originals``, then SIGTERM it: it must exit 0."""
+    await service.start()
+    try:
+        return await settled_originals(kafka, codec, expected)
+    finally:
+        assert await service.terminate() == 0, service.log_tail()
+
+
 def originals_per_key(outcomes: OutcomeLog) -> Counter[str]:
     return Counter(event["idempotency_key"] for event in outcomes.originals())
 
 
 def ledger_per_correlation(ledger: list[Any]) -> Counter[str]:
     return Counter(entry.correlation_id for entry in ledger)
+
+
+def assert_each_key_once(
+    outcomes: OutcomeLog, ledger: list[Any], keys: int
+) -> tuple[Counter[str], Counter[str]]:
+    """``keys`` keys have one original outcome each and the sandbox applied ``keys`` commands
+    once each; returns the outcomes per key and the applications per correlation id."""
+    per_key = originals_per_key(outcomes)
+    assert len(per_key) == keys, f"{len(per_key)} keys have an outcome, {keys} expected"
+    assert max(per_key.values()) == 1, per_key.most_common(3)
+    applied = ledger_per_correlation(ledger)
+    assert len(applied) == keys, f"{len(applied)} commands applied, {keys} expected"
+    assert max(applied.values()) == 1, applied.most_common(3)
+    return per_key, applied
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:

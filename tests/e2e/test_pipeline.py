@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -15,10 +14,13 @@ from service.tools.send import send_commands
 from tests.e2e.harness import (
     ServiceProcess,
     Topology,
+    assert_each_key_once,
     ledger_per_correlation,
     metric_value,
     originals_per_key,
+    run_until_settled,
     secure_sandbox,
+    settled_originals,
     wait_for_originals,
 )
 from tests.kafka_support import create_topics
@@ -46,10 +48,7 @@ async def test_every_command_gets_exactly_one_outcome_and_is_applied_once(
         await service.start()
         try:
             await send_commands(topology.kafka, batch.commands, codec=codec, raw_values=UNDECODABLE)
-            outcomes = await wait_for_originals(topology.kafka, codec, batch.distinct_keys, 120)
-            # Give a straggling extra outcome (there must be none) a moment to show up.
-            await asyncio.sleep(1)
-            outcomes = await wait_for_originals(topology.kafka, codec, batch.distinct_keys, 5)
+            outcomes = await settled_originals(topology.kafka, codec, batch.distinct_keys)
             metrics = await service.metrics()
         finally:
             exit_code = await service.terminate()
@@ -132,20 +131,9 @@ async def test_sigterm_mid_stream_loses_nothing_and_a_restart_finishes(
         assert "shutdown.requested" in first.log_path.read_text()
 
         second = ServiceProcess(topology, sandbox.base_url, tmp_path, dev_keyset)
-        await second.start()
-        try:
-            outcomes = await wait_for_originals(topology.kafka, codec, batch.distinct_keys, 120)
-            await asyncio.sleep(1)
-            outcomes = await wait_for_originals(topology.kafka, codec, batch.distinct_keys, 5)
-        finally:
-            assert await second.terminate() == 0, second.log_tail()
+        outcomes = await run_until_settled(second, topology.kafka, codec, batch.distinct_keys)
         ledger = sandbox.ledger.entries()
 
-    per_key = originals_per_key(outcomes)
-    assert len(per_key) == batch.distinct_keys
-    assert max(per_key.values()) == 1
+    assert_each_key_once(outcomes, ledger, batch.distinct_keys)
     # A clean drain commits exactly what was done: nothing is re-read, so no duplicates.
     assert outcomes.duplicates() == []
-    applied = ledger_per_correlation(ledger)
-    assert len(applied) == batch.distinct_keys
-    assert max(applied.values()) == 1

@@ -28,10 +28,12 @@ from tests.chaos.oracle import applications_per_key, wait_until
 from tests.e2e.harness import (
     ServiceProcess,
     Topology,
-    ledger_per_correlation,
+    assert_each_key_once,
     metric_value,
     originals_per_key,
+    run_until_settled,
     secure_sandbox,
+    settled_originals,
     wait_for_originals,
 )
 from tests.kafka_support import create_topics
@@ -165,23 +167,12 @@ async def test_two_workers_share_the_work_one_endpoint_and_one_sigterm_drains_bo
         assert len(partial.originals()) < everything, "stopped too late to prove much"
 
         again = ServiceProcess(topology, sandbox.base_url, tmp_path, dev_keyset, **WORKERS_ENV)
-        await again.start()
-        try:
-            outcomes = await wait_for_originals(topology.kafka, codec, everything, 120)
-            await asyncio.sleep(1)
-            outcomes = await wait_for_originals(topology.kafka, codec, everything, 5)
-        finally:
-            assert await again.terminate() == 0, again.log_tail()
+        outcomes = await run_until_settled(again, topology.kafka, codec, everything)
         ledger = sandbox.ledger.entries()
 
-    per_key = originals_per_key(outcomes)
-    assert len(per_key) == everything
-    assert max(per_key.values()) == 1
+    assert_each_key_once(outcomes, ledger, everything)
     # Clean drains commit exactly what was done: the duplicates are the batch's own repeats.
     assert len(outcomes.duplicates()) == first_batch.duplicates
-    applied = ledger_per_correlation(ledger)
-    assert len(applied) == everything
-    assert max(applied.values()) == 1
 
 
 async def send_to_every_partition(
@@ -229,9 +220,9 @@ async def test_a_worker_killed_mid_stream_is_restarted_and_every_key_is_applied_
             not_ready = await get(base + "/readyz")
             assert not_ready.status_code == 503
             assert any(part.startswith("worker 0") for part in not_ready.json()["reasons"])
-            outcomes = await wait_for_originals(topology.kafka, codec, batch.distinct_keys, 180)
-            await asyncio.sleep(2)
-            outcomes = await wait_for_originals(topology.kafka, codec, batch.distinct_keys, 5)
+            outcomes = await settled_originals(
+                topology.kafka, codec, batch.distinct_keys, 180, straggler_wait_s=2
+            )
             metrics = await service.metrics()
             assert (await get(base + "/readyz")).status_code == 200
         finally:
@@ -292,22 +283,12 @@ async def test_when_the_parent_dies_its_workers_drain_and_let_go_of_the_store(
         stopped = {event.get("worker") for event in log_events(service.log_path, "service.stopped")}
         assert stopped == {0, 1}  # a drain, not a crash
 
+        # It starts: the lock is free, the workers that held it are gone.
         again = ServiceProcess(topology, sandbox.base_url, tmp_path, dev_keyset, **WORKERS_ENV)
-        await again.start()  # the lock is free: the workers that held it are gone
-        try:
-            outcomes = await wait_for_originals(topology.kafka, codec, batch.distinct_keys, 120)
-            await asyncio.sleep(1)
-            outcomes = await wait_for_originals(topology.kafka, codec, batch.distinct_keys, 5)
-        finally:
-            assert await again.terminate() == 0, again.log_tail()
+        outcomes = await run_until_settled(again, topology.kafka, codec, batch.distinct_keys)
         ledger = sandbox.ledger.entries()
 
-    per_key = originals_per_key(outcomes)
-    assert len(per_key) == batch.distinct_keys
-    assert max(per_key.values()) == 1
-    applied = ledger_per_correlation(ledger)
-    assert len(applied) == batch.distinct_keys
-    assert max(applied.values()) == 1
+    assert_each_key_once(outcomes, ledger, batch.distinct_keys)
 
 
 async def test_two_workers_on_postgresql_apply_each_command_once(
@@ -334,9 +315,7 @@ async def test_two_workers_on_postgresql_apply_each_command_once(
         await service.start()
         try:
             await send_commands(topology.kafka, batch.commands, codec=codec)
-            outcomes = await wait_for_originals(topology.kafka, codec, batch.distinct_keys, 120)
-            await asyncio.sleep(1)
-            outcomes = await wait_for_originals(topology.kafka, codec, batch.distinct_keys, 5)
+            outcomes = await settled_originals(topology.kafka, codec, batch.distinct_keys)
             metrics = await service.metrics()
         finally:
             code = await service.terminate()
@@ -348,12 +327,7 @@ async def test_two_workers_on_postgresql_apply_each_command_once(
     )
     assert sum(consumed.values()) == len(batch.commands), consumed
     assert all(count > 0 for count in consumed.values()), consumed
-    per_key = originals_per_key(outcomes)
-    assert len(per_key) == batch.distinct_keys
-    assert max(per_key.values()) == 1
-    applied = ledger_per_correlation(ledger)
-    assert len(applied) == batch.distinct_keys
-    assert max(applied.values()) == 1
+    assert_each_key_once(outcomes, ledger, batch.distinct_keys)
 
 
 async def test_a_start_up_error_is_reported_once_by_the_parent_before_any_worker(

@@ -34,6 +34,7 @@ from service.tools.send import command_key, send_commands
 from tests.e2e.harness import (
     ServiceProcess,
     Topology,
+    assert_each_key_once,
     ledger_per_correlation,
     originals_per_key,
     secure_sandbox,
@@ -343,12 +344,7 @@ async def test_a_broker_outage_longer_than_every_timeout_pauses_then_finishes_ev
         finally:
             assert await service.terminate() == 0, service.log_tail()
         ledger = sandbox.ledger.entries()
-    per_key = originals_per_key(outcomes)
-    assert len(per_key) == batch.distinct_keys
-    assert max(per_key.values()) == 1
-    applied = ledger_per_correlation(ledger)
-    assert len(applied) == batch.distinct_keys
-    assert max(applied.values()) == 1
+    per_key, applied = assert_each_key_once(outcomes, ledger, batch.distinct_keys)
     figures(
         "broker-outage",
         outage_s=outage_s,
