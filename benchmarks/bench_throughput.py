@@ -138,6 +138,8 @@ OUTCOMES_METRIC = "points_adjuster_outcomes_total"
 PAS_DURATION_METRIC = "points_adjuster_pas_request_duration_seconds"
 COMMAND_DURATION_METRIC = "points_adjuster_command_duration_seconds"
 ADDED_METRIC = "points_adjuster_command_service_added_seconds"
+STORE_METRIC = "points_adjuster_store_operation_duration_seconds"
+STORE_STEPS = ("claim", "finish", "mark_published")  # an adjustment's store calls, in order
 """The service's histogram of each command's time in it: from taking the record from a fetch
 to its outcome acknowledged by the broker (acks=all)."""
 METRICS_POLL_S = 1.0
@@ -483,6 +485,7 @@ class Result:
     added_buckets: list[tuple[float, float]] = field(default_factory=list)
     added_p50_ms: float = float("nan")
     added_p99_ms: float = float("nan")
+    store_ms: dict[str, tuple[float, float]] = field(default_factory=dict)  # p50, p99 by call
     peak_rss_mb: float = 0.0
     rss_mb_at_end: float = 0.0
     paced_rate: float = 0.0
@@ -593,10 +596,13 @@ async def durations(http: httpx.AsyncClient) -> dict[str, dict[float, float]]:
     """The service's histograms of a command's time in it, of its PAS calls and of what it
     adds to them."""
     text = (await http.get("/metrics")).text
-    return {
+    found = {
         name: histogram_buckets(text, name)
         for name in (COMMAND_DURATION_METRIC, PAS_DURATION_METRIC, ADDED_METRIC)
     }
+    for step in STORE_STEPS:
+        found[step] = histogram_buckets(text, STORE_METRIC, f'operation="{step}"')
+    return found
 
 
 async def outcome_count(http: httpx.AsyncClient) -> int:
@@ -955,6 +961,12 @@ async def measure_service(
             result.added_p50_ms = histogram_quantile(added0, added1, 0.50) * 1000
             result.added_p99_ms = histogram_quantile(added0, added1, 0.99) * 1000
             result.added_buckets = window_counts(added0, added1)
+            for step in STORE_STEPS:
+                calls0, calls1 = durations0[step], durations1[step]
+                result.store_ms[step] = (
+                    histogram_quantile(calls0, calls1, 0.50) * 1000,
+                    histogram_quantile(calls0, calls1, 0.99) * 1000,
+                )
             result.peak_rss_mb, result.rss_mb_at_end = memory_mb(child.pid)
             if pacer is not None:
                 if capped and not pacer.done():
@@ -1491,7 +1503,11 @@ async def run_all(bench: Bench, scenarios: list[Scenario]) -> None:
                     "    added by the service to its PAS calls (in service less their time, per"
                     f" command) p50/p99 {fmt(result.added_p50_ms, 0)}/"
                     f"{fmt(result.added_p99_ms, 0)} ms, by bucket:"
-                    f" {format_window(result.added_buckets)}",
+                    f" {format_window(result.added_buckets)}; the store's calls p50/p99: "
+                    + ", ".join(
+                        f"{step} {fmt(p50, 1)}/{fmt(p99, 1)} ms"
+                        for step, (p50, p99) in result.store_ms.items()
+                    ),
                     flush=True,
                 )
         bench.results.append(result)

@@ -427,12 +427,13 @@ def metric_sum(text: str, name: str) -> float:
     return total
 
 
-def histogram_buckets(text: str, name: str) -> dict[float, float]:
-    """Cumulative bucket counts of histogram ``name`` (label sets summed), by upper bound."""
+def histogram_buckets(text: str, name: str, label: str = "") -> dict[float, float]:
+    """Cumulative bucket counts of histogram ``name`` (label sets summed, or only those with
+    ``label``, e.g. ``operation="claim"``), by upper bound."""
     buckets: dict[float, float] = {}
     prefix = name + "_bucket{"
     for line in text.splitlines():
-        if not line.startswith(prefix):
+        if not line.startswith(prefix) or label not in line:
             continue
         sample, _, value = line.rpartition(" ")
         bound = sample.split('le="', 1)[1].split('"', 1)[0]
