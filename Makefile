@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup lock audit kafka-jars registry-jars helm-tools prometheus-tools store-tools demo test unit lint format bench bench-quick profile bench-transport bench-security bench-stores bench-workers chaos clean help
+.PHONY: setup lock audit kafka-jars registry-jars helm-tools prometheus-tools store-tools demo test unit lint format bench bench-quick profile bench-transport bench-security bench-kafka-clients bench-stores bench-workers chaos clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -154,6 +154,9 @@ bench-transport: setup  ## client CPU per PAS call: httpx's transport, aiohttp's
 
 bench-security: setup  ## per-request signing/encryption cost next to the raw RSA/AES floor
 	$(BIN)/python benchmarks/bench_security.py -n 2000 -r 3
+
+bench-kafka-clients: setup kafka-jars  ## CPU per record of aiokafka vs librdkafka (confluent-kafka), in a backlog and at the service's rate (about 3 min)
+	$(BIN)/python benchmarks/bench_kafka_clients.py
 
 bench-stores: setup kafka-jars store-tools  ## each idempotency store's cost per adjustment vs memory; 1 vs 2 replicas on one PostgreSQL (about 3 min)
 	$(BIN)/python benchmarks/bench_stores.py --json .cache/bench-stores.json

@@ -456,8 +456,8 @@ async def measure(bootstrap: str, args: argparse.Namespace) -> list[Figures]:
                 print(
                     f"  round {round_} {got.client:<11} {got.us_per_record:7.1f} us/record"
                     f" (event loop thread {got.loop_us_per_record:6.1f}),"
-                    f" {got.records / got.seconds:8,.0f} records/s, others"
-                    f" {got.others_pct:3.0f} %",
+                    f" {got.records / got.seconds:8,.0f} records/s; the rest of the box"
+                    f" (the broker too) {got.others_pct:3.0f} % busy",
                     flush=True,
                 )
     return figures
