@@ -461,6 +461,31 @@ async def test_the_time_the_service_adds_is_its_time_in_service_less_its_pas_cal
     assert added == pytest.approx(in_service - 0.08, abs=1e-9)
 
 
+async def test_a_commands_time_in_service_ends_at_its_acknowledgement_not_at_the_stores_note(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Noting an outcome published (a store write) comes after the broker's acknowledgement:
+    it holds the record's commit, but is not part of the command's time in service."""
+    r = rig()
+    r.consumer.feed(TP, value("a"))
+    noted = r.processor.published
+
+    async def slow_note(decision: Publish) -> None:
+        await asyncio.sleep(0.2)
+        await noted(decision)
+
+    monkeypatch.setattr(r.processor, "published", slow_note)
+    started = time.perf_counter()
+    async with running(r) as task:
+        await wait_until(lambda: r.consumer.last_commit() == 1, while_running=task)
+    committed_after = time.perf_counter() - started
+    in_service = r.metrics.registry.get_sample_value("points_adjuster_command_duration_seconds_sum")
+    assert r.processor.published_keys == r.keys(0)
+    assert committed_after >= 0.2  # the commit waited for the note
+    assert in_service is not None
+    assert in_service < 0.15
+
+
 # -- a processor that raises ---------------------------------------------------------------
 
 
