@@ -56,6 +56,19 @@ EVENT_BYTES = 560  # a completed event
 LINGER_MS = 5  # the service's (service.kafka.clients)
 
 
+@dataclass(frozen=True)
+class Run:
+    """One client's run: where, how many records, how many in flight, how fast, what linger."""
+
+    bootstrap: str
+    commands: str
+    events: str
+    records: int
+    in_flight: int
+    rate: float  # records/s; 0: as fast as they go
+    linger_ms: int
+
+
 @dataclass
 class Figures:
     client: str
@@ -170,16 +183,9 @@ async def prepare(bootstrap: str, records: int) -> tuple[str, str]:
     return commands, events
 
 
-async def run_aiokafka(
-    bootstrap: str,
-    commands: str,
-    events: str,
-    records: int,
-    in_flight: int,
-    rate: float,
-    linger_ms: int,
-) -> Figures:
+async def run_aiokafka(run: Run) -> Figures:
     """The service's client: the consumer and producer options of ``service.kafka.clients``."""
+    bootstrap, commands, events, records = run.bootstrap, run.commands, run.events, run.records
     consumer = AIOKafkaConsumer(
         commands,
         bootstrap_servers=bootstrap,
@@ -192,13 +198,13 @@ async def run_aiokafka(
         fetch_max_bytes=4 * 1024 * 1024,
     )
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=linger_ms
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=run.linger_ms
     )
     await producer.start()
     await consumer.start()
     done = Done()
-    room = asyncio.Semaphore(in_flight)
-    pacer = Pacer(rate)
+    room = asyncio.Semaphore(run.in_flight)
+    pacer = Pacer(run.rate)
     event = os.urandom(EVENT_BYTES)
     finished = asyncio.Event()
     partitions = {p: TopicPartition(commands, p) for p in range(PARTITIONS)}
@@ -250,16 +256,9 @@ async def run_aiokafka(
     )
 
 
-async def run_librdkafka(
-    bootstrap: str,
-    commands: str,
-    events: str,
-    records: int,
-    in_flight: int,
-    rate: float,
-    linger_ms: int,
-) -> Figures:
+async def run_librdkafka(run: Run) -> Figures:
     """confluent-kafka with the same options, bridged to the loop by two threads."""
+    bootstrap, commands, events, records = run.bootstrap, run.commands, run.events, run.records
     from confluent_kafka import Consumer, Producer
     from confluent_kafka import TopicPartition as RdPartition
 
@@ -280,12 +279,12 @@ async def run_librdkafka(
             "bootstrap.servers": bootstrap,
             "acks": "all",
             "enable.idempotence": True,
-            "linger.ms": linger_ms,
+            "linger.ms": run.linger_ms,
         }
     )
     consumer.subscribe([commands])
     done = Done()
-    room = threading.Semaphore(in_flight)
+    room = threading.Semaphore(run.in_flight)
     event = os.urandom(EVENT_BYTES)
     finished = asyncio.Event()
     stopping = threading.Event()
@@ -305,7 +304,7 @@ async def run_librdkafka(
             finished.set()
 
     arrived: asyncio.Queue[list[Any]] = asyncio.Queue()
-    pacer = Pacer(rate)
+    pacer = Pacer(run.rate)
 
     def handle(messages: list[Any]) -> None:
         first.set()
@@ -440,16 +439,16 @@ async def measure(bootstrap: str, args: argparse.Namespace) -> list[Figures]:
     )
     figures: list[Figures] = []
     known = {"aiokafka": run_aiokafka, "librdkafka": run_librdkafka}
-    runs = [known[name] for name in args.clients]
+    clients = [known[name] for name in args.clients]
     print(f"producers' linger {args.linger_ms} ms", flush=True)
     for rate in args.rates:
         records = args.records if rate == 0 else min(args.records, int(rate * args.paced_seconds))
         what = "as fast as they go" if rate == 0 else f"paced at {rate:,.0f}/s"
         print(f"{records:,} records per run, {what}:", flush=True)
         for round_ in range(1, args.rounds + 1):
-            for run in runs:
-                got = await run(
-                    bootstrap, commands, events, records, args.in_flight, rate, args.linger_ms
+            for client in clients:
+                got = await client(
+                    Run(bootstrap, commands, events, records, args.in_flight, rate, args.linger_ms)
                 )
                 got.rate = rate
                 figures.append(got)

@@ -95,6 +95,15 @@ class KafkaSettings(BaseModel):
         " large parts replaced by their size and SHA-256, header pa.truncated). Keep it at or"
         " under the topics' max.message.bytes.",
     )
+    linger_ms: int = Field(
+        5,
+        ge=0,
+        le=1_000,
+        description="How long the producers wait to gather outcome events, dead letters and"
+        " review copies into fewer, larger requests. Longer: less CPU per adjustment when"
+        " commands come one by one (records leave singly, and each request carries what the"
+        " wait gathered), and every outcome acknowledged up to that much later.",
+    )
     outcome_framing: Literal["single-object", "confluent"] = Field(
         "single-object",
         description="How outcome events are framed: single-object (Avro single-object"

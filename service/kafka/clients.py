@@ -50,13 +50,13 @@ async def _start(client: Any, settings: KafkaSettings, what: str) -> None:
         ) from exc
 
 
-def _producer_options(settings: KafkaSettings) -> dict[str, Any]:
+def producer_options(settings: KafkaSettings) -> dict[str, Any]:
     """What every producer of the service shares: idempotent, acks=all."""
     return {
         "bootstrap_servers": settings.bootstrap_servers,
         "acks": "all",
         "enable_idempotence": True,
-        "linger_ms": 5,
+        "linger_ms": settings.linger_ms,
         # Records are cut down to PA_KAFKA__MAX_MESSAGE_BYTES before they are sent; the
         # producer's own ceiling is never the tighter one.
         "max_request_size": max(1_048_576, settings.max_message_bytes + 65_536),
@@ -69,7 +69,7 @@ def _producer_options(settings: KafkaSettings) -> dict[str, Any]:
 async def open_producer(settings: KafkaSettings) -> AsyncIterator[AIOKafkaProducer]:
     """An idempotent producer waiting for all in-sync replicas (acks=all)."""
     producer = AIOKafkaProducer(
-        client_id=f"{settings.client_id}-producer", **_producer_options(settings)
+        client_id=f"{settings.client_id}-producer", **producer_options(settings)
     )
     await _start(producer, settings, "producer")
     try:
@@ -93,7 +93,7 @@ async def open_transactions(settings: KafkaSettings) -> AsyncIterator[KafkaTrans
             client_id=f"{settings.client_id}-transactions",
             transactional_id=tid,
             transaction_timeout_ms=settings.transaction_timeout_ms,
-            **_producer_options(settings),
+            **producer_options(settings),
         )
 
     transactions = KafkaTransactions(make, group_id=settings.group_id)

@@ -9,6 +9,7 @@ import pytest
 
 from service.cli import main
 from service.errors import ConfigError
+from service.kafka.clients import producer_options
 from service.settings import Settings, load_settings
 from service.tools.send import InputError, read_jsonl
 
@@ -135,6 +136,25 @@ def test_a_group_instance_id_kafka_would_refuse_is_a_config_error(
     with pytest.raises(ConfigError) as caught:
         load_settings()
     assert caught.value.setting == "PA_KAFKA__GROUP_INSTANCE_ID"
+
+
+def test_the_producers_linger_is_read_and_given_to_every_producer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PA_KAFKA__LINGER_MS (default 5 ms) reaches the options every producer is built with."""
+    assert producer_options(load_settings().kafka)["linger_ms"] == 5
+    monkeypatch.setenv("PA_KAFKA__LINGER_MS", "20")
+    assert producer_options(load_settings().kafka)["linger_ms"] == 20
+
+
+@pytest.mark.parametrize("value", ["-1", "1001", "soon"])
+def test_a_linger_out_of_range_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("PA_KAFKA__LINGER_MS", value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert caught.value.setting == "PA_KAFKA__LINGER_MS"
 
 
 def test_the_decryption_key_password_file_is_read(
