@@ -100,9 +100,9 @@ class KafkaSettings(BaseModel):
         ge=0,
         le=1_000,
         description="How long the producers wait to gather outcome events, dead letters and"
-        " review copies into fewer, larger requests. Longer: less CPU per adjustment when"
-        " commands come one by one (records leave singly, and each request carries what the"
-        " wait gathered), and every outcome acknowledged up to that much later.",
+        " review copies into fewer, larger requests. Longer: fewer requests when commands"
+        " come one by one, and every outcome acknowledged up to that much later; measure"
+        " before changing it (docs/benchmarks.md).",
     )
     outcome_framing: Literal["single-object", "confluent"] = Field(
         "single-object",
