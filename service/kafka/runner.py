@@ -127,10 +127,10 @@ class _Pending:
     delivered: bool = False
     faults: int = 0
     api: ApiClock = field(default_factory=ApiClock)
+    """Its PAS calls' time so far, over every try (``service.api_clock``)."""
     acked_at: float | None = None
     """``time.perf_counter()`` when the broker acknowledged its outputs (None with
     transactions, whose outputs are acknowledged with the commit)."""
-    """Its PAS calls' time so far, over every try (``service.api_clock``)."""
 
 
 @dataclass
@@ -734,7 +734,8 @@ class CommandRunner:
         pending = queue[0]
         self._passed(key, pending)
         # To the acknowledgement, as the metric says: not the store's note of it after.
-        took = (pending.acked_at or time.perf_counter()) - pending.fetched_at
+        ended = time.perf_counter() if pending.acked_at is None else pending.acked_at
+        took = ended - pending.fetched_at
         self._metrics.processing.observe(took)
         self._metrics.service_added.observe(max(took - pending.api.seconds, 0.0))
         if self._progress.get(tp) is not progress:
