@@ -76,8 +76,20 @@ class Figures:
     seconds: float
     cpu_s: float
     loop_cpu_s: float
-    others_pct: float = float("nan")
-    rate: float = 0.0
+    others_pct: float
+    rate: float
+
+    @classmethod
+    def of(cls, client: str, run: Run, meter: Meter) -> Figures:
+        return cls(
+            client,
+            run.records,
+            meter.seconds,
+            meter.cpu_s,
+            meter.loop_cpu_s,
+            meter.others_pct,
+            run.rate,
+        )
 
     @property
     def us_per_record(self) -> float:
@@ -251,9 +263,7 @@ async def run_aiokafka(run: Run) -> Figures:
     finally:
         await consumer.stop()
         await producer.stop()
-    return Figures(
-        "aiokafka", records, meter.seconds, meter.cpu_s, meter.loop_cpu_s, meter.others_pct
-    )
+    return Figures.of("aiokafka", run, meter)
 
 
 async def run_librdkafka(run: Run) -> Figures:
@@ -387,9 +397,7 @@ async def run_librdkafka(run: Run) -> Figures:
         await asyncio.to_thread(stop_threads)
         producer.flush(5)
         consumer.close()
-    return Figures(
-        "librdkafka", records, meter.seconds, meter.cpu_s, meter.loop_cpu_s, meter.others_pct
-    )
+    return Figures.of("librdkafka", run, meter)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -450,7 +458,6 @@ async def measure(bootstrap: str, args: argparse.Namespace) -> list[Figures]:
                 got = await client(
                     Run(bootstrap, commands, events, records, args.in_flight, rate, args.linger_ms)
                 )
-                got.rate = rate
                 figures.append(got)
                 print(
                     f"  round {round_} {got.client:<11} {got.us_per_record:7.1f} us/record"
